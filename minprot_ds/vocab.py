@@ -1,0 +1,48 @@
+"""ProtBert's vocabulary: token ids identical to Rostlab/prot_bert, and byte-table encoding.
+
+Encoding is a 256-entry lookup table applied to the raw ASCII bytes of a sequence with numpy, so no
+Python work happens per residue.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+RESIDUE_TOKENS = tuple("LAGVESIKRDTPNQFYMHCWXUBZO")
+TOKENS = SPECIAL_TOKENS + RESIDUE_TOKENS  # index == token id, as in ProtBert's vocab.txt
+
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)
+VOCAB_SIZE = len(TOKENS)  # 30
+FIRST_RESIDUE_ID = len(SPECIAL_TOKENS)
+
+# The 20 standard residues plus X: what masking's "random residue" draws from (never a special token,
+# never the rare U/B/Z/O, which the corpus maps to X anyway).
+STANDARD_RESIDUES = "LAGVESIKRDTPNQFYMHCWX"
+STANDARD_RESIDUE_IDS = np.array([TOKENS.index(c) for c in STANDARD_RESIDUES], dtype=np.uint8)
+
+INVALID = 255
+_LUT = np.full(256, INVALID, dtype=np.uint8)
+for _id, _tok in enumerate(RESIDUE_TOKENS, start=FIRST_RESIDUE_ID):
+    _LUT[ord(_tok)] = _id
+    _LUT[ord(_tok.lower())] = _id
+_DECODE = np.array([t if len(t) == 1 else "?" for t in TOKENS])
+
+
+def encode(sequence: str | bytes) -> np.ndarray:
+    """Residue token ids (uint8, no [CLS]/[SEP]) of a sequence; letters outside the vocabulary give 255."""
+    raw = sequence.encode("ascii", "replace") if isinstance(sequence, str) else sequence
+    return _LUT[np.frombuffer(raw, dtype=np.uint8)]
+
+
+def decode(ids: np.ndarray) -> str:
+    """The residue string of token ids (specials other than residues print as '?')."""
+    return "".join(_DECODE[np.asarray(ids, dtype=np.int64)])
+
+
+def write_vocab(folder: str | Path) -> Path:
+    """Write ProtBert's vocab.txt (one token a line) into folder, for tokenizers and exported models."""
+    path = Path(folder) / "vocab.txt"
+    path.write_text("\n".join(TOKENS) + "\n")
+    return path

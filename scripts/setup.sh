@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Sets up .venv with minprot-ds and what its tests need, on a machine with only Python 3.11 and pip.
+# Safe to rerun: what is already installed is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    # GPU machines: the CUDA build pip picks by default (V100 users: see README, "GPUs").
+    "${PIP[@]}" "torch>=2.4,<2.15"
+  else
+    # No GPU: the CPU build (a plain `torch` would pull a multi-GB CUDA build).
+    "${PIP[@]}" torch==2.13.0
+  fi
+fi
+"${PIP[@]}" -e ".[test]"
