@@ -17,4 +17,6 @@ app.add_typer(data_app, name="data")
 
 
 def main() -> None:
+    import minprot_ds.cli.tasks  # noqa: F401  (registers the task-dataset commands on data_app)
+
     run_cli(app)
