@@ -4,6 +4,7 @@ from __future__ import annotations
 import typer
 
 from minprot_ds.cli.common import run_cli
+from minprot_ds.cli import tasks as _tasks  # noqa: F401  (registers task-dataset commands on data_app)
 from minprot_ds.cli.data import data_app
 
 app = typer.Typer(
@@ -17,6 +18,4 @@ app.add_typer(data_app, name="data")
 
 
 def main() -> None:
-    import minprot_ds.cli.tasks  # noqa: F401  (registers the task-dataset commands on data_app)
-
     run_cli(app)
