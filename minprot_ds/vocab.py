@@ -46,3 +46,18 @@ def write_vocab(folder: str | Path) -> Path:
     path = Path(folder) / "vocab.txt"
     path.write_text("\n".join(TOKENS) + "\n")
     return path
+
+
+def write_tokenizer_files(folder: str | Path) -> None:
+    """ProtBert's tokenizer files (vocab.txt, tokenizer_config.json, special_tokens_map.json), so a model
+    folder loads with AutoTokenizer and works in `pipeline("fill-mask")` on space-separated residues."""
+    import json
+
+    folder = Path(folder)
+    write_vocab(folder)
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"do_lower_case": False, "tokenizer_class": "BertTokenizer", "model_max_length": 40000}) + "\n"
+    )
+    specials = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                "mask_token": "[MASK]"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(specials) + "\n")

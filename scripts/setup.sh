@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Sets up .venv with minprot-ds and what its tests need, on a machine with only Python 3.11 and pip.
 # Safe to rerun: what is already installed is kept.
+# --with-mmseqs also installs MMseqs2 (Debian package mmseqs2), which the task-dataset tests use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ "${1:-}" == "--with-mmseqs" ]] && ! command -v mmseqs >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo sudo)
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq mmseqs2 >/dev/null
+  else
+    echo "setup: no apt-get here; install MMseqs2 yourself (https://github.com/soedinglab/MMseqs2) for the task tests" >&2
+  fi
+fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)

@@ -5,6 +5,7 @@ import typer
 
 from minprot_ds.cli.common import run_cli
 from minprot_ds.cli import tasks as _tasks  # noqa: F401  (registers task-dataset commands on data_app)
+from minprot_ds.cli import jobs
 from minprot_ds.cli.data import data_app
 
 app = typer.Typer(
@@ -15,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(data_app, name="data")
+jobs.register(app)
 
 
 def main() -> None:

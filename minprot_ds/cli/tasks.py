@@ -1,4 +1,172 @@
-"""`minprot data swissprot|reduce|random-subset|...`: downstream task datasets (registered on data_app)."""
+"""`minprot data swissprot|task|reduce|random-subset|conflicts`: downstream task datasets (registered on data_app)."""
 from __future__ import annotations
 
-from minprot_ds.cli.data import data_app  # noqa: F401
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from minprot_ds.cli.common import console
+from minprot_ds.cli.data import data_app
+
+_FORMATS = "auto|netsurfp-csv|flip|deeploc-fasta|deeploc-csv|dna-fasta|labelled-csv"
+
+
+def _print_summary(title: str, data, level: str, dropped: dict[str, dict[str, int]], long: int | None = None) -> None:
+    from data_prep.tasks.store import split_table
+
+    rows = split_table(data, level)
+    table = Table(title=title)
+    for key in rows[0]:
+        table.add_column(key, justify="left" if key == "split" else "right")
+    if level == "sequence":
+        table.add_column("% positive", justify="right")
+    for row in rows:
+        cells = [str(v) for v in row.values()]
+        if level == "sequence":
+            cells.append(f"{100 * row['positive'] / max(row['rows'], 1):.1f}")
+        table.add_row(*cells)
+    console.print(table)
+    for kind, counts in dropped.items():
+        for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+            console.print(f"  {kind}: {n} {reason}", highlight=False)
+    if long:
+        console.print(f"  note: {long} sequences longer than 512 residues kept (the fine-tune job truncates them)")
+
+
+def _save(data, out: Path, meta) -> None:
+    from data_prep.tasks.store import save_task
+
+    save_task(data, out, meta)
+    console.print(f"wrote {out}")
+
+
+@data_app.command("swissprot")
+def swissprot(
+    files: list[Path] = typer.Argument(..., help="UniProt flat file(s): uniprot_sprot.dat or .dat.gz"),
+    organism: str = typer.Option(..., help="human | c-elegans | bacteria-archaea | an NCBI taxid (e.g. 10090)"),
+    out: Path = typer.Option(..., help="task folder to write (datasets save_to_disk + minprot_task.json)"),
+    seed: int = typer.Option(0, help="seed of the label-stratified 85/7.5/7.5 train/valid/test split"),
+) -> None:
+    """DNA-binding task from reviewed Swiss-Prot entries of 20-512 residues: label 1 iff keyword DNA-binding (KW-0238)."""
+    from data_prep.tasks.store import TaskMeta
+    from data_prep.tasks.swissprot import build_swissprot
+
+    data, excluded = build_swissprot(files, organism, seed)
+    _print_summary(f"Swiss-Prot DNA-binding, {organism}", data, "sequence", {"excluded": excluded})
+    meta = TaskMeta("dna-binding", "sequence", f"swissprot-{organism}", "full", [str(f) for f in files],
+                    excluded=excluded, options={"organism": organism, "seed": seed})
+    _save(data, out, meta)
+
+
+@data_app.command("task")
+def task(
+    files: list[Path] = typer.Argument(..., help="data file(s) of one format, a folder of them (e.g. PDB14189_P/_N), or a FLIP split folder"),
+    out: Path = typer.Option(..., help="task folder to write"),
+    fmt: str = typer.Option("auto", "--format", help=_FORMATS),
+    task_name: Optional[str] = typer.Option(None, "--task", help="dna-binding | membrane | q3 (default: what the format carries)"),
+    name: Optional[str] = typer.Option(None, help="dataset name for reports (default: the first input's name)"),
+    strict: bool = typer.Option(False, help="fail on the first malformed record instead of skipping and counting"),
+) -> None:
+    """Convert benchmark files into a task folder the fine-tune jobs read.
+
+    Formats: NetSurfP-2.0 CSV (CASP12/CB513/TS115, Q3), FLIP secondary-structure folder, DeepLoc FASTA
+    and CSV (membrane M=1 / soluble S=0; U excluded), DNA-binding FASTA (label from `|1`/`|2` headers,
+    2 = negative, or from `_P`/`_N`, `-posi`/`-nega` file names), and any CSV/TSV with sequence|seq and
+    label|binding columns (optional id|identifier), which is how Deep-WET files come in.
+
+    The DNA-binding benchmark PDB14189 -> PDB2272: put PDB2272_P.txt and PDB2272_N.txt (from
+    github.com/diaodiao1/DNA-binding-proteins, data/) in one folder, then
+    `minprot data task ../shared/data/dna_binding/pdb14189 --out tasks/pdb14189` and
+    `minprot data task PDB2272_DIR --out tasks/pdb2272` (or pass those folders to `minprot finetune`).
+    """
+    from data_prep.tasks.formats import FORMATS, read_inputs
+    from data_prep.tasks.store import TaskMeta
+
+    report = read_inputs(files, fmt, task=task_name, strict=strict)
+    title = name or files[0].stem
+    _print_summary(f"{title} ({report.format})", report.data, report.level,
+                   {"skipped": report.skipped, "excluded": report.excluded}, report.long)
+    for reason, where in report.first_skipped.items():
+        console.print(f"  first {reason}: {where}", highlight=False)
+    spec = FORMATS[report.format]
+    task_of = task_name or (spec.tasks[0] if len(spec.tasks) == 1 else None)
+    meta = TaskMeta(task_of, report.level, title, "full", report.sources, report.skipped, report.excluded,
+                    {"format": report.format, "strict": strict})
+    _save(report.data, out, meta)
+
+
+@data_app.command("reduce")
+def reduce_cmd(
+    folder: Path = typer.Argument(..., help="task folder to reduce"),
+    out: Path = typer.Option(..., help="folder for the reduced set (SUB)"),
+    identity: float = typer.Option(0.85, help="minimum sequence identity within a cluster (mmseqs --min-seq-id)"),
+    coverage: float = typer.Option(0.8, help="minimum alignment coverage (mmseqs -c)"),
+    threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
+) -> None:
+    """SUB: cluster all splits with `mmseqs easy-cluster` and keep one representative per cluster."""
+    from data_prep.tasks.mmseqs import reduce
+    from data_prep.tasks.store import load_task_folder
+
+    data, meta = load_task_folder(folder)
+    level = meta.level if meta else ("sequence" if "label" in _columns(data) else "residue")
+    sub = reduce(data, identity, coverage=coverage, threads=threads)
+    _print_summary(f"SUB of {folder} at {identity:.0%} identity", sub, level, {})
+    _save(sub, out, _derived(meta, level, folder, "sub", {"identity": identity, "coverage": coverage}))
+
+
+@data_app.command("random-subset")
+def random_subset_cmd(
+    folder: Path = typer.Argument(..., help="task folder to sample from"),
+    like: Path = typer.Option(..., help="folder whose split sizes to copy (the SUB made from FOLDER)"),
+    out: Path = typer.Option(..., help="folder for the random control (CUT)"),
+    seed: int = typer.Option(0, help="sampling seed"),
+) -> None:
+    """CUT: a seeded random subset with, per split, as many rows as --like (the control for SUB)."""
+    from data_prep.tasks.mmseqs import random_subset
+    from data_prep.tasks.store import load_task_folder
+
+    data, meta = load_task_folder(folder)
+    model, _ = load_task_folder(like)
+    level = meta.level if meta else ("sequence" if "label" in _columns(data) else "residue")
+    cut = random_subset(data, model, seed)
+    _print_summary(f"CUT of {folder} like {like}", cut, level, {})
+    _save(cut, out, _derived(meta, level, folder, "cut", {"like": str(like), "seed": seed}))
+
+
+@data_app.command("conflicts")
+def conflicts_cmd(
+    folder: Path = typer.Argument(..., help="task folder (dna-binding or membrane)"),
+    identity: float = typer.Option(0.9, help="minimum sequence identity of a pair (mmseqs --min-seq-id)"),
+    coverage: float = typer.Option(0.8, help="minimum alignment coverage (mmseqs -c)"),
+    out: Optional[Path] = typer.Option(None, help="write the full table: .md for markdown, otherwise TSV"),
+    threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
+    show: int = typer.Option(20, help="rows to print"),
+) -> None:
+    """Pairs of near-identical sequences with different labels (MMseqs2 all-vs-all search)."""
+    from data_prep.tasks.conflicts import find_conflicts, write_report
+    from data_prep.tasks.store import load_task_folder
+
+    data, _ = load_task_folder(folder)
+    found = find_conflicts(data, identity, coverage=coverage, threads=threads)
+    table = Table(title=f"{len(found)} label conflicts at >= {identity:.0%} identity in {folder}")
+    for col in ("id_a", "split_a", "label_a", "id_b", "split_b", "label_b", "identity", "aligned"):
+        table.add_column(col)
+    for c in found[:show]:
+        table.add_row(c.id_a, c.split_a, str(c.label_a), c.id_b, c.split_b, str(c.label_b), f"{c.identity:.3f}", str(c.aligned))
+    console.print(table)
+    if out is not None:
+        console.print(f"wrote {write_report(found, out, str(folder), identity)}")
+
+
+def _columns(data) -> list[str]:
+    return next(iter(data.values())).column_names if hasattr(data, "values") else data.column_names
+
+
+def _derived(meta, level: str, folder: Path, variant: str, options: dict):
+    from data_prep.tasks.store import TaskMeta
+
+    if meta is None:
+        return TaskMeta(None, level, folder.name, variant, [str(folder)], options=options)
+    return TaskMeta(meta.task, meta.level, meta.name, variant, [str(folder)], options=meta.options | {variant: options})

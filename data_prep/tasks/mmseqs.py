@@ -1,0 +1,109 @@
+"""Redundancy reduction with the real MMseqs2 ("SUB": one representative per cluster) and its random
+control of equal size per split ("CUT"), as in the MinProtBert report's SUB vs CUT experiment."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from minprot_ds.errors import UserError
+
+INSTALL_HINT = (
+    "install MMseqs2 (Debian/Ubuntu: `apt-get install mmseqs2`; conda: `conda install -c bioconda mmseqs2`; "
+    "or a static build from https://mmseqs.com) or put its folder on PATH"
+)
+
+
+def mmseqs_binary() -> str:
+    path = shutil.which(os.environ.get("MINPROT_MMSEQS", "mmseqs"))
+    if path is None:
+        raise UserError(f"the mmseqs binary was not found on PATH; {INSTALL_HINT}")
+    return path
+
+
+def run_mmseqs(args: Sequence[str], workdir: Path) -> None:
+    """Run `mmseqs ARGS`; a failure becomes a UserError carrying the end of mmseqs's own output."""
+    cmd = [mmseqs_binary(), *args]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise UserError(f"`{' '.join(cmd[:2])}` failed with exit status {proc.returncode}: {' | '.join(tail)}")
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 < value <= 1.0:
+        raise UserError(f"{name} must be a fraction in (0, 1], got {value}")
+
+
+def write_fasta(sequences: Sequence[str], path: Path) -> None:
+    """Records are named by row number, so ids with spaces or duplicates cannot confuse the mapping back."""
+    with open(path, "w") as handle:
+        for i, seq in enumerate(sequences):
+            handle.write(f">{i}\n{seq}\n")
+
+
+def flatten(data: datasets.DatasetDict) -> tuple[list[str], list[str], list[int]]:
+    """Sequences of all splits in one list, with each row's split name and its row index in that split."""
+    seqs, split_of, row_of = [], [], []
+    for name, ds in data.items():
+        seqs.extend(ds["sequence"])
+        split_of.extend([name] * ds.num_rows)
+        row_of.extend(range(ds.num_rows))
+    return seqs, split_of, row_of
+
+
+def cluster_representatives(
+    sequences: Sequence[str], identity: float, coverage: float = 0.8, threads: int | None = None
+) -> list[int]:
+    """Indices of the cluster representatives `mmseqs easy-cluster` picks at this identity and coverage."""
+    _check_fraction("--identity", identity)
+    _check_fraction("--coverage", coverage)
+    with tempfile.TemporaryDirectory(prefix="minprot-mmseqs-") as tmp:
+        work = Path(tmp)
+        write_fasta(sequences, work / "in.fasta")
+        args = ["easy-cluster", "in.fasta", "clu", "tmp", "--min-seq-id", str(identity), "-c", str(coverage), "-v", "1"]
+        if threads:
+            args += ["--threads", str(threads)]
+        run_mmseqs(args, work)
+        reps = {line.split("\t", 1)[0] for line in (work / "clu_cluster.tsv").read_text().splitlines() if line}
+    return sorted(int(r) for r in reps)
+
+
+def reduce(
+    data: datasets.Dataset | datasets.DatasetDict, identity: float = 0.85, *, coverage: float = 0.8, threads: int | None = None
+) -> datasets.Dataset | datasets.DatasetDict:
+    """SUB: all splits clustered together; each cluster keeps only its representative, in its own split."""
+    whole = data if isinstance(data, datasets.DatasetDict) else datasets.DatasetDict({"all": data})
+    seqs, split_of, row_of = flatten(whole)
+    keep: dict[str, list[int]] = {name: [] for name in whole}
+    for i in cluster_representatives(seqs, identity, coverage, threads):
+        keep[split_of[i]].append(row_of[i])
+    out = datasets.DatasetDict({name: whole[name].select(sorted(rows)) for name, rows in keep.items()})
+    return out if isinstance(data, datasets.DatasetDict) else out["all"]
+
+
+def random_subset(
+    data: datasets.Dataset | datasets.DatasetDict, like: datasets.Dataset | datasets.DatasetDict, seed: int = 0
+) -> datasets.Dataset | datasets.DatasetDict:
+    """CUT: per split, a seeded random sample of the rows as large as `like`'s split (usually SUB)."""
+    if isinstance(data, datasets.DatasetDict) != isinstance(like, datasets.DatasetDict):
+        raise UserError("--like must have the same splits as the dataset (both split or both single); pass the SUB folder made from it")
+    whole = data if isinstance(data, datasets.DatasetDict) else datasets.DatasetDict({"all": data})
+    model = like if isinstance(like, datasets.DatasetDict) else datasets.DatasetDict({"all": like})
+    if set(whole) != set(model):
+        raise UserError(f"--like has splits {', '.join(model)} but the dataset has {', '.join(whole)}; pass the SUB folder made from it")
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in whole:  # fixed split order keeps the draw a pure function of the seed
+        size = model[name].num_rows
+        if size > whole[name].num_rows:
+            raise UserError(f"--like's {name} split has {size} rows, more than the dataset's {whole[name].num_rows}")
+        out[name] = whole[name].select(sorted(rng.choice(whole[name].num_rows, size=size, replace=False).tolist()))
+    result = datasets.DatasetDict(out)
+    return result if isinstance(data, datasets.DatasetDict) else result["all"]

@@ -1,0 +1,100 @@
+"""Swiss-Prot flat files -> the DNA-binding task: reviewed entries of one organism group, 20-512 residues,
+label 1 iff the entry carries the keyword "DNA-binding" (KW-0238); seeded, label-stratified
+85 / 7.5 / 7.5 train / valid / test split."""
+from __future__ import annotations
+
+import collections
+import gzip
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+import numpy as np
+from Bio import SwissProt
+
+from data_prep.tasks.records import SEQUENCE_FEATURES, clean_sequence
+from minprot_ds.errors import UserError
+
+DNA_BINDING = "DNA-binding"  # KW-0238
+MIN_RESIDUES, MAX_RESIDUES = 20, 512
+SPLIT_FRACTIONS = {"train": 0.85, "valid": 0.075, "test": 0.075}
+ORGANISMS = {"human": "9606", "c-elegans": "6239", "bacteria-archaea": None}  # None: by superkingdom
+
+
+def organism_filter(organism: str):
+    """A predicate on a SwissProt.Record for `human`, `c-elegans`, `bacteria-archaea` or a numeric taxid."""
+    if organism == "bacteria-archaea":
+        return lambda rec: bool(rec.organism_classification) and rec.organism_classification[0] in ("Bacteria", "Archaea")
+    taxid = ORGANISMS.get(organism, organism)
+    if not str(taxid).isdigit():
+        raise UserError(f"unknown --organism {organism!r}; use human, c-elegans, bacteria-archaea or an NCBI taxid such as 10090")
+    return lambda rec: str(taxid) in rec.taxonomy_id
+
+
+def _open(path: Path):
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; pass a UniProt flat file such as uniprot_sprot.dat.gz")
+    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
+
+
+def _has_keyword(keywords: list[str], keyword: str) -> bool:
+    # TrEMBL-style lines carry evidence tags ("DNA-binding {ECO:...}"); compare the bare keyword.
+    return any(k.split("{")[0].strip() == keyword for k in keywords)
+
+
+def read_swissprot(paths: Sequence[str | Path], organism: str) -> tuple[dict[str, list], collections.Counter]:
+    """Columns id/sequence/label of the kept entries, and the excluded entries counted by reason."""
+    keep = organism_filter(organism)
+    columns: dict[str, list] = {"id": [], "sequence": [], "label": []}
+    excluded: collections.Counter = collections.Counter()
+    for path in map(Path, paths):
+        with _open(path) as handle:
+            try:
+                for rec in SwissProt.parse(handle):
+                    if rec.data_class != "Reviewed":
+                        excluded["unreviewed (TrEMBL) entry"] += 1
+                    elif not keep(rec):
+                        excluded["other organism"] += 1
+                    elif not MIN_RESIDUES <= len(rec.sequence) <= MAX_RESIDUES:
+                        excluded[f"outside {MIN_RESIDUES}-{MAX_RESIDUES} residues"] += 1
+                    else:
+                        seq, problem = clean_sequence(rec.sequence)
+                        if problem:
+                            excluded[problem] += 1
+                            continue
+                        columns["id"].append(rec.accessions[0])
+                        columns["sequence"].append(seq)
+                        columns["label"].append(int(_has_keyword(rec.keywords, DNA_BINDING)))
+            except (ValueError, SwissProt.SwissProtParserError) as err:
+                raise UserError(f"{path} is not a readable UniProt flat file ({err}); pass uniprot_sprot.dat[.gz]") from None
+    return columns, excluded
+
+
+def stratified_split(labels: Sequence[int], seed: int, fractions: dict[str, float] = SPLIT_FRACTIONS) -> dict[str, list[int]]:
+    """Row indices per split, drawn per label so every split keeps the label balance; a pure function of seed."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[int]] = {name: [] for name in fractions}
+    by_label: dict[int, list[int]] = collections.defaultdict(list)
+    for i, y in enumerate(labels):
+        by_label[y].append(i)
+    names = list(fractions)
+    for y in sorted(by_label):
+        idx = rng.permutation(by_label[y])
+        sizes = [round(len(idx) * fractions[n]) for n in names[1:]]  # the remainder goes to train
+        start = len(idx) - sum(sizes)
+        out[names[0]].extend(idx[:start].tolist())
+        for name, size in zip(names[1:], sizes):
+            out[name].extend(idx[start:start + size].tolist())
+            start += size
+    return {name: sorted(rows) for name, rows in out.items()}
+
+
+def build_swissprot(paths: Sequence[str | Path], organism: str, seed: int = 0) -> tuple[datasets.DatasetDict, dict[str, int]]:
+    columns, excluded = read_swissprot(paths, organism)
+    if not columns["id"]:
+        raise UserError(
+            f"no reviewed {organism} entries of {MIN_RESIDUES}-{MAX_RESIDUES} residues in {', '.join(map(str, paths))}"
+        )
+    full = datasets.Dataset.from_dict(columns, features=SEQUENCE_FEATURES)
+    parts = stratified_split(columns["label"], seed)
+    return datasets.DatasetDict({name: full.select(rows) for name, rows in parts.items()}), dict(excluded)

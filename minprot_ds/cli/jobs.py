@@ -1,0 +1,67 @@
+"""`minprot demo | pretrain-teacher | export`: the jobs around a distillation (the distillation itself
+runs under the deepspeed launcher: `deepspeed launch/distill.py`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from minprot_ds.cli.common import console
+
+
+def demo(
+    run_root: Path = typer.Option(Path("runs/demo"), "--run-root", help="folder for the corpus, teacher and run"),
+    ranks: int = typer.Option(2, help="CPU ranks the deepspeed launcher starts"),
+    teacher_steps: int = typer.Option(300, help="MLM pre-training steps of the tiny teacher"),
+    distill_steps: int = typer.Option(150, help="distillation steps (the planned run)"),
+    ds_config: str = typer.Option("ds_configs/cpu_zero2.json", help="DeepSpeed config, relative to the checkout"),
+) -> None:
+    """Run the embedded default end to end on CPU: synthetic corpus → tiny teacher → 2-rank distillation.
+
+    Ends with a checkpoint, an MLflow run, an exported student, and teacher vs student MLM accuracy.
+    """
+    from minprot_ds.demo import run_demo
+
+    summary = run_demo(run_root, ranks=ranks, teacher_steps=teacher_steps, distill_steps=distill_steps,
+                       ds_config=ds_config, console=console)
+    valid = summary["valid"]
+    teacher, student = valid["valid/teacher_mlm_accuracy"], valid["valid/student_mlm_accuracy"]
+    run_dir = Path(summary["run_dir"]).resolve()
+    console.print(
+        f"\n[bold]held-out MLM accuracy[/]: teacher {teacher:.3f}, student {student:.3f} "
+        f"({student / max(teacher, 1e-9):.0%} of the teacher)\n"
+        f"checkpoint: {summary['checkpoint']}\nstudent (Hugging Face folder): {summary['student']}\n"
+        f"MLflow run {summary['mlflow_run_id']}: open the UI with\n"
+        f"  mlflow ui --backend-store-uri sqlite:///{run_dir / 'mlflow.db'}"
+    )
+
+
+def pretrain_teacher(
+    folder: Path = typer.Argument(..., help="a BertForMaskedLM folder (e.g. made by the demo); trained in place"),
+    corpus: Path = typer.Option(..., help="a prepared corpus (minprot data prepare)"),
+    steps: int = typer.Option(300, help="MLM steps"),
+    lr: float = typer.Option(2e-3, help="peak learning rate (one-cycle schedule)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Pre-train a small teacher briefly by MLM (for demos and tests; the real teacher is ProtBert)."""
+    from minprot_ds.pretrain import pretrain_teacher as run
+
+    acc = run(folder, corpus, steps=steps, lr=lr, seed=seed, log=console.print)
+    console.print(f"teacher saved in {folder}; valid MLM accuracy {acc:.3f}")
+
+
+def export(
+    source: Path = typer.Argument(..., help="a run dir (its newest complete checkpoint) or RUN/ckpt/global_stepN"),
+    out: Path = typer.Option(..., "--out", help="folder for the Hugging Face student"),
+) -> None:
+    """Export a checkpoint's student as a Hugging Face folder (safetensors, tokenizer, minprot.json)."""
+    from minprot_ds.export import export_checkpoint
+
+    folder = export_checkpoint(source, out)
+    console.print(f"student exported to {folder} (load with AutoModelForMaskedLM.from_pretrained)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+    app.command("pretrain-teacher")(pretrain_teacher)
+    app.command("export")(export)

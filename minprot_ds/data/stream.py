@@ -1,0 +1,396 @@
+"""The exact-resume training stream: which micro-batches each rank consumes at each optimizer step.
+
+The run is one infinite sequence of micro-batches: the plans of epochs 0, 1, 2, ... concatenated (see
+`batching.plan_epoch`; nothing there depends on ranks). With K = world_size x grad_accum micro-batches
+per optimizer step, step s is micro-batches [sK, (s+1)K), and rank r takes sK + r*grad_accum + a for a
+in range(grad_accum). The whole position is `consumed_samples` (rows of all ranks, across epochs) at a
+step boundary, so 2 ranks x accum 1 and 1 rank x accum 2 consume the same samples at every step, and a
+cursor saved with one layout loads in another whenever it falls on a step boundary there.
+
+A torch DataLoader (map-style dataset keyed by micro-batch, sampler starting at the cursor) builds the
+batches, so `num_workers` processes share the work in a fixed order without duplicating or dropping any.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from minprot_ds.data.batching import BatchingOptions, EpochPlan, pad_batch, plan_epoch, plan_padding_fraction
+from minprot_ds.data.masking import MaskingOptions, mask_batch
+from minprot_ds.data.shards import ShardedCorpus
+from minprot_ds.errors import UserError
+
+MicroBatch = dict[str, Any]
+
+
+class MicroBatchKey(NamedTuple):
+    """What a worker needs to build one micro-batch: the rows travel with the key, so workers never
+    plan an epoch themselves."""
+
+    epoch: int
+    index: int  # micro-batch index within the epoch
+    rows: np.ndarray  # global row ids
+
+
+def build_micro_batch(
+    corpus: ShardedCorpus,
+    rows: np.ndarray,
+    *,
+    epoch: int,
+    seed: int,
+    batching: BatchingOptions,
+    masking: MaskingOptions,
+) -> MicroBatch:
+    """The tensors of one micro-batch (padded, masked) plus its bookkeeping scalars."""
+    rows = np.asarray(rows, dtype=np.int64)
+    lengths = corpus.lengths[rows].astype(np.int64)
+    ids = pad_batch(corpus.tokens(rows), lengths, batching)
+    input_ids, labels = mask_batch(ids, lengths, rows, seed=seed, epoch=epoch, options=masking)
+    attention = (np.arange(ids.shape[1])[None, :] < (lengths + 2)[:, None]).astype(np.int64)
+    num_residues = int(lengths.sum())
+    num_tokens = int(ids.size)
+    return {
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy(attention),
+        "labels": torch.from_numpy(labels),
+        "sample_index": torch.from_numpy(rows),
+        "epoch": int(epoch),
+        "num_residues": num_residues,
+        "num_tokens": num_tokens,
+        "padding_fraction": 1.0 - (num_residues + 2 * len(rows)) / num_tokens,
+    }
+
+
+class _Plans:
+    """Epoch plans of one split, planned on demand: the two most recent are kept whole, every epoch's
+    micro-batch count is kept forever (the map between global micro-batch index and epoch)."""
+
+    def __init__(self, lengths: np.ndarray, batching: BatchingOptions, seed: int) -> None:
+        self.lengths = lengths
+        self.batching = batching
+        self.seed = seed
+        self._plans: dict[int, tuple[EpochPlan, np.ndarray]] = {}
+        self._counts: list[int] = []  # micro-batches of epochs 0..len-1
+
+    def plan(self, epoch: int) -> tuple[EpochPlan, np.ndarray]:
+        """(plan, cumulative samples before each micro-batch) of an epoch."""
+        if epoch not in self._plans:
+            plan = plan_epoch(self.lengths, self.batching, seed=self.seed, epoch=epoch)
+            if len(self._plans) >= 2:
+                del self._plans[min(self._plans)]
+            self._plans[epoch] = (plan, plan.cumulative_samples)
+        return self._plans[epoch]
+
+    def count(self, epoch: int) -> int:
+        while len(self._counts) <= epoch:
+            self._counts.append(len(self.plan(len(self._counts))[0]))
+        return self._counts[epoch]
+
+    def first_index(self, epoch: int) -> int:
+        """Global index of the epoch's first micro-batch."""
+        return sum(self.count(e) for e in range(epoch))
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(epoch, index within epoch) of a global micro-batch index."""
+        epoch = 0
+        while index >= self.count(epoch):
+            index -= self.count(epoch)
+            epoch += 1
+        return epoch, index
+
+    def consumed_before(self, index: int) -> int:
+        """Samples in global micro-batches [0, index)."""
+        epoch, local = self.locate(index)
+        return epoch * len(self.lengths) + int(self.plan(epoch)[1][local])
+
+
+class MicroBatchDataset(Dataset):
+    """Map-style dataset over micro-batches of a split; picklable cheaply (workers reopen the mapped
+    shards instead of receiving them) and stateless, so any worker builds any key identically."""
+
+    def __init__(
+        self,
+        corpus_dir: str | Path,
+        split: str,
+        *,
+        seed: int,
+        batching: BatchingOptions,
+        masking: MaskingOptions,
+        corpus: ShardedCorpus | None = None,
+    ) -> None:
+        self.corpus_dir, self.split = Path(corpus_dir), split
+        self.seed, self.batching, self.masking = seed, batching, masking
+        self._corpus = corpus
+
+    @property
+    def corpus(self) -> ShardedCorpus:
+        if self._corpus is None:
+            self._corpus = ShardedCorpus(self.corpus_dir, self.split)
+        return self._corpus
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_corpus": None}
+
+    def __getitem__(self, key: MicroBatchKey) -> MicroBatch:
+        return build_micro_batch(
+            self.corpus, key.rows, epoch=key.epoch, seed=self.seed, batching=self.batching, masking=self.masking
+        )
+
+
+class _RankSampler(Sampler):
+    """This rank's micro-batch keys from a global step onwards, forever, in consumption order."""
+
+    def __init__(self, plans: _Plans, start_step: int, rank: int, world_size: int, grad_accum: int) -> None:
+        self.plans, self.start_step = plans, start_step
+        self.rank, self.world_size, self.grad_accum = rank, world_size, grad_accum
+
+    def __iter__(self) -> Iterator[MicroBatchKey]:
+        k = self.world_size * self.grad_accum
+        first = self.start_step * k + self.rank * self.grad_accum
+        epoch, local = self.plans.locate(first)
+        while True:
+            for _ in range(self.grad_accum):
+                while local >= self.plans.count(epoch):  # steps may straddle epochs
+                    local -= self.plans.count(epoch)
+                    epoch += 1
+                yield MicroBatchKey(epoch, local, self.plans.plan(epoch)[0].batch(local))
+                local += 1
+            local += k - self.grad_accum  # skip the other ranks' micro-batches of the step
+
+
+class DistillStream:
+    """Per optimizer step, the `grad_accum` micro-batches this rank trains on; resumable exactly.
+
+    `state_dict()` counts only steps already handed out by `iter(stream)`; after `load_state_dict`,
+    start a new `iter(stream)` (an older iterator stops).
+    """
+
+    def __init__(
+        self,
+        corpus_dir: str | Path,
+        split: str = "train",
+        *,
+        seed: int,
+        batching: BatchingOptions,
+        masking: MaskingOptions,
+        rank: int = 0,
+        world_size: int = 1,
+        grad_accum: int = 1,
+        num_workers: int = 0,
+    ) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is not in [0, world_size={world_size}); check the launcher's arguments.")
+        if grad_accum < 1 or num_workers < 0:
+            raise UserError(
+                f"grad_accum must be >= 1 and num_workers >= 0, got grad_accum={grad_accum}, num_workers={num_workers}."
+            )
+        if seed < 0:
+            raise UserError(f"the data seed must be a non-negative integer, got {seed}.")
+        self.corpus = ShardedCorpus(corpus_dir, split)
+        batching.check_fits(self.corpus.max_length)
+        self.rank, self.world_size, self.grad_accum = rank, world_size, grad_accum
+        self.num_workers = num_workers
+        self.dataset = MicroBatchDataset(
+            corpus_dir, split, seed=seed, batching=batching, masking=masking, corpus=self.corpus
+        )
+        self._plans = _Plans(self.corpus.lengths, batching, seed)
+        self._step = 0  # optimizer steps handed out
+        self._generation = 0  # bumped by load_state_dict: older iterators stop
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        return self.world_size * self.grad_accum
+
+    @property
+    def rows_per_epoch(self) -> int:
+        return len(self.corpus)
+
+    def planned_steps(self, epochs: int) -> int:
+        """Optimizer steps of a run of `epochs` epochs (the last one may be partial), for the LR schedule."""
+        total = sum(self._plans.count(e) for e in range(epochs))
+        return math.ceil(total / self.micro_batches_per_step)
+
+    @property
+    def consumed_samples(self) -> int:
+        return self._plans.consumed_before(self._step * self.micro_batches_per_step)
+
+    def state_dict(self) -> dict[str, int]:
+        index = self._step * self.micro_batches_per_step
+        return {"consumed_samples": self._plans.consumed_before(index), "epoch": self._plans.locate(index)[0]}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        consumed = state.get("consumed_samples") if isinstance(state, dict) else None
+        if not isinstance(consumed, (int, np.integer)) or isinstance(consumed, bool) or consumed < 0:
+            raise UserError(
+                f"data stream state {state!r} has no non-negative integer 'consumed_samples'; "
+                "the checkpoint's loader state is damaged."
+            )
+        consumed = int(consumed)
+        epoch, within = divmod(consumed, self.rows_per_epoch)
+        cumulative = self._plans.plan(epoch)[1]
+        local = int(np.searchsorted(cumulative, within))
+        k = self.micro_batches_per_step
+        index = self._plans.first_index(epoch) + local
+        if cumulative[local] != within or index % k:
+            raise UserError(
+                f"consumed_samples={consumed} is not at an optimizer-step boundary of this run "
+                f"(world_size {self.world_size} x grad_accum {self.grad_accum} = {k} micro-batches a step, "
+                f"seed and batching options as configured); resume with the seed, batching options and "
+                "world_size x grad_accum product the checkpoint was written with."
+            )
+        self._step = index // k
+        self._generation += 1
+
+    def __iter__(self) -> Iterator[list[MicroBatch]]:
+        generation, step = self._generation, self._step
+        sampler = _RankSampler(self._plans, step, self.rank, self.world_size, self.grad_accum)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            prefetch_factor=4 if self.num_workers else None,
+        )
+        batches = iter(loader)
+        while True:
+            step_batches = [next(batches) for _ in range(self.grad_accum)]
+            if generation != self._generation:
+                return
+            step += 1
+            self._step = step  # handed out now: a checkpoint taken after this step resumes after it
+            yield step_batches
+
+
+def eval_batches(
+    corpus_dir: str | Path,
+    split: str = "valid",
+    *,
+    seed: int,
+    batching: BatchingOptions,
+    masking: MaskingOptions,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[MicroBatch]:
+    """The split once, in a fixed order (rows 0..N-1 bucketed by length, no shuffle), micro-batches
+    dealt round-robin to ranks (ranks may get one micro-batch more than others), masked as epoch 0."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise UserError(f"rank {rank} is not in [0, world_size={world_size}); check the launcher's arguments.")
+    corpus = ShardedCorpus(corpus_dir, split)
+    plan = plan_epoch(corpus.lengths, batching, seed=seed, epoch=0, shuffle=False)
+    for i in range(rank, len(plan), world_size):
+        yield build_micro_batch(corpus, plan.batch(i), epoch=0, seed=seed, batching=batching, masking=masking)
+
+
+# --- measurement helpers (benchmarks/data_pipeline.py calls these) ---------------------------------
+
+
+def write_synthetic_corpus(
+    folder: str | Path, lengths: np.ndarray, *, rows_per_shard: int = 100_000, seed: int = 0
+) -> Path:
+    """A prepared corpus (train split only) of random standard residues with the given lengths."""
+    import datetime
+
+    from minprot_ds.data.manifest import FORMAT, FORMAT_VERSION, Manifest, SplitInfo, write_manifest, write_shard
+    from minprot_ds.vocab import STANDARD_RESIDUE_IDS
+
+    folder = Path(folder)
+    (folder / "train").mkdir(parents=True, exist_ok=True)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    shards = []
+    for s, first in enumerate(range(0, len(lengths), rows_per_shard)):
+        part = lengths[first : first + rows_per_shard]
+        flat = STANDARD_RESIDUE_IDS[rng.integers(0, len(STANDARD_RESIDUE_IDS), int(part.sum()))]
+        tokens = np.split(flat, np.cumsum(part)[:-1])
+        accessions = [f"SYN{first + i}" for i in range(len(part))]
+        shards.append(write_shard(folder / "train" / f"shard-{s:05d}.arrow", accessions, tokens, folder))
+    split = SplitInfo(
+        rows=len(lengths),
+        residues=int(lengths.sum()),
+        shards=shards,
+        length_histogram={"edges": [0, int(lengths.max()) + 1], "counts": [len(lengths)]},
+    )
+    manifest = Manifest(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        minprot_version="synthetic",
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        splits={"train": split},
+        drops={},
+        inputs=[],
+        options={"synthetic_seed": seed},
+        fingerprint="synthetic",
+    )
+    write_manifest(folder, manifest)
+    return folder
+
+
+def measure_loader_throughput(
+    corpus_dir: str | Path | None = None,
+    *,
+    lengths: np.ndarray | None = None,
+    seconds: float = 5.0,
+    batching: BatchingOptions | None = None,
+    masking: MaskingOptions | None = None,
+    num_workers: int = 0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Residues/s that `DistillStream` hands out (padding + masking + tensors included) over `seconds`.
+
+    Without corpus_dir, a synthetic corpus with `lengths` (e.g. the UniRef50-like sample) is written to
+    a temporary folder first (not timed).
+    """
+    batching = batching or BatchingOptions()
+    masking = masking or MaskingOptions()
+    if corpus_dir is None:
+        if lengths is None:
+            raise ValueError("measure_loader_throughput needs corpus_dir or lengths")
+        with tempfile.TemporaryDirectory() as tmp:
+            write_synthetic_corpus(tmp, lengths, seed=seed)
+            return measure_loader_throughput(
+                tmp, seconds=seconds, batching=batching, masking=masking, num_workers=num_workers, seed=seed
+            )
+    stream = DistillStream(corpus_dir, seed=seed, batching=batching, masking=masking, num_workers=num_workers)
+    stream.planned_steps(1)  # plan outside the timed loop
+    iterator = iter(stream)
+    next(iterator)  # start workers outside the timed loop
+    residues = tokens = samples = batches = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for batch in next(iterator):
+            residues += batch["num_residues"]
+            tokens += batch["num_tokens"]
+            samples += len(batch["sample_index"])
+            batches += 1
+    elapsed = time.perf_counter() - start
+    return {
+        "seconds": elapsed,
+        "residues_per_s": residues / elapsed,
+        "samples_per_s": samples / elapsed,
+        "micro_batches_per_s": batches / elapsed,
+        "padding_fraction": 1.0 - (residues + 2 * samples) / tokens,
+        "num_workers": num_workers,
+    }
+
+
+def measure_planning(lengths: np.ndarray, *, batching: BatchingOptions | None = None, seed: int = 0) -> dict[str, float]:
+    """Seconds to plan one epoch over `lengths` (e.g. 43M rows resampled from the UniRef50-like sample)."""
+    batching = batching or BatchingOptions()
+    start = time.perf_counter()
+    plan = plan_epoch(lengths, batching, seed=seed, epoch=0)
+    elapsed = time.perf_counter() - start
+    return {
+        "rows": len(lengths),
+        "seconds": elapsed,
+        "micro_batches": len(plan),
+        "padding_fraction": plan_padding_fraction(plan, lengths, batching),
+    }

@@ -1,0 +1,105 @@
+"""The embedded default job: a synthetic protein corpus, a tiny ProtBert-format teacher pre-trained
+briefly by MLM (a random teacher would leave nothing to distil), then a 2-rank DeepSpeed distillation.
+
+The corpus is made, not shipped: sequences drawn from a few dozen synthetic "families", each a
+position-specific residue profile with mutations and indels, so masked residues are predictable from
+context and a small model learns something in a minute of CPU time.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minprot_ds.errors import UserError
+from minprot_ds.vocab import STANDARD_RESIDUES
+
+TEACHER_SHAPE = dict(num_layers=4, hidden_size=128, num_heads=4, intermediate_size=512)
+
+
+def synthetic_fasta(path: Path, *, sequences: int = 3000, families: int = 40, seed: int = 0) -> Path:
+    """Write protein-like sequences (60-300 aa) drawn from `families` residue profiles."""
+    rng = np.random.default_rng(seed)
+    alphabet = np.frombuffer(STANDARD_RESIDUES[:20].encode(), dtype=np.uint8)
+    profiles = []
+    for _ in range(families):
+        length = int(rng.integers(60, 300))
+        # Each position strongly prefers one or two residues: learnable from the family context.
+        probs = rng.dirichlet(np.full(20, 0.08), size=length)
+        profiles.append(probs)
+    with open(path, "w") as fh:
+        for i in range(sequences):
+            probs = profiles[int(rng.integers(families))]
+            cum = probs.cumsum(axis=1)
+            picks = (rng.random((len(probs), 1)) < cum).argmax(axis=1)
+            keep = rng.random(len(picks)) > 0.03  # deletions
+            seq = alphabet[picks[keep]].tobytes().decode()
+            fh.write(f">SYN{i:06d} synthetic family sequence\n")
+            for start in range(0, len(seq), 60):
+                fh.write(seq[start:start + 60] + "\n")
+    return path
+
+
+def launcher_command(nprocs: int, script: Path, args: list[str]) -> list[str]:
+    """The real deepspeed launcher of this environment, as `deepspeed --num_gpus N script args`."""
+    launcher = Path(sys.executable).with_name("deepspeed")
+    if not launcher.exists():
+        found = shutil.which("deepspeed")
+        if not found:
+            raise UserError("the deepspeed launcher is not on PATH; install the package (pip install deepspeed).")
+        launcher = Path(found)
+    # Fixed loopback master port per run avoids clashes between concurrent jobs on one machine.
+    return [str(launcher), "--num_gpus", str(nprocs), "--master_port", str(_free_port()), str(script), *args]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def repo_file(relative: str) -> Path:
+    """A file of the source checkout (launch scripts, configs): the demo runs from a checkout."""
+    path = Path(__file__).resolve().parents[1] / relative
+    if not path.exists():
+        raise UserError(f"{relative} not found beside the package; run the demo from a source checkout of minprot-ds.")
+    return path
+
+
+def run_demo(run_root: Path, *, ranks: int = 2, teacher_steps: int = 300, distill_steps: int = 150,
+             ds_config: str = "ds_configs/cpu_zero2.json", console=None) -> dict:
+    """Make data, pre-train the teacher, distil on `ranks` CPU ranks; returns RUN/summary.json as a dict."""
+    import json
+
+    from data_prep.corpus import prepare_corpus
+    from minprot_ds.models import save_random_protbert
+    from minprot_ds.pretrain import pretrain_teacher
+
+    say = console.print if console else print
+    run_root.mkdir(parents=True, exist_ok=True)
+    fasta = synthetic_fasta(run_root / "synthetic.fasta")
+    corpus = run_root / "corpus"
+    prepare_corpus([fasta], corpus, valid_fraction=0.05, seed=0)
+    say(f"corpus: {corpus}")
+    teacher = run_root / "teacher"
+    if not (teacher / "config.json").is_file():
+        save_random_protbert(teacher, **TEACHER_SHAPE, seed=0)
+        acc = pretrain_teacher(teacher, corpus, steps=teacher_steps, seed=0, log=say)
+        say(f"teacher: {teacher} (MLM accuracy on valid after pre-training: {acc:.3f})")
+    distill_dir = run_root / "distill"
+    args = ["--config", str(repo_file("launch/configs/demo.toml")), "--deepspeed_config", str(repo_file(ds_config)),
+            "--run-dir", str(distill_dir), "--set", f'model.teacher="{teacher}"', "--set", f'data.corpus="{corpus}"',
+            "--set", f"schedule.total_steps={distill_steps}"]
+    cmd = launcher_command(ranks, repo_file("launch/distill.py"), args)
+    say("distilling: " + " ".join(cmd))
+    proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if proc.returncode != 0:
+        raise UserError(f"the distillation exited with status {proc.returncode}; its log is above.")
+    return json.loads((distill_dir / "summary.json").read_text())

@@ -1,0 +1,247 @@
+"""The distillation job, top to bottom: config → models, data, engine, checkpointer, tracker → loop.
+
+Each concern lives in its own module; this one only wires them together and runs the loop. Every rank
+runs it (under `deepspeed launch/distill.py` or as one plain process).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from minprot_ds.checkpoint import Checkpointer, TrainState, check_compatible, resolve_resume
+from minprot_ds.config import DistillConfig
+from minprot_ds.errors import UserError
+from minprot_ds.export import STUDENT_CONFIG, export_student
+from minprot_ds.metrics import StepMeter
+from minprot_ds.progress import TrainProgress
+from minprot_ds.tracking import environment_params
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    planned_steps: int
+    mlflow_run_id: str | None
+    checkpoint: Path | None
+    student_dir: Path | None
+    valid: dict[str, float]
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the launcher's process group (gloo on CPU, NCCL on GPUs); a plain process is a group of one."""
+    import deepspeed
+
+    if "RANK" not in os.environ:  # `python launch/distill.py`: one process, no launcher
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    deepspeed.init_distributed()
+    return dist.get_rank(), dist.get_world_size()
+
+
+def load_ds_config(path: str | Path, max_rows: int) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"DeepSpeed config {path} does not exist; presets are in ds_configs/.")
+    try:
+        ds = json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"DeepSpeed config {path} is not valid JSON: {err}.") from err
+    for key in ("optimizer", "scheduler"):
+        if key in ds:
+            raise UserError(
+                f"DeepSpeed config {path} sets '{key}': remove it, the run config's [optimizer] and "
+                "[schedule] sections own it (the schedule follows the planned run length)."
+            )
+    # Batches are token-budgeted, so rows per micro-batch vary; DeepSpeed only uses this for bookkeeping.
+    ds["train_micro_batch_size_per_gpu"] = max_rows
+    ds.pop("train_batch_size", None)
+    ds.setdefault("gradient_accumulation_steps", 1)
+    return ds
+
+
+def run_precision(ds: dict[str, Any]) -> torch.dtype:
+    if ds.get("fp16", {}).get("enabled"):
+        return torch.float16
+    if ds.get("bf16", {}).get("enabled") or ds.get("bfloat16", {}).get("enabled"):
+        return torch.bfloat16
+    return torch.float32
+
+
+class StopSignal:
+    """SIGTERM/SIGUSR1 (what schedulers send before preemption): finish the step, checkpoint, exit 0."""
+
+    def __init__(self):
+        self.received_at: float | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received_at = self.received_at or time.monotonic()
+
+    def any_rank(self, device) -> bool:
+        flag = torch.tensor([1.0 if self.received_at else 0.0], device=device)
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def run(
+    config: DistillConfig,
+    *,
+    ds_config: str | Path,
+    run_dir: str | Path,
+    max_steps: int | None = None,
+    resume: str = "auto",
+) -> RunResult:
+    from minprot_ds.build import build_engine, build_stream, build_tracker, eval_stream
+
+    rank, world = init_distributed()
+    run_dir = Path(run_dir)
+    ds = load_ds_config(ds_config, config.data.max_rows)
+    grad_accum = int(ds["gradient_accumulation_steps"])
+    checkpointer = Checkpointer(run_dir / "ckpt", config.checkpoint.keep_last, config.checkpoint.keep_every)
+    if resume == "none" and checkpointer.latest() is not None:
+        raise UserError(f"run dir {run_dir} already has checkpoints; resume it (--resume auto) or choose a new --run-dir.")
+    resume_from = resolve_resume(resume, checkpointer)
+    stop_signal = StopSignal()
+
+    stream = build_stream(config, "train", rank=rank, world_size=world, grad_accum=grad_accum)
+    planned = config.schedule.total_steps or stream.planned_steps(config.schedule.epochs)
+    engine, student_config = build_engine(config, ds, planned_steps=planned, dtype=run_precision(ds))
+    state = TrainState(world_size=world, grad_accum=grad_accum, model_affecting=config.model_affecting())
+    if resume_from is not None:
+        saved, loader_state = Checkpointer.load(engine.student, resume_from)
+        check_compatible(saved, config.model_affecting(), resume_from)
+        if (saved.world_size, saved.grad_accum) != (world, grad_accum):
+            raise UserError(
+                f"checkpoint {resume_from} was written by {saved.world_size} ranks x {saved.grad_accum} accumulation "
+                f"steps, this job has {world} x {grad_accum}; resuming on another world size is not supported yet."
+            )
+        stream.load_state_dict(loader_state)
+        state = dataclasses.replace(saved, model_affecting=config.model_affecting())
+    elif rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        student_config.to_json_file(str(run_dir / STUDENT_CONFIG))
+
+    tracker = build_tracker(config, run_dir, rank=rank, resume_run_id=state.mlflow_run_id)
+    state.mlflow_run_id = tracker.run_id
+    stop_at = min(planned, max_steps) if max_steps else planned
+    meter = StepMeter(engine, precision=str(run_precision(ds)).removeprefix("torch."))
+    valid: dict[str, float] = {}
+    last_saved = None
+    with tracker:
+        if resume_from is None:
+            tracker.log_params({"config": config.to_dict(), "deepspeed": ds, "run": {"planned_steps": planned,
+                                "world_size": world, "loss_impl": engine.loss.impl}})
+            tracker.log_params(environment_params())
+            tracker.log_dict(ds, "deepspeed_config.json")
+            tracker.log_dict(config.to_dict(), "run_config.json")
+        progress = TrainProgress(total=stop_at, start=state.step, enabled=rank == 0)
+        last_ckpt_time = time.monotonic()
+        batches = iter(stream)
+        with progress:
+            while state.step < stop_at:
+                stats = engine.step(next(batches))
+                state.step += 1
+                state.consumed_samples = stream.state_dict()["consumed_samples"]
+                state.epoch = stream.state_dict()["epoch"]
+                metrics = meter.update(stats)
+                progress.update(state.step, metrics)
+                if state.step % config.run.log_every == 0:
+                    tracker.log_metrics(metrics, step=state.step)
+                if meter.consecutive_skips > config.run.max_consecutive_skips:
+                    raise RuntimeError(
+                        f"{meter.consecutive_skips} steps in a row had a non-finite loss or overflowed at step "
+                        f"{state.step}; the run stops. Lower optimizer.lr, check the data, or resume from an "
+                        "earlier checkpoint."
+                    )
+                if config.eval.every_steps and state.step % config.eval.every_steps == 0:
+                    valid = engine.evaluate(eval_stream(config, rank, world), with_teacher=not valid)
+                    tracker.log_metrics(valid, step=state.step)
+                stopping = stop_signal.any_rank(engine.device)
+                due = (config.checkpoint.every_steps and state.step % config.checkpoint.every_steps == 0) or (
+                    config.checkpoint.every_minutes
+                    and time.monotonic() - last_ckpt_time > 60 * config.checkpoint.every_minutes
+                )
+                if due or stopping or state.step == stop_at:
+                    last_saved = checkpointer.save(engine.student, state, stream.state_dict())
+                    last_ckpt_time = time.monotonic()
+                if stopping:
+                    waited = time.monotonic() - (stop_signal.received_at or time.monotonic())
+                    tracker.log_metrics({"preempt/signal_to_checkpoint_s": waited}, step=state.step)
+                    progress.note(f"stop signal: checkpointed step {state.step} {waited:.1f}s after the signal")
+                    break
+        if not stop_signal.received_at:
+            valid = engine.evaluate(eval_stream(config, rank, world), with_teacher=True)
+            tracker.log_metrics(valid, step=state.step)
+        student_dir = export_final(engine, run_dir, state, config, rank)
+        if student_dir is not None:
+            tracker.log_artifact(student_dir, "student")
+    return RunResult(run_dir, state.step, planned, state.mlflow_run_id, last_saved, student_dir, valid)
+
+
+def export_final(engine, run_dir: Path, state: TrainState, config: DistillConfig, rank: int) -> Path | None:
+    """Export the student (all ranks gather ZeRO-3 partitions, rank 0 writes) to RUN/student."""
+    import deepspeed
+
+    model = engine.student.module.mlm
+    params = list(model.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=hasattr(params[0], "ds_id")):
+        if rank != 0:
+            return None
+        meta = {"mlflow_run_id": state.mlflow_run_id, "step": state.step, "consumed_samples": state.consumed_samples,
+                "teacher": config.model.teacher, **getattr(model.config, "minprot", {})}
+        return export_student(model, run_dir / "student", meta)
+
+
+def default_ds_config(ds_config_dir: Path) -> Path:
+    """bf16 ZeRO-2 where the GPU has bf16 (A100/H100), fp16 ZeRO-2 on older GPUs (V100), fp32 on CPU."""
+    if torch.cuda.is_available():
+        name = "zero2_bf16.json" if torch.cuda.is_bf16_supported() else "zero2_v100_fp16.json"
+    else:
+        name = "cpu_zero2.json"
+    return ds_config_dir / name
+
+
+def main(*, config: str, overrides: list[str], ds_config: str, ds_config_dir: Path, run_dir: str,
+         max_steps: int | None, resume: str) -> int:
+    """What launch/distill.py calls: a UserError becomes one line on stderr and exit status 1."""
+    import sys
+
+    from minprot_ds.config import load_config
+
+    try:
+        cfg = load_config(config, overrides)
+        path = default_ds_config(ds_config_dir) if ds_config == "auto" else Path(ds_config)
+        result = run(cfg, ds_config=path, run_dir=run_dir, max_steps=max_steps, resume=resume)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        write_summary(result)
+    return 0
+
+
+def write_summary(result: RunResult) -> None:
+    """RUN/summary.json and a few lines on stdout: where everything is."""
+    summary = {
+        "run_dir": str(result.run_dir), "step": result.step, "planned_steps": result.planned_steps,
+        "mlflow_run_id": result.mlflow_run_id, "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "student": str(result.student_dir) if result.student_dir else None, "valid": result.valid,
+    }
+    (result.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"step {result.step}/{result.planned_steps}; checkpoint {summary['checkpoint']}; student {summary['student']}")
+    for key, value in result.valid.items():
+        print(f"  {key} = {value:.4f}")

@@ -1,0 +1,70 @@
+"""The student as a Hugging Face folder: config.json, safetensors weights, ProtBert tokenizer files,
+and `minprot.json` naming where it came from (MLflow run id, step, teacher, chosen layers)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minprot_ds import __version__
+from minprot_ds.errors import UserError
+from minprot_ds.vocab import write_tokenizer_files
+
+METADATA = "minprot.json"
+STUDENT_CONFIG = "student_config.json"  # saved in the run dir at start, so checkpoints can be exported
+
+
+def export_student(model: Any, out: str | Path, metadata: dict[str, Any]) -> Path:
+    """Save a BertForMaskedLM (full weights in memory) with tokenizer files and provenance metadata."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    write_tokenizer_files(out)
+    meta = {"minprot_version": __version__, **metadata}
+    (out / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def read_metadata(folder: str | Path) -> dict[str, Any]:
+    """The provenance of an exported student (empty for models minprot did not export)."""
+    path = Path(folder) / METADATA
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
+    """Export the student of a checkpoint folder (RUN/ckpt/global_stepN) or of a run dir's newest one."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import BertConfig, BertForMaskedLM
+
+    from minprot_ds.checkpoint import Checkpointer, read_marker
+
+    path = Path(checkpoint)
+    if (path / "ckpt").is_dir():  # a run dir
+        folder = Checkpointer(path / "ckpt").latest()
+        if folder is None:
+            raise UserError(f"run dir {path} has no complete checkpoint to export.")
+    else:
+        folder = path
+    run_dir = folder.parent.parent
+    if not (run_dir / STUDENT_CONFIG).is_file():
+        raise UserError(
+            f"{folder} is not a checkpoint of a minprot run (no {STUDENT_CONFIG} in {run_dir}); "
+            "pass RUN_DIR or RUN_DIR/ckpt/global_stepN."
+        )
+    state = read_marker(folder)
+    config = BertConfig.from_json_file(str(run_dir / STUDENT_CONFIG))
+    with torch.device("meta"):
+        model = BertForMaskedLM(config)
+    weights = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    # The DeepSpeed module wraps the HF model as `.mlm` (see engine.StudentForLoss).
+    weights = {k.removeprefix("mlm."): v for k, v in weights.items()}
+    model.load_state_dict(weights, strict=False, assign=True)
+    model.tie_weights()
+    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise UserError(f"checkpoint {folder} lacks student weights {missing[:3]}...; it is not a minprot checkpoint.")
+    meta = {"mlflow_run_id": state.mlflow_run_id, "step": state.step, "consumed_samples": state.consumed_samples,
+            "checkpoint": str(folder), **getattr(config, "minprot", {})}
+    return export_student(model, out, meta)

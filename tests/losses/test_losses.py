@@ -1,0 +1,197 @@
+"""distill_loss, eager and fused Triton (run by Triton's interpreter on CPU), against a float64 reference.
+
+The Triton kernels run on CPU tensors only with TRITON_INTERPRET=1; fused.py decorates its kernels on
+first use per mode, so setting the variable in a fixture (monkeypatch) is enough: nothing depends on
+when triton was imported. Inputs are fresh random each run; the seed is printed (shown by pytest on
+failure) and MINPROT_TEST_SEED=<seed> replays it.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minprot_ds.errors import UserError
+from minprot_ds.losses import IGNORE_INDEX, distill_loss, resolve_impl
+
+triton = pytest.importorskip("triton", reason="the fused kernels need the triton package")
+
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2}
+
+
+@pytest.fixture
+def interpret(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    seed = int(os.environ.get("MINPROT_TEST_SEED", secrets.randbits(31)))
+    print(f"random inputs: MINPROT_TEST_SEED={seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+def make_inputs(gen, m, n, v=30, h=64, scale=3.0, dtype=torch.float32, ignore_some=False):
+    def rnd(*shape):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype)
+
+    labels = torch.randint(0, v, (m,), generator=gen)
+    if ignore_some and m > 1:
+        labels[torch.rand(m, generator=gen) < 0.5] = IGNORE_INDEX
+    hs = torch.randn(n, h, generator=gen, dtype=torch.float64).to(dtype)
+    # Teacher hidden correlated with the student's, as in training (cos well inside (−1, 1)).
+    ht = (hs.double() + 0.7 * torch.randn(n, h, generator=gen, dtype=torch.float64)).to(dtype)
+    return rnd(m, v), rnd(m, v), labels, hs, ht
+
+
+def reference64(s_logits, t_logits, labels, s_hidden, t_hidden, tau, weights):
+    """The maths in float64, written independently of minprot_ds (per-term, via autograd)."""
+    s = s_logits.detach().double().requires_grad_()
+    hs = s_hidden.detach().double().requires_grad_()
+    t, ht = t_logits.double(), t_hidden.double()
+    keep = labels != IGNORE_INDEX
+    log_p = torch.log_softmax(s, dim=-1)
+    mlm = -log_p[keep].gather(1, labels[keep].unsqueeze(1)).sum() / max(int(keep.sum()), 1)
+    kd_rows = -(torch.softmax(t / tau, -1) * torch.log_softmax(s / tau, -1)).sum(-1)
+    kd = kd_rows.sum() / max(s.shape[0], 1) * tau**2
+    cos = (1 - F.cosine_similarity(hs, ht, dim=-1)).sum() / max(hs.shape[0], 1)
+    total = weights[0] * mlm + weights[1] * kd + weights[2] * cos
+    total.backward()
+    return total.detach(), mlm.detach(), kd.detach(), cos.detach(), s.grad, hs.grad
+
+
+def run_impl(impl, s_logits, t_logits, labels, s_hidden, t_hidden, tau, weights):
+    s = s_logits.clone().requires_grad_()
+    hs = s_hidden.clone().requires_grad_()
+    out = distill_loss(s, t_logits, labels, hs, t_hidden, temperature=tau, weights=weights, impl=impl)
+    out.total.backward()
+    return out, s.grad, hs.grad
+
+
+def assert_rel(actual, expected, tol, what):
+    actual, expected = actual.double(), expected.double()
+    err = (actual - expected).norm() / expected.norm().clamp_min(1e-30)
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:g}"
+
+
+def check_against_reference(impl, inputs, tau=2.0, weights=(1 / 3, 1 / 3, 1 / 3)):
+    dtype = inputs[0].dtype
+    tol = TOL[dtype]
+    ref = reference64(*inputs, tau, weights)
+    out, g_logits, g_hidden = run_impl(impl, *inputs, tau, weights)
+    for name, got, want in zip(("total", "mlm", "kd", "cos"), (out.total, out.mlm, out.kd, out.cos), ref[:4]):
+        assert abs(got.item() - want.item()) <= tol * abs(want.item()) + 1e-12, f"{impl} {name}: {got.item()} vs {want.item()}"
+    assert g_logits.dtype == dtype and g_hidden.dtype == dtype
+    assert_rel(g_logits, ref[4], tol, f"{impl} d/d(student logits)")
+    assert_rel(g_hidden, ref[5], tol, f"{impl} d/d(student hidden)")
+    return out, g_logits, g_hidden
+
+
+@pytest.mark.parametrize("impl", ["eager", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_matches_float64_reference(impl, dtype, gen, interpret):
+    # Sizes straddle the kernels' row blocks (128 logits rows, 64 hidden rows per program at these widths).
+    inputs = make_inputs(gen, m=141, n=203, h=64, dtype=dtype, ignore_some=False)
+    check_against_reference(impl, inputs, weights=(0.5, 0.3, 0.2))
+
+
+@pytest.mark.parametrize("impl", ["eager", "triton"])
+def test_kd_on_all_rows_with_ignored_labels(impl, gen, interpret):
+    # DistilBERT's "KD on every non-pad position": M = N rows, labels −100 where not masked.
+    inputs = make_inputs(gen, m=97, n=97, h=48, ignore_some=True)
+    check_against_reference(impl, inputs)
+
+
+@pytest.mark.parametrize("impl", ["eager", "triton"])
+def test_temperature_one_and_other_weightings(impl, gen, interpret):
+    # MinProtBert's public loop: weights 1 / 0.5 / 0.1 (with τ² it is expressible through weights).
+    inputs = make_inputs(gen, m=40, n=90, h=40)
+    check_against_reference(impl, inputs, tau=1.0, weights=(1.0, 0.5, 0.1))
+
+
+@pytest.mark.parametrize("impl", ["eager", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_logits_of_magnitude_1e4_do_not_overflow(impl, dtype, gen, interpret):
+    inputs = make_inputs(gen, m=33, n=17, scale=1e4, dtype=dtype)
+    out, g_logits, g_hidden = check_against_reference(impl, inputs)
+    assert torch.isfinite(out.total) and torch.isfinite(g_logits).all()
+
+
+@pytest.mark.parametrize("impl", ["eager", "triton"])
+def test_no_masked_position_gives_zero_not_nan(impl, gen, interpret):
+    _, _, _, hs, ht = make_inputs(gen, m=0, n=12)
+    empty = torch.zeros(0, 30)
+    out, g_logits, g_hidden = run_impl(impl, empty, empty, torch.zeros(0, dtype=torch.long), hs, ht, 2.0, (1 / 3,) * 3)
+    assert out.mlm.item() == 0.0 and out.kd.item() == 0.0
+    assert torch.isfinite(out.total) and out.cos.item() > 0
+    assert g_logits.shape == (0, 30)
+    assert torch.isfinite(g_hidden).all() and g_hidden.abs().sum() > 0
+
+
+@pytest.mark.parametrize("impl", ["eager", "triton"])
+def test_every_label_ignored_gives_zero_mlm_and_zero_mlm_gradient(impl, gen, interpret):
+    s, t, labels, hs, ht = make_inputs(gen, m=9, n=5)
+    labels[:] = IGNORE_INDEX
+    out, g_logits, _ = run_impl(impl, s, t, labels, hs, ht, 2.0, (1.0, 0.0, 0.0))
+    assert out.mlm.item() == 0.0 and out.kd.item() > 0
+    assert torch.count_nonzero(g_logits) == 0
+
+
+@pytest.mark.parametrize("impl", ["eager", "triton"])
+def test_single_row(impl, gen, interpret):
+    inputs = make_inputs(gen, m=1, n=1, h=1024)
+    check_against_reference(impl, inputs)
+
+
+def test_teacher_tensors_from_inference_mode_get_no_gradient(gen, interpret):
+    s, t, labels, hs, ht = make_inputs(gen, m=20, n=30)
+    with torch.inference_mode():
+        t_inf, ht_inf, labels_inf = t.clone(), ht.clone(), labels.clone()
+    for impl in ("eager", "triton"):
+        s_ = s.clone().requires_grad_()
+        hs_ = hs.clone().requires_grad_()
+        out = distill_loss(s_, t_inf, labels_inf, hs_, ht_inf, impl=impl)
+        out.total.backward()
+        assert s_.grad is not None and hs_.grad is not None
+        assert not out.mlm.requires_grad and not out.kd.requires_grad and not out.cos.requires_grad
+
+
+def test_eager_and_triton_agree_in_float16_with_float32_teacher(gen, interpret):
+    # The run's usual mix: fp16 student activations, teacher in its own precision.
+    s, t, labels, hs, ht = make_inputs(gen, m=50, n=70, dtype=torch.float16)
+    outs = [run_impl(impl, s, t.float(), labels, hs, ht.float(), 2.0, (1 / 3,) * 3) for impl in ("eager", "triton")]
+    (e, ge, he), (f, gf, hf) = outs
+    assert abs(e.total.item() - f.total.item()) <= 1e-3 * abs(e.total.item())
+    assert_rel(gf, ge, 1e-2, "logits grad")
+    assert_rel(hf, he, 1e-2, "hidden grad")
+
+
+def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch, gen):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    s, t, labels, hs, ht = make_inputs(gen, m=4, n=4)
+    with pytest.raises(UserError, match="TRITON_INTERPRET=1"):
+        distill_loss(s, t, labels, hs, ht, impl="triton")
+
+
+def test_auto_is_eager_on_cpu_and_bad_impl_is_named():
+    assert resolve_impl("auto", "cpu") == "eager"
+    assert resolve_impl("triton", "cpu") == "triton"
+    with pytest.raises(UserError, match="unknown loss impl 'fast'"):
+        resolve_impl("fast", "cpu")
+
+
+def test_bad_temperature_and_shapes(gen):
+    s, t, labels, hs, ht = make_inputs(gen, m=4, n=4)
+    with pytest.raises(UserError, match="temperature must be > 0"):
+        distill_loss(s, t, labels, hs, ht, temperature=0.0)
+    with pytest.raises(ValueError, match="labels must be"):
+        distill_loss(s, t, labels[:2], hs, ht)
+
+
+@pytest.mark.slow
+def test_compiled_matches_float64_reference(gen):
+    inputs = make_inputs(gen, m=64, n=100, h=32)
+    check_against_reference("compiled", inputs)
