@@ -56,7 +56,11 @@ def save_task(data: datasets.Dataset | datasets.DatasetDict, out: str | Path, me
         if not (out / META_NAME).is_file():
             raise UserError(f"{out} exists and is not a task folder made by `minprot data`; choose another --out")
         shutil.rmtree(out)
-    data.save_to_disk(str(out))
+    # datasets 5.2 writes an empty split as zero shards and then cannot load it back: force one shard.
+    if isinstance(data, datasets.DatasetDict):
+        data.save_to_disk(str(out), num_shards={name: 1 for name, ds in data.items() if ds.num_rows == 0})
+    else:
+        data.save_to_disk(str(out), num_shards=1 if data.num_rows == 0 else None)
     meta.created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     body = dataclasses.asdict(meta) | {"splits": split_table(data, meta.level)}
     (out / META_NAME).write_text(json.dumps(body, indent=2) + "\n")

@@ -36,8 +36,11 @@ def _print_summary(title: str, data, level: str, dropped: dict[str, dict[str, in
 
 
 def _save(data, out: Path, meta) -> None:
+    import datasets
+
     from data_prep.tasks.store import save_task
 
+    datasets.disable_progress_bars()  # the summary table above says what was written
     save_task(data, out, meta)
     console.print(f"wrote {out}")
 
@@ -71,15 +74,9 @@ def task(
 ) -> None:
     """Convert benchmark files into a task folder the fine-tune jobs read.
 
-    Formats: NetSurfP-2.0 CSV (CASP12/CB513/TS115, Q3), FLIP secondary-structure folder, DeepLoc FASTA
-    and CSV (membrane M=1 / soluble S=0; U excluded), DNA-binding FASTA (label from `|1`/`|2` headers,
-    2 = negative, or from `_P`/`_N`, `-posi`/`-nega` file names), and any CSV/TSV with sequence|seq and
-    label|binding columns (optional id|identifier), which is how Deep-WET files come in.
+    Formats: NetSurfP-2.0 CSV (CASP12/CB513/TS115, Q3), FLIP secondary-structure folder, DeepLoc FASTA and CSV (membrane M=1 / soluble S=0; U excluded), DNA-binding FASTA (label from `|1`/`|2` headers, 2 = negative, or from `_P`/`_N`, `-posi`/`-nega` file names), and any CSV/TSV with sequence|seq and label|binding columns (optional id|identifier), which is how Deep-WET files come in.
 
-    The DNA-binding benchmark PDB14189 -> PDB2272: put PDB2272_P.txt and PDB2272_N.txt (from
-    github.com/diaodiao1/DNA-binding-proteins, data/) in one folder, then
-    `minprot data task ../shared/data/dna_binding/pdb14189 --out tasks/pdb14189` and
-    `minprot data task PDB2272_DIR --out tasks/pdb2272` (or pass those folders to `minprot finetune`).
+    The DNA-binding benchmark PDB14189 -> PDB2272: put PDB2272_P.txt and PDB2272_N.txt (from github.com/diaodiao1/DNA-binding-proteins, data/) in one folder, then `minprot data task ../shared/data/dna_binding/pdb14189 --out tasks/pdb14189` and `minprot data task PDB2272_DIR --out tasks/pdb2272` (or pass those folders to `minprot finetune`). 
     """
     from data_prep.tasks.formats import FORMATS, read_inputs
     from data_prep.tasks.store import TaskMeta
