@@ -143,8 +143,10 @@ class DedupIndex:
 
 def _write_shard_task(path: str, accessions: list[str], tokens: np.ndarray, lengths: np.ndarray, root: str) -> ShardInfo:
     """Write one shard and fsync it (runs in a worker when --workers > 1)."""
-    bounds = np.cumsum(lengths[:-1], dtype=np.int64) if len(lengths) else []
-    info = write_shard(path, accessions, np.split(tokens, bounds), root)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    bounds = offsets.tolist()
+    info = write_shard(path, accessions, [tokens[a:b] for a, b in zip(bounds[:-1], bounds[1:])], root)
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
     return info
@@ -395,7 +397,7 @@ def prepare_corpus(
     return manifest
 
 
-def _progress_bar(enabled: bool, total: int) -> Any:
+def _progress_bar(enabled: bool) -> Any:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
@@ -464,7 +466,7 @@ def _build(
     total = sum(d["size"] for d in described)
     done = 0
     window: deque[Future] = deque()
-    with _progress_bar(progress, total) as bar:
+    with _progress_bar(progress) as bar:
         task = bar.add_task("prepare", total=total)
         for path, item in zip(paths, described):
             def on_progress(position: int, base: int = done) -> None:

@@ -20,7 +20,7 @@ def run_cli(app: typer.Typer) -> None:
         err.show()
         sys.exit(err.exit_code)
     except UserError as err:
-        console.print(f"[bold red]error:[/] {err}", highlight=False)
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)

@@ -58,7 +58,7 @@ def prepare(
         strict=strict,
         overwrite=overwrite,
         progress=progress and console.is_terminal,
-        log=lambda message: console.print(message, highlight=False),
+        log=lambda message: console.print(message, highlight=False, soft_wrap=True),
     )
     _print_summary(out, manifest)
 
@@ -76,7 +76,7 @@ def inspect(
     _print_summary(folder, manifest)
     if verify:
         shards = sum(len(s.shards) for s in manifest.splits.values())
-        console.print(f"[green]verified[/] {shards} shards: sizes and sha256 match the manifest.", highlight=False)
+        console.print(f"[green]verified[/] {shards} shards: sizes and sha256 match the manifest.", highlight=False, soft_wrap=True)
 
 
 def _print_summary(folder: Path, manifest) -> None:
