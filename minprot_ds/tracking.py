@@ -29,7 +29,6 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -48,7 +47,7 @@ TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 RESUME_COUNT_TAG = "minprot.resumes"
 _TRUNCATED = "...[truncated]"
 # MLflow log lines that are progress chatter, not problems (table creation, monitor start/stop).
-_CHATTY_LOGGERS = ("mlflow.store.db.utils", "alembic", "mlflow.system_metrics", "mlflow.tracking._tracking_service.client")
+_CHATTY_LOGGERS = ("mlflow.store.db.utils", "alembic", "mlflow.system_metrics")
 # Errors that retrying cannot fix: the record itself is wrong.
 _NON_RETRYABLE_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST"}
 ENV_PACKAGES = ("torch", "deepspeed", "transformers", "datasets", "mlflow", "minprot-ds")

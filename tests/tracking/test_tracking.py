@@ -117,22 +117,22 @@ def test_embedded_store_records_params_metrics_and_artifacts(tmp_path: Path, mon
     assert (run_dir / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
 
 
-def test_resume_continues_the_same_run(tmp_path: Path) -> None:
-    run_id = resume_a_run(tmp_path / "run", None)
-    check_resumed_run(MlflowClient(store_uri(tmp_path / "run", None)), run_id)
+def test_resume_continues_the_same_run(run_dir: Path) -> None:
+    run_id = resume_a_run(run_dir, None)
+    check_resumed_run(MlflowClient(store_uri(run_dir, None)), run_id)
 
 
-def test_exception_marks_the_run_failed_and_interrupt_killed(tmp_path: Path) -> None:
-    client = MlflowClient(store_uri(tmp_path, None))
+def test_exception_marks_the_run_failed_and_interrupt_killed(run_dir: Path) -> None:
+    client = MlflowClient(store_uri(run_dir, None))
     with pytest.raises(ZeroDivisionError):
-        with start(tmp_path) as tracker:
+        with start(run_dir) as tracker:
             tracker.log_metrics({"loss": 1.0}, step=0)
             1 / 0  # noqa: B018 - a real exception in the training loop
     assert client.get_run(tracker.run_id).info.status == "FAILED"
     assert steps(client, tracker.run_id, "loss") == [(0, 1.0)]
 
     with pytest.raises(KeyboardInterrupt):
-        with start(tmp_path) as tracker:
+        with start(run_dir) as tracker:
             raise KeyboardInterrupt
     assert client.get_run(tracker.run_id).info.status == "KILLED"
 
@@ -152,17 +152,17 @@ def test_disabled_tracker_does_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_system_metrics_are_logged_and_their_thread_stops(tmp_path: Path) -> None:
-    tracker = start(tmp_path, system_metrics=True, system_metrics_interval_s=0.2)
+def test_system_metrics_are_logged_and_their_thread_stops(run_dir: Path) -> None:
+    tracker = start(run_dir, system_metrics=True, system_metrics_interval_s=0.2)
     time.sleep(1.0)
     tracker.end()
     assert not any(t.name == "SystemMetricsMonitor" for t in threading.enumerate())
-    metrics = MlflowClient(store_uri(tmp_path, None)).get_run(tracker.run_id).data.metrics
+    metrics = MlflowClient(store_uri(run_dir, None)).get_run(tracker.run_id).data.metrics
     assert "system/cpu_utilization_percentage" in metrics
 
 
-def test_rejected_record_warns_and_training_goes_on(tmp_path: Path, caplog) -> None:
-    tracker = start(tmp_path)
+def test_rejected_record_warns_and_training_goes_on(run_dir: Path, caplog) -> None:
+    tracker = start(run_dir)
     tracker.log_params({"lr": 1.0})
     with caplog.at_level(logging.WARNING, logger="minprot_ds.tracking"):
         tracker.log_params({"lr": 2.0})  # params are immutable within a run: MLflow refuses
@@ -170,7 +170,7 @@ def test_rejected_record_warns_and_training_goes_on(tmp_path: Path, caplog) -> N
     assert "rejected params" in caplog.text
     tracker.log_metrics({"loss": 1.0}, step=0)
     tracker.end()
-    assert steps(MlflowClient(store_uri(tmp_path, None)), tracker.run_id, "loss") == [(0, 1.0)]
+    assert steps(MlflowClient(store_uri(run_dir, None)), tracker.run_id, "loss") == [(0, 1.0)]
 
 
 def test_unreachable_server_is_a_user_error(tmp_path: Path) -> None:
@@ -179,9 +179,9 @@ def test_unreachable_server_is_a_user_error(tmp_path: Path) -> None:
         start(tmp_path, uri)
 
 
-def test_resuming_an_unknown_run_is_a_user_error(tmp_path: Path) -> None:
+def test_resuming_an_unknown_run_is_a_user_error(run_dir: Path) -> None:
     with pytest.raises(UserError, match="0123456789abcdef.*not in the store"):
-        start(tmp_path, resume_run_id="0123456789abcdef")
+        start(run_dir, resume_run_id="0123456789abcdef")
 
 
 def test_flatten_uses_dotted_keys() -> None:
@@ -238,6 +238,7 @@ def test_server_outage_keeps_training_and_catches_up(own_mlflow_server, tmp_path
         tracker.log_metrics({"loss": 2.0}, step=1)  # must not raise
         blocked_s = time.monotonic() - began
     assert tracker.pending == 1 and "training goes on" in caplog.text
+    print(f"a failed log call blocked for {blocked_s:.1f} s")
     assert blocked_s < 30, f"a failed log call blocked training for {blocked_s:.0f} s"
     server.start()
     tracker.log_metrics({"loss": 1.0}, step=2)  # writes the delayed step 1 first
