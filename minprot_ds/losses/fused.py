@@ -12,17 +12,17 @@ What the forward keeps for backward is already the gradient, so backward is one 
   scale is applied (its entries are ~w/(N·|s|·√H) ≈ 1e-9); u's entries are ~1/√H. Backward multiplies
   u in place, so it may run once per forward (retain_graph + a second backward raises).
 
-Triton is imported lazily so the package imports where it is absent. Triton 3.9 decides between
-compiling and interpreting when `@triton.jit` decorates a function (it reads knobs.runtime.interpret,
-i.e. TRITON_INTERPRET, at that moment, not at `import triton`), so the kernels are decorated on first
-use, once per mode, under knobs.runtime.scope(): CUDA tensors get compiled kernels, CPU tensors the
-interpreter. Running on CPU is opt-in with TRITON_INTERPRET=1 (tests), since the interpreter is slow.
+The kernels live in fused_kernels.py, imported on first use so the package imports where triton is
+absent. Triton 3.9 decides between compiling and interpreting when `@triton.jit` decorates a function:
+it reads TRITON_INTERPRET (knobs.runtime.interpret) at that moment, and triton's own tl.max/tl.sum are
+decorated when triton.language is first imported. So CPU tensors (Triton's interpreter, for tests)
+need TRITON_INTERPRET=1 in the environment before anything imports triton; one process runs either
+interpreted or compiled kernels, never both, and a mismatch is reported, not silently worked around.
 """
 from __future__ import annotations
 
-import functools
+import importlib.util
 import os
-from types import SimpleNamespace
 
 import torch
 
@@ -38,120 +38,32 @@ def interpreter_requested() -> bool:
 
 
 def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # find_spec, not import: importing triton.language fixes the compile/interpret mode for the process.
+    return importlib.util.find_spec("triton") is not None
 
 
 def _check_device(t: torch.Tensor) -> None:
-    if t.device.type == "cuda":
+    interpreted = _kernels().interpreted()
+    if t.device.type == "cuda" and not interpreted:
+        return
+    if t.device.type == "cpu" and interpreted:
         return
     if t.device.type == "cpu" and interpreter_requested():
-        return
+        raise UserError(
+            "loss impl 'triton' on CPU: TRITON_INTERPRET=1 was set after triton was first imported; "
+            "set it in the environment before the process starts (or before any `import triton`)"
+        )
     raise UserError(
-        f"loss impl 'triton' needs CUDA tensors (got {t.device.type}); on CPU set TRITON_INTERPRET=1 "
-        "to run the kernels in Triton's (slow) interpreter, or use impl 'eager' or 'auto'"
+        f"loss impl 'triton' cannot run on {t.device.type} tensors in this process "
+        f"(Triton {'interpreter' if interpreted else 'compiler'} active); on CPU set TRITON_INTERPRET=1 "
+        "before triton is imported to use Triton's (slow) interpreter, or use impl 'eager' or 'auto'"
     )
 
 
-def _kernel_source():
-    import triton.language as tl
+def _kernels():
+    from minprot_ds.losses import fused_kernels
 
-    def logits_kernel(
-        s_ptr, t_ptr, labels_ptr, grad_ptr, ce_ptr, kd_ptr, n_labelled_ptr,
-        M, V, s_stride, t_stride, inv_tau, w_mlm, kd_grad_coef,
-        IGNORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
-    ):
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = tl.arange(0, BLOCK_V)
-        rmask = rows < M
-        cmask = cols < V
-        mask = rmask[:, None] & cmask[None, :]
-        rows64 = rows.to(tl.int64)
-        s = tl.load(s_ptr + rows64[:, None] * s_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        t = tl.load(t_ptr + rows64[:, None] * t_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        s = tl.where(cmask[None, :], s, float("-inf"))
-        t = tl.where(cmask[None, :], t, float("-inf"))
-        label = tl.load(labels_ptr + rows, mask=rmask, other=IGNORE).to(tl.int32)
-        labelled = (label != IGNORE) & rmask
-
-        # CE = (max − s_y) + log Σ exp(s − max): differences before sums, so 1e4-sized logits stay exact.
-        s_max = tl.max(s, axis=1)
-        e = tl.exp(s - s_max[:, None])
-        sum_e = tl.sum(e, axis=1)
-        is_label = cols[None, :] == label[:, None]
-        s_y = tl.sum(tl.where(is_label, s, 0.0), axis=1)
-        ce = tl.where(labelled, (s_max - s_y) + tl.log(sum_e), 0.0)
-        p = e / sum_e[:, None]
-
-        # KD row = −Σ p_T·log q_S at temperature τ = Σ p_T·(max' − s'_v) + log Σ exp(s' − max').
-        ss = s * inv_tau
-        ss_max = s_max * inv_tau
-        es = tl.exp(ss - ss_max[:, None])
-        sum_es = tl.sum(es, axis=1)
-        tt = t * inv_tau
-        tt_max = tl.max(tt, axis=1)
-        et = tl.exp(tt - tt_max[:, None])
-        p_t = et / tl.sum(et, axis=1)[:, None]
-        gap = tl.where(cmask[None, :], ss_max[:, None] - ss, 0.0)
-        kd = tl.sum(p_t * gap, axis=1) + tl.log(sum_es)
-        q_s = es / sum_es[:, None]
-
-        n_labelled = tl.load(n_labelled_ptr)
-        mlm_coef = tl.where(labelled, w_mlm / n_labelled, 0.0)
-        onehot = tl.where(is_label, 1.0, 0.0)
-        grad = mlm_coef[:, None] * (p - onehot) + kd_grad_coef * (q_s - p_t)
-        tl.store(grad_ptr + rows64[:, None] * V + cols[None, :], grad, mask=mask)
-        tl.store(ce_ptr + rows, ce, mask=rmask)
-        tl.store(kd_ptr + rows, kd, mask=rmask)
-
-    def cosine_kernel(
-        s_ptr, t_ptr, u_ptr, inv_norm_ptr, loss_ptr,
-        N, H, s_stride, t_stride, eps,
-        BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
-    ):
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        cols = tl.arange(0, BLOCK_H)
-        rmask = rows < N
-        mask = rmask[:, None] & (cols < H)[None, :]
-        rows64 = rows.to(tl.int64)
-        s = tl.load(s_ptr + rows64[:, None] * s_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        t = tl.load(t_ptr + rows64[:, None] * t_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        dot = tl.sum(s * t, axis=1)
-        ss = tl.sum(s * s, axis=1)
-        ns = tl.sqrt(ss)
-        nt = tl.sqrt(tl.sum(t * t, axis=1))
-        prod = ns * nt  # not sqrt(ss·tt): that product overflows fp32 for large hidden states
-        denom = tl.maximum(prod, eps)
-        cos = dot / denom
-        # d cos/ds = t/denom − cos·s/|s|² (the second term vanishes where eps clamps the denominator).
-        # Stored as u·(1/|s|) with u of unit scale; |s| = 0 uses factor 1 instead.
-        ns_f = tl.where(ns > 0, ns, 1.0)
-        a = ns_f / denom
-        b = tl.where(prod >= eps, cos * ns_f / tl.where(ss > 0, ss, 1.0), 0.0)
-        u = b[:, None] * s - a[:, None] * t  # = |s|·d(1 − cos)/ds
-        tl.store(u_ptr + rows64[:, None] * H + cols[None, :], u.to(u_ptr.dtype.element_ty), mask=mask)
-        tl.store(inv_norm_ptr + rows, 1.0 / ns_f, mask=rmask)
-        tl.store(loss_ptr + rows, 1.0 - cos, mask=rmask)
-
-    return logits_kernel, cosine_kernel
-
-
-@functools.lru_cache(maxsize=2)
-def _kernels(interpret: bool) -> SimpleNamespace:
-    import triton
-    from triton import knobs
-
-    logits_fn, cosine_fn = _kernel_source()
-    with knobs.runtime.scope():
-        knobs.runtime.interpret = interpret
-        return SimpleNamespace(logits=triton.jit(logits_fn), cosine=triton.jit(cosine_fn))
-
-
-def _kernels_for(t: torch.Tensor) -> SimpleNamespace:
-    return _kernels(t.device.type != "cuda")
+    return fused_kernels
 
 
 def _row_major(x: torch.Tensor) -> torch.Tensor:
@@ -183,8 +95,8 @@ class _LogitsLoss(torch.autograd.Function):
         if m > 0:
             block_m, block_v = _blocks(v)
             kd_grad_coef = w_kd * temperature / m  # d(τ²·KD/M)/ds = (τ/M)·(q_S − p_T)
-            _kernels_for(s).logits[(triton_cdiv(m, block_m),)](
-                s, t, labels, grad, ce, kd_rows, n_labelled,
+            _kernels().logits_kernel[(_cdiv(m, block_m),)](
+                s, t, labels.contiguous(), grad, ce, kd_rows, n_labelled,
                 m, v, s.stride(0), t.stride(0), 1.0 / temperature, w_mlm, kd_grad_coef,
                 IGNORE=IGNORE_INDEX, BLOCK_M=block_m, BLOCK_V=block_v,
             )
@@ -213,7 +125,7 @@ class _CosineLoss(torch.autograd.Function):
         loss_rows = torch.empty(n, dtype=torch.float32, device=s.device)
         if n > 0:
             block_n, block_h = _blocks(h)
-            _kernels_for(s).cosine[(triton_cdiv(n, block_n),)](
+            _kernels().cosine_kernel[(_cdiv(n, block_n),)](
                 s, t, u, inv_norm, loss_rows, n, h, s.stride(0), t.stride(0), COS_EPS,
                 BLOCK_N=block_n, BLOCK_H=block_h,
             )
@@ -235,7 +147,7 @@ class _CosineLoss(torch.autograd.Function):
         return u, None, None
 
 
-def triton_cdiv(a: int, b: int) -> int:
+def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 

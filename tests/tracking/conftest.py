@@ -1,107 +1,10 @@
-"""A real `mlflow server` on loopback for the tracking tests (no mocks of MLflow)."""
+"""Fixtures of the tracking tests (the real `mlflow server` fixtures live in tests/conftest.py)."""
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-MLFLOW = Path(sys.executable).parent / "mlflow"
-# Tests never phone home (MLflow 3 sends usage telemetry by default).
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class MlflowServer:
-    """A server process over a SQLite store; `stop()` / `start()` simulate an outage on the same port."""
-
-    db: Path
-    artifacts: Path
-    port: int
-    log: Path
-    process: subprocess.Popen | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 90.0) -> None:
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{self.db}",
-                 "--artifacts-destination", str(self.artifacts),
-                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"mlflow server did not answer /health within {timeout_s} s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        """Stop the server we started (its own process group: the server forks uvicorn workers)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.process = None
-
-
-def _server(root: Path) -> MlflowServer:
-    root.mkdir(parents=True, exist_ok=True)
-    return MlflowServer(db=root / "mlflow.db", artifacts=root / "artifacts", port=free_port(), log=root / "server.log")
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URI of a real `mlflow server` (SQLite store, proxied artifacts) shared by the session's tests."""
-    server = _server(tmp_path_factory.mktemp("mlflow_server"))
-    server.start()
-    try:
-        yield server.uri
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def own_mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
-    """A server the test may stop and restart (outage tests); stopped at the end whatever happens."""
-    server = _server(tmp_path / "server")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

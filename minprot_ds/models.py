@@ -1,0 +1,255 @@
+"""Teacher and student models: the frozen ProtBert teacher, the student built from its layers, and the
+forward that returns exactly what the distillation loss needs.
+
+Models go in and out as Hugging Face `BertForMaskedLM` folders (or hub ids); the student records which
+teacher layers it was made from in its config (`minprot_teacher_layers`, `minprot_layer_strategy`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import BertConfig, BertForMaskedLM
+
+from minprot_ds.errors import UserError
+from minprot_ds.vocab import VOCAB_SIZE, write_vocab
+
+IGNORE_INDEX = -100
+STRATEGIES = ("alternate", "random")
+
+# ProtBert's tokenizer files (../shared/reference/prot_bert), written beside every saved model.
+_TOKENIZER_CONFIG = {"do_lower_case": False, "special_tokens_map_file": None, "full_tokenizer_file": None}
+_SPECIAL_TOKENS_MAP = {
+    "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
+}
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Sizes of a teacher and its student (the student shares everything but the layer count)."""
+
+    teacher_layers: int
+    student_layers: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+
+
+MODEL_PRESETS = {
+    "tiny": ModelPreset(teacher_layers=4, student_layers=2, hidden_size=32, num_heads=4, intermediate_size=64),
+    "cpu-small": ModelPreset(teacher_layers=6, student_layers=3, hidden_size=256, num_heads=4, intermediate_size=1024),
+    "protbert": ModelPreset(teacher_layers=30, student_layers=15, hidden_size=1024, num_heads=16, intermediate_size=4096),
+}
+
+
+# --- loading -------------------------------------------------------------------------------------------
+
+def _looks_like_path(name: str) -> bool:
+    # Hub ids are "name" or "org/name"; anything else with a separator, a dot prefix or ~ is a path.
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or Path(name).exists()
+
+
+def _from_pretrained(name_or_path: str, role: str, dtype: torch.dtype) -> BertForMaskedLM:
+    expected = (
+        f"pass a folder holding config.json and weights (model.safetensors or pytorch_model.bin, as "
+        f"save_pretrained writes) or a Hugging Face hub id such as Rostlab/prot_bert"
+    )
+    name = str(name_or_path)
+    if _looks_like_path(name):
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"{role} model folder {folder} does not exist; {expected}")
+        if not (folder / "config.json").is_file():
+            raise UserError(f"{role} model folder {folder} has no config.json; {expected}")
+        name = str(folder)
+    try:
+        model, info = BertForMaskedLM.from_pretrained(
+            name, attn_implementation="sdpa", dtype=dtype, output_loading_info=True
+        )
+    except (OSError, ValueError) as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        if offline and not Path(name).is_dir():
+            raise UserError(
+                f"cannot load {role} model {name!r}: HF_HUB_OFFLINE is set and it is neither a local folder nor "
+                f"in the Hugging Face cache; download it once with network access or {expected}"
+            ) from err
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"cannot load {role} model {name!r}: no such local folder and the hub lookup failed ({first_line}); {expected}"
+        ) from err
+    # A checkpoint without the MLM head (e.g. a bare BertModel) would load with a random head: refuse.
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith("cls.predictions.decoder")]
+    if missing:
+        raise UserError(
+            f"{role} model {name!r} lacks weights for {', '.join(sorted(missing)[:4])}"
+            f"{' …' if len(missing) > 4 else ''}; it must be a BertForMaskedLM checkpoint (ProtBert's layout)"
+        )
+    return model
+
+
+def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device=None) -> BertForMaskedLM:
+    """The frozen teacher: SDPA attention, no gradients, eval mode with dropout off, in `dtype`."""
+    model = _from_pretrained(name_or_path, "teacher", dtype)
+    model.requires_grad_(False)
+    # eval() alone turns dropout off until someone calls .train(); p = 0 keeps it off regardless.
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model.eval()
+    return model.to(device) if device is not None else model
+
+
+def load_student(path: str) -> BertForMaskedLM:
+    """An existing student folder (e.g. a DistilProtBert checkpoint), fp32 and trainable."""
+    model = _from_pretrained(path, "student", torch.float32)
+    model.requires_grad_(True)
+    model.train()
+    return model
+
+
+# --- student from teacher layers -----------------------------------------------------------------------
+
+def select_layers(num_teacher_layers: int, num_layers: int, strategy: str | list[int] = "alternate", seed: int = 0) -> list[int]:
+    """Indices of the teacher layers the student copies, ascending.
+
+    alternate: evenly spaced from the first to the last layer, rounding halves up, i.e. every other
+      layer keeping both ends. For 12 → 6 this is [0, 2, 4, 7, 9, 11], exactly what DistilBERT's
+      extraction script copies; for 30 → 15 it is [0, 2, …, 12, 15, 17, …, 29]. Keeping the last layer
+      starts the student's output close to the teacher's, which the cosine loss compares.
+    random: `num_layers` distinct layers drawn with numpy's default_rng(seed) (MinProtBert's choice).
+    a list: those indices, validated.
+    """
+    if not 1 <= num_layers <= num_teacher_layers:
+        raise UserError(f"student layer count must be between 1 and the teacher's {num_teacher_layers} (got {num_layers})")
+    if isinstance(strategy, str):
+        if strategy == "alternate":
+            if num_layers == 1:
+                return [num_teacher_layers - 1]
+            step = (num_teacher_layers - 1) / (num_layers - 1)
+            return [int(np.floor(i * step + 0.5)) for i in range(num_layers)]
+        if strategy == "random":
+            rng = np.random.default_rng(seed)
+            return sorted(int(i) for i in rng.choice(num_teacher_layers, size=num_layers, replace=False))
+        raise UserError(
+            f"unknown layer strategy {strategy!r}; use 'alternate', 'random' or an explicit list of teacher layer indices"
+        )
+    layers = [int(i) for i in strategy]
+    if len(layers) != num_layers:
+        raise UserError(f"explicit student layers {layers} name {len(layers)} layers but the student has {num_layers}; list exactly {num_layers}")
+    bad = [i for i in layers if not 0 <= i < num_teacher_layers]
+    if bad:
+        raise UserError(f"explicit student layers {bad} are out of range; the teacher has layers 0..{num_teacher_layers - 1}")
+    if len(set(layers)) != len(layers):
+        raise UserError(f"explicit student layers {layers} repeat an index; each teacher layer may be copied once")
+    return sorted(layers)
+
+
+def build_student(teacher: BertForMaskedLM, num_layers: int = 15, strategy: str | list[int] = "alternate", seed: int = 0) -> BertForMaskedLM:
+    """A new fp32 trainable student: the teacher's config with `num_layers` layers; embeddings, MLM head
+    and the chosen encoder layers copied from the teacher (in ascending teacher order)."""
+    layers = select_layers(teacher.config.num_hidden_layers, num_layers, strategy, seed)
+    config = BertConfig.from_dict(teacher.config.to_dict())
+    config.num_hidden_layers = num_layers
+    config.minprot_teacher_layers = layers
+    config.minprot_layer_strategy = strategy if isinstance(strategy, str) else "explicit"
+    config.minprot_layer_seed = seed
+    config.dtype = "float32"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        student = BertForMaskedLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+
+    teacher_state = teacher.state_dict()
+    prefix = "bert.encoder.layer."
+    state = {}
+    for key, value in teacher_state.items():
+        if key.startswith(prefix):
+            index, rest = key[len(prefix):].split(".", 1)
+            if int(index) not in layers:
+                continue
+            key = f"{prefix}{layers.index(int(index))}.{rest}"
+        state[key] = value.detach().to(device="cpu", dtype=torch.float32)
+    student.load_state_dict(state, strict=True)
+    student.requires_grad_(True)
+    student.train()
+    return student
+
+
+# --- forward for the loss ------------------------------------------------------------------------------
+
+@dataclass
+class ForLossOutputs:
+    """hidden [N, H] at non-pad positions; logits [M, V] and labels [M] at the head's positions."""
+
+    hidden: torch.Tensor
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+
+def forward_for_loss(
+    model: BertForMaskedLM,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    all_positions: bool = False,
+) -> ForLossOutputs:
+    """Encoder forward, then the MLM head only where the loss needs it.
+
+    By default the head runs at masked positions (labels != -100): M rows. With all_positions it runs at
+    every non-pad position (DistilBERT's "KD everywhere"), labels −100 where unmasked, so M = N. Call it
+    for the teacher under torch.inference_mode(); distill_loss accepts such outputs.
+    """
+    sequence = model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    non_pad = attention_mask.bool()
+    hidden = sequence[non_pad]
+    if all_positions:
+        return ForLossOutputs(hidden=hidden, logits=model.cls(hidden), labels=labels[non_pad])
+    masked = labels != IGNORE_INDEX
+    return ForLossOutputs(hidden=hidden, logits=model.cls(sequence[masked]), labels=labels[masked])
+
+
+# --- random models in ProtBert's format ----------------------------------------------------------------
+
+def save_random_protbert(
+    folder: str | Path,
+    *,
+    num_layers: int,
+    hidden_size: int,
+    num_heads: int,
+    intermediate_size: int,
+    seed: int = 0,
+    max_position_embeddings: int = 1024,
+) -> Path:
+    """Write a randomly initialised BertForMaskedLM with ProtBert's config keys and tokenizer files.
+
+    ProtBert's position table has 40,000 entries; the default here (1024) covers 514-token inputs
+    without the 40k × H table dominating a tiny model.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = BertConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        max_position_embeddings=max_position_embeddings,
+        type_vocab_size=2,
+        initializer_range=0.02,
+        architectures=["BertForMaskedLM"],
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForMaskedLM(config)
+    model.save_pretrained(folder)
+    write_vocab(folder)
+    (folder / "tokenizer_config.json").write_text(json.dumps(_TOKENIZER_CONFIG))
+    (folder / "special_tokens_map.json").write_text(json.dumps(_SPECIAL_TOKENS_MAP))
+    return folder
