@@ -1,0 +1,146 @@
+"""Helpers every benchmark script shares: a median-of-repeats timer, a rich table, JSON with machine info.
+
+Scripts in benchmarks/ import it as `from common import ...` (Python puts the script's folder on
+sys.path when it runs `python benchmarks/<name>.py`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclasses.dataclass
+class Timing:
+    """Seconds of each timed repeat: wall clock and CPU (this process plus reaped child processes).
+
+    On a shared machine CPU seconds are the steadier figure: another user's load stretches wall time
+    but not the CPU time this process spends.
+    """
+
+    wall: list[float]
+    cpu: list[float]
+
+    @property
+    def wall_median(self) -> float:
+        return statistics.median(self.wall)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"wall_s": self.wall, "cpu_s": self.cpu, "wall_median_s": self.wall_median, "cpu_median_s": self.cpu_median}
+
+
+def _cpu_seconds() -> float:
+    # Children count once they are reaped, so a process pool shut down inside `fn` is included.
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def time_repeats(fn: Callable[[], Any], repeats: int, warmup: int = 1, setup: Callable[[], Any] | None = None) -> Timing:
+    """Call `fn` warmup + repeats times and time the last `repeats` calls; `setup` runs untimed before each."""
+    wall, cpu = [], []
+    for i in range(warmup + repeats):
+        if setup is not None:
+            setup()
+        w0, c0 = time.perf_counter(), _cpu_seconds()
+        fn()
+        w1, c1 = time.perf_counter(), _cpu_seconds()
+        if i >= warmup:
+            wall.append(w1 - w0)
+            cpu.append(c1 - c0)
+    return Timing(wall, cpu)
+
+
+def machine_info() -> dict[str, Any]:
+    """What a reader needs to compare figures across machines."""
+    import numpy
+    import torch
+
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_average": load,  # > cpu_count: other work shared the cores, trust ratios over absolutes
+        "processor": platform.processor(),
+        "numpy": numpy.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def make_console() -> Console:
+    """A console at least 120 columns wide, so tables stay on one line each in logs and pipes too."""
+    probe = Console()
+    return Console(width=max(probe.width, 120)) if not probe.is_terminal else probe
+
+
+def print_table(
+    title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], console: Console | None = None, text_columns: int = 1
+) -> None:
+    """A rich table: the first `text_columns` columns left-aligned, the others (numbers) right-aligned;
+    None shows as an em dash."""
+    table = Table(title=title)
+    for i, name in enumerate(columns):
+        text = i < text_columns
+        table.add_column(name, justify="left" if text else "right", no_wrap=text)
+    for row in rows:
+        table.add_row(*("—" if cell is None else str(cell) for cell in row))
+    (console or make_console()).print(table)
+
+
+def write_json(path: str | Path, benchmark: str, payload: dict[str, Any]) -> Path:
+    """Write payload with the benchmark name, a UTC timestamp and machine info; atomic (temp + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "benchmark": benchmark,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        **payload,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def fmt_rate(per_s: float | None) -> str | None:
+    """1.23e7 → '12.3 M'; the table's unit is in its column header."""
+    if per_s is None:
+        return None
+    for scale, suffix in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(per_s) >= scale:
+            return f"{per_s / scale:.3g}{suffix}"
+    return f"{per_s:.3g}"
