@@ -5,7 +5,7 @@ import typer
 
 from minprot_ds.cli.common import run_cli
 from minprot_ds.cli import tasks as _tasks  # noqa: F401  (registers task-dataset commands on data_app)
-from minprot_ds.cli import jobs
+from minprot_ds.cli import finetune, jobs
 from minprot_ds.cli.data import data_app
 
 app = typer.Typer(
@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 jobs.register(app)
+finetune.register(app)
 
 
 def main() -> None:

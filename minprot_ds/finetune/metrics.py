@@ -1,0 +1,135 @@
+"""Predictions as a table (predictions.tsv) and the metrics computed from it with scikit-learn.
+
+The job and the tests call the same `compute_metrics` on the same columns, so metrics.json can always be
+recomputed from predictions.tsv. Sequence tasks: one row per sequence, `score` = P(label 1).
+Q3: one row per residue (`position` 1-based), `score` = P(predicted class) and `p_H`/`p_E`/`p_C` the three
+class probabilities; residues without a label (mask column, unknown) keep label -100 and no metric counts them.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn import metrics as skm
+
+from minprot_ds.finetune.tasks import IGNORE_INDEX, TaskSpec
+
+
+@dataclass
+class Predictions:
+    ids: list[str]
+    labels: np.ndarray  # int [N]
+    probs: np.ndarray  # float [N, C], rows sum to 1
+    predicted: np.ndarray  # int [N]: argmax of probs (as written in the file, when read back)
+    positions: np.ndarray | None = None  # int [N], residue tasks only (1-based)
+    residues: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def columns(spec: TaskSpec) -> list[str]:
+    if spec.per_residue:
+        return ["id", "position", "residue", "label", "score", "prediction", *(f"p_{c}" for c in spec.classes)]
+    return ["id", "label", "score", "prediction"]
+
+
+def write_predictions(pred: Predictions, spec: TaskSpec, path: Path) -> Path:
+    predicted = pred.predicted
+    with open(path, "w", newline="") as handle:
+        out = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        out.writerow(columns(spec))
+        for i, rid in enumerate(pred.ids):
+            if spec.per_residue:
+                probs = [f"{p:.6g}" for p in pred.probs[i]]
+                out.writerow([rid, int(pred.positions[i]), pred.residues[i], int(pred.labels[i]),
+                              f"{pred.probs[i, predicted[i]]:.6g}", int(predicted[i]), *probs])
+            else:
+                out.writerow([rid, int(pred.labels[i]), f"{pred.probs[i, 1]:.6g}", int(predicted[i])])
+    return path
+
+
+def read_predictions(path: Path, spec: TaskSpec) -> Predictions:
+    """predictions.tsv back into columns (probabilities as written, 6 significant digits)."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    ids = [r["id"] for r in rows]
+    labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
+    predicted = np.array([int(r["prediction"]) for r in rows], dtype=np.int64)
+    if spec.per_residue:
+        probs = np.array([[float(r[f"p_{c}"]) for c in spec.classes] for r in rows], dtype=np.float64)
+        return Predictions(ids, labels, probs.reshape(-1, spec.num_labels), predicted,
+                           np.array([int(r["position"]) for r in rows], dtype=np.int64), [r["residue"] for r in rows])
+    score = np.array([float(r["score"]) for r in rows], dtype=np.float64)
+    return Predictions(ids, labels, np.stack([1.0 - score, score], axis=1).reshape(-1, 2), predicted)
+
+
+def compute_metrics(pred: Predictions, spec: TaskSpec) -> dict:
+    """accuracy, precision, recall, f1, roc_auc, mcc (+ per-class scores for Q3); NaN where undefined."""
+    with warnings.catch_warnings():  # one class in a tiny set: sklearn warns, the NaN / 0 says it already
+        warnings.simplefilter("ignore", UserWarning)
+        return _compute(pred, spec)
+
+
+def _compute(pred: Predictions, spec: TaskSpec) -> dict:
+    keep = pred.labels != IGNORE_INDEX
+    y, probs, yhat = pred.labels[keep], pred.probs[keep], pred.predicted[keep]
+    present = np.unique(y)
+    out: dict = {"n": int(keep.sum())}
+    if len(y) == 0:
+        return out | {k: math.nan for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "mcc")}
+    if not spec.per_residue:
+        out |= {
+            "positives": int((y == 1).sum()),
+            "accuracy": skm.accuracy_score(y, yhat),
+            "precision": skm.precision_score(y, yhat, zero_division=0),
+            "recall": skm.recall_score(y, yhat, zero_division=0),
+            "f1": skm.f1_score(y, yhat, zero_division=0),
+            "roc_auc": skm.roc_auc_score(y, probs[:, 1]) if len(present) == 2 else math.nan,
+            "mcc": skm.matthews_corrcoef(y, yhat),
+        }
+        return {k: float(v) if not isinstance(v, int) else v for k, v in out.items()}
+    labels = list(range(spec.num_labels))
+    p, r, f, support = skm.precision_recall_fscore_support(y, yhat, labels=labels, zero_division=0)
+    out |= {
+        "accuracy": float(skm.accuracy_score(y, yhat)),  # Q3: per-residue accuracy
+        "precision": float(np.mean(p)),  # macro over H/E/C
+        "recall": float(np.mean(r)),
+        "f1": float(np.mean(f)),
+        "roc_auc": float(skm.roc_auc_score(y, probs / probs.sum(axis=1, keepdims=True), multi_class="ovr",
+                                           average="macro", labels=labels))
+        if len(present) == spec.num_labels else math.nan,  # one-vs-rest needs every class present
+        "mcc": float(skm.matthews_corrcoef(y, yhat)),
+        "per_class": {
+            c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
+            for i, c in enumerate(spec.classes)
+        },
+    }
+    return out
+
+
+def flat_metrics(metrics: dict, prefix: str) -> dict[str, float]:
+    """{"per_class": {"H": {"f1": x}}} -> {"prefix/f1_H": x}: the MLflow metric names."""
+    flat = {}
+    for key, value in metrics.items():
+        if key == "per_class":
+            for cls, scores in value.items():
+                flat.update({f"{prefix}/{name}_{cls}": v for name, v in scores.items()})
+        elif isinstance(value, (int, float)):
+            flat[f"{prefix}/{key}"] = float(value)
+    return flat
+
+
+def json_safe(obj: object) -> object:
+    """NaN and infinities become None: JSON has no NaN, and null reads as "undefined" (e.g. ROC-AUC of one class)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

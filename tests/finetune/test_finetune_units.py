@@ -1,0 +1,67 @@
+"""The pieces under the job: token ids and label alignment, truncation, length-bucketed batches, model loading."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import BertTokenizer
+
+from data_prep.tasks import load_task_data
+from minprot_ds.errors import UserError
+from minprot_ds.finetune.tasks import collate, encode_split, load_model, task_spec, train_batches
+from minprot_ds.vocab import CLS_ID, PAD_ID, SEP_ID
+
+
+def test_q3_labels_sit_under_their_residues(shared_data: Path, teacher_dir: Path) -> None:
+    casp12 = load_task_data(shared_data / "secondary_structure/CASP12_HHblits.csv", "q3").select([17, 1])
+    spec = task_spec("q3")
+    enc = encode_split(casp12, spec)
+    batch = collate(enc, [0, 1], spec)
+    short, long_ = len(casp12[0]["sequence"]), len(casp12[1]["sequence"])  # 76 and 106 residues
+    ids, labels = batch["input_ids"].numpy(), batch["labels"].numpy()
+    assert ids.shape == (2, long_ + 2) and ids[0, 0] == CLS_ID and ids[0, short + 1] == SEP_ID
+    assert (ids[0, short + 2:] == PAD_ID).all() and batch["attention_mask"][0].sum() == short + 2
+    assert labels[0, 1:short + 1].tolist() == casp12[0]["labels"]
+    assert (labels[0, [0, short + 1]] == -100).all() and (labels[0, short + 2:] == -100).all()
+    # The byte table gives the ids ProtBert's own tokenizer gives on space-separated residues.
+    tokenizer = BertTokenizer.from_pretrained(teacher_dir)
+    assert ids[1].tolist() == tokenizer(" ".join(casp12[1]["sequence"]))["input_ids"]
+
+
+def test_long_sequences_are_cut_to_512_residues(shared_data: Path) -> None:
+    pdb = load_task_data(shared_data / "dna_binding/pdb1075_pdb186/independent_test_dataset_PDB186.txt", "dna-binding")
+    longest = int(np.argmax([len(s) for s in pdb["sequence"]]))
+    spec = task_spec("dna-binding")
+    enc = encode_split(pdb.select([longest]), spec)
+    assert len(pdb[longest]["sequence"]) > 512 and enc.truncated == 1
+    batch = collate(enc, [0], spec)
+    assert batch["input_ids"].shape == (1, 514) and batch["labels"].tolist() == [pdb[longest]["label"]]
+
+
+def test_train_batches_cover_each_row_once_and_follow_the_seed() -> None:
+    lengths = np.random.default_rng(0).integers(20, 500, size=203)
+    batches = train_batches(lengths, 8, seed=3, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(203))
+    assert batches == train_batches(lengths, 8, seed=3, epoch=0) != train_batches(lengths, 8, seed=3, epoch=1)
+    padded = sum(max(lengths[b]) * len(b) for b in batches)
+    naive = sum(max(lengths[b]) * len(b) for b in np.array_split(np.random.default_rng(1).permutation(203), 26))
+    assert padded < 0.7 * naive  # bucketing by length removes most padding
+
+
+def test_model_gets_a_fresh_head_per_task(teacher_dir: Path) -> None:
+    seq = load_model(str(teacher_dir), task_spec("membrane"))
+    tok = load_model(str(teacher_dir), task_spec("q3"))
+    assert type(seq).__name__ == "BertForSequenceClassification" and seq.config.num_labels == 2
+    assert type(tok).__name__ == "BertForTokenClassification" and tok.config.id2label == {0: "H", 1: "E", 2: "C"}
+    assert all(p.requires_grad for p in tok.parameters())
+
+
+def test_model_path_errors_name_the_path(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"--model .*nowhere does not exist; pass a folder holding config.json"):
+        load_model(str(tmp_path / "nowhere"), task_spec("q3"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"--model .*empty has no config.json"):
+        load_model(str(tmp_path / "empty"), task_spec("q3"))
+    with pytest.raises(UserError, match=r"unknown --task 'ss8'; choose one of: dna-binding, membrane, q3"):
+        task_spec("ss8")
