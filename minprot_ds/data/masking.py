@@ -16,7 +16,7 @@ import dataclasses
 import numpy as np
 
 from minprot_ds.errors import UserError
-from minprot_ds.vocab import MASK_ID, STANDARD_RESIDUE_IDS
+from minprot_ds.vocab import MASK_ID, PAD_ID, STANDARD_RESIDUE_IDS
 
 IGNORE_INDEX = -100  # labels at positions the loss skips (PyTorch's cross-entropy default)
 
@@ -25,6 +25,7 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _DOMAIN = 0x6D61736B  # "mask": keeps these draws apart from any other use of the run seed
 _BITS24 = 1 << 24
+_MASK24 = np.uint64(_BITS24 - 1)
 
 
 @dataclasses.dataclass
@@ -55,10 +56,61 @@ def residue_hashes(seed: int, epoch: int, sample_index: np.ndarray, width: int) 
     if seed < 0 or epoch < 0:
         raise UserError(f"seed and epoch must be non-negative integers, got seed={seed}, epoch={epoch}.")
     key = _mix(np.array([seed ^ _DOMAIN], dtype=np.uint64) + _GOLDEN)
-    key = _mix(key + np.uint64(epoch) * _GOLDEN)
+    key = _mix(key + np.array([epoch], dtype=np.uint64) * _GOLDEN)
     key = _mix(key + np.asarray(sample_index, dtype=np.uint64) * _GOLDEN)  # [B]
     positions = (np.arange(1, width + 1, dtype=np.uint64) * _GOLDEN)[None, :]
     return _mix(key[:, None] + positions)
+
+
+def mask_residues(
+    ids: np.ndarray,
+    lengths: np.ndarray,
+    sample_index: np.ndarray,
+    *,
+    seed: int,
+    epoch: int,
+    options: MaskingOptions,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, labels), uint8 [B, T], from padded ids ([CLS] residues [SEP] [PAD]...): the compact form
+    DataLoader workers send (8x fewer bytes than int64). labels hold the original id at selected residues
+    and PAD_ID elsewhere (never a residue); `loss_labels` turns them into the loss's int64 labels.
+    [CLS], [SEP] and [PAD] are never selected.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    batch, width = ids.shape
+    longest = int(lengths.max()) if batch else 0
+    h = residue_hashes(seed, epoch, sample_index, longest)
+    valid = np.arange(longest)[None, :] < lengths[:, None]
+    # Compare in uint64 (no casts): the draws are the low 24 bits, the action the next 24.
+    low = h & _MASK24
+    selected = (low < np.uint64(round(options.probability * _BITS24))) & valid
+    empty = np.flatnonzero(~selected.any(axis=1) & (lengths > 0))
+    if len(empty):
+        lowest = np.where(valid[empty], low[empty], np.uint64(_BITS24)).argmin(axis=1)
+        selected[empty, lowest] = True
+
+    action = (h >> np.uint64(24)) & _MASK24
+    mask_below = np.uint64(round(options.mask_fraction * _BITS24))
+    random_below = np.uint64(round((options.mask_fraction + options.random_fraction) * _BITS24))
+    to_mask = selected & (action < mask_below)
+    to_random = selected & (action >= mask_below) & (action < random_below)
+
+    inputs = ids.copy()
+    body = inputs[:, 1 : 1 + longest]  # a view: writes land in inputs
+    labels = np.full((batch, width), PAD_ID, dtype=np.uint8)
+    np.copyto(labels[:, 1 : 1 + longest], body, where=selected)
+    np.copyto(body, np.uint8(MASK_ID), where=to_mask)
+    drawn = h[to_random] >> np.uint64(48)  # few positions: pick their residue only
+    pick = (drawn * np.uint64(len(STANDARD_RESIDUE_IDS))) >> np.uint64(16)
+    body[to_random] = STANDARD_RESIDUE_IDS[pick.astype(np.intp)]
+    return inputs, labels
+
+
+def loss_labels(labels: np.ndarray) -> np.ndarray:
+    """int64 labels for the loss from `mask_residues`' compact ones: IGNORE_INDEX where not selected."""
+    out = labels.astype(np.int64)
+    out[labels == PAD_ID] = IGNORE_INDEX
+    return out
 
 
 def mask_batch(
@@ -70,35 +122,7 @@ def mask_batch(
     epoch: int,
     options: MaskingOptions,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, labels), int64 [B, T], from padded ids ([CLS] residues [SEP] [PAD]...).
-
-    labels hold the original id at selected residues and IGNORE_INDEX elsewhere; [CLS], [SEP] and
-    [PAD] are never selected.
-    """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    batch, width = ids.shape
-    longest = int(lengths.max()) if batch else 0
-    h = residue_hashes(seed, epoch, sample_index, longest)
-    valid = np.arange(longest)[None, :] < lengths[:, None]
-    draw = (h & np.uint64(_BITS24 - 1)).astype(np.int64)
-    selected = (draw < round(options.probability * _BITS24)) & valid
-    empty = np.flatnonzero(~selected.any(axis=1) & (lengths > 0))
-    if len(empty):
-        lowest = np.where(valid[empty], draw[empty], _BITS24).argmin(axis=1)
-        selected[empty, lowest] = True
-
-    action = ((h >> np.uint64(24)) & np.uint64(_BITS24 - 1)).astype(np.int64)
-    to_mask = selected & (action < round(options.mask_fraction * _BITS24))
-    to_random = (
-        selected & ~to_mask & (action < round((options.mask_fraction + options.random_fraction) * _BITS24))
-    )
-    pick = (((h >> np.uint64(48)) * np.uint64(len(STANDARD_RESIDUE_IDS))) >> np.uint64(16)).astype(np.intp)
-
-    residues = ids[:, 1 : 1 + longest]
-    labels = np.full((batch, width), IGNORE_INDEX, dtype=np.int64)
-    labels[:, 1 : 1 + longest] = np.where(selected, residues, IGNORE_INDEX)
-    inputs = ids.astype(np.int64)
-    body = inputs[:, 1 : 1 + longest]  # a view: writes land in inputs
-    body[to_mask] = MASK_ID
-    body[to_random] = STANDARD_RESIDUE_IDS[pick[to_random]]
-    return inputs, labels
+    """(input_ids, labels), int64 [B, T]: labels hold the original id at selected residues and
+    IGNORE_INDEX elsewhere."""
+    inputs, labels = mask_residues(ids, lengths, sample_index, seed=seed, epoch=epoch, options=options)
+    return inputs.astype(np.int64), loss_labels(labels)

@@ -9,6 +9,9 @@ cursor saved with one layout loads in another whenever it falls on a step bounda
 
 A torch DataLoader (map-style dataset keyed by micro-batch, sampler starting at the cursor) builds the
 batches, so `num_workers` processes share the work in a fixed order without duplicating or dropping any.
+Epochs are planned in the training process when first needed (~5 s for 43M rows): `planned_steps(n)`
+plans epochs 0..n-1, and resuming in epoch e plans epochs 0..e (their micro-batch counts place the
+cursor); the two most recent plans are kept.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from minprot_ds.data.batching import BatchingOptions, EpochPlan, pad_batch, plan_epoch, plan_padding_fraction
-from minprot_ds.data.masking import MaskingOptions, mask_batch
+from minprot_ds.data.masking import MaskingOptions, loss_labels, mask_residues
 from minprot_ds.data.shards import ShardedCorpus
 from minprot_ds.errors import UserError
 
@@ -40,6 +43,42 @@ class MicroBatchKey(NamedTuple):
     rows: np.ndarray  # global row ids
 
 
+def pack_micro_batch(
+    corpus: ShardedCorpus,
+    rows: np.ndarray,
+    *,
+    epoch: int,
+    seed: int,
+    batching: BatchingOptions,
+    masking: MaskingOptions,
+) -> dict[str, Any]:
+    """A padded, masked micro-batch in compact numpy form (uint8 ids): what a DataLoader worker builds
+    and pickles to the training process, ~8x smaller than int64 tensors in shared memory."""
+    rows = np.asarray(rows, dtype=np.int64)
+    lengths = corpus.lengths[rows].astype(np.int64)
+    ids = pad_batch(corpus.tokens(rows), lengths, batching)
+    inputs, labels = mask_residues(ids, lengths, rows, seed=seed, epoch=epoch, options=masking)
+    return {"input_ids": inputs, "labels": labels, "lengths": lengths, "sample_index": rows, "epoch": int(epoch)}
+
+
+def finish_micro_batch(packed: dict[str, Any]) -> MicroBatch:
+    """The micro-batch the engine consumes (int64 tensors + bookkeeping scalars) from its compact form."""
+    inputs, lengths = packed["input_ids"], packed["lengths"]
+    attention = (np.arange(inputs.shape[1])[None, :] < (lengths + 2)[:, None]).astype(np.int64)
+    num_residues = int(lengths.sum())
+    num_tokens = int(inputs.size)
+    return {
+        "input_ids": torch.from_numpy(inputs.astype(np.int64)),
+        "attention_mask": torch.from_numpy(attention),
+        "labels": torch.from_numpy(loss_labels(packed["labels"])),
+        "sample_index": torch.from_numpy(packed["sample_index"]),
+        "epoch": packed["epoch"],
+        "num_residues": num_residues,
+        "num_tokens": num_tokens,
+        "padding_fraction": 1.0 - (num_residues + 2 * len(lengths)) / num_tokens,
+    }
+
+
 def build_micro_batch(
     corpus: ShardedCorpus,
     rows: np.ndarray,
@@ -50,23 +89,14 @@ def build_micro_batch(
     masking: MaskingOptions,
 ) -> MicroBatch:
     """The tensors of one micro-batch (padded, masked) plus its bookkeeping scalars."""
-    rows = np.asarray(rows, dtype=np.int64)
-    lengths = corpus.lengths[rows].astype(np.int64)
-    ids = pad_batch(corpus.tokens(rows), lengths, batching)
-    input_ids, labels = mask_batch(ids, lengths, rows, seed=seed, epoch=epoch, options=masking)
-    attention = (np.arange(ids.shape[1])[None, :] < (lengths + 2)[:, None]).astype(np.int64)
-    num_residues = int(lengths.sum())
-    num_tokens = int(ids.size)
-    return {
-        "input_ids": torch.from_numpy(input_ids),
-        "attention_mask": torch.from_numpy(attention),
-        "labels": torch.from_numpy(labels),
-        "sample_index": torch.from_numpy(rows),
-        "epoch": int(epoch),
-        "num_residues": num_residues,
-        "num_tokens": num_tokens,
-        "padding_fraction": 1.0 - (num_residues + 2 * len(rows)) / num_tokens,
-    }
+    packed = pack_micro_batch(corpus, rows, epoch=epoch, seed=seed, batching=batching, masking=masking)
+    return finish_micro_batch(packed)
+
+
+def _keep(packed: dict[str, Any]) -> dict[str, Any]:
+    """DataLoader collate_fn: leave numpy arrays alone (its default turns them into shared-memory
+    tensors in the worker, which costs more than building the batch)."""
+    return packed
 
 
 class _Plans:
@@ -139,8 +169,9 @@ class MicroBatchDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_corpus": None}
 
-    def __getitem__(self, key: MicroBatchKey) -> MicroBatch:
-        return build_micro_batch(
+    def __getitem__(self, key: MicroBatchKey) -> dict[str, Any]:
+        """The compact micro-batch of a key (see `pack_micro_batch`; `finish_micro_batch` completes it)."""
+        return pack_micro_batch(
             self.corpus, key.rows, epoch=key.epoch, seed=self.seed, batching=self.batching, masking=self.masking
         )
 
@@ -169,8 +200,9 @@ class _RankSampler(Sampler):
 class DistillStream:
     """Per optimizer step, the `grad_accum` micro-batches this rank trains on; resumable exactly.
 
-    `state_dict()` counts only steps already handed out by `iter(stream)`; after `load_state_dict`,
-    start a new `iter(stream)` (an older iterator stops).
+    `state_dict()` counts only steps already handed out by `iter(stream)`. One iterator is live at a
+    time: `iter(stream)` or `load_state_dict` stops any older one (start a new `iter(stream)` after
+    loading a state).
     """
 
     def __init__(
@@ -235,6 +267,12 @@ class DistillStream:
             )
         consumed = int(consumed)
         epoch, within = divmod(consumed, self.rows_per_epoch)
+        if "epoch" in state and state["epoch"] != epoch:
+            raise UserError(
+                f"data stream state {state!r} was written for a corpus of another size (here an epoch is "
+                f"{self.rows_per_epoch} rows, so that cursor lies in epoch {epoch}); resume on the corpus "
+                "the run started with."
+            )
         cumulative = self._plans.plan(epoch)[1]
         local = int(np.searchsorted(cumulative, within))
         k = self.micro_batches_per_step
@@ -250,19 +288,23 @@ class DistillStream:
         self._generation += 1
 
     def __iter__(self) -> Iterator[list[MicroBatch]]:
-        generation, step = self._generation, self._step
+        self._generation += 1  # here, not in the generator body, which runs only at the first next()
+        return self._steps(self._generation, self._step)
+
+    def _steps(self, generation: int, step: int) -> Iterator[list[MicroBatch]]:
         sampler = _RankSampler(self._plans, step, self.rank, self.world_size, self.grad_accum)
         loader = DataLoader(
             self.dataset,
             batch_size=None,
             sampler=sampler,
+            collate_fn=_keep,
             num_workers=self.num_workers,
             persistent_workers=False,
             prefetch_factor=4 if self.num_workers else None,
         )
         batches = iter(loader)
         while True:
-            step_batches = [next(batches) for _ in range(self.grad_accum)]
+            step_batches = [finish_micro_batch(next(batches)) for _ in range(self.grad_accum)]
             if generation != self._generation:
                 return
             step += 1
@@ -364,17 +406,19 @@ def measure_loader_throughput(
     iterator = iter(stream)
     next(iterator)  # start workers outside the timed loop
     residues = tokens = samples = batches = 0
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         for batch in next(iterator):
             residues += batch["num_residues"]
             tokens += batch["num_tokens"]
             samples += len(batch["sample_index"])
             batches += 1
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     return {
         "seconds": elapsed,
         "residues_per_s": residues / elapsed,
+        # this process's CPU time: with workers=0 the one-core figure, robust to other load on the box
+        "residues_per_cpu_s": residues / cpu,
         "samples_per_s": samples / elapsed,
         "micro_batches_per_s": batches / elapsed,
         "padding_fraction": 1.0 - (residues + 2 * samples) / tokens,
@@ -382,15 +426,18 @@ def measure_loader_throughput(
     }
 
 
-def measure_planning(lengths: np.ndarray, *, batching: BatchingOptions | None = None, seed: int = 0) -> dict[str, float]:
+def measure_planning(
+    lengths: np.ndarray, *, batching: BatchingOptions | None = None, seed: int = 0
+) -> dict[str, float]:
     """Seconds to plan one epoch over `lengths` (e.g. 43M rows resampled from the UniRef50-like sample)."""
     batching = batching or BatchingOptions()
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     plan = plan_epoch(lengths, batching, seed=seed, epoch=0)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     return {
         "rows": len(lengths),
         "seconds": elapsed,
+        "cpu_seconds": cpu,
         "micro_batches": len(plan),
         "padding_fraction": plan_padding_fraction(plan, lengths, batching),
     }
