@@ -20,7 +20,7 @@ import torch.distributed as dist
 from minprot_ds.checkpoint import Checkpointer, TrainState, check_compatible, resolve_resume
 from minprot_ds.config import DistillConfig
 from minprot_ds.errors import UserError
-from minprot_ds.export import STUDENT_CONFIG, export_student
+from minprot_ds.export import STUDENT_CONFIG, export_student, student_provenance
 from minprot_ds.metrics import StepMeter
 from minprot_ds.progress import TrainProgress
 from minprot_ds.tracking import environment_params
@@ -35,6 +35,7 @@ class RunResult:
     checkpoint: Path | None
     student_dir: Path | None
     valid: dict[str, float]
+    teacher_unchanged: bool  # the teacher's weights hash the same after the run as before it
 
 
 def init_distributed() -> tuple[int, int]:
@@ -137,7 +138,8 @@ def run(
 
     tracker = build_tracker(config, run_dir, rank=rank, resume_run_id=state.mlflow_run_id)
     state.mlflow_run_id = tracker.run_id
-    stop_at = min(planned, max_steps) if max_steps else planned
+    stop_at = planned if max_steps is None else min(planned, max_steps)
+    teacher_checksum = engine.teacher_checksum()
     meter = StepMeter(engine, precision=str(run_precision(ds)).removeprefix("torch."))
     valid: dict[str, float] = {}
     last_saved = None
@@ -145,9 +147,10 @@ def run(
         if resume_from is None:
             tracker.log_params({"config": config.to_dict(), "deepspeed": ds, "run": {"planned_steps": planned,
                                 "world_size": world, "loss_impl": engine.loss.impl}})
-            tracker.log_params(environment_params())
             tracker.log_dict(ds, "deepspeed_config.json")
             tracker.log_dict(config.to_dict(), "run_config.json")
+            tracker.log_artifact(Path(config.data.corpus) / "manifest.json", "data")
+        tracker.log_params(environment_params())  # on resume, a changed commit or version becomes a tag
         progress = TrainProgress(total=stop_at, start=state.step, enabled=rank == 0)
         last_ckpt_time = time.monotonic()
         batches = iter(stream)
@@ -162,7 +165,7 @@ def run(
                 if state.step % config.run.log_every == 0:
                     tracker.log_metrics(metrics, step=state.step)
                 if meter.consecutive_skips > config.run.max_consecutive_skips:
-                    raise RuntimeError(
+                    raise UserError(
                         f"{meter.consecutive_skips} steps in a row had a non-finite loss or overflowed at step "
                         f"{state.step}; the run stops. Lower optimizer.lr, check the data, or resume from an "
                         "earlier checkpoint."
@@ -189,7 +192,8 @@ def run(
         student_dir = export_final(engine, run_dir, state, config, rank)
         if student_dir is not None:
             tracker.log_artifact(student_dir, "student")
-    return RunResult(run_dir, state.step, planned, state.mlflow_run_id, last_saved, student_dir, valid)
+    return RunResult(run_dir, state.step, planned, state.mlflow_run_id, last_saved, student_dir, valid,
+                     teacher_unchanged=engine.teacher_checksum() == teacher_checksum)
 
 
 def export_final(engine, run_dir: Path, state: TrainState, config: DistillConfig, rank: int) -> Path | None:
@@ -202,7 +206,7 @@ def export_final(engine, run_dir: Path, state: TrainState, config: DistillConfig
         if rank != 0:
             return None
         meta = {"mlflow_run_id": state.mlflow_run_id, "step": state.step, "consumed_samples": state.consumed_samples,
-                "teacher": config.model.teacher, **getattr(model.config, "minprot", {})}
+                "teacher": config.model.teacher, **student_provenance(model.config)}
         return export_student(model, run_dir / "student", meta)
 
 
@@ -240,6 +244,7 @@ def write_summary(result: RunResult) -> None:
         "run_dir": str(result.run_dir), "step": result.step, "planned_steps": result.planned_steps,
         "mlflow_run_id": result.mlflow_run_id, "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         "student": str(result.student_dir) if result.student_dir else None, "valid": result.valid,
+        "teacher_unchanged": result.teacher_unchanged,
     }
     (result.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"step {result.step}/{result.planned_steps}; checkpoint {summary['checkpoint']}; student {summary['student']}")

@@ -8,7 +8,6 @@ MLM logits at masked positions only).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Iterable
 
 import torch
@@ -70,6 +69,16 @@ class DistillEngine:
             vocab=cfg.vocab_size,
         )
 
+    def teacher_checksum(self) -> str:
+        """sha256 of the teacher's weights: equal before and after a run, or something trained it."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, p in sorted(self.teacher.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -111,7 +120,7 @@ class DistillEngine:
             else:
                 self.student.backward(out.total)
                 for i, v in enumerate((out.total, out.mlm, out.kd, out.cos)):
-                    sums[i] += float(v)
+                    sums[i] += float(v.detach())
             self.student.step()
             masked = int((batch["labels"] != -100).sum())
             rows, padded_len = batch["input_ids"].shape
@@ -119,7 +128,7 @@ class DistillEngine:
             counts[1] += batch["num_residues"]
             counts[2] += rows * padded_len
             counts[3] += masked
-            counts[4] += self.step_flops(rows, batch["num_residues"], masked)
+            counts[4] += self.step_flops(batch["attention_mask"], masked)
         n = len(micro_batches)
         reduced = self._all_reduce([s / n for s in sums] + counts + [nonfinite])
         world = dist.get_world_size() if dist.is_initialized() else 1
@@ -131,25 +140,39 @@ class DistillEngine:
             masked=int(reduced[7]), flops=reduced[8],
         )
 
-    def step_flops(self, rows: int, residues: int, masked: int) -> float:
+    def step_flops(self, attention_mask: torch.Tensor, masked: int) -> float:
         """Useful FLOPs of one micro-batch: real tokens only ([CLS]/[SEP] included, padding not)."""
-        tokens = residues + 2 * rows
+        rows, padded_len = attention_mask.shape
         return distill_step_flops(
-            **self._shape, seq_len=max(1, tokens // max(rows, 1)), batch=rows, masked_tokens=masked
+            **self._shape, seq_len=padded_len, batch=rows, masked_tokens=masked,
+            lengths=attention_mask.sum(1).tolist(),
         ).useful
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[dict], with_teacher: bool = False) -> dict[str, float]:
-        """Student MLM loss/accuracy and KD loss over the given batches (all ranks), teacher accuracy if asked."""
+        """Student MLM loss/accuracy and KD loss over all ranks' batches, teacher accuracy if asked.
+
+        Ranks may hold different numbers of eval batches; every iteration agrees on whether any rank
+        still has one, and a rank that has run out repeats its last batch without counting it, so the
+        student's collectives (ZeRO-3 gathers parameters in forward) stay in step.
+        """
         was_training = self.student.module.training
         self.student.module.eval()
         sums = [0.0] * 5  # mlm loss sum, student correct, kd sum, masked count, teacher correct
-        for batch in batches:
-            batch = self._to_device(batch)
+        iterator, last = iter(batches), None
+        while True:
+            batch = next(iterator, None)
+            if self._all_reduce([0.0 if batch is None else 1.0], dist.ReduceOp.MAX)[0] == 0:
+                break
+            counted = batch is not None
+            batch = self._to_device(batch) if counted else last
+            if batch is None:  # this rank never had a batch: nothing to keep in step with
+                continue
+            last = batch
             out, t, _, s_logits = self._losses(batch)
             labels = batch["labels"][batch["labels"] != -100]
             m = labels.numel()
-            if m == 0:
+            if not counted or m == 0:
                 continue
             sums[0] += float(out.mlm) * m
             sums[1] += float((s_logits.argmax(-1) == labels).sum())
@@ -168,7 +191,7 @@ class DistillEngine:
         }
         if with_teacher:
             metrics["valid/teacher_mlm_accuracy"] = total[4] / masked
-        return {k: (v if math.isfinite(v) else float("nan")) for k, v in metrics.items()}
+        return metrics
 
 
 def loss_settings(temperature: float, weights: list[float], impl: str, device: torch.device) -> LossSettings:

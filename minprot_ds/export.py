@@ -27,6 +27,15 @@ def export_student(model: Any, out: str | Path, metadata: dict[str, Any]) -> Pat
     return out
 
 
+def student_provenance(config: Any) -> dict[str, Any]:
+    """The teacher layers a student was made from, as build_student recorded them in its config."""
+    return {
+        "teacher_layers": getattr(config, "minprot_teacher_layers", None),
+        "layer_strategy": getattr(config, "minprot_layer_strategy", None),
+        "layer_seed": getattr(config, "minprot_layer_seed", None),
+    }
+
+
 def read_metadata(folder: str | Path) -> dict[str, Any]:
     """The provenance of an exported student (empty for models minprot did not export)."""
     path = Path(folder) / METADATA
@@ -66,5 +75,5 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     if missing:
         raise UserError(f"checkpoint {folder} lacks student weights {missing[:3]}...; it is not a minprot checkpoint.")
     meta = {"mlflow_run_id": state.mlflow_run_id, "step": state.step, "consumed_samples": state.consumed_samples,
-            "checkpoint": str(folder), **getattr(config, "minprot", {})}
+            "checkpoint": str(folder), **student_provenance(config)}
     return export_student(model, out, meta)

@@ -12,8 +12,8 @@ from minprot_ds.cli.common import console
 def demo(
     run_root: Path = typer.Option(Path("runs/demo"), "--run-root", help="folder for the corpus, teacher and run"),
     ranks: int = typer.Option(2, help="CPU ranks the deepspeed launcher starts"),
-    teacher_steps: int = typer.Option(300, help="MLM pre-training steps of the tiny teacher"),
-    distill_steps: int = typer.Option(150, help="distillation steps (the planned run)"),
+    teacher_steps: int = typer.Option(200, help="MLM pre-training steps of the tiny teacher"),
+    distill_steps: int = typer.Option(100, help="distillation steps (the planned run)"),
     ds_config: str = typer.Option("ds_configs/cpu_zero2.json", help="DeepSpeed config, relative to the checkout"),
 ) -> None:
     """Run the embedded default end to end on CPU: synthetic corpus → tiny teacher → 2-rank distillation.

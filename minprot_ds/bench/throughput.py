@@ -1,0 +1,705 @@
+"""Hardware throughput of the distillation: real engine steps per setting, a sweep, the naive baseline,
+and the projected wall time of a full run.
+
+Each setting (token budget, ZeRO stage, activation checkpointing, loss impl, precision) builds the run's
+own components (`build_stream`, `build_engine`) and times `DistillEngine.step` after warm-up: `repeats`
+timed windows of `steps` steps each, the median window reported. The time split comes from separate
+phase-timed steps that call the engine's pieces one at a time with a device sync between them (syncs
+would slow the headline steps, so those run unsynchronised). Every rank runs the same settings in the
+same order (DeepSpeed can be initialised repeatedly in one process); rank 0 reports.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gc
+import itertools
+import math
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from minprot_ds.bench.flops import distill_step_flops, mfu, peak_tflops
+from minprot_ds.errors import UserError
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+LOSS_IMPLS = ("eager", "compiled", "triton")
+REFERENCE_MAX_TOKENS, REFERENCE_MAX_ROWS = 8192, 64  # the run config's defaults: rows scale with the budget
+SPLIT_PHASES = ("teacher_forward", "student_forward_backward", "loss", "optimizer")
+
+DEFAULT_LENGTHS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lengths" / "uniref50_like_lengths.txt"
+FALLBACK_MEDIAN, FALLBACK_MEAN = 166.0, 193.0  # UniRef50-like lengths when the sample file is absent
+MIN_LEN, MAX_LEN = 20, 512
+
+
+# --- settings -----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One point of the sweep."""
+
+    max_tokens: int
+    max_rows: int
+    zero_stage: int
+    activation_checkpointing: bool
+    loss_impl: str  # eager | compiled | triton
+    precision: str  # fp32 | bf16 | fp16
+
+    @property
+    def label(self) -> str:
+        ckpt = "ckpt" if self.activation_checkpointing else "no-ckpt"
+        return f"{self.precision} z{self.zero_stage} {self.max_tokens}tok/{self.max_rows}rows {ckpt} {self.loss_impl}"
+
+
+def default_rows(max_tokens: int) -> int:
+    """Rows per micro-batch scaled with the token budget, at the run config's default ratio (8192 → 64)."""
+    return max(1, round(REFERENCE_MAX_ROWS * max_tokens / REFERENCE_MAX_TOKENS))
+
+
+def sweep_settings(
+    *,
+    max_tokens: Sequence[int],
+    zero_stages: Sequence[int],
+    checkpointing: Sequence[bool],
+    loss_impls: Sequence[str],
+    precisions: Sequence[str],
+    max_rows: int | None = None,
+) -> list[Setting]:
+    """The cartesian product of the sweep axes, validated (each bad value named with the fix)."""
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise UserError(f"--precision {p!r} is not one of {', '.join(PRECISIONS)}.")
+    for impl in loss_impls:
+        if impl not in LOSS_IMPLS:
+            raise UserError(f"--loss-impl {impl!r} is not one of {', '.join(LOSS_IMPLS)}.")
+    for z in zero_stages:
+        if z not in (0, 1, 2, 3):
+            raise UserError(f"--zero-stage {z} is not a ZeRO stage; use 0, 1, 2 or 3.")
+    for t in max_tokens:
+        if t < 520:
+            raise UserError(f"--max-tokens {t} cannot hold a 512-residue sequence (514 tokens padded to 520); use >= 520.")
+    return [
+        Setting(t, max_rows or default_rows(t), z, c, impl, p)
+        for p, t, z, c, impl in itertools.product(precisions, max_tokens, zero_stages, checkpointing, loss_impls)
+    ]
+
+
+def ds_config_for(setting: Setting, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The DeepSpeed config of a setting: `base` (a user's JSON, optional) with stage and precision set."""
+    ds = json_copy(base or {"gradient_clipping": 1.0, "steps_per_print": 10**9, "wall_clock_breakdown": False})
+    for key in ("optimizer", "scheduler"):
+        ds.pop(key, None)
+    ds.setdefault("zero_optimization", {})["stage"] = setting.zero_stage
+    for key in ("fp16", "bf16", "bfloat16"):
+        ds.pop(key, None)
+    if setting.precision == "fp16":
+        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    elif setting.precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    ds["train_micro_batch_size_per_gpu"] = setting.max_rows
+    ds.pop("train_batch_size", None)
+    ds["gradient_accumulation_steps"] = 1
+    return ds
+
+
+def json_copy(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+# --- hardware facts -----------------------------------------------------------------------------------
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU has bf16 matmul instructions (AVX512-BF16 or AMX); without them bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def hardware_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_native": cpu_bf16_native(),
+        "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+    }
+    if torch.cuda.is_available():
+        info["gpu_memory_gb"] = torch.cuda.get_device_properties(0).total_memory / 2**30
+        info["cuda_bf16"] = torch.cuda.is_bf16_supported()
+    return info
+
+
+# --- inputs -------------------------------------------------------------------------------------------
+
+def sample_lengths(count: int, seed: int, lengths_file: Path | None = DEFAULT_LENGTHS) -> tuple[np.ndarray, str]:
+    """`count` UniRef50-like lengths: drawn from the sample file, else a log-normal (median 166, mean 193)."""
+    rng = np.random.default_rng(seed)
+    if lengths_file is not None and Path(lengths_file).is_file():
+        pool = np.loadtxt(lengths_file, dtype=np.int64, ndmin=1)
+        return np.clip(rng.choice(pool, count), MIN_LEN, MAX_LEN), str(lengths_file)
+    sigma = math.sqrt(2 * math.log(FALLBACK_MEAN / FALLBACK_MEDIAN))
+    drawn = rng.lognormal(math.log(FALLBACK_MEDIAN), sigma, count)
+    return np.clip(np.rint(drawn), MIN_LEN, MAX_LEN).astype(np.int64), "log-normal (median 166, mean 193)"
+
+
+def random_models(folder: Path, preset_name: str, seed: int = 0) -> tuple[Path, int]:
+    """A random teacher in the preset's shape saved as a ProtBert folder; returns (folder, student layers)."""
+    from minprot_ds.models import MODEL_PRESETS, save_random_protbert
+
+    if preset_name not in MODEL_PRESETS:
+        raise UserError(f"--preset {preset_name!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}.")
+    p = MODEL_PRESETS[preset_name]
+    teacher = save_random_protbert(folder / f"teacher-{preset_name}", num_layers=p.teacher_layers, hidden_size=p.hidden_size,
+                                   num_heads=p.num_heads, intermediate_size=p.intermediate_size, seed=seed)
+    return teacher, p.student_layers
+
+
+# --- measuring one setting ----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Result:
+    """One setting's figures: rates are medians over repeat windows, per run (all ranks) unless named
+    per device. status is ok, oom (did not fit) or error (message in `error`)."""
+
+    setting: Setting
+    status: str = "ok"
+    error: str | None = None
+    loss_impl_ran: str | None = None
+    steps: int = 0
+    repeats: int = 0
+    step_time_s: float = math.nan
+    sequences_per_s: float = math.nan
+    residues_per_s: float = math.nan
+    tokens_per_s: float = math.nan  # padded tokens
+    padding_fraction: float = math.nan
+    useful_flops_per_step: float = math.nan  # real tokens only (MFU's numerator), per run
+    executed_flops_per_step: float = math.nan  # padded tokens, per run
+    engine_flops_per_step: float = math.nan  # what StepStats.flops reported: equals useful_flops_per_step
+    tflops_per_device: float = math.nan  # useful
+    executed_tflops_per_device: float = math.nan
+    mfu: float | None = None
+    peak_memory_gb: float = math.nan
+    memory_scope: str = ""
+    residues_per_cpu_s: float = math.nan
+    time_split_s: dict[str, float] = dataclasses.field(default_factory=dict)  # per step, summed micro-batches
+    time_split_fraction: dict[str, float] = dataclasses.field(default_factory=dict)
+    repeat_residues_per_s: list[float] = dataclasses.field(default_factory=list)
+    skipped_steps: int = 0
+
+    @property
+    def fits(self) -> bool:
+        return self.status == "ok"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def _peak_memory(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30, "device allocator peak of this setting"
+    import resource
+
+    # On CPU only the process-wide high-water mark exists: later settings report at least earlier ones.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process peak RSS (monotonic across settings)"
+
+
+def micro_batch_flops(shape: dict[str, int], batch: dict[str, Any]) -> tuple[float, float]:
+    """(useful, executed) FLOPs of one micro-batch, counted with the documented model in bench.flops."""
+    att = batch["attention_mask"]
+    rows, padded = att.shape
+    masked = int((batch["labels"] != -100).sum())
+    f = distill_step_flops(**shape, seq_len=padded, batch=rows, masked_tokens=masked, lengths=att.sum(1).tolist())
+    return f.useful, f.executed
+
+
+def phase_timed_step(engine, micro_batches: list[dict]) -> dict[str, float]:
+    """One optimizer step through the engine's pieces with a sync after each phase: seconds per phase.
+
+    Mirrors DistillEngine.step (teacher forward under inference mode, the DeepSpeed student forward,
+    distill_loss, backward, step) minus the finite-loss agreement and the counters. The loss's own
+    backward is inside "student_forward_backward".
+    """
+    from minprot_ds.losses import distill_loss
+    from minprot_ds.models import forward_for_loss
+
+    dev = engine.device
+    split = dict.fromkeys(SPLIT_PHASES, 0.0)
+    for batch in micro_batches:
+        ids, att, labels = (batch[k].to(dev) for k in ("input_ids", "attention_mask", "labels"))
+        _sync(dev)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            t = forward_for_loss(engine.teacher, ids, att, labels)
+        _sync(dev)
+        t1 = time.perf_counter()
+        s_hidden, s_logits, s_labels = engine.student(ids, att, labels)
+        _sync(dev)
+        t2 = time.perf_counter()
+        out = distill_loss(s_logits, t.logits, s_labels, s_hidden, t.hidden, temperature=engine.loss.temperature,
+                           weights=engine.loss.weights, impl=engine.loss.impl)
+        _sync(dev)
+        t3 = time.perf_counter()
+        engine.student.backward(out.total)
+        _sync(dev)
+        t4 = time.perf_counter()
+        engine.student.step()
+        _sync(dev)
+        t5 = time.perf_counter()
+        split["teacher_forward"] += t1 - t0
+        split["student_forward_backward"] += (t2 - t1) + (t4 - t3)
+        split["loss"] += t3 - t2
+        split["optimizer"] += t5 - t4
+    return split
+
+
+@dataclasses.dataclass
+class RunInputs:
+    """What every setting shares: the teacher folder, the corpus, the step counts."""
+
+    teacher: str
+    student_layers: int
+    corpus: str
+    steps: int = 5
+    warmup: int = 2
+    repeats: int = 3
+    split_steps: int = 2
+    num_workers: int = 0
+    seed: int = 0
+    lr: float = 5e-5
+    peak_tflops: float | None = None
+    memory_limit_gb: float | None = None
+    ds_base: dict[str, Any] | None = None
+
+
+def measure_setting(setting: Setting, inputs: RunInputs) -> Result:
+    """Build stream + engine for `setting`, warm up, time `repeats` windows of `steps` engine steps."""
+    try:
+        return _measure(setting, inputs)
+    except UserError:
+        raise
+    except Exception as err:  # a setting that fails must not end the sweep; the report says why
+        status = "oom" if _is_oom(err) else "error"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return Result(setting, status=status, error=f"{type(err).__name__}: {first}"[:500])
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _measure(setting: Setting, inputs: RunInputs) -> Result:
+    from minprot_ds.build import build_engine, build_stream
+    from minprot_ds.config import DistillConfig
+    from minprot_ds.engine import loss_settings
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    config = DistillConfig()
+    config.model.teacher = inputs.teacher
+    config.model.student_layers = inputs.student_layers
+    config.model.activation_checkpointing = setting.activation_checkpointing
+    config.data.corpus = inputs.corpus
+    config.data.max_tokens = setting.max_tokens
+    config.data.max_rows = setting.max_rows
+    config.data.num_workers = inputs.num_workers
+    config.data.seed = inputs.seed
+    config.loss.impl = "eager"  # the engine is built with eager, then switched to the setting's impl below
+    config.optimizer.lr = inputs.lr
+    config.schedule.warmup_steps = 0
+    ds = ds_config_for(setting, inputs.ds_base)
+    total = inputs.warmup + inputs.repeats * inputs.steps + inputs.split_steps
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    stream = build_stream(config, "train", rank=rank, world_size=world, grad_accum=1)
+    engine, _ = build_engine(config, ds, planned_steps=total + 1, dtype=PRECISIONS[setting.precision])
+    engine.loss = loss_settings(config.loss.temperature, config.loss.weights, setting.loss_impl, engine.device)
+    dev = engine.device
+    cfg = engine.student.module.mlm.config
+    shape = dict(teacher_layers=engine.teacher.config.num_hidden_layers, student_layers=cfg.num_hidden_layers,
+                 hidden=cfg.hidden_size, intermediate=cfg.intermediate_size, vocab=cfg.vocab_size)
+    batches = iter(stream)
+    try:
+        for _ in range(inputs.warmup):
+            engine.step(next(batches))
+        windows, skipped = [], 0
+        for _ in range(inputs.repeats):
+            useful = executed = engine_flops = 0.0
+            seqs = residues = tokens = 0
+            _sync(dev)
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(inputs.steps):
+                micro = next(batches)
+                stats = engine.step(micro)
+                for b in micro:  # this rank's share; scaled to the run below (ranks get similar shares)
+                    u, e = micro_batch_flops(shape, b)
+                    useful += u
+                    executed += e
+                engine_flops += stats.flops
+                seqs, residues, tokens = seqs + stats.sequences, residues + stats.residues, tokens + stats.tokens
+                skipped += int(stats.skipped)
+            _sync(dev)
+            wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+            local = torch.tensor([useful, executed], dtype=torch.float64, device=dev)
+            if dist.is_initialized():
+                dist.all_reduce(local)
+            windows.append(dict(wall=wall, cpu=cpu, seqs=seqs, residues=residues, tokens=tokens,
+                                useful=float(local[0]), executed=float(local[1]), engine=engine_flops))
+        splits = [phase_timed_step(engine, next(batches)) for _ in range(inputs.split_steps)]
+        memory, scope = _peak_memory(dev)
+    finally:
+        del batches
+    med = sorted(windows, key=lambda w: w["residues"] / w["wall"])[len(windows) // 2]
+    n = inputs.steps
+    useful_tflops = med["useful"] / med["wall"] / world / 1e12
+    peak = inputs.peak_tflops or peak_tflops(hardware_info()["device"], setting.precision)
+    split_s = {p: statistics.median(s[p] for s in splits) for p in SPLIT_PHASES} if splits else {}
+    split_total = sum(split_s.values()) or math.nan
+    result = Result(
+        setting, loss_impl_ran=engine.loss.impl, steps=n, repeats=inputs.repeats,
+        step_time_s=med["wall"] / n,
+        sequences_per_s=med["seqs"] / med["wall"],
+        residues_per_s=med["residues"] / med["wall"],
+        tokens_per_s=med["tokens"] / med["wall"],
+        padding_fraction=1.0 - (med["residues"] + 2 * med["seqs"]) / med["tokens"],
+        useful_flops_per_step=med["useful"] / n,
+        executed_flops_per_step=med["executed"] / n,
+        engine_flops_per_step=med["engine"] / n,
+        tflops_per_device=useful_tflops,
+        executed_tflops_per_device=med["executed"] / med["wall"] / world / 1e12,
+        mfu=mfu(useful_tflops * 1e12, peak) if peak else None,
+        peak_memory_gb=memory, memory_scope=scope,
+        residues_per_cpu_s=med["residues"] / world / med["cpu"],
+        time_split_s=split_s,
+        time_split_fraction={p: v / split_total for p, v in split_s.items()},
+        repeat_residues_per_s=[w["residues"] / w["wall"] for w in windows],
+        skipped_steps=skipped,
+    )
+    if inputs.memory_limit_gb is not None and memory > inputs.memory_limit_gb:
+        result.status = "oom"
+        result.error = f"peak memory {memory:.2f} GB exceeds --memory-limit-gb {inputs.memory_limit_gb:g}"
+    del engine
+    return result
+
+
+# --- the whole benchmark ------------------------------------------------------------------------------
+
+def fastest(results: Sequence[Result], precision: str | None = None) -> Result | None:
+    """The fitting setting with the most residues/s (optionally of one precision)."""
+    ok = [r for r in results if r.fits and (precision is None or r.setting.precision == precision)]
+    return max(ok, key=lambda r: r.residues_per_s, default=None)
+
+
+def project_hours(sequences_per_s: float, world: int, *, epochs: float, sequences: float, gpus: int) -> float:
+    """Wall hours of `epochs` over `sequences` on `gpus` devices, from a rate measured on `world` devices,
+    assuming per-device throughput stays constant (no scaling loss: a lower bound on the wall time)."""
+    per_device = sequences_per_s / max(world, 1)
+    return epochs * sequences / (per_device * gpus) / 3600
+
+
+def run_benchmark(
+    settings: Sequence[Setting],
+    inputs: RunInputs,
+    *,
+    baseline: bool = True,
+    naive_batch_size: int = 16,
+    naive_steps: int | None = None,
+    projection: dict[str, float] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Measure every setting, then the naive baseline (rank 0 only, fp32), and assemble the report."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    results = []
+    for i, s in enumerate(settings):
+        r = measure_setting(s, inputs)
+        results.append(r)
+        if rank == 0:
+            what = f"{r.residues_per_s:,.0f} residues/s" if r.fits else f"{r.status}: {r.error}"
+            log(f"[{i + 1}/{len(settings)}] {s.label}: {what}")
+    report: dict[str, Any] = {
+        "hardware": hardware_info(),
+        "inputs": {k: v for k, v in dataclasses.asdict(inputs).items() if k != "ds_base"},
+        "world_size": world,
+        "results": [_result_dict(r) for r in results],
+        "precisions": sorted({s.precision for s in settings}),
+        "baseline_precision": "fp32",
+    }
+    best = fastest(results)
+    report["fastest"] = _result_dict(best) if best else None
+    if baseline and rank == 0:
+        from minprot_ds.bench.naive import run_naive
+
+        log(f"naive baseline: random batches of {naive_batch_size} padded to the longest, fp32")
+        naive = run_naive(inputs.teacher, inputs.corpus, student_layers=inputs.student_layers,
+                          batch_size=naive_batch_size, steps=naive_steps or inputs.steps, warmup=1,
+                          repeats=inputs.repeats, lr=inputs.lr, seed=inputs.seed)
+        report["baseline"] = dataclasses.asdict(naive)
+        report["ratios"] = {}
+        for precision in report["precisions"]:
+            b = fastest(results, precision)
+            if b is not None:
+                # per device: the baseline runs on one device
+                report["ratios"][precision] = {
+                    "setting": b.setting.label,
+                    "residues_per_s_ratio": b.residues_per_s / world / naive.residues_per_s,
+                    "residues_per_cpu_s_ratio": b.residues_per_cpu_s / naive.residues_per_cpu_s,
+                }
+    if projection and best is not None:
+        report["projection"] = {**projection, "setting": best.setting.label,
+                                "hours": project_hours(best.sequences_per_s, world, **projection)}
+    return report
+
+
+def _result_dict(r: Result) -> dict[str, Any]:
+    d = dataclasses.asdict(r)
+    d["label"] = r.setting.label
+    d["fits"] = r.fits
+    return d
+
+
+# --- outputs ------------------------------------------------------------------------------------------
+
+TABLE_COLUMNS = ("setting", "status", "seq/s", "res/s", "tok/s", "pad %", "TFLOP/s/dev", "MFU %", "peak GB",
+                 "teacher %", "student f+b %", "loss %", "optim %")
+
+
+def table_rows(report: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for r in report["results"]:
+        if not r["fits"]:
+            rows.append([r["label"], r["status"]] + [None] * (len(TABLE_COLUMNS) - 2))
+            continue
+        frac = r["time_split_fraction"]
+        rows.append([
+            r["label"], "ok", f"{r['sequences_per_s']:.1f}", f"{r['residues_per_s']:,.0f}", f"{r['tokens_per_s']:,.0f}",
+            f"{100 * r['padding_fraction']:.1f}", f"{r['tflops_per_device']:.3g}",
+            None if r["mfu"] is None else f"{100 * r['mfu']:.1f}", f"{r['peak_memory_gb']:.2f}",
+            *(f"{100 * frac.get(p, math.nan):.0f}" for p in SPLIT_PHASES),
+        ])
+    b = report.get("baseline")
+    if b:
+        rows.append([f"naive baseline (fp32, batch {b['batch_size']})", "ok", f"{b['sequences_per_s']:.1f}",
+                     f"{b['residues_per_s']:,.0f}", f"{b['tokens_per_s']:,.0f}", f"{100 * b['padding_fraction']:.1f}",
+                     None, None, None, None, None, None, None])
+    return rows
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    best = report.get("fastest")
+    if best:
+        lines.append(f"fastest setting that fits: {best['label']} — {best['residues_per_s']:,.0f} residues/s, "
+                     f"{best['sequences_per_s']:.1f} sequences/s")
+    for precision, r in report.get("ratios", {}).items():
+        lines.append(f"vs naive baseline (fp32): {precision} {r['residues_per_s_ratio']:.2f}x residues/s "
+                     f"({r['residues_per_cpu_s_ratio']:.2f}x per CPU-second) with {r['setting']}")
+    p = report.get("projection")
+    if p:
+        lines.append(f"projected: {p['epochs']:g} epochs of {p['sequences']:.3g} sequences on {p['gpus']} devices "
+                     f"≈ {p['hours']:.1f} h ({p['hours'] / 24:.2f} days) with {p['setting']}")
+    hw = report["hardware"]
+    if hw["device"] == "cpu" and "bf16" in report["precisions"] and not hw["cpu_bf16_native"]:
+        lines.append("note: this CPU has no AVX512-BF16/AMX: bf16 ran emulated")
+    return lines
+
+
+def write_csv(report: dict[str, Any], path: Path) -> Path:
+    rows = []
+    for r in report["results"]:
+        flat = {"label": r["label"], **r["setting"]}
+        for k, v in r.items():
+            if k in ("setting", "label", "time_split_s", "time_split_fraction", "repeat_residues_per_s"):
+                continue
+            flat[k] = v
+        for phase in SPLIT_PHASES:
+            flat[f"split_{phase}_frac"] = r["time_split_fraction"].get(phase, "")
+        rows.append(flat)
+    b = report.get("baseline")
+    if b:
+        rows.append({"label": "naive baseline", "precision": b["precision"], "status": "ok",
+                     "sequences_per_s": b["sequences_per_s"], "residues_per_s": b["residues_per_s"],
+                     "tokens_per_s": b["tokens_per_s"], "padding_fraction": b["padding_fraction"],
+                     "step_time_s": b["step_time_s"], "residues_per_cpu_s": b["residues_per_cpu_s"]})
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_plot(report: dict[str, Any], path: Path) -> Path:
+    """Residues/s per setting (bars, baseline last) with each bar's time split stacked by fraction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fitting = [r for r in report["results"] if r["fits"]]
+    labels = [r["label"] for r in fitting]
+    rates = [r["residues_per_s"] for r in fitting]
+    b = report.get("baseline")
+    if b:
+        labels.append("naive baseline (fp32)")
+        rates.append(b["residues_per_s"])
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(labels) + 3), 4.5))
+    bottom = np.zeros(len(labels))
+    for phase in SPLIT_PHASES:
+        part = [r["time_split_fraction"].get(phase, 0.0) * r["residues_per_s"] for r in fitting] + ([0.0] if b else [])
+        ax.bar(range(len(labels)), part, bottom=bottom, label=phase.replace("_", " "))
+        bottom += np.asarray(part)
+    if b:
+        ax.bar([len(labels) - 1], [b["residues_per_s"]], color="grey", label="naive baseline")
+    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=7)
+    ax.set_ylabel("residues/s (bars split by time share)")
+    ax.set_title(f"distillation throughput on {report['hardware']['device']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def log_to_mlflow(report: dict[str, Any], files: Sequence[Path], *, tracking_uri: str | None, run_dir: Path,
+                  experiment: str = "minprot-bench") -> str | None:
+    """One MLflow run: inputs as params, each setting's figures as metrics at step = its index, files as
+    artifacts. Returns the run id."""
+    from minprot_ds.tracking import Tracker
+
+    with Tracker.start(tracking_uri=tracking_uri, run_dir=run_dir, experiment=experiment, run_name="throughput",
+                       resume_run_id=None, system_metrics=False) as tracker:
+        tracker.log_params({"inputs": report["inputs"], "hardware": report["hardware"],
+                            "precisions": ",".join(report["precisions"]), "baseline_precision": "fp32"})
+        for i, r in enumerate(report["results"]):
+            if r["fits"]:
+                tracker.log_metrics({f"bench/{k}": r[k] for k in ("sequences_per_s", "residues_per_s", "tokens_per_s",
+                                     "tflops_per_device", "padding_fraction", "peak_memory_gb")}, step=i)
+        if report.get("baseline"):
+            tracker.log_metrics({"bench/baseline_residues_per_s": report["baseline"]["residues_per_s"]}, step=0)
+        for precision, ratio in report.get("ratios", {}).items():
+            tracker.log_metrics({f"bench/ratio_{precision}": ratio["residues_per_s_ratio"]}, step=0)
+        for f in files:
+            tracker.log_artifact(f, "bench")
+        return tracker.run_id
+
+
+def prepare_inputs(work: Path, *, preset: str, teacher: str | None, corpus: str | None, sequences: int,
+                   lengths_file: Path | None, seed: int) -> tuple[str, int, str, str]:
+    """(teacher folder, student layers, corpus folder, where the lengths came from), made in `work`
+    where not given. Rank 0 writes; other ranks wait at a barrier and read the same folder."""
+    from minprot_ds.data.stream import write_synthetic_corpus
+    from minprot_ds.models import MODEL_PRESETS
+
+    if preset not in MODEL_PRESETS:
+        raise UserError(f"--preset {preset!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}.")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    source = corpus or ""
+    student_layers = MODEL_PRESETS[preset].student_layers
+    if teacher is None:
+        teacher_dir = work / f"teacher-{preset}"
+        if rank == 0:
+            random_models(work, preset, seed)
+    else:
+        teacher_dir = Path(teacher)
+    if corpus is None:
+        lengths, source = sample_lengths(sequences, seed, lengths_file)
+        corpus_dir = work / "corpus"
+        if rank == 0:
+            write_synthetic_corpus(corpus_dir, lengths, seed=seed)
+    else:
+        corpus_dir = Path(corpus)
+        if not (corpus_dir / "manifest.json").is_file():
+            raise UserError(f"--corpus {corpus_dir} has no manifest.json; pass a folder made by `minprot data prepare`.")
+    if dist.is_initialized():
+        dist.barrier()
+    return str(teacher_dir), student_layers, str(corpus_dir), source
+
+
+def scratch_dir(work: Path | None) -> tuple[Path, bool]:
+    """The work folder (made) and whether it is a temporary one to remove; all ranks share rank 0's."""
+    if work is not None:
+        work.mkdir(parents=True, exist_ok=True)
+        return work, False
+    name = [tempfile.mkdtemp(prefix="minprot-bench-")] if (not dist.is_initialized() or dist.get_rank() == 0) else [None]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(name, src=0)
+    return Path(name[0]), True
+
+
+
+def benchmark(
+    settings: Sequence[Setting],
+    *,
+    preset: str = "cpu-small",
+    teacher: str | None = None,
+    corpus: str | None = None,
+    synthetic_sequences: int = 20_000,
+    lengths_file: Path | None = None,
+    work_dir: Path | None = None,
+    ds_base: dict[str, Any] | None = None,
+    baseline: bool = True,
+    naive_batch_size: int = 16,
+    naive_steps: int | None = None,
+    projection: dict[str, float] | None = None,
+    log: Callable[[str], None] = print,
+    **run_inputs: Any,
+) -> dict[str, Any] | None:
+    """The whole benchmark on every rank: inputs (made in a scratch folder where not given), the sweep,
+    the baseline. `run_inputs` are RunInputs fields (steps, warmup, repeats, ...). Returns the report on
+    rank 0, None elsewhere."""
+    from minprot_ds.distill import init_distributed
+
+    rank, _ = init_distributed()
+    work, temporary = scratch_dir(work_dir)
+    try:
+        teacher_dir, layers, corpus_dir, source = prepare_inputs(
+            work, preset=preset, teacher=teacher, corpus=corpus, sequences=synthetic_sequences,
+            lengths_file=lengths_file or DEFAULT_LENGTHS, seed=run_inputs.get("seed", 0))
+        inputs = RunInputs(teacher=teacher_dir, student_layers=layers, corpus=corpus_dir, ds_base=ds_base, **run_inputs)
+        report = run_benchmark(settings, inputs, baseline=baseline, naive_batch_size=naive_batch_size,
+                               naive_steps=naive_steps, projection=projection, log=log if rank == 0 else (lambda _: None))
+        report["preset"] = preset if teacher is None else f"{teacher} (student {layers} layers)"
+        report["corpus"] = corpus or f"synthetic, {synthetic_sequences} rows, lengths from {source}"
+        if dist.is_initialized():
+            dist.barrier()  # nobody removes the scratch folder while another rank still reads it
+    finally:
+        if temporary and rank == 0:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+    return report if rank == 0 else None
+
+
+def write_outputs(report: dict[str, Any], json_path: Path,
+                  write_json: Callable[[Path, str, dict[str, Any]], Path] | None = None) -> list[Path]:
+    """JSON (through `write_json(path, "throughput", report)` when given, e.g. benchmarks/common's, which
+    adds machine info), CSV and PNG beside it."""
+    json_path = Path(json_path)
+    if write_json is None:
+        import json
+
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({"benchmark": "throughput", **report}, indent=2, default=str) + "\n")
+    else:
+        write_json(json_path, "throughput", report)
+    return [json_path, write_csv(report, json_path.with_suffix(".csv")), write_plot(report, json_path.with_suffix(".png"))]

@@ -1,0 +1,109 @@
+"""`minprot bench throughput`: what this box delivers for the distillation, and which settings to run.
+
+One process (CPU, or the first GPU); for several GPUs run the script form under the launcher:
+`deepspeed --num_gpus N benchmarks/throughput.py ...` (same options).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from minprot_ds.errors import UserError
+
+bench_app = typer.Typer(help="Hardware throughput benchmarks of the distillation.", no_args_is_help=True)
+
+
+def _split(text: str, kind, option: str) -> list:
+    try:
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{option} {text!r} is not a comma-separated list of {kind.__name__} values.") from None
+    if not values:
+        raise UserError(f"{option} is empty; give at least one value.")
+    return values
+
+
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise ValueError(text)
+    return text == "on"
+
+
+_on_off.__name__ = "on/off"
+
+
+@bench_app.command("throughput")
+def throughput(
+    preset: Annotated[str, typer.Option(help="Model shapes with random weights: tiny, cpu-small, protbert.")] = "cpu-small",
+    teacher: Annotated[Optional[str], typer.Option(help="A real teacher folder or hub id instead of random weights.")] = None,
+    corpus: Annotated[Optional[Path], typer.Option(help="Prepared shards (minprot data prepare); default: synthetic.")] = None,
+    synthetic_sequences: Annotated[int, typer.Option(help="Rows of the synthetic corpus (UniRef50-like lengths).")] = 20_000,
+    precision: Annotated[str, typer.Option(help="fp32, bf16, fp16; comma-separated to sweep. Default: fp32 on CPU, bf16/fp16 on GPU.")] = "auto",
+    max_tokens: Annotated[str, typer.Option(help="Token budget(s) per micro-batch, comma-separated.")] = "8192",
+    max_rows: Annotated[Optional[int], typer.Option(help="Rows per micro-batch (default: 64 per 8192 tokens).")] = None,
+    zero_stage: Annotated[str, typer.Option(help="ZeRO stage(s), comma-separated.")] = "2",
+    checkpointing: Annotated[str, typer.Option(help="Activation checkpointing: off, on, or off,on.")] = "off",
+    loss_impl: Annotated[str, typer.Option(help="eager, compiled, triton; comma-separated.")] = "eager",
+    deepspeed_config: Annotated[Optional[Path], typer.Option(help="Base DeepSpeed JSON; stage and precision are set per setting.")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Steps per timed window.")] = 3,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed steps first.")] = 2,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed windows; the median is reported.")] = 3,
+    split_steps: Annotated[int, typer.Option(min=0, help="Phase-timed steps for the time split.")] = 2,
+    peak_tflops: Annotated[Optional[float], typer.Option(help="Peak TFLOP/s per device for MFU (default: the table).")] = None,
+    memory_limit_gb: Annotated[Optional[float], typer.Option(help="A setting whose peak memory exceeds this does not fit.")] = None,
+    baseline: Annotated[bool, typer.Option(help="Run the naive fp32 baseline and print the ratio.")] = True,
+    naive_batch_size: Annotated[int, typer.Option(min=1, help="Rows per naive batch (the recipe's local batch).")] = 16,
+    project_epochs: Annotated[Optional[float], typer.Option(help="Print the projected wall time of this many epochs.")] = None,
+    sequences: Annotated[float, typer.Option(help="Sequences per epoch for the projection.")] = 43e6,
+    gpus: Annotated[int, typer.Option(min=1, help="Devices for the projection.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seeds the models, the synthetic corpus and the data order.")] = 0,
+    out: Annotated[Path, typer.Option(help="JSON results; CSV and PNG are written beside it.")] = Path("throughput.json"),
+    mlflow: Annotated[bool, typer.Option("--mlflow", help="Log the report and files to MLflow.")] = False,
+    tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow server (default: SQLite beside --out).")] = None,
+) -> None:
+    """Time real distillation steps per setting (median of repeats), report the fastest that fits memory,
+    the ratio against a naive transformers loop, and optionally a projected full-run wall time."""
+    import torch
+
+    from minprot_ds.bench import throughput as tp
+
+    if precision == "auto":
+        precision = "fp32" if not torch.cuda.is_available() else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    settings = tp.sweep_settings(
+        max_tokens=_split(max_tokens, int, "--max-tokens"), zero_stages=_split(zero_stage, int, "--zero-stage"),
+        checkpointing=_split(checkpointing, _on_off, "--checkpointing"), loss_impls=_split(loss_impl, str, "--loss-impl"),
+        precisions=_split(precision, str, "--precision"), max_rows=max_rows,
+    )
+    base = None
+    if deepspeed_config is not None:
+        if not deepspeed_config.is_file():
+            raise UserError(f"--deepspeed-config {deepspeed_config} does not exist; presets are in ds_configs/.")
+        base = json.loads(deepspeed_config.read_text())
+    projection = {"epochs": project_epochs, "sequences": sequences, "gpus": gpus} if project_epochs else None
+    stdout = Console(width=max(Console().width, 120))
+    report = tp.benchmark(
+        settings, preset=preset, teacher=teacher, corpus=str(corpus) if corpus else None,
+        synthetic_sequences=synthetic_sequences, ds_base=base, baseline=baseline, naive_batch_size=naive_batch_size,
+        projection=projection, log=stdout.print, steps=steps, warmup=warmup, repeats=repeats, split_steps=split_steps,
+        seed=seed, peak_tflops=peak_tflops, memory_limit_gb=memory_limit_gb,
+    )
+    if report is None:
+        return
+    table = Table(title=f"distillation throughput ({report['preset']}, median of {repeats}x{steps} steps)")
+    for i, name in enumerate(tp.TABLE_COLUMNS):
+        table.add_column(name, justify="left" if i < 2 else "right", no_wrap=i == 0)
+    for row in tp.table_rows(report):
+        table.add_row(*("—" if c is None else str(c) for c in row))
+    stdout.print(table)
+    for line in tp.summary_lines(report):
+        stdout.print(line)
+    files = tp.write_outputs(report, out)
+    stdout.print(f"wrote {', '.join(map(str, files))}")
+    if mlflow:
+        run_id = tp.log_to_mlflow(report, files, tracking_uri=tracking_uri, run_dir=out.resolve().parent)
+        stdout.print(f"MLflow run {run_id}")

@@ -1,0 +1,152 @@
+"""`minprot bench throughput` / benchmarks/throughput.py: a short real run on cpu-small (fields of the
+JSON and CSV, FLOP accounting consistent with the engine's, the baseline ratio reported, the
+projection), plus the sweep's validation and the CLI's errors. No assertion on speed."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from minprot_ds.bench import throughput as tp
+from minprot_ds.bench.flops import distill_step_flops
+from minprot_ds.cli import app
+from minprot_ds.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# --- fast: settings, DeepSpeed configs, projection, FLOPs per micro-batch --------------------------
+
+def test_sweep_is_the_product_of_its_axes_with_rows_scaled_to_the_budget():
+    settings = tp.sweep_settings(max_tokens=[4096, 8192], zero_stages=[1, 2, 3], checkpointing=[False, True],
+                                 loss_impls=["eager"], precisions=["fp32"])
+    assert len(settings) == 12 and len(set(settings)) == 12
+    assert {s.max_rows for s in settings if s.max_tokens == 4096} == {32}
+    assert {s.max_rows for s in settings if s.max_tokens == 8192} == {64}
+    fixed = tp.sweep_settings(max_tokens=[4096], zero_stages=[2], checkpointing=[False], loss_impls=["eager"],
+                              precisions=["fp32"], max_rows=7)
+    assert fixed[0].max_rows == 7
+
+
+@pytest.mark.parametrize("axis, value, option", [
+    ("precisions", ["fp8"], "--precision"), ("loss_impls", ["fused"], "--loss-impl"),
+    ("zero_stages", [4], "--zero-stage"), ("max_tokens", [512], "--max-tokens"),
+])
+def test_bad_sweep_values_name_their_option(axis, value, option):
+    axes = dict(max_tokens=[8192], zero_stages=[2], checkpointing=[False], loss_impls=["eager"], precisions=["fp32"])
+    axes[axis] = value
+    with pytest.raises(UserError, match=option):
+        tp.sweep_settings(**axes)
+
+
+def test_ds_config_sets_stage_and_precision_over_a_user_base():
+    base = json.loads((REPO / "ds_configs" / "zero2_v100_fp16.json").read_text())
+    for precision, key in (("fp16", "fp16"), ("bf16", "bf16"), ("fp32", None)):
+        setting = tp.Setting(8192, 64, 3, False, "eager", precision)
+        ds = tp.ds_config_for(setting, base)
+        assert ds["zero_optimization"]["stage"] == 3
+        assert ds["train_micro_batch_size_per_gpu"] == 64 and ds["gradient_accumulation_steps"] == 1
+        enabled = {k for k in ("fp16", "bf16") if ds.get(k, {}).get("enabled")}
+        assert enabled == ({key} if key else set())
+        assert "optimizer" not in ds and "scheduler" not in ds
+    assert base["zero_optimization"]["stage"] == 2  # the caller's dict is left alone
+
+
+def test_projection_by_hand():
+    # 100 sequences/s measured on 2 devices = 50 per device; 3 epochs of 43M on 8 devices.
+    hours = tp.project_hours(100.0, 2, epochs=3, sequences=43e6, gpus=8)
+    assert hours == pytest.approx(3 * 43e6 / (50 * 8) / 3600)
+
+
+def test_micro_batch_flops_count_real_tokens_as_useful_and_padding_as_executed():
+    import torch
+
+    shape = dict(teacher_layers=6, student_layers=3, hidden=256, intermediate=1024, vocab=30)
+    att = torch.tensor([[1] * 10 + [0] * 6, [1] * 16])
+    labels = torch.full((2, 16), -100)
+    labels[0, 3] = labels[1, 5] = labels[1, 9] = 7
+    useful, executed = tp.micro_batch_flops(shape, {"attention_mask": att, "labels": labels})
+    ref = distill_step_flops(**shape, seq_len=16, batch=2, masked_tokens=3, lengths=[10, 16])
+    assert (useful, executed) == (ref.useful, ref.executed)
+    # padding only adds executed work: 6 padded tokens' matmuls, forward (teacher) + 3x (student)
+    per_layer = 4 * 256 * 256 + 2 * 256 * 1024
+    attention_extra = 4 * 256 * (2 * 16 * 16 - (10 * 10 + 16 * 16))
+    assert executed - useful == (6 + 3 * 3) * (2 * per_layer * 6 + attention_extra)
+
+
+def test_cli_help_and_a_bad_option():
+    runner = CliRunner()
+    result = runner.invoke(app, ["bench", "throughput", "--help"])
+    assert result.exit_code == 0
+    for option in ("--precision", "--max-tokens", "--zero-stage", "--checkpointing", "--loss-impl", "--project-epochs",
+                   "--mlflow", "--peak-tflops"):
+        assert option in result.output
+    bad = runner.invoke(app, ["bench", "throughput", "--checkpointing", "maybe"])
+    assert bad.exit_code != 0 and "--checkpointing" in str(bad.exception)
+
+
+# --- slow: a real short run of the script ----------------------------------------------------------
+
+@pytest.mark.slow
+def test_short_cpu_small_run_writes_consistent_json_csv_png(tmp_path):
+    out = tmp_path / "results" / "throughput.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--preset", "cpu-small",
+           "--max-tokens", "1024", "--zero-stage", "1,2", "--steps", "1", "--warmup", "1", "--repeats", "1",
+           "--split-steps", "1", "--synthetic-sequences", "300", "--naive-steps", "1", "--naive-batch-size", "4",
+           "--peak-tflops", "2.0", "--project-epochs", "3", "--sequences", "43e6", "--gpus", "8",
+           "--work-dir", str(tmp_path / "work"), "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "vs naive baseline (fp32): fp32" in proc.stdout and "projected: 3 epochs" in proc.stdout
+
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "throughput" and {"cpu_count", "torch"} <= set(report["machine"])
+    assert report["precisions"] == ["fp32"] and report["baseline_precision"] == "fp32"
+    assert isinstance(report["hardware"]["cpu_bf16_native"], bool)
+    results = report["results"]
+    assert [r["setting"]["zero_stage"] for r in results] == [1, 2]
+    for r in results:
+        assert r["status"] == "ok", r["error"]
+        for key in ("sequences_per_s", "residues_per_s", "tokens_per_s", "tflops_per_device", "peak_memory_gb",
+                    "useful_flops_per_step", "executed_flops_per_step", "step_time_s"):
+            assert _number(r[key]) and r[key] > 0, (key, r[key])
+        assert 0 <= r["padding_fraction"] < 1
+        # FLOP accounting: the engine's StepStats.flops equal the benchmark's own count of the same batches,
+        # padding only adds, and TFLOP/s and MFU follow from the step time and --peak-tflops.
+        assert r["engine_flops_per_step"] == pytest.approx(r["useful_flops_per_step"], rel=1e-9)
+        assert r["executed_flops_per_step"] >= r["useful_flops_per_step"]
+        assert r["tflops_per_device"] == pytest.approx(r["useful_flops_per_step"] / r["step_time_s"] / 1e12, rel=1e-6)
+        assert r["mfu"] == pytest.approx(r["tflops_per_device"] / 2.0, rel=1e-9)
+        assert r["tokens_per_s"] >= r["residues_per_s"] + 2 * r["sequences_per_s"] - 1e-6
+        assert set(r["time_split_fraction"]) == set(tp.SPLIT_PHASES)
+        assert sum(r["time_split_fraction"].values()) == pytest.approx(1.0)
+    fastest = report["fastest"]
+    assert fastest["residues_per_s"] == max(r["residues_per_s"] for r in results)
+
+    baseline = report["baseline"]
+    assert baseline["precision"] == "fp32" and baseline["batch_size"] == 4 and _number(baseline["residues_per_s"])
+    ratio = report["ratios"]["fp32"]
+    assert ratio["setting"] == fastest["label"]
+    assert ratio["residues_per_s_ratio"] == pytest.approx(fastest["residues_per_s"] / baseline["residues_per_s"])
+    projection = report["projection"]
+    assert projection["hours"] == pytest.approx(3 * 43e6 / (fastest["sequences_per_s"] * 8) / 3600)
+
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert [row["label"] for row in rows] == [r["label"] for r in results] + ["naive baseline"]
+    for column in ("zero_stage", "residues_per_s", "tflops_per_device", "mfu", "peak_memory_gb", "padding_fraction",
+                   "split_teacher_forward_frac", "split_optimizer_frac"):
+        assert column in rows[0]
+    assert float(rows[0]["residues_per_s"]) == pytest.approx(results[0]["residues_per_s"])
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
