@@ -9,7 +9,7 @@ steps; the fastest setting that fits memory; the residues/s ratio against the na
 fp32, see minprot_ds/bench/naive.py); and with --project-epochs, the projected wall time of a full run.
 Writes JSON + CSV + PNG (and logs them to MLflow with --mlflow).
 
-    python benchmarks/throughput.py                                   # cpu-small, fp32, one setting + baseline
+    python benchmarks/throughput.py                                   # cpu-small, fp32, one setting + baseline (minutes)
     python benchmarks/throughput.py --max-tokens 4096,8192 --loss-impl eager,compiled --zero-stage 1,2
     deepspeed --num_gpus 8 benchmarks/throughput.py --preset protbert --precision bf16 --no-baseline \\
         --max-tokens 8192,16384 --checkpointing off,on --project-epochs 3 --sequences 43e6 --gpus 8
@@ -23,6 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `deepspeed benchmarks/throughput.py` from any folder
     sys.path.insert(0, str(REPO))
+
+from rich.console import Console  # noqa: E402
 
 from common import make_console, print_table, write_json  # noqa: E402
 
@@ -68,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpointing", type=_list(_on_off), default=[False], help="activation checkpointing: off, on or off,on")
     p.add_argument("--loss-impl", type=_list(str), default=["eager"], help="eager, compiled, triton (comma-separated)")
     p.add_argument("--deepspeed-config", type=Path, default=None, help="base DeepSpeed JSON; stage and precision are set per setting")
-    p.add_argument("--steps", type=int, default=3, help="steps per timed window (default 3)")
+    p.add_argument("--steps", type=int, default=10, help="steps per timed window (default 10: fewer sample few length buckets)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     p.add_argument("--repeats", type=int, default=3, help="timed windows; the median is reported (default 3)")
     p.add_argument("--split-steps", type=int, default=2, help="phase-timed steps for the time split (default 2)")
@@ -132,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
     if report is None:  # ranks other than 0
         return 0
     print_table(f"distillation throughput ({report['preset']}, median of {args.repeats}x{args.steps} steps)",
-                tp.TABLE_COLUMNS, tp.table_rows(report), console=console)
+                tp.TABLE_COLUMNS, tp.table_rows(report), console=Console(width=max(console.width, 190)))
     for line in tp.summary_lines(report):
         console.print(line)
     files = tp.write_outputs(report, args.out, write_json=write_json)

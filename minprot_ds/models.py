@@ -16,9 +16,8 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from minprot_ds.errors import UserError
-from minprot_ds.vocab import VOCAB_SIZE, write_vocab
+from minprot_ds.vocab import IGNORE_INDEX, VOCAB_SIZE, write_vocab
 
-IGNORE_INDEX = -100
 STRATEGIES = ("alternate", "random")
 
 # ProtBert's tokenizer files (../shared/reference/prot_bert), written beside every saved model.
@@ -55,8 +54,8 @@ def _looks_like_path(name: str) -> bool:
 
 def _from_pretrained(name_or_path: str, role: str, dtype: torch.dtype) -> BertForMaskedLM:
     expected = (
-        f"pass a folder holding config.json and weights (model.safetensors or pytorch_model.bin, as "
-        f"save_pretrained writes) or a Hugging Face hub id such as Rostlab/prot_bert"
+        "pass a folder holding config.json and weights (model.safetensors or pytorch_model.bin, as "
+        "save_pretrained writes) or a Hugging Face hub id such as Rostlab/prot_bert"
     )
     name = str(name_or_path)
     if _looks_like_path(name):

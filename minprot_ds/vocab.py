@@ -15,6 +15,8 @@ TOKENS = SPECIAL_TOKENS + RESIDUE_TOKENS  # index == token id, as in ProtBert's 
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(5)
 VOCAB_SIZE = len(TOKENS)  # 30
+IGNORE_INDEX = -100  # label of positions a loss skips (PyTorch's cross-entropy default)
+MAX_RESIDUES = 512  # ProtBert's inputs: 512 residues + [CLS] + [SEP] = 514 tokens
 FIRST_RESIDUE_ID = len(SPECIAL_TOKENS)
 
 # The 20 standard residues plus X: what masking's "random residue" draws from (never a special token,

@@ -13,10 +13,9 @@ from typing import Literal
 import datasets
 
 from minprot_ds.errors import UserError
+from minprot_ds.vocab import IGNORE_INDEX, MAX_RESIDUES  # noqa: F401  (IGNORE_INDEX is re-exported)
 
-IGNORE_INDEX = -100  # what PyTorch's cross-entropy and HF token classification ignore
 Q3_CLASSES = ("H", "E", "C")  # label id == index: helix, strand, coil
-MAX_RESIDUES = 512  # ProtBert's limit; longer sequences are kept and counted (the fine-tune truncates)
 
 Level = Literal["sequence", "residue"]
 

@@ -14,9 +14,10 @@ from Bio import SwissProt
 
 from data_prep.tasks.records import SEQUENCE_FEATURES, clean_sequence
 from minprot_ds.errors import UserError
+from minprot_ds.vocab import MAX_RESIDUES
 
 DNA_BINDING = "DNA-binding"  # KW-0238
-MIN_RESIDUES, MAX_RESIDUES = 20, 512
+MIN_RESIDUES = 20
 SPLIT_FRACTIONS = {"train": 0.85, "valid": 0.075, "test": 0.075}
 ORGANISMS = {"human": "9606", "c-elegans": "6239", "bacteria-archaea": None}  # None: by superkingdom
 

@@ -50,7 +50,7 @@ def throughput(
     checkpointing: Annotated[str, typer.Option(help="Activation checkpointing: off, on, or off,on.")] = "off",
     loss_impl: Annotated[str, typer.Option(help="eager, compiled, triton; comma-separated.")] = "eager",
     deepspeed_config: Annotated[Optional[Path], typer.Option(help="Base DeepSpeed JSON; stage and precision are set per setting.")] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Steps per timed window.")] = 3,
+    steps: Annotated[int, typer.Option(min=1, help="Steps per timed window (fewer sample few length buckets).")] = 10,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed steps first.")] = 2,
     repeats: Annotated[int, typer.Option(min=1, help="Timed windows; the median is reported.")] = 3,
     split_steps: Annotated[int, typer.Option(min=0, help="Phase-timed steps for the time split.")] = 2,
@@ -85,7 +85,7 @@ def throughput(
             raise UserError(f"--deepspeed-config {deepspeed_config} does not exist; presets are in ds_configs/.")
         base = json.loads(deepspeed_config.read_text())
     projection = {"epochs": project_epochs, "sequences": sequences, "gpus": gpus} if project_epochs else None
-    stdout = Console(width=max(Console().width, 120))
+    stdout = Console(width=max(Console().width, 190))
     report = tp.benchmark(
         settings, preset=preset, teacher=teacher, corpus=str(corpus) if corpus else None,
         synthetic_sequences=synthetic_sequences, ds_base=base, baseline=baseline, naive_batch_size=naive_batch_size,

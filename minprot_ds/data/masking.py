@@ -16,9 +16,8 @@ import dataclasses
 import numpy as np
 
 from minprot_ds.errors import UserError
-from minprot_ds.vocab import MASK_ID, PAD_ID, STANDARD_RESIDUE_IDS
+from minprot_ds.vocab import IGNORE_INDEX, MASK_ID, PAD_ID, STANDARD_RESIDUE_IDS
 
-IGNORE_INDEX = -100  # labels at positions the loss skips (PyTorch's cross-entropy default)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -16,11 +16,9 @@ import numpy as np
 import torch
 
 from minprot_ds.errors import UserError
-from minprot_ds.vocab import CLS_ID, INVALID, PAD_ID, SEP_ID, UNK_ID, VOCAB_SIZE, encode
+from data_prep.tasks.records import Q3_CLASSES
+from minprot_ds.vocab import CLS_ID, IGNORE_INDEX, INVALID, MAX_RESIDUES, PAD_ID, SEP_ID, UNK_ID, VOCAB_SIZE, encode
 
-MAX_RESIDUES = 512  # ProtBert's limit: 514 tokens with [CLS] and [SEP]
-IGNORE_INDEX = -100
-Q3_CLASSES = ("H", "E", "C")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from minprot_ds.vocab import IGNORE_INDEX
 COS_EPS = 1e-8  # as torch.nn.functional.cosine_similarity: cos = s·t / max(|s|·|t|, eps)
 
 
