@@ -17,8 +17,17 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from minprot_ds.checkpoint import Checkpointer, TrainState, check_compatible, resolve_resume
+from minprot_ds.checkpoint import (
+    Checkpointer,
+    TrainState,
+    check_compatible,
+    read_marker,
+    resolve_resume,
+    to_universal,
+    universal_path,
+)
 from minprot_ds.config import DistillConfig
+from minprot_ds.ds_config import precision, read_ds_config
 from minprot_ds.errors import UserError
 from minprot_ds.export import STUDENT_CONFIG, export_student, student_provenance
 from minprot_ds.metrics import StepMeter
@@ -51,35 +60,6 @@ def init_distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def load_ds_config(path: str | Path, max_rows: int) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"DeepSpeed config {path} does not exist; presets are in ds_configs/.")
-    try:
-        ds = json.loads(path.read_text())
-    except ValueError as err:
-        raise UserError(f"DeepSpeed config {path} is not valid JSON: {err}.") from err
-    for key in ("optimizer", "scheduler"):
-        if key in ds:
-            raise UserError(
-                f"DeepSpeed config {path} sets '{key}': remove it, the run config's [optimizer] and "
-                "[schedule] sections own it (the schedule follows the planned run length)."
-            )
-    # Batches are token-budgeted, so rows per micro-batch vary; DeepSpeed only uses this for bookkeeping.
-    ds["train_micro_batch_size_per_gpu"] = max_rows
-    ds.pop("train_batch_size", None)
-    ds.setdefault("gradient_accumulation_steps", 1)
-    return ds
-
-
-def run_precision(ds: dict[str, Any]) -> torch.dtype:
-    if ds.get("fp16", {}).get("enabled"):
-        return torch.float16
-    if ds.get("bf16", {}).get("enabled") or ds.get("bfloat16", {}).get("enabled"):
-        return torch.bfloat16
-    return torch.float32
-
-
 class StopSignal:
     """SIGTERM/SIGUSR1 (what schedulers send before preemption): finish the step, checkpoint, exit 0."""
 
@@ -110,7 +90,9 @@ def run(
 
     rank, world = init_distributed()
     run_dir = Path(run_dir)
-    ds = load_ds_config(ds_config, config.data.max_rows)
+    # Batches are token-budgeted, so rows per micro-batch vary: max_rows is what DeepSpeed books.
+    ds = read_ds_config(ds_config, flag="DeepSpeed config", micro_batch=config.data.max_rows,
+                        owner="the run config's [optimizer] and [schedule] own it (the schedule follows the planned run)")
     grad_accum = int(ds["gradient_accumulation_steps"])
     checkpointer = Checkpointer(run_dir / "ckpt", config.checkpoint.keep_last, config.checkpoint.keep_every)
     if resume == "none" and checkpointer.latest() is not None:
@@ -118,20 +100,20 @@ def run(
     resume_from = resolve_resume(resume, checkpointer)
     stop_signal = StopSignal()
 
+    if resume_from is not None:
+        saved = read_marker(resume_from)
+        check_compatible(saved, config.model_affecting(), resume_from)
+        if (saved.world_size, saved.grad_accum) != (world, grad_accum):
+            resume_from = universal_resume(resume_from, saved, world, grad_accum, ds)
     stream = build_stream(config, "train", rank=rank, world_size=world, grad_accum=grad_accum)
     planned = config.schedule.total_steps or stream.planned_steps(config.schedule.epochs)
-    engine, student_config = build_engine(config, ds, planned_steps=planned, dtype=run_precision(ds))
+    engine, student_config = build_engine(config, ds, planned_steps=planned, dtype=precision(ds))
     state = TrainState(world_size=world, grad_accum=grad_accum, model_affecting=config.model_affecting())
     if resume_from is not None:
         saved, loader_state = Checkpointer.load(engine.student, resume_from)
-        check_compatible(saved, config.model_affecting(), resume_from)
-        if (saved.world_size, saved.grad_accum) != (world, grad_accum):
-            raise UserError(
-                f"checkpoint {resume_from} was written by {saved.world_size} ranks x {saved.grad_accum} accumulation "
-                f"steps, this job has {world} x {grad_accum}; resuming on another world size is not supported yet."
-            )
         stream.load_state_dict(loader_state)
-        state = dataclasses.replace(saved, model_affecting=config.model_affecting())
+        state = dataclasses.replace(saved, world_size=world, grad_accum=grad_accum,
+                                    model_affecting=config.model_affecting())
     elif rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         student_config.to_json_file(str(run_dir / STUDENT_CONFIG))
@@ -140,7 +122,7 @@ def run(
     state.mlflow_run_id = tracker.run_id
     stop_at = planned if max_steps is None else min(planned, max_steps)
     teacher_checksum = engine.teacher_checksum()
-    meter = StepMeter(engine, precision=str(run_precision(ds)).removeprefix("torch."))
+    meter = StepMeter(engine, precision=str(precision(ds)).removeprefix("torch."))
     valid: dict[str, float] = {}
     last_saved = None
     with tracker:
@@ -161,6 +143,8 @@ def run(
                 state.consumed_samples = stream.state_dict()["consumed_samples"]
                 state.epoch = stream.state_dict()["epoch"]
                 metrics = meter.update(stats)
+                if config.run.trace_samples:
+                    trace_samples(run_dir, rank, state.step, stats.samples)
                 progress.update(state.step, metrics)
                 if state.step % config.run.log_every == 0:
                     tracker.log_metrics(metrics, step=state.step)
@@ -194,6 +178,37 @@ def run(
             tracker.log_artifact(student_dir, "student")
     return RunResult(run_dir, state.step, planned, state.mlflow_run_id, last_saved, student_dir, valid,
                      teacher_unchanged=engine.teacher_checksum() == teacher_checksum)
+
+
+def trace_samples(run_dir: Path, rank: int, step: int, samples: list[int]) -> None:
+    """One JSON line per step: which global rows this rank consumed (what the resume tests compare)."""
+    folder = run_dir / "trace"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"rank{rank}.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": step, "samples": samples}) + "\n")
+
+
+def universal_resume(folder: Path, saved: TrainState, world: int, grad_accum: int, ds: dict[str, Any]) -> Path:
+    """Resume on another number of ranks: same global batch (ranks x accumulation), DeepSpeed's universal
+    checkpoint (converted once by rank 0), and the same global sample order from the saved cursor."""
+    if saved.world_size * saved.grad_accum != world * grad_accum:
+        raise UserError(
+            f"checkpoint {folder} was written with {saved.world_size} ranks x {saved.grad_accum} accumulation steps "
+            f"(global batch of {saved.world_size * saved.grad_accum} micro-batches); this job has {world} x {grad_accum}. "
+            "Keep ranks x gradient_accumulation_steps equal (set gradient_accumulation_steps in the DeepSpeed config)."
+        )
+    error = ""
+    if dist.get_rank() == 0:
+        try:
+            to_universal(folder)
+        except UserError as err:
+            error = str(err)
+    failed = torch.tensor([1.0 if error else 0.0])
+    dist.all_reduce(failed)  # every rank learns whether rank 0's conversion worked (and waits for it)
+    if failed.item():
+        raise UserError(error or f"rank 0 could not convert {folder} to a universal checkpoint; see its log.")
+    ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
+    return universal_path(folder)
 
 
 def export_final(engine, run_dir: Path, state: TrainState, config: DistillConfig, rank: int) -> Path | None:

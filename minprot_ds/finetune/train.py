@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from minprot_ds.ds_config import read_ds_config
 from minprot_ds.errors import UserError
 from minprot_ds.finetune import links
 from minprot_ds.finetune.inputs import load_inputs
@@ -130,24 +131,6 @@ class DeepSpeedStepper:
         return self.engine.get_lr()[0]
 
 
-def load_ds_config(path: Path, batch_size: int) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"--deepspeed {path} does not exist; presets are in ds_configs/ (cpu_zero2.json on CPU)")
-    try:
-        ds = json.loads(path.read_text())
-    except ValueError as err:
-        raise UserError(f"--deepspeed {path} is not valid JSON: {err}") from err
-    for key in ("optimizer", "scheduler"):
-        if key in ds:
-            raise UserError(f"--deepspeed {path} sets '{key}'; remove it: the fine-tune job's --lr and "
-                            "--weight-decay own the optimizer and its linear schedule")
-    ds["train_micro_batch_size_per_gpu"] = batch_size
-    ds.pop("train_batch_size", None)
-    ds.setdefault("gradient_accumulation_steps", 1)
-    return ds
-
-
 # --- prediction -----------------------------------------------------------------------------------------
 
 def predict(module: torch.nn.Module, enc: Encoded, spec: TaskSpec, batch_size: int, device: torch.device) -> tuple[Predictions, float]:
@@ -220,7 +203,8 @@ def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> Fi
     if cfg.deepspeed is not None:
         from minprot_ds.distill import init_distributed
 
-        ds = load_ds_config(Path(cfg.deepspeed), cfg.batch_size)
+        ds = read_ds_config(cfg.deepspeed, flag="--deepspeed", micro_batch=cfg.batch_size,
+                            owner="the fine-tune job's --lr and --weight-decay own the optimizer and its linear schedule")
         rank, world = init_distributed()
     steps_per_epoch = len(train_batches(train.lengths, cfg.batch_size, cfg.seed, 0)) // world
     if steps_per_epoch == 0:

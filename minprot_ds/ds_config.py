@@ -1,0 +1,38 @@
+"""DeepSpeed JSON configs as our jobs read them: validated, with the fields our batching owns filled in."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minprot_ds.errors import UserError
+
+
+def read_ds_config(path: str | Path, *, flag: str, owner: str, micro_batch: int) -> dict[str, Any]:
+    """Read a DeepSpeed JSON. `optimizer`/`scheduler` sections are refused (`owner` says who sets them);
+    `micro_batch` fills train_micro_batch_size_per_gpu, which DeepSpeed only uses for bookkeeping here."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{flag} {path} does not exist; presets are in ds_configs/ (cpu_zero2.json on CPU).")
+    try:
+        ds = json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"{flag} {path} is not valid JSON: {err}.") from err
+    for key in ("optimizer", "scheduler"):
+        if key in ds:
+            raise UserError(f"{flag} {path} sets '{key}'; remove it: {owner}.")
+    ds["train_micro_batch_size_per_gpu"] = micro_batch
+    ds.pop("train_batch_size", None)
+    ds.setdefault("gradient_accumulation_steps", 1)
+    return ds
+
+
+def precision(ds: dict[str, Any]) -> torch.dtype:
+    """The run's half precision as the DeepSpeed config enables it (fp32 when neither is on)."""
+    if ds.get("fp16", {}).get("enabled"):
+        return torch.float16
+    if ds.get("bf16", {}).get("enabled") or ds.get("bfloat16", {}).get("enabled"):
+        return torch.bfloat16
+    return torch.float32
