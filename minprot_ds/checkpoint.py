@@ -18,6 +18,9 @@ import os
 import random
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,10 @@ import torch.distributed as dist
 
 from minprot_ds.errors import UserError
 
+# Test-only fault injection: "STEP:RANK:POINT" kills that rank with SIGKILL at POINT of the save of STEP
+# (POINT: deepspeed = after DeepSpeed's files, rank_file = after this rank's file, marker = after the
+# COMPLETE marker, before the latest pointer). The crash tests use it; nothing else should.
+FAULT_ENV = "MINPROT_FAULT_CHECKPOINT"
 MARKER = "COMPLETE"
 LATEST = "latest"
 _TAG = re.compile(r"^global_step(\d+)$")
@@ -119,12 +126,14 @@ class Checkpointer:
         _barrier()
         client_state = {"minprot": dataclasses.asdict(state), "universal_checkpoint_info": {}}
         engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
+        _fault(state.step, "deepspeed")
         per_rank = {"rng": rng_state(), "loader": loader_state}
-        buf = _serialize(per_rank)
-        _atomic_write(folder / f"minprot_rank{_rank()}.pt", buf)
+        _atomic_write(folder / f"minprot_rank{_rank()}.pt", _serialize(per_rank))
+        _fault(state.step, "rank_file")
         _barrier()  # every rank has written everything
         if _rank() == 0:
             _atomic_write(folder / MARKER, json.dumps(dataclasses.asdict(state), indent=2).encode())
+            _fault(state.step, "marker")
             _atomic_write(self.dir / LATEST, tag.encode())
             self._prune()
         _barrier()
@@ -138,6 +147,7 @@ class Checkpointer:
         for step, folder in complete:
             if step not in keep:
                 shutil.rmtree(folder, ignore_errors=True)
+                shutil.rmtree(universal_path(folder), ignore_errors=True)
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint (what `--resume auto` takes), or None."""
@@ -152,12 +162,48 @@ class Checkpointer:
         if load_path is None:
             raise UserError(f"DeepSpeed could not load checkpoint {folder}; it may be corrupt: resume from an older one.")
         per_rank_file = folder / f"minprot_rank{_rank()}.pt"
-        if not per_rank_file.is_file():
-            raise UserError(f"checkpoint {folder} has no {per_rank_file.name}: it was saved with fewer ranks.")
+        same_layout = per_rank_file.is_file() and state.world_size == (dist.get_world_size() if dist.is_initialized() else 1)
         # Our own file from our own run dir (see resolve_resume), hence weights_only=False for RNG objects.
-        per_rank = torch.load(per_rank_file, map_location="cpu", weights_only=False)
-        set_rng_state(per_rank["rng"])
+        per_rank = torch.load(per_rank_file if same_layout else folder / "minprot_rank0.pt", map_location="cpu",
+                              weights_only=False)
+        if same_layout:
+            set_rng_state(per_rank["rng"])
+        else:  # the loader state is global; RNG streams of another layout cannot be carried over
+            warnings.warn(f"resuming {folder} on another world size: data order kept, RNG states not restored")
         return state, per_rank["loader"]
+
+
+def universal_path(folder: Path) -> Path:
+    return folder.with_name(folder.name + "_universal")
+
+
+def to_universal(folder: Path) -> Path:
+    """DeepSpeed's universal form of a checkpoint (loadable on any number of ranks), made once beside it.
+
+    Rank 0 runs DeepSpeed's converter into a temporary folder, copies our marker and per-rank files
+    in, and renames it into place, so a half-converted folder is never taken for a finished one.
+    """
+    out = universal_path(folder)
+    if (out / MARKER).is_file():
+        return out
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(folder),
+           "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"converting {folder} to a universal checkpoint failed: {proc.stderr.strip()[-500:]}")
+    for extra in [MARKER, *(p.name for p in folder.glob("minprot_rank*.pt"))]:
+        shutil.copy2(folder / extra, tmp / extra)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def _fault(step: int, point: str) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if spec and spec == f"{step}:{_rank()}:{point}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _serialize(obj: Any) -> bytes:

@@ -88,6 +88,7 @@ class TrackingConfig:
 class RunConfig:
     log_every: int = 10
     max_consecutive_skips: int = 20  # non-finite losses / fp16 overflows in a row before the run stops
+    trace_samples: bool = False  # append each step's sample indices to RUN/trace/rank{r}.jsonl (data audits)
 
 
 @dataclasses.dataclass

@@ -52,6 +52,7 @@ class StepStats:
     tokens: int  # padded tokens the hardware processed
     masked: int
     flops: float  # useful FLOPs (real tokens), see minprot_ds.bench.flops
+    samples: list[int]  # global row ids this rank consumed in the step
 
 
 class DistillEngine:
@@ -105,6 +106,7 @@ class DistillEngine:
         counts = [0.0] * 5  # sequences, residues, tokens, masked, flops
         nonfinite = 0.0
         skipped_before = self.student.skipped_steps
+        samples = [int(i) for batch in micro_batches for i in batch["sample_index"]]
         for batch in micro_batches:
             batch = self._to_device(batch)
             out, _, s_hidden, s_logits = self._losses(batch)
@@ -137,7 +139,7 @@ class DistillEngine:
         return StepStats(
             loss=total, mlm=mlm, kd=kd, cos=cos, skipped=skipped,
             sequences=int(reduced[4]), residues=int(reduced[5]), tokens=int(reduced[6]),
-            masked=int(reduced[7]), flops=reduced[8],
+            masked=int(reduced[7]), flops=reduced[8], samples=samples,
         )
 
     def step_flops(self, attention_mask: torch.Tensor, masked: int) -> float:

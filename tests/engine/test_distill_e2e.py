@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,54 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-DEMO_CONFIG = REPO / "launch" / "configs" / "demo.toml"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def assets(tmp_path_factory):
-    """A learnable synthetic corpus and a tiny teacher pre-trained on it (as the demo makes them)."""
-    from data_prep.corpus import prepare_corpus
-    from minprot_ds.demo import TEACHER_SHAPE, synthetic_fasta
-    from minprot_ds.models import save_random_protbert
-    from minprot_ds.pretrain import pretrain_teacher
-
-    root = tmp_path_factory.mktemp("assets")
-    corpus = root / "corpus"
-    prepare_corpus([synthetic_fasta(root / "syn.fasta", sequences=1200)], corpus, valid_fraction=0.05, seed=0)
-    teacher = save_random_protbert(root / "teacher", **TEACHER_SHAPE, seed=0)
-    pretrain_teacher(teacher, corpus, steps=120, seed=0, max_tokens=2048, log=lambda _: None)
-    return {"corpus": corpus, "teacher": Path(teacher)}
-
-
-def launch(assets, run_dir: Path, *extra: str, ranks: int = 2, ds: str = "cpu_zero2.json", steps: int = 30,
-           timeout: int = 420, show_failure: bool = True) -> subprocess.CompletedProcess:
-    from minprot_ds.demo import launcher_command
-
-    args = ["--config", str(DEMO_CONFIG), "--deepspeed_config", str(REPO / "ds_configs" / ds), "--run-dir", str(run_dir),
-            "--set", f'model.teacher="{assets["teacher"]}"', "--set", f'data.corpus="{assets["corpus"]}"',
-            "--set", f"schedule.total_steps={steps}", "--set", "eval.every_steps=0", "--set", "checkpoint.every_steps=10",
-            *extra]
-    cmd = launcher_command(ranks, REPO / "launch" / "distill.py", args) if ranks else [
-        sys.executable, str(REPO / "launch" / "distill.py"), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if proc.returncode != 0 and show_failure:
-        print(proc.stdout[-6000:], proc.stderr[-6000:])
-    return proc
-
-
-def mlflow_history(tracking_uri: str, run_id: str, key: str) -> list[float]:
-    from mlflow import MlflowClient
-
-    return [m.value for m in sorted(MlflowClient(tracking_uri).get_metric_history(run_id, key), key=lambda m: m.step)]
-
-
 @pytest.mark.parametrize("ds", ["cpu_zero1.json", "cpu_zero2.json", "cpu_zero3.json"])
-def test_two_rank_distillation(assets, tmp_path, ds):
+def test_two_rank_distillation(launch, mlflow_history, tmp_path, ds):
     run_dir = tmp_path / "run"
-    proc = launch(assets, run_dir, ds=ds)
+    proc = launch(run_dir, ds=ds)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["step"] == 30 and summary["teacher_unchanged"] is True
@@ -97,10 +55,11 @@ def test_two_rank_distillation(assets, tmp_path, ds):
     assert json.loads((tmp_path / "exported" / "minprot.json").read_text())["teacher_layers"] == meta["teacher_layers"]
 
 
-def test_student_at_step_zero_is_the_chosen_teacher_layers(assets, tmp_path):
-    """One plain process (no launcher), stopped before the first step: the export is the copied student."""
+def test_student_at_step_zero_is_the_chosen_teacher_layers(assets, launch, tmp_path):
+    """2 ranks under ZeRO-3 (parameters partitioned, gathered for the export), stopped before the first
+    step: the exported student is exactly the teacher's chosen layers, embeddings and head."""
     run_dir = tmp_path / "run0"
-    proc = launch(assets, run_dir, "--max-steps", "0", ranks=0)
+    proc = launch(run_dir, "--max-steps", "0", ds="cpu_zero3.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     from transformers import BertForMaskedLM
 
@@ -114,16 +73,32 @@ def test_student_at_step_zero_is_the_chosen_teacher_layers(assets, tmp_path):
     assert torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
 
 
-def test_bad_config_is_one_line_and_exit_1(assets, tmp_path):
-    proc = launch(assets, tmp_path / "bad", "--set", "optimizer.lrr=1", ranks=0, show_failure=False)
+def test_accumulation_and_activation_checkpointing(launch, mlflow_history, tmp_path):
+    """Gradient accumulation (2 micro-batches per rank per step) with activation checkpointing on."""
+    ds = json.loads((Path(__file__).resolve().parents[2] / "ds_configs" / "cpu_zero2.json").read_text())
+    ds["gradient_accumulation_steps"] = 2
+    ds_file = tmp_path / "accum2.json"
+    ds_file.write_text(json.dumps(ds))
+    run_dir = tmp_path / "accum"
+    proc = launch(run_dir, "--set", "model.activation_checkpointing=true", ds=str(ds_file), steps=15)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    losses = mlflow_history(f"sqlite:///{run_dir / 'mlflow.db'}", summary["mlflow_run_id"], "train/loss")
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    sequences = mlflow_history(f"sqlite:///{run_dir / 'mlflow.db'}", summary["mlflow_run_id"], "perf/sequences_per_s")
+    assert all(v > 0 for v in sequences)
+
+
+def test_bad_config_is_one_line_and_exit_1(launch, tmp_path):
+    proc = launch(tmp_path / "bad", "--set", "optimizer.lrr=1", ranks=0, show_failure=False)
     assert proc.returncode != 0
     assert "unknown key optimizer.lrr" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_tracking_server_records_the_run(assets, tmp_path, mlflow_server):
+def test_tracking_server_records_the_run(launch, mlflow_history, tmp_path, mlflow_server):
     run_dir = tmp_path / "served"
-    proc = launch(assets, run_dir, "--tracking-uri", mlflow_server, steps=10)
+    proc = launch(run_dir, "--tracking-uri", mlflow_server, steps=10)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     from mlflow import MlflowClient
@@ -137,11 +112,11 @@ def test_tracking_server_records_the_run(assets, tmp_path, mlflow_server):
     assert not (run_dir / "mlflow.db").exists()
 
 
-def test_diverging_run_skips_steps_then_fails_the_mlflow_run(assets, tmp_path):
+def test_diverging_run_skips_steps_then_fails_the_mlflow_run(launch, tmp_path):
     """A learning rate that blows the weights up: non-finite steps are skipped and counted, and after
     run.max_consecutive_skips in a row the job stops with one clear line and the MLflow run is FAILED."""
     run_dir = tmp_path / "diverge"
-    proc = launch(assets, run_dir, "--set", "optimizer.lr=1e12", "--set", "schedule.warmup_steps=0",
+    proc = launch(run_dir, "--set", "optimizer.lr=1e12", "--set", "schedule.warmup_steps=0",
                   "--set", "run.max_consecutive_skips=2", "--set", "run.log_every=1", ranks=0, show_failure=False)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "steps in a row had a non-finite loss" in proc.stderr and "Traceback" not in proc.stderr
