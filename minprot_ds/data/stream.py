@@ -16,6 +16,8 @@ cursor); the two most recent plans are kept.
 from __future__ import annotations
 
 import math
+import os
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -197,6 +199,14 @@ class _RankSampler(Sampler):
             local += k - self.grad_accum  # skip the other ranks' micro-batches of the step
 
 
+def _worker_signals(worker_id: int) -> None:
+    """Preemption signals reach every process of a job (SLURM signals the whole step). A DataLoader
+    worker killed by one makes the training process fail before it can checkpoint, so workers leave
+    quietly (exit 0) and the training process, which finishes its step and checkpoints, decides."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, lambda *_: os._exit(0))
+
+
 class DistillStream:
     """Per optimizer step, the `grad_accum` micro-batches this rank trains on; resumable exactly.
 
@@ -301,6 +311,7 @@ class DistillStream:
             num_workers=self.num_workers,
             persistent_workers=False,
             prefetch_factor=4 if self.num_workers else None,
+            worker_init_fn=_worker_signals,
         )
         batches = iter(loader)
         while True:

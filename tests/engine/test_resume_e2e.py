@@ -126,3 +126,49 @@ def test_changed_global_batch_is_refused(launch, tmp_path):
     proc = launch(run, ranks=0, steps=8, show_failure=False)  # 1 rank x accumulation 1: half the global batch
     assert proc.returncode == 1
     assert "Keep ranks x gradient_accumulation_steps equal" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(assets, mlflow_history, reference, tmp_path):
+    """What a scheduler does before preemption: SIGTERM to every rank. Each finishes its step, the job
+    checkpoints and exits 0; rerunning continues exactly as the uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from minprot_ds.demo import launcher_command
+
+    repo = Path(__file__).resolve().parents[2]
+    run = tmp_path / "preempted"
+    args = ["--config", str(repo / "launch/configs/demo.toml"), "--deepspeed_config", str(repo / "ds_configs/cpu_zero2.json"),
+            "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher"]}"',
+            "--set", f'data.corpus="{assets["corpus"]}"', "--set", f"schedule.total_steps={STEPS}",
+            "--set", "eval.every_steps=0", *COMMON]
+    proc = subprocess.Popen(launcher_command(2, repo / "launch/distill.py", args), cwd=repo, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 300
+    while not (run / "ckpt" / "global_step4" / "COMPLETE").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:] if proc.poll() else "timeout"
+        time.sleep(0.1)
+    # Like SLURM: every process of the job step gets the signal (ranks and their DataLoader workers).
+    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank" in " ".join(p.cmdline())]
+    assert len(ranks) >= 2
+    signalled = time.monotonic()
+    for p in ranks:
+        p.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    exit_s = time.monotonic() - signalled
+    assert proc.returncode == 0, out[-3000:]
+    assert "stop signal: checkpointed step" in out
+    stopped = json.loads((run / "summary.json").read_text())["step"]
+    assert 4 < stopped < STEPS
+    assert (run / "ckpt" / f"global_step{stopped}" / "COMPLETE").is_file()
+    print(f"SIGTERM to exit: {exit_s:.1f} s (stopped at step {stopped})", file=sys.stderr)
+
+    resumed = subprocess.run(launcher_command(2, repo / "launch/distill.py", args), cwd=repo, capture_output=True,
+                             text=True, timeout=420)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(reference, losses_and_weights(run, mlflow_history))
