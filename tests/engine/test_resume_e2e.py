@@ -38,7 +38,7 @@ def reference(launch, mlflow_history, tmp_path_factory):
     return losses_and_weights(whole, mlflow_history)
 
 
-@pytest.mark.parametrize("ds", ["cpu_zero1.json", "cpu_zero2.json"])
+@pytest.mark.parametrize("ds", ["cpu_zero1.json", "cpu_zero2.json", "cpu_zero3.json"])
 def test_stop_and_resume_is_exact(launch, mlflow_history, tmp_path, ds):
     whole = tmp_path / "whole"
     assert launch(whole, *COMMON, ds=ds, steps=STEPS).returncode == 0
