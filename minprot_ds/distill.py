@@ -140,8 +140,8 @@ def run(
             while state.step < stop_at:
                 stats = engine.step(next(batches))
                 state.step += 1
-                state.consumed_samples = stream.state_dict()["consumed_samples"]
-                state.epoch = stream.state_dict()["epoch"]
+                cursor = stream.state_dict()
+                state.consumed_samples, state.epoch = cursor["consumed_samples"], cursor["epoch"]
                 metrics = meter.update(stats)
                 if config.run.trace_samples:
                     trace_samples(run_dir, rank, state.step, stats.samples)
@@ -203,7 +203,10 @@ def universal_resume(folder: Path, saved: TrainState, world: int, grad_accum: in
             to_universal(folder)
         except UserError as err:
             error = str(err)
-    failed = torch.tensor([1.0 if error else 0.0])
+    from deepspeed.accelerator import get_accelerator
+
+    # On the accelerator: NCCL reduces device tensors only (gloo on CPU takes either).
+    failed = torch.tensor([1.0 if error else 0.0], device=get_accelerator().current_device_name())
     dist.all_reduce(failed)  # every rank learns whether rank 0's conversion worked (and waits for it)
     if failed.item():
         raise UserError(error or f"rank 0 could not convert {folder} to a universal checkpoint; see its log.")
