@@ -50,7 +50,7 @@ def build_engine(config: DistillConfig, ds: dict[str, Any], *, planned_steps: in
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
-    from minprot_ds.models import build_student, load_student, load_teacher
+    from minprot_ds.models import build_student, compile_encoders, load_student, load_teacher
 
     device = torch.device(get_accelerator().current_device_name())
     m = config.model
@@ -63,6 +63,7 @@ def build_engine(config: DistillConfig, ds: dict[str, Any], *, planned_steps: in
     if m.activation_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()
+    compile_encoders(teacher, student, m.compile, zero_stage=ds.get("zero_optimization", {}).get("stage", 0))
     o = config.optimizer
     offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
     optimizer = build_optimizer(student, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps,

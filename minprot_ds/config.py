@@ -18,6 +18,9 @@ from typing import Any
 from minprot_ds.errors import UserError
 
 
+COMPILE_MODES = ("none", "teacher", "all")
+
+
 @dataclasses.dataclass
 class ModelConfig:
     teacher: str = "Rostlab/prot_bert"  # hub id or local folder of a BertForMaskedLM
@@ -26,6 +29,7 @@ class ModelConfig:
     layer_seed: int = 0  # for layer_strategy = "random"
     student: str = ""  # an existing student folder to continue from, instead of copying teacher layers
     activation_checkpointing: bool = False
+    compile: str = "none"  # none | teacher | all: torch.compile the teacher's encoder (inference) / also the student's
 
 
 @dataclasses.dataclass
@@ -229,6 +233,8 @@ def validate(c: DistillConfig, source: str = "config") -> None:
             fail("model.layer_strategy", f"must be alternate, random or comma-separated layer indices, not {strategy!r}")
         if len(layers) != c.model.student_layers:
             fail("model.layer_strategy", f"lists {len(layers)} layers but model.student_layers is {c.model.student_layers}")
+    if c.model.compile not in COMPILE_MODES:
+        fail("model.compile", f"must be one of {', '.join(COMPILE_MODES)}, not {c.model.compile!r}")
     if c.data.max_tokens < 8:
         fail("data.max_tokens", "must be at least 8")
     if c.data.max_rows < 1:

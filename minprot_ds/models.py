@@ -177,6 +177,28 @@ def build_student(teacher: BertForMaskedLM, num_layers: int = 15, strategy: str 
     return student
 
 
+# --- torch.compile ---------------------------------------------------------------------------------------
+
+def compile_encoders(teacher: BertForMaskedLM, student: BertForMaskedLM, mode: str, *, zero_stage: int = 0) -> None:
+    """torch.compile the encoders in place (`Module.compile`: state-dict keys and checkpoints unchanged).
+
+    mode "teacher": the teacher's encoder, for inference with its weights frozen into the graph (inductor
+    may pre-pack them for its matmuls); it is only ever called under inference mode, and never trained.
+    mode "all": the student's encoder too, forward and backward. Micro-batch shapes vary, so graphs are
+    compiled with dynamic shapes; the first steps of a run are slow while inductor compiles (about a
+    minute per graph on a small CPU), and a few more graphs may follow when a new shape class appears.
+    The MLM heads and the loss stay eager: they index masked positions, a data-dependent shape.
+    """
+    if mode == "none":
+        return
+    if mode == "all" and zero_stage == 3:
+        raise UserError('model.compile = "all" is not supported with ZeRO stage 3 (its parameter gathering runs in '
+                        'hooks inside the student\'s forward); use "teacher", or ZeRO stage 1 or 2.')
+    teacher.bert.compile(dynamic=True, options={"freezing": True})
+    if mode == "all":
+        student.bert.compile(dynamic=True)
+
+
 # --- forward for the loss ------------------------------------------------------------------------------
 
 @dataclass

@@ -103,71 +103,73 @@ def distilbert_loss(student_out, teacher_out, batch: dict[str, Any], temperature
     return w_mlm * mlm + w_kd * kd + w_cos * cos
 
 
-def run_naive(
-    teacher_dir: str | Path,
-    corpus_dir: str | Path,
-    *,
-    student_layers: int,
-    batch_size: int = 16,
-    steps: int = 5,
-    warmup: int = 1,
-    repeats: int = 3,
-    lr: float = 5e-5,
-    temperature: float = 2.0,
-    weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3),
-    seed: int = 0,
-) -> NaiveResult:
-    """`warmup` untimed steps, then `repeats` × `steps` timed steps on the CPU (or the first GPU), fp32."""
-    from transformers import BertForMaskedLM
+class NaiveLoop:
+    """The naive loop's models, optimizer and batches, built once; `window(steps)` times `steps` steps.
 
-    from minprot_ds.models import build_student
+    The throughput benchmark alternates its windows with the engine's, so the ratio compares rates
+    measured seconds apart rather than minutes apart (this matters on shared or throttling machines).
+    """
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    teacher = BertForMaskedLM.from_pretrained(str(teacher_dir), dtype=torch.float32).to(device).eval()
-    student = build_student(teacher, num_layers=student_layers, strategy="alternate", seed=seed).to(device).train()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.01)
-    batches = iter(NaiveBatches(corpus_dir, batch_size, seed=seed))
+    def __init__(self, teacher_dir: str | Path, corpus_dir: str | Path, *, student_layers: int, batch_size: int = 16,
+                 lr: float = 5e-5, temperature: float = 2.0,
+                 weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3), seed: int = 0):
+        from transformers import BertForMaskedLM
 
-    def step() -> dict[str, Any]:
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(batches).items()}
+        from minprot_ds.models import build_student
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.teacher = BertForMaskedLM.from_pretrained(str(teacher_dir), dtype=torch.float32).to(self.device).eval()
+        self.student = build_student(self.teacher, num_layers=student_layers, strategy="alternate", seed=seed)
+        self.student.to(self.device).train()
+        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=lr, weight_decay=0.01)
+        self.batches = iter(NaiveBatches(corpus_dir, batch_size, seed=seed))
+        self.batch_size, self.temperature, self.weights = batch_size, temperature, weights
+        self.windows: list[dict[str, float]] = []
+
+    def step(self) -> dict[str, Any]:
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in next(self.batches).items()}
+        ids, att = batch["input_ids"], batch["attention_mask"]
         with torch.no_grad():
-            t_out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-        s_out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
-                        output_hidden_states=True)
-        loss = distilbert_loss(s_out, t_out, batch, temperature, weights)
+            t_out = self.teacher(input_ids=ids, attention_mask=att, output_hidden_states=True)
+        s_out = self.student(input_ids=ids, attention_mask=att, labels=batch["labels"], output_hidden_states=True)
+        loss = distilbert_loss(s_out, t_out, batch, self.temperature, self.weights)
         loss.backward()
-        nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         return batch
 
-    def sync() -> None:
-        if device.type == "cuda":
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    for _ in range(warmup):
-        step()
-    runs = []
-    for _ in range(repeats):
-        sync()
+    def window(self, steps: int) -> dict[str, float]:
+        """Time `steps` steps (data loading included); the window is also kept in `self.windows`."""
+        self._sync()
         w0, c0 = time.perf_counter(), time.process_time()
         rows = residues = tokens = 0
         for _ in range(steps):
-            batch = step()
+            batch = self.step()
             rows += batch["input_ids"].shape[0]
             residues += batch["num_residues"]
             tokens += batch["input_ids"].numel()
-        sync()
-        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-        runs.append(dict(wall=wall, cpu=cpu, rows=rows, residues=residues, tokens=tokens))
-    med = sorted(runs, key=lambda r: r["residues"] / r["wall"])[len(runs) // 2]
-    return NaiveResult(
-        batch_size=batch_size, steps=steps, repeats=repeats,
-        sequences_per_s=med["rows"] / med["wall"],
-        residues_per_s=med["residues"] / med["wall"],
-        tokens_per_s=med["tokens"] / med["wall"],
-        padding_fraction=1.0 - (med["residues"] + 2 * med["rows"]) / med["tokens"],
-        step_time_s=med["wall"] / steps,
-        residues_per_cpu_s=float(np.median([r["residues"] / r["cpu"] for r in runs])),
-        repeat_residues_per_s=[r["residues"] / r["wall"] for r in runs],
-    )
+        self._sync()
+        w = dict(wall=time.perf_counter() - w0, cpu=time.process_time() - c0, rows=rows, residues=residues,
+                 tokens=tokens)
+        self.windows.append(w)
+        return w
+
+    def result(self, steps: int) -> NaiveResult:
+        """The median window of those timed so far."""
+        runs = self.windows
+        med = sorted(runs, key=lambda r: r["residues"] / r["wall"])[len(runs) // 2]
+        return NaiveResult(
+            batch_size=self.batch_size, steps=steps, repeats=len(runs),
+            sequences_per_s=med["rows"] / med["wall"],
+            residues_per_s=med["residues"] / med["wall"],
+            tokens_per_s=med["tokens"] / med["wall"],
+            padding_fraction=1.0 - (med["residues"] + 2 * med["rows"]) / med["tokens"],
+            step_time_s=med["wall"] / steps,
+            residues_per_cpu_s=float(np.median([r["residues"] / r["cpu"] for r in runs])),
+            repeat_residues_per_s=[r["residues"] / r["wall"] for r in runs],
+        )

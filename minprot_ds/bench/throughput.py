@@ -15,6 +15,8 @@ import dataclasses
 import gc
 import itertools
 import math
+import os
+import platform
 import statistics
 import tempfile
 import time
@@ -27,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from minprot_ds.bench.flops import distill_step_flops, mfu, peak_tflops
+from minprot_ds.config import COMPILE_MODES
 from minprot_ds.errors import UserError
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,11 +54,13 @@ class Setting:
     activation_checkpointing: bool
     loss_impl: str  # eager | compiled | triton
     precision: str  # fp32 | bf16 | fp16
+    compile: str = "none"  # none | teacher | all (model.compile)
 
     @property
     def label(self) -> str:
         ckpt = "ckpt" if self.activation_checkpointing else "no-ckpt"
-        return f"{self.precision} z{self.zero_stage} {self.max_tokens}tok/{self.max_rows}rows {ckpt} {self.loss_impl}"
+        label = f"{self.precision} z{self.zero_stage} {self.max_tokens}tok/{self.max_rows}rows {ckpt} {self.loss_impl}"
+        return label if self.compile == "none" else f"{label} compile={self.compile}"
 
 
 def default_rows(max_tokens: int) -> int:
@@ -70,6 +75,7 @@ def sweep_settings(
     checkpointing: Sequence[bool],
     loss_impls: Sequence[str],
     precisions: Sequence[str],
+    compiles: Sequence[str] = ("none",),
     max_rows: int | None = None,
 ) -> list[Setting]:
     """The cartesian product of the sweep axes, validated (each bad value named with the fix)."""
@@ -79,6 +85,11 @@ def sweep_settings(
     for impl in loss_impls:
         if impl not in LOSS_IMPLS:
             raise UserError(f"--loss-impl {impl!r} is not one of {', '.join(LOSS_IMPLS)}.")
+    for mode in compiles:
+        if mode not in COMPILE_MODES:
+            raise UserError(f"--compile {mode!r} is not one of {', '.join(COMPILE_MODES)}.")
+        if mode == "all" and 3 in zero_stages:
+            raise UserError("--compile all does not go with --zero-stage 3 (not supported); sweep them separately.")
     for z in zero_stages:
         if z not in (0, 1, 2, 3):
             raise UserError(f"--zero-stage {z} is not a ZeRO stage; use 0, 1, 2 or 3.")
@@ -86,8 +97,9 @@ def sweep_settings(
         if t < 520:
             raise UserError(f"--max-tokens {t} cannot hold a 512-residue sequence (514 tokens padded to 520); use >= 520.")
     return [
-        Setting(t, max_rows or default_rows(t), z, c, impl, p)
-        for p, t, z, c, impl in itertools.product(precisions, max_tokens, zero_stages, checkpointing, loss_impls)
+        Setting(t, max_rows or default_rows(t), z, c, impl, p, mode)
+        for p, t, z, c, impl, mode in itertools.product(precisions, max_tokens, zero_stages, checkpointing, loss_impls,
+                                                        compiles)
     ]
 
 
@@ -131,6 +143,9 @@ def hardware_info() -> dict[str, Any]:
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,  # > cpu_count: shared cores
+        "processor": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_bf16_native": cpu_bf16_native(),
         "world_size": dist.get_world_size() if dist.is_initialized() else 1,
@@ -196,7 +211,9 @@ class Result:
     time_split_s: dict[str, float] = dataclasses.field(default_factory=dict)  # per step, summed micro-batches
     time_split_fraction: dict[str, float] = dataclasses.field(default_factory=dict)
     repeat_residues_per_s: list[float] = dataclasses.field(default_factory=list)
+    repeat_residues_per_cpu_s: list[float] = dataclasses.field(default_factory=list)  # per device
     skipped_steps: int = 0
+    graphs_compiled_in_windows: int = 0  # torch.compile graphs built while timing (their compile time is in the rate)
 
     @property
     def fits(self) -> bool:
@@ -270,6 +287,25 @@ def phase_timed_step(engine, micro_batches: list[dict]) -> dict[str, float]:
     return split
 
 
+def _compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _warm_until_compiled(engine, batches, max_steps: int = 20) -> None:
+    """Steps until one compiles no new graph (torch.compile builds graphs lazily, per shape class), so
+    compile time stays out of the timed windows. Every rank steps together: ranks agree on stopping."""
+    for _ in range(max_steps):
+        before = _compiled_graphs()
+        engine.step(next(batches))
+        new = torch.tensor([_compiled_graphs() - before], dtype=torch.float64, device=engine.device)
+        if dist.is_initialized():
+            dist.all_reduce(new)
+        if new.item() == 0:
+            return
+
+
 @dataclasses.dataclass
 class RunInputs:
     """What every setting shares: the teacher folder, the corpus, the step counts."""
@@ -289,10 +325,11 @@ class RunInputs:
     ds_base: dict[str, Any] | None = None
 
 
-def measure_setting(setting: Setting, inputs: RunInputs) -> Result:
-    """Build stream + engine for `setting`, warm up, time `repeats` windows of `steps` engine steps."""
+def measure_setting(setting: Setting, inputs: RunInputs, between: Callable[[], Any] | None = None) -> Result:
+    """Build stream + engine for `setting`, warm up, time `repeats` windows of `steps` engine steps,
+    calling `between()` after each window (the paired baseline's window, on rank 0)."""
     try:
-        return _measure(setting, inputs)
+        return _measure(setting, inputs, between)
     except UserError:
         raise
     except Exception as err:  # a setting that fails must not end the sweep; the report says why
@@ -305,7 +342,7 @@ def measure_setting(setting: Setting, inputs: RunInputs) -> Result:
             torch.cuda.empty_cache()
 
 
-def _measure(setting: Setting, inputs: RunInputs) -> Result:
+def _measure(setting: Setting, inputs: RunInputs, between: Callable[[], Any] | None) -> Result:
     from minprot_ds.build import build_engine, build_stream
     from minprot_ds.config import DistillConfig
     from minprot_ds.engine import loss_settings
@@ -316,6 +353,7 @@ def _measure(setting: Setting, inputs: RunInputs) -> Result:
     config.model.teacher = inputs.teacher
     config.model.student_layers = inputs.student_layers
     config.model.activation_checkpointing = setting.activation_checkpointing
+    config.model.compile = setting.compile
     config.data.corpus = inputs.corpus
     config.data.max_tokens = setting.max_tokens
     config.data.max_rows = setting.max_rows
@@ -339,6 +377,9 @@ def _measure(setting: Setting, inputs: RunInputs) -> Result:
     try:
         for _ in range(inputs.warmup):
             engine.step(next(batches))
+        if setting.compile != "none":
+            _warm_until_compiled(engine, batches)
+        graphs_before = _compiled_graphs()
         windows, skipped = [], 0
         for _ in range(inputs.repeats):
             useful = executed = engine_flops = 0.0
@@ -362,6 +403,9 @@ def _measure(setting: Setting, inputs: RunInputs) -> Result:
                 dist.all_reduce(local)
             windows.append(dict(wall=wall, cpu=cpu, seqs=seqs, residues=residues, tokens=tokens,
                                 useful=float(local[0]), executed=float(local[1]), engine=engine_flops))
+            if between is not None:
+                between()  # other ranks wait in the next step's first collective
+        graphs_in_windows = _compiled_graphs() - graphs_before
         splits = [phase_timed_step(engine, next(batches)) for _ in range(inputs.split_steps)]
         memory, scope = _peak_memory(dev)
     finally:
@@ -390,7 +434,9 @@ def _measure(setting: Setting, inputs: RunInputs) -> Result:
         time_split_s=split_s,
         time_split_fraction={p: v / split_total for p, v in split_s.items()},
         repeat_residues_per_s=[w["residues"] / w["wall"] for w in windows],
+        repeat_residues_per_cpu_s=[w["residues"] / world / w["cpu"] for w in windows],
         skipped_steps=skipped,
+        graphs_compiled_in_windows=graphs_in_windows,
     )
     if inputs.memory_limit_gb is not None and memory > inputs.memory_limit_gb:
         result.status = "oom"
@@ -424,48 +470,97 @@ def run_benchmark(
     projection: dict[str, float] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Measure every setting, then the naive baseline (rank 0 only, fp32), and assemble the report."""
+    """Measure every setting, then pair each precision's fastest with the naive baseline, and report.
+
+    Pairing: the fastest setting of each precision is measured again (or, when it is the precision's
+    only setting, measured just once) with a naive window (rank 0 only, fp32) after each of its windows;
+    the ratio is the median of the per-pair ratios, so slow drift of a shared machine cancels out.
+    """
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
-    results = []
+    counts = {p: sum(s.precision == p for s in settings) for p in {s.precision for s in settings}}
+    results: dict[Setting, Result] = {}
     for i, s in enumerate(settings):
-        r = measure_setting(s, inputs)
-        results.append(r)
-        if rank == 0:
-            what = f"{r.residues_per_s:,.0f} residues/s" if r.fits else f"{r.status}: {r.error}"
-            log(f"[{i + 1}/{len(settings)}] {s.label}: {what}")
+        if baseline and counts[s.precision] == 1:
+            continue  # its only measurement is the paired one below
+        results[s] = measure_setting(s, inputs)
+        _log_result(log if rank == 0 else None, f"[{i + 1}/{len(settings)}]", results[s])
     report: dict[str, Any] = {
         "hardware": hardware_info(),
         "inputs": {k: v for k, v in dataclasses.asdict(inputs).items() if k != "ds_base"},
         "world_size": world,
-        "results": [_result_dict(r) for r in results],
-        "precisions": sorted({s.precision for s in settings}),
+        "precisions": sorted(counts),
         "baseline_precision": "fp32",
     }
-    best = fastest(results)
+    if baseline:
+        report.update(_paired_baseline(settings, results, inputs, counts, naive_batch_size=naive_batch_size,
+                                       naive_steps=naive_steps or inputs.steps, log=log if rank == 0 else None))
+    ordered = [results[s] for s in settings if s in results]
+    report["results"] = [_result_dict(r) for r in ordered]
+    best = fastest(ordered)
     report["fastest"] = _result_dict(best) if best else None
-    if baseline and rank == 0:
-        from minprot_ds.bench.naive import run_naive
-
-        log(f"naive baseline: random batches of {naive_batch_size} padded to the longest, fp32")
-        naive = run_naive(inputs.teacher, inputs.corpus, student_layers=inputs.student_layers,
-                          batch_size=naive_batch_size, steps=naive_steps or inputs.steps, warmup=1,
-                          repeats=inputs.repeats, lr=inputs.lr, seed=inputs.seed)
-        report["baseline"] = dataclasses.asdict(naive)
-        report["ratios"] = {}
-        for precision in report["precisions"]:
-            b = fastest(results, precision)
-            if b is not None:
-                # per device: the baseline runs on one device
-                report["ratios"][precision] = {
-                    "setting": b.setting.label,
-                    "residues_per_s_ratio": b.residues_per_s / world / naive.residues_per_s,
-                    "residues_per_cpu_s_ratio": b.residues_per_cpu_s / naive.residues_per_cpu_s,
-                }
     if projection and best is not None:
         report["projection"] = {**projection, "setting": best.setting.label,
                                 "hours": project_hours(best.sequences_per_s, world, **projection)}
     return report
+
+
+def _log_result(log: Callable[[str], None] | None, prefix: str, r: Result) -> None:
+    if log is not None:
+        what = f"{r.residues_per_s:,.0f} residues/s" if r.fits else f"{r.status}: {r.error}"
+        log(f"{prefix} {r.setting.label}: {what}")
+
+
+def _paired_baseline(settings: Sequence[Setting], results: dict[Setting, Result], inputs: RunInputs,
+                     counts: dict[str, int], *, naive_batch_size: int, naive_steps: int,
+                     log: Callable[[str], None] | None) -> dict[str, Any]:
+    """The naive loop's figures and, per precision, the paired ratio of its fastest setting (see run_benchmark)."""
+    from minprot_ds.bench.naive import NaiveLoop
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    naive = None
+    if rank == 0:
+        if log:
+            log(f"naive baseline: random batches of {naive_batch_size} padded to the longest, fp32, "
+                f"a window after each of the paired setting's windows")
+        naive = NaiveLoop(inputs.teacher, inputs.corpus, student_layers=inputs.student_layers,
+                          batch_size=naive_batch_size, lr=inputs.lr, seed=inputs.seed)
+        naive.step()  # warm-up
+    ratios: dict[str, Any] = {}
+    for precision in sorted(counts):
+        # Timings differ per rank, so rank 0 decides which setting to pair and tells the others.
+        if counts[precision] == 1:
+            choice = [next(s for s in settings if s.precision == precision)]
+        else:
+            best = fastest(list(results.values()), precision)
+            choice = [best.setting if best else None]
+        if dist.is_initialized() and world > 1:
+            dist.broadcast_object_list(choice, src=0)
+        setting = choice[0]
+        if setting is None:
+            continue
+        first = len(naive.windows) if naive else 0
+        r = measure_setting(setting, inputs, between=(lambda: naive.window(naive_steps)) if naive else None)
+        if counts[precision] == 1:
+            results[setting] = r
+        _log_result(log, "[paired]", r)
+        if naive is None or not r.fits:
+            continue
+        pairs = naive.windows[first:]
+        wall = [ours / world / (w["residues"] / w["wall"]) for ours, w in zip(r.repeat_residues_per_s, pairs)]
+        cpu = [ours / (w["residues"] / w["cpu"]) for ours, w in zip(r.repeat_residues_per_cpu_s, pairs)]
+        # per device: the baseline runs on one device
+        ratios[precision] = {
+            "setting": setting.label,
+            "residues_per_s_ratio": statistics.median(wall),
+            "residues_per_cpu_s_ratio": statistics.median(cpu),
+            "pair_ratios": wall,
+            "residues_per_s": r.residues_per_s,
+        }
+    if naive is None:
+        return {}
+    return {"baseline": dataclasses.asdict(naive.result(naive_steps)), "ratios": ratios}
 
 
 def _result_dict(r: Result) -> dict[str, Any]:
@@ -510,7 +605,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      f"{best['sequences_per_s']:.1f} sequences/s")
     for precision, r in report.get("ratios", {}).items():
         lines.append(f"vs naive baseline (fp32): {precision} {r['residues_per_s_ratio']:.2f}x residues/s "
-                     f"({r['residues_per_cpu_s_ratio']:.2f}x per CPU-second) with {r['setting']}")
+                     f"({r['residues_per_cpu_s_ratio']:.2f}x per CPU-second) with {r['setting']}; median of "
+                     f"{len(r['pair_ratios'])} paired windows: {', '.join(f'{x:.2f}' for x in r['pair_ratios'])}")
     p = report.get("projection")
     if p:
         lines.append(f"projected: {p['epochs']:g} epochs of {p['sequences']:.3g} sequences on {p['gpus']} devices "
@@ -526,7 +622,8 @@ def write_csv(report: dict[str, Any], path: Path) -> Path:
     for r in report["results"]:
         flat = {"label": r["label"], **r["setting"]}
         for k, v in r.items():
-            if k in ("setting", "label", "time_split_s", "time_split_fraction", "repeat_residues_per_s"):
+            if k in ("setting", "label", "time_split_s", "time_split_fraction", "repeat_residues_per_s",
+                     "repeat_residues_per_cpu_s"):
                 continue
             flat[k] = v
         for phase in SPLIT_PHASES:
@@ -690,16 +787,16 @@ def benchmark(
     return report if rank == 0 else None
 
 
-def write_outputs(report: dict[str, Any], json_path: Path,
-                  write_json: Callable[[Path, str, dict[str, Any]], Path] | None = None) -> list[Path]:
-    """JSON (through `write_json(path, "throughput", report)` when given, e.g. benchmarks/common's, which
-    adds machine info), CSV and PNG beside it."""
-    json_path = Path(json_path)
-    if write_json is None:
-        import json
+def write_outputs(report: dict[str, Any], json_path: Path) -> list[Path]:
+    """JSON (atomically: temp file + rename), CSV and PNG beside it."""
+    import json
+    import os
+    from datetime import datetime, timezone
 
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"benchmark": "throughput", **report}, indent=2, default=str) + "\n")
-    else:
-        write_json(json_path, "throughput", report)
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"benchmark": "throughput", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **report}
+    tmp = json_path.with_name(json_path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    os.replace(tmp, json_path)
     return [json_path, write_csv(report, json_path.with_suffix(".csv")), write_plot(report, json_path.with_suffix(".png"))]

@@ -1,7 +1,7 @@
 """`minprot bench throughput`: what this box delivers for the distillation, and which settings to run.
 
 One process (CPU, or the first GPU); for several GPUs run the script form under the launcher:
-`deepspeed --num_gpus N benchmarks/throughput.py ...` (same options).
+`deepspeed --num_gpus N benchmarks/throughput.py ...` (the same command and options).
 """
 from __future__ import annotations
 
@@ -42,32 +42,44 @@ def throughput(
     preset: Annotated[str, typer.Option(help="Model shapes with random weights: tiny, cpu-small, protbert.")] = "cpu-small",
     teacher: Annotated[Optional[str], typer.Option(help="A real teacher folder or hub id instead of random weights.")] = None,
     corpus: Annotated[Optional[Path], typer.Option(help="Prepared shards (minprot data prepare); default: synthetic.")] = None,
-    synthetic_sequences: Annotated[int, typer.Option(help="Rows of the synthetic corpus (UniRef50-like lengths).")] = 20_000,
+    synthetic_sequences: Annotated[int, typer.Option(min=1, help="Rows of the synthetic corpus (UniRef50-like lengths).")] = 20_000,
+    lengths: Annotated[Optional[Path], typer.Option(help="Lengths file for the synthetic corpus (default: ../shared's UniRef50-like sample, else a log-normal).")] = None,
     precision: Annotated[str, typer.Option(help="fp32, bf16, fp16; comma-separated to sweep. Default: fp32 on CPU, bf16/fp16 on GPU.")] = "auto",
     max_tokens: Annotated[str, typer.Option(help="Token budget(s) per micro-batch, comma-separated.")] = "8192",
     max_rows: Annotated[Optional[int], typer.Option(help="Rows per micro-batch (default: 64 per 8192 tokens).")] = None,
     zero_stage: Annotated[str, typer.Option(help="ZeRO stage(s), comma-separated.")] = "2",
     checkpointing: Annotated[str, typer.Option(help="Activation checkpointing: off, on, or off,on.")] = "off",
     loss_impl: Annotated[str, typer.Option(help="eager, compiled, triton; comma-separated.")] = "eager",
+    compile: Annotated[str, typer.Option(help="torch.compile of the encoders: none, teacher, all; comma-separated. Compiling takes minutes on CPU; warm-up runs until no new graph is compiled.")] = "none",
     deepspeed_config: Annotated[Optional[Path], typer.Option(help="Base DeepSpeed JSON; stage and precision are set per setting.")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Steps per timed window (fewer sample few length buckets).")] = 10,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed steps first.")] = 2,
     repeats: Annotated[int, typer.Option(min=1, help="Timed windows; the median is reported.")] = 3,
     split_steps: Annotated[int, typer.Option(min=0, help="Phase-timed steps for the time split.")] = 2,
+    num_workers: Annotated[int, typer.Option(min=0, help="DataLoader workers of the stream.")] = 0,
     peak_tflops: Annotated[Optional[float], typer.Option(help="Peak TFLOP/s per device for MFU (default: the table).")] = None,
     memory_limit_gb: Annotated[Optional[float], typer.Option(help="A setting whose peak memory exceeds this does not fit.")] = None,
     baseline: Annotated[bool, typer.Option(help="Run the naive fp32 baseline and print the ratio.")] = True,
     naive_batch_size: Annotated[int, typer.Option(min=1, help="Rows per naive batch (the recipe's local batch).")] = 16,
+    naive_steps: Annotated[Optional[int], typer.Option(min=1, help="Steps per naive window (default: --steps).")] = None,
     project_epochs: Annotated[Optional[float], typer.Option(help="Print the projected wall time of this many epochs.")] = None,
     sequences: Annotated[float, typer.Option(help="Sequences per epoch for the projection.")] = 43e6,
     gpus: Annotated[int, typer.Option(min=1, help="Devices for the projection.")] = 8,
     seed: Annotated[int, typer.Option(help="Seeds the models, the synthetic corpus and the data order.")] = 0,
+    work_dir: Annotated[Optional[Path], typer.Option(help="Scratch folder for the models and corpus (default: temporary, removed).")] = None,
     out: Annotated[Path, typer.Option(help="JSON results; CSV and PNG are written beside it.")] = Path("throughput.json"),
     mlflow: Annotated[bool, typer.Option("--mlflow", help="Log the report and files to MLflow.")] = False,
     tracking_uri: Annotated[Optional[str], typer.Option(help="MLflow server (default: SQLite beside --out).")] = None,
 ) -> None:
     """Time real distillation steps per setting (median of repeats), report the fastest that fits memory,
-    the ratio against a naive transformers loop, and optionally a projected full-run wall time."""
+    the ratio against a naive transformers loop, and optionally a projected full-run wall time.
+
+    Runs real DistillEngine steps (teacher + DeepSpeed student + loss + optimizer) on a synthetic corpus
+    with UniRef50-like lengths or real shards (--corpus), with random models in a preset's shape or a
+    real teacher. The naive baseline (always fp32, minprot_ds/bench/naive.py) runs a window after each
+    window of each precision's fastest setting; the ratio is the median of those pairs. Writes JSON, CSV
+    and PNG (and logs them to MLflow with --mlflow).
+    """
     import torch
 
     from minprot_ds.bench import throughput as tp
@@ -77,7 +89,7 @@ def throughput(
     settings = tp.sweep_settings(
         max_tokens=_split(max_tokens, int, "--max-tokens"), zero_stages=_split(zero_stage, int, "--zero-stage"),
         checkpointing=_split(checkpointing, _on_off, "--checkpointing"), loss_impls=_split(loss_impl, str, "--loss-impl"),
-        precisions=_split(precision, str, "--precision"), max_rows=max_rows,
+        precisions=_split(precision, str, "--precision"), compiles=_split(compile, str, "--compile"), max_rows=max_rows,
     )
     base = None
     if deepspeed_config is not None:
@@ -88,9 +100,10 @@ def throughput(
     stdout = Console(width=max(Console().width, 190))
     report = tp.benchmark(
         settings, preset=preset, teacher=teacher, corpus=str(corpus) if corpus else None,
-        synthetic_sequences=synthetic_sequences, ds_base=base, baseline=baseline, naive_batch_size=naive_batch_size,
-        projection=projection, log=stdout.print, steps=steps, warmup=warmup, repeats=repeats, split_steps=split_steps,
-        seed=seed, peak_tflops=peak_tflops, memory_limit_gb=memory_limit_gb,
+        synthetic_sequences=synthetic_sequences, lengths_file=lengths, work_dir=work_dir, ds_base=base,
+        baseline=baseline, naive_batch_size=naive_batch_size, naive_steps=naive_steps, projection=projection,
+        log=stdout.print, steps=steps, warmup=warmup, repeats=repeats, split_steps=split_steps,
+        num_workers=num_workers, seed=seed, peak_tflops=peak_tflops, memory_limit_gb=memory_limit_gb,
     )
     if report is None:
         return

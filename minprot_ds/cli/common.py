@@ -12,10 +12,11 @@ from minprot_ds.errors import UserError
 console = Console(stderr=True)
 
 
-def run_cli(app: typer.Typer) -> None:
-    """Run a typer app; a UserError prints as one red line on stderr and exits with status 1."""
+def run_cli(app: typer.Typer, args: list[str] | None = None) -> None:
+    """Run a typer app (on `args`, default sys.argv); a UserError prints as one red line on stderr and
+    exits with status 1."""
     try:
-        code = app(standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
     except click.ClickException as err:  # usage errors: click's own message and exit status 2
         err.show()
         sys.exit(err.exit_code)

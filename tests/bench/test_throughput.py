@@ -37,14 +37,20 @@ def test_sweep_is_the_product_of_its_axes_with_rows_scaled_to_the_budget():
     fixed = tp.sweep_settings(max_tokens=[4096], zero_stages=[2], checkpointing=[False], loss_impls=["eager"],
                               precisions=["fp32"], max_rows=7)
     assert fixed[0].max_rows == 7
+    compiled = tp.sweep_settings(max_tokens=[8192], zero_stages=[1, 2], checkpointing=[False], loss_impls=["eager"],
+                                 precisions=["fp32"], compiles=["none", "teacher", "all"])
+    assert len(compiled) == 6 and {s.compile for s in compiled} == {"none", "teacher", "all"}
+    assert "compile=teacher" in compiled[1].label and "compile" not in compiled[0].label
 
 
 @pytest.mark.parametrize("axis, value, option", [
     ("precisions", ["fp8"], "--precision"), ("loss_impls", ["fused"], "--loss-impl"),
-    ("zero_stages", [4], "--zero-stage"), ("max_tokens", [512], "--max-tokens"),
+    ("zero_stages", [4], "--zero-stage"), ("max_tokens", [512], "--max-tokens"), ("compiles", ["max"], "--compile"),
+    ("zero_stages", [3], "--compile all does not go with --zero-stage 3"),
 ])
 def test_bad_sweep_values_name_their_option(axis, value, option):
-    axes = dict(max_tokens=[8192], zero_stages=[2], checkpointing=[False], loss_impls=["eager"], precisions=["fp32"])
+    axes = dict(max_tokens=[8192], zero_stages=[2], checkpointing=[False], loss_impls=["eager"], precisions=["fp32"],
+                compiles=["all"] if option.startswith("--compile all") else ["none"])
     axes[axis] = value
     with pytest.raises(UserError, match=option):
         tp.sweep_settings(**axes)
@@ -96,13 +102,63 @@ def test_cli_help_and_a_bad_option():
     assert bad.exit_code != 0 and "--checkpointing" in str(bad.exception)
 
 
+class _FakeNaive:
+    """Stands in for NaiveLoop: each window runs at the next rate of `rates` (residues per wall/CPU second)."""
+
+    def __init__(self, *args, **kwargs):
+        self.windows, self.rates = [], iter([100.0, 200.0, 100.0, 50.0, 50.0, 50.0])
+
+    def step(self):
+        pass
+
+    def window(self, steps):
+        rate = next(self.rates)
+        self.windows.append(dict(wall=1.0, cpu=1.0, rows=10, residues=rate, tokens=2 * rate + 20))
+
+    def result(self, steps):
+        from minprot_ds.bench.naive import NaiveResult
+
+        return NaiveResult(4, steps, len(self.windows), 1.0, 1.0, 1.0, 0.5, 1.0, 1.0)
+
+
+def test_baseline_is_paired_window_by_window_with_the_fastest_setting(monkeypatch):
+    """The ratio is the median of per-pair ratios; a precision's only setting is measured once, a swept
+    precision's fastest is measured again with the baseline between its windows."""
+    import minprot_ds.bench.naive as naive
+
+    calls = []
+    speed = {(2, "fp32"): [300.0, 400.0, 500.0], (1, "bf16"): [1000.0, 900.0, 800.0], (2, "bf16"): [10.0] * 3}
+
+    def fake_measure(setting, inputs, between=None):
+        calls.append((setting.zero_stage, setting.precision, between is not None))
+        rates = speed[(setting.zero_stage, setting.precision)]
+        for _ in rates:
+            if between:
+                between()
+        return tp.Result(setting, residues_per_s=sorted(rates)[1], sequences_per_s=1.0,
+                         repeat_residues_per_s=rates, repeat_residues_per_cpu_s=rates)
+
+    monkeypatch.setattr(tp, "measure_setting", fake_measure)
+    monkeypatch.setattr(naive, "NaiveLoop", _FakeNaive)
+    settings = [tp.Setting(8192, 64, 2, False, "eager", "fp32"),
+                tp.Setting(8192, 64, 1, False, "eager", "bf16"), tp.Setting(8192, 64, 2, False, "eager", "bf16")]
+    report = tp.run_benchmark(settings, tp.RunInputs(teacher="t", student_layers=1, corpus="c"), log=lambda _: None)
+    # bf16 swept (2 settings, unpaired), then its fastest again (paired); fp32's only setting once (paired)
+    assert calls == [(1, "bf16", False), (2, "bf16", False), (1, "bf16", True), (2, "fp32", True)]
+    assert [r["label"] for r in report["results"]] == [s.label for s in settings]
+    bf16, fp32 = report["ratios"]["bf16"], report["ratios"]["fp32"]
+    assert bf16["pair_ratios"] == [10.0, 4.5, 8.0] and bf16["residues_per_s_ratio"] == 8.0
+    assert fp32["pair_ratios"] == [6.0, 8.0, 10.0] and fp32["residues_per_s_ratio"] == 8.0
+    assert report["fastest"]["label"] == settings[1].label
+
+
 # --- slow: a real short run of the script ----------------------------------------------------------
 
 @pytest.mark.slow
 def test_short_cpu_small_run_writes_consistent_json_csv_png(tmp_path):
     out = tmp_path / "results" / "throughput.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--preset", "cpu-small",
-           "--max-tokens", "1024", "--zero-stage", "1,2", "--steps", "1", "--warmup", "1", "--repeats", "1",
+           "--max-tokens", "1024", "--zero-stage", "1,2", "--steps", "1", "--warmup", "1", "--repeats", "2",
            "--split-steps", "1", "--synthetic-sequences", "300", "--naive-steps", "1", "--naive-batch-size", "4",
            "--peak-tflops", "2.0", "--project-epochs", "3", "--sequences", "43e6", "--gpus", "8",
            "--work-dir", str(tmp_path / "work"), "--out", str(out)]
@@ -112,7 +168,7 @@ def test_short_cpu_small_run_writes_consistent_json_csv_png(tmp_path):
     assert "vs naive baseline (fp32): fp32" in proc.stdout and "projected: 3 epochs" in proc.stdout
 
     report = json.loads(out.read_text())
-    assert report["benchmark"] == "throughput" and {"cpu_count", "torch"} <= set(report["machine"])
+    assert report["benchmark"] == "throughput" and {"cpu_count", "torch", "load_average"} <= set(report["hardware"])
     assert report["precisions"] == ["fp32"] and report["baseline_precision"] == "fp32"
     assert isinstance(report["hardware"]["cpu_bf16_native"], bool)
     results = report["results"]
@@ -138,8 +194,9 @@ def test_short_cpu_small_run_writes_consistent_json_csv_png(tmp_path):
     baseline = report["baseline"]
     assert baseline["precision"] == "fp32" and baseline["batch_size"] == 4 and _number(baseline["residues_per_s"])
     ratio = report["ratios"]["fp32"]
-    assert ratio["setting"] == fastest["label"]
-    assert ratio["residues_per_s_ratio"] == pytest.approx(fastest["residues_per_s"] / baseline["residues_per_s"])
+    assert ratio["setting"] == fastest["label"]  # re-measured with a naive window after each of its 2 windows
+    assert len(ratio["pair_ratios"]) == 2 and baseline["repeats"] == 2
+    assert ratio["residues_per_s_ratio"] == pytest.approx(sum(ratio["pair_ratios"]) / 2)
     projection = report["projection"]
     assert projection["hours"] == pytest.approx(3 * 43e6 / (fastest["sequences_per_s"] * 8) / 3600)
 

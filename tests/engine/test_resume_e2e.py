@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 pytestmark = pytest.mark.slow
 STEPS = 12
 COMMON = ("--set", "run.log_every=1", "--set", "checkpoint.every_steps=4", "--set", "data.num_workers=2")
+TRACE = ("--set", "run.trace_samples=true")  # rows per step written to RUN/trace; no effect on the numbers
 
 
 def losses_and_weights(run_dir: Path, mlflow_history) -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -31,22 +32,30 @@ def assert_same_run(a, b) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(launch, mlflow_history, tmp_path_factory):
-    """The uninterrupted ZeRO-2 run every crash test must reproduce."""
+def reference_dir(launch, tmp_path_factory) -> Path:
+    """The uninterrupted ZeRO-2 run (2 ranks) every crash, preemption and world-size test must reproduce."""
     whole = tmp_path_factory.mktemp("reference") / "whole"
-    assert launch(whole, *COMMON, steps=STEPS).returncode == 0
-    return losses_and_weights(whole, mlflow_history)
+    assert launch(whole, *COMMON, *TRACE, steps=STEPS).returncode == 0
+    return whole
+
+
+@pytest.fixture(scope="module")
+def reference(reference_dir, mlflow_history):
+    return losses_and_weights(reference_dir, mlflow_history)
 
 
 @pytest.mark.parametrize("ds", ["cpu_zero1.json", "cpu_zero2.json", "cpu_zero3.json"])
-def test_stop_and_resume_is_exact(launch, mlflow_history, tmp_path, ds):
-    whole = tmp_path / "whole"
-    assert launch(whole, *COMMON, ds=ds, steps=STEPS).returncode == 0
+def test_stop_and_resume_is_exact(launch, mlflow_history, reference, tmp_path, ds):
+    if ds == "cpu_zero2.json":
+        whole = reference
+    else:
+        assert launch(tmp_path / "whole", *COMMON, ds=ds, steps=STEPS).returncode == 0
+        whole = losses_and_weights(tmp_path / "whole", mlflow_history)
     cut = tmp_path / "cut"
     assert launch(cut, *COMMON, "--max-steps", "5", ds=ds, steps=STEPS).returncode == 0
     assert json.loads((cut / "summary.json").read_text())["step"] == 5
     assert launch(cut, *COMMON, ds=ds, steps=STEPS).returncode == 0
-    assert_same_run(losses_and_weights(whole, mlflow_history), losses_and_weights(cut, mlflow_history))
+    assert_same_run(whole, losses_and_weights(cut, mlflow_history))
 
 
 @pytest.mark.parametrize("point", ["deepspeed", "rank_file", "marker"])
@@ -69,9 +78,23 @@ def test_rank_killed_while_checkpointing(launch, mlflow_history, reference, tmp_
     assert_same_run(reference, losses_and_weights(crashed, mlflow_history))
 
 
-def test_model_affecting_change_is_refused(launch, tmp_path):
-    run = tmp_path / "run"
-    assert launch(run, "--max-steps", "4", ranks=0, steps=STEPS).returncode == 0
+@pytest.fixture(scope="module")
+def stopped_run(launch, tmp_path_factory) -> Path:
+    """One rank, stopped after step 4 (checkpointed); each test below works on its own copy."""
+    run = tmp_path_factory.mktemp("stopped") / "run"
+    assert launch(run, "--max-steps", "4", "--set", "checkpoint.every_steps=4", ranks=0, steps=STEPS).returncode == 0
+    return run
+
+
+@pytest.fixture
+def stopped_copy(stopped_run, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(stopped_run, tmp_path / "run"))
+
+
+def test_model_affecting_change_is_refused(launch, stopped_copy):
+    run = stopped_copy
     before = sorted(p.name for p in (run / "ckpt").iterdir())
     proc = launch(run, "--set", "data.seed=7", ranks=0, steps=STEPS, show_failure=False)
     assert proc.returncode == 1
@@ -81,9 +104,8 @@ def test_model_affecting_change_is_refused(launch, tmp_path):
     assert launch(run, "--set", "checkpoint.every_steps=3", "--set", "run.log_every=2", ranks=0, steps=STEPS).returncode == 0
 
 
-def test_resume_none_refuses_a_run_dir_with_checkpoints(launch, tmp_path):
-    run = tmp_path / "run"
-    assert launch(run, "--max-steps", "4", ranks=0, steps=STEPS).returncode == 0
+def test_resume_none_refuses_a_run_dir_with_checkpoints(launch, stopped_copy):
+    run = stopped_copy
     proc = launch(run, "--resume", "none", ranks=0, steps=STEPS, show_failure=False)
     assert proc.returncode == 1 and "already has checkpoints" in proc.stderr
 
@@ -98,32 +120,28 @@ def read_trace(run_dir: Path) -> dict[int, list[int]]:
     return steps
 
 
-def test_two_ranks_to_one_keeps_the_global_sample_order(launch, mlflow_history, tmp_path):
+def test_two_ranks_to_one_keeps_the_global_sample_order(launch, mlflow_history, reference, reference_dir, tmp_path):
     """2 ranks x accumulation 1, stopped at step 4, resumed on 1 rank x accumulation 2 (same global batch)
     through DeepSpeed's universal checkpoint: the same rows in the same order at every later step, and
     the same losses up to float reduction order."""
-    trace = ("--set", "run.trace_samples=true", "--set", "checkpoint.every_steps=4", "--set", "run.log_every=1")
-    whole = tmp_path / "whole"
-    assert launch(whole, *trace, steps=8).returncode == 0
     moved = tmp_path / "moved"
-    assert launch(moved, *trace, "--max-steps", "4", steps=8).returncode == 0
+    assert launch(moved, *COMMON, *TRACE, "--max-steps", "4", steps=STEPS).returncode == 0
     ds = json.loads((Path(__file__).resolve().parents[2] / "ds_configs" / "cpu_zero2.json").read_text())
     ds["gradient_accumulation_steps"] = 2
     (tmp_path / "accum2.json").write_text(json.dumps(ds))
-    one = launch(moved, *trace, ranks=0, ds=str(tmp_path / "accum2.json"), steps=8)
+    one = launch(moved, *COMMON, *TRACE, "--set", "data.num_workers=0", "--set", "checkpoint.keep_last=10", ranks=0,
+                 ds=str(tmp_path / "accum2.json"), steps=STEPS)
     assert one.returncode == 0, one.stderr[-3000:]
     assert (moved / "ckpt" / "global_step4_universal" / "COMPLETE").is_file()
-    assert read_trace(moved) == read_trace(whole)
-    assert sorted(read_trace(moved)) == list(range(1, 9))
-    a, b = (losses_and_weights(run, mlflow_history)[0] for run in (whole, moved))
-    assert len(a) == len(b) == 8 and a[:4] == b[:4]
+    assert read_trace(moved) == read_trace(reference_dir)
+    assert sorted(read_trace(moved)) == list(range(1, STEPS + 1))
+    a, b = reference[0], losses_and_weights(moved, mlflow_history)[0]
+    assert len(a) == len(b) == STEPS and a[:4] == b[:4]
     assert b[4:] == pytest.approx(a[4:], rel=1e-3)
 
 
-def test_changed_global_batch_is_refused(launch, tmp_path):
-    run = tmp_path / "run"
-    assert launch(run, "--set", "checkpoint.every_steps=2", "--max-steps", "2", steps=8).returncode == 0
-    proc = launch(run, ranks=0, steps=8, show_failure=False)  # 1 rank x accumulation 1: half the global batch
+def test_changed_global_batch_is_refused(launch, stopped_copy):
+    proc = launch(stopped_copy, steps=STEPS, show_failure=False)  # 2 ranks x accumulation 1: twice the global batch
     assert proc.returncode == 1
     assert "Keep ranks x gradient_accumulation_steps equal" in proc.stderr and "Traceback" not in proc.stderr
 
