@@ -180,22 +180,29 @@ def read_deeploc_fasta(path: Path, out: Records) -> None:
         out.add(parts[0], seq, MEMBRANE[tag], "test" if "test" in parts[2:] else "train")
 
 
+def _clean_rows(path: Path, out: Records, header: list[str], rows, c_id: int | None, c_seq: int, *, needed: int):
+    """(id, where, row, sequence) of each table row with `needed` columns and a clean sequence; the
+    other rows are skipped with their reason."""
+    for number, (line, row) in enumerate(rows):
+        rid = _row_id(path, row, c_id, number)
+        where = f"{path} line {line} (record {rid})"
+        if len(row) < needed:
+            out.skip(where, EMPTY, f"{len(row)} of {len(header)} columns")
+            continue
+        seq, problem = clean_sequence(row[c_seq])
+        if problem:
+            out.skip(where, problem)
+            continue
+        yield rid, where, row, seq
+
+
 def read_deeploc_csv(path: Path, out: Records) -> None:
     header, rows = open_table(path)
     c_input = _column(path, header, ("input",))
     c_label = _column(path, header, ("membrane",))
     c_id = _column(path, header, ("id",), required=False)
-    for number, (line, row) in enumerate(rows):
-        rid = _row_id(path, row, c_id, number)
-        where = f"{path} line {line} (record {rid})"
-        if len(row) < len(header):
-            out.skip(where, EMPTY, f"{len(row)} of {len(header)} columns")
-            continue
-        # Some residues are fused into two-letter tokens ("S L" -> "SL"): joining characters undoes it.
-        seq, problem = clean_sequence(row[c_input])
-        if problem:
-            out.skip(where, problem)
-            continue
+    # Some residues are fused into two-letter tokens ("S L" -> "SL"): clean_sequence's joining undoes it.
+    for rid, where, row, seq in _clean_rows(path, out, header, rows, c_id, c_input, needed=len(header)):
         tag = row[c_label].strip()
         if tag == "U":
             out.exclude(EXCLUDED_U)
@@ -250,16 +257,7 @@ def read_labelled_table(path: Path, out: Records) -> None:
     c_seq = _column(path, header, ("sequence", "seq"))
     c_label = _column(path, header, ("label", "binding"))
     c_id = _column(path, header, ("id", "identifier"), required=False)
-    for number, (line, row) in enumerate(rows):
-        rid = _row_id(path, row, c_id, number)
-        where = f"{path} line {line} (record {rid})"
-        if len(row) <= max(c_seq, c_label):
-            out.skip(where, EMPTY, f"{len(row)} of {len(header)} columns")
-            continue
-        seq, problem = clean_sequence(row[c_seq])
-        if problem:
-            out.skip(where, problem)
-            continue
+    for rid, where, row, seq in _clean_rows(path, out, header, rows, c_id, c_seq, needed=max(c_seq, c_label) + 1):
         tag = row[c_label].strip().lower()
         if tag in _TRUE:
             out.add(rid, seq, 1)

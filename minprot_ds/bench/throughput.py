@@ -378,7 +378,11 @@ def _measure(setting: Setting, inputs: RunInputs, between: Callable[[], Any] | N
         for _ in range(inputs.warmup):
             engine.step(next(batches))
         if setting.compile != "none":
+            start = stream.state_dict()
             _warm_until_compiled(engine, batches)
+            # Time the same batches as the settings without compile (their lengths set the rate).
+            stream.load_state_dict(start)
+            batches = iter(stream)
         graphs_before = _compiled_graphs()
         windows, skipped = [], 0
         for _ in range(inputs.repeats):

@@ -207,3 +207,21 @@ def test_short_cpu_small_run_writes_consistent_json_csv_png(tmp_path):
         assert column in rows[0]
     assert float(rows[0]["residues_per_s"]) == pytest.approx(results[0]["residues_per_s"])
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_compiled_setting_warms_up_until_compiled_and_times_the_same_batches(tmp_path):
+    """--compile teacher: compile time stays out of the windows (no graph built while timing), and the
+    windows cover the same batches as the eager setting's (equal residues per window)."""
+    out = tmp_path / "compiled.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--preset", "tiny", "--compile", "none,teacher",
+           "--max-tokens", "1024", "--steps", "2", "--warmup", "1", "--repeats", "1", "--split-steps", "0",
+           "--synthetic-sequences", "300", "--no-baseline", "--work-dir", str(tmp_path / "work"), "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    eager, compiled = json.loads(out.read_text())["results"]
+    assert (eager["setting"]["compile"], compiled["setting"]["compile"]) == ("none", "teacher")
+    assert compiled["status"] == "ok" and compiled["graphs_compiled_in_windows"] == 0
+    per_window = [r["residues_per_s"] * r["step_time_s"] * r["steps"] for r in (eager, compiled)]
+    assert per_window[0] == pytest.approx(per_window[1])
