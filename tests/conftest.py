@@ -16,6 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+# DeepSpeed JIT-builds its shm op into TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions). Its
+# build.ninja names this venv's paths, so two checkouts sharing that folder rebuild in turn, and a build
+# killed mid-way leaves a lock every later rank waits on forever. Keep this venv's builds in the venv.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+
 # Triton fixes compile-vs-interpret when triton.language is first imported (transformers imports it), so
 # the fused-loss tests' CPU mode must be chosen here, before any test area's conftest or module loads.
 if not torch.cuda.is_available():
