@@ -57,7 +57,18 @@ def init_distributed() -> tuple[int, int]:
             port = s.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     deepspeed.init_distributed()
+    _unlink_shm_buffer()
     return dist.get_rank(), dist.get_world_size()
+
+
+def _unlink_shm_buffer() -> None:
+    """On CPU, DeepSpeed maps a 69 MB /dev/shm buffer per rank and never unlinks it, so every run
+    (a crashed one too) would leave its buffers in RAM. Once every rank has mapped its peers' (init
+    returns only then; the barrier waits for all), the names can go: the mappings stay."""
+    dist.barrier()
+    name = "deepspeed_allreduce_buffer_{}_{}_{}_{}".format(
+        os.getuid(), os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"), dist.get_rank())
+    Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 class StopSignal:

@@ -15,8 +15,12 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("ds", ["cpu_zero1.json", "cpu_zero2.json", "cpu_zero3.json"])
 def test_two_rank_distillation(launch, mlflow_history, tmp_path, ds):
     run_dir = tmp_path / "run"
+    shm_before = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
     proc = launch(run_dir, ds=ds)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # DeepSpeed's CPU all-reduce buffers (69 MB a rank) do not outlive the run: left behind, a test
+    # session's launches filled /dev/shm, and so RAM, until the kernel killed the job.
+    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shm_before
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["step"] == 30 and summary["teacher_unchanged"] is True
     assert Path(summary["checkpoint"]).name == "global_step30"
