@@ -120,25 +120,23 @@ def read_trace(run_dir: Path) -> dict[int, list[int]]:
     return steps
 
 
-def test_two_ranks_to_one_keeps_the_global_sample_order(launch, mlflow_history, tmp_path):
+def test_two_ranks_to_one_keeps_the_global_sample_order(launch, mlflow_history, reference, reference_dir, tmp_path):
     """2 ranks x accumulation 1, stopped at step 4, resumed on 1 rank x accumulation 2 (same global batch)
     through DeepSpeed's universal checkpoint: the same rows in the same order at every later step, and
     the same losses up to float reduction order."""
-    trace = ("--set", "run.trace_samples=true", "--set", "checkpoint.every_steps=4", "--set", "run.log_every=1")
-    whole = tmp_path / "whole"
-    assert launch(whole, *trace, steps=8).returncode == 0
     moved = tmp_path / "moved"
-    assert launch(moved, *trace, "--max-steps", "4", steps=8).returncode == 0
+    assert launch(moved, *COMMON, *TRACE, "--max-steps", "4", steps=STEPS).returncode == 0
     ds = json.loads((Path(__file__).resolve().parents[2] / "ds_configs" / "cpu_zero2.json").read_text())
     ds["gradient_accumulation_steps"] = 2
     (tmp_path / "accum2.json").write_text(json.dumps(ds))
-    one = launch(moved, *trace, ranks=0, ds=str(tmp_path / "accum2.json"), steps=8)
+    one = launch(moved, *COMMON, *TRACE, "--set", "data.num_workers=0", "--set", "checkpoint.keep_last=10", ranks=0,
+                 ds=str(tmp_path / "accum2.json"), steps=STEPS)
     assert one.returncode == 0, one.stderr[-3000:]
     assert (moved / "ckpt" / "global_step4_universal" / "COMPLETE").is_file()
-    assert read_trace(moved) == read_trace(whole)
-    assert sorted(read_trace(moved)) == list(range(1, 9))
-    a, b = (losses_and_weights(run, mlflow_history)[0] for run in (whole, moved))
-    assert len(a) == len(b) == 8 and a[:4] == b[:4]
+    assert read_trace(moved) == read_trace(reference_dir)
+    assert sorted(read_trace(moved)) == list(range(1, STEPS + 1))
+    a, b = reference[0], losses_and_weights(moved, mlflow_history)[0]
+    assert len(a) == len(b) == STEPS and a[:4] == b[:4]
     assert b[4:] == pytest.approx(a[4:], rel=1e-3)
 
 
