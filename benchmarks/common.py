@@ -6,7 +6,6 @@ sys.path when it runs `python benchmarks/<name>.py`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import resource
@@ -67,26 +66,19 @@ def time_repeats(fn: Callable[[], Any], repeats: int, warmup: int = 1, setup: Ca
 
 
 def machine_info() -> dict[str, Any]:
-    """What a reader needs to compare figures across machines."""
+    """What a reader needs to compare figures across machines: the throughput benchmark's hardware facts
+    (device, cores, load average, CPU capability, torch) plus host, platform and library versions."""
     import numpy
-    import torch
 
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
+    from minprot_ds.bench.throughput import hardware_info
+
     return {
+        **hardware_info(),
         "host": platform.node(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
-        "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "load_average": load,  # > cpu_count: other work shared the cores, trust ratios over absolutes
-        "processor": platform.processor(),
         "numpy": numpy.__version__,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 
@@ -111,29 +103,11 @@ def print_table(
 
 
 def write_json(path: str | Path, benchmark: str, payload: dict[str, Any]) -> Path:
-    """Write payload with the benchmark name, a UTC timestamp and machine info; atomic (temp + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    document = {
-        "benchmark": benchmark,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        **payload,
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write payload with the benchmark name, a UTC timestamp and machine info, atomically."""
+    from minprot_ds.fileio import write_json as write_atomically
 
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
-    if hasattr(value, "tolist"):  # numpy scalars and arrays
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return write_atomically(path, {"benchmark": benchmark, "created": created, "machine": machine_info(), **payload})
 
 
 def fmt_rate(per_s: float | None) -> str | None:

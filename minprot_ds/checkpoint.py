@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from minprot_ds.errors import UserError
+from minprot_ds.fileio import atomic_write
 
 # Test-only fault injection: "STEP:RANK:POINT" kills that rank with SIGKILL at POINT of the save of STEP
 # (POINT: deepspeed = after DeepSpeed's files, rank_file = after this rank's file, marker = after the
@@ -60,15 +61,6 @@ def _rank() -> int:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -128,13 +120,13 @@ class Checkpointer:
         engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
         _fault(state.step, "deepspeed")
         per_rank = {"rng": rng_state(), "loader": loader_state}
-        _atomic_write(folder / f"minprot_rank{_rank()}.pt", _serialize(per_rank))
+        atomic_write(folder / f"minprot_rank{_rank()}.pt", _serialize(per_rank))
         _fault(state.step, "rank_file")
         _barrier()  # every rank has written everything
         if _rank() == 0:
-            _atomic_write(folder / MARKER, json.dumps(dataclasses.asdict(state), indent=2).encode())
+            atomic_write(folder / MARKER, json.dumps(dataclasses.asdict(state), indent=2).encode())
             _fault(state.step, "marker")
-            _atomic_write(self.dir / LATEST, tag.encode())
+            atomic_write(self.dir / LATEST, tag.encode())
             self._prune()
         _barrier()
         return folder

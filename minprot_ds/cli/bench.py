@@ -82,6 +82,7 @@ def throughput(
     """
     import torch
 
+    from minprot_ds.bench import report as rp
     from minprot_ds.bench import throughput as tp
 
     if precision == "auto":
@@ -108,15 +109,15 @@ def throughput(
     if report is None:
         return
     table = Table(title=f"distillation throughput ({report['preset']}, median of {repeats}x{steps} steps)")
-    for i, name in enumerate(tp.TABLE_COLUMNS):
+    for i, name in enumerate(rp.TABLE_COLUMNS):
         table.add_column(name, justify="left" if i < 2 else "right", no_wrap=i == 0)
-    for row in tp.table_rows(report):
+    for row in rp.table_rows(report):
         table.add_row(*("—" if c is None else str(c) for c in row))
     stdout.print(table)
-    for line in tp.summary_lines(report):
+    for line in rp.summary_lines(report):
         stdout.print(line)
-    files = tp.write_outputs(report, out)
+    files = rp.write_outputs(report, out)
     stdout.print(f"wrote {', '.join(map(str, files))}")
     if mlflow:
-        run_id = tp.log_to_mlflow(report, files, tracking_uri=tracking_uri, run_dir=out.resolve().parent)
+        run_id = rp.log_to_mlflow(report, files, tracking_uri=tracking_uri, run_dir=out.resolve().parent)
         stdout.print(f"MLflow run {run_id}")

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import datasets
 
 from minprot_ds.errors import UserError
+from minprot_ds.fileio import atomic_write
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "minprot-shards"
@@ -102,15 +101,7 @@ def load_manifest(folder: str | Path) -> Manifest:
 
 def write_manifest(folder: str | Path, manifest: Manifest) -> Path:
     """Write DIR/manifest.json atomically (temp file + rename), so readers never see half of it."""
-    folder = Path(folder)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".manifest.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(manifest.to_json())
-        fh.flush()
-        os.fsync(fh.fileno())
-    path = folder / MANIFEST_NAME
-    os.replace(tmp, path)
-    return path
+    return atomic_write(Path(folder) / MANIFEST_NAME, manifest.to_json())
 
 
 def write_shard(path: str | Path, accessions: list[str], tokens: list, root: str | Path) -> ShardInfo:
