@@ -30,6 +30,7 @@ from minprot_ds.config import DistillConfig
 from minprot_ds.ds_config import precision, read_ds_config
 from minprot_ds.errors import UserError
 from minprot_ds.export import STUDENT_CONFIG, export_student, student_provenance
+from minprot_ds.fileio import write_json
 from minprot_ds.metrics import StepMeter
 from minprot_ds.progress import TrainProgress
 from minprot_ds.tracking import environment_params
@@ -275,7 +276,7 @@ def write_summary(result: RunResult) -> None:
         "student": str(result.student_dir) if result.student_dir else None, "valid": result.valid,
         "teacher_unchanged": result.teacher_unchanged,
     }
-    (result.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(result.run_dir / "summary.json", summary)  # atomic: its presence means the run finished
     print(f"step {result.step}/{result.planned_steps}; checkpoint {summary['checkpoint']}; student {summary['student']}")
     for key, value in result.valid.items():
         print(f"  {key} = {value:.4f}")

@@ -17,6 +17,7 @@ from torch import nn
 from minprot_ds.bench.flops import distill_step_flops
 from minprot_ds.losses import distill_loss, resolve_impl
 from minprot_ds.models import forward_for_loss
+from minprot_ds.vocab import CLS_ID, MASK_ID, SEP_ID, STANDARD_RESIDUE_IDS
 
 
 class StudentForLoss(nn.Module):
@@ -154,9 +155,10 @@ class DistillEngine:
     def evaluate(self, batches: Iterable[dict], with_teacher: bool = False) -> dict[str, float]:
         """Student MLM loss/accuracy and KD loss over all ranks' batches, teacher accuracy if asked.
 
-        Ranks may hold different numbers of eval batches; every iteration agrees on whether any rank
-        still has one, and a rank that has run out repeats its last batch without counting it, so the
-        student's collectives (ZeRO-3 gathers parameters in forward) stay in step.
+        Ranks may hold different numbers of eval batches, some none at all; every iteration agrees on
+        whether any rank still has one, and a rank that has run out repeats its last batch (or runs a
+        one-residue placeholder) without counting it, so the student's collectives (ZeRO-3 gathers
+        parameters in forward) stay in step.
         """
         was_training = self.student.module.training
         self.student.module.eval()
@@ -167,9 +169,10 @@ class DistillEngine:
             if self._all_reduce([0.0 if batch is None else 1.0], dist.ReduceOp.MAX)[0] == 0:
                 break
             counted = batch is not None
-            batch = self._to_device(batch) if counted else last
-            if batch is None:  # this rank never had a batch: nothing to keep in step with
-                continue
+            if counted:
+                batch = self._to_device(batch)
+            else:  # ran out, or never had one (fewer eval batches than ranks): run something, uncounted
+                batch = last if last is not None else self._to_device(placeholder_batch())
             last = batch
             out, t, _, s_logits = self._losses(batch)
             labels = batch["labels"][batch["labels"] != -100]
@@ -194,6 +197,15 @@ class DistillEngine:
         if with_teacher:
             metrics["valid/teacher_mlm_accuracy"] = total[4] / masked
         return metrics
+
+
+def placeholder_batch() -> dict[str, torch.Tensor]:
+    """"[CLS] [MASK] [SEP]" with a residue label: the eval forward of a rank without eval batches."""
+    return {
+        "input_ids": torch.tensor([[CLS_ID, MASK_ID, SEP_ID]]),
+        "attention_mask": torch.ones(1, 3, dtype=torch.int64),
+        "labels": torch.tensor([[-100, int(STANDARD_RESIDUE_IDS[0]), -100]]),
+    }
 
 
 def loss_settings(temperature: float, weights: list[float], impl: str, device: torch.device) -> LossSettings:

@@ -76,7 +76,8 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 90.0) -> None:
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        # No GenAI job runner: its three huey consumer processes would poll and take CPU from the ranks.
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{self.db}",

@@ -341,7 +341,8 @@ def measure_setting(setting: Setting, inputs: RunInputs, between: Callable[[], A
             torch.cuda.empty_cache()
 
 
-def _measure(setting: Setting, inputs: RunInputs, between: Callable[[], Any] | None) -> Result:
+def build_setting(setting: Setting, inputs: RunInputs, planned_steps: int):
+    """(engine, stream, FLOP-model shape) for one setting: the run config a user would write for it."""
     from minprot_ds.build import build_engine, build_stream
     from minprot_ds.config import DistillConfig
     from minprot_ds.engine import loss_settings
@@ -361,17 +362,23 @@ def _measure(setting: Setting, inputs: RunInputs, between: Callable[[], Any] | N
     config.loss.impl = "eager"  # the engine is built with eager, then switched to the setting's impl below
     config.optimizer.lr = inputs.lr
     config.schedule.warmup_steps = 0
-    ds = ds_config_for(setting, inputs.ds_base)
-    total = inputs.warmup + inputs.repeats * inputs.steps + inputs.split_steps
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
     stream = build_stream(config, "train", rank=rank, world_size=world, grad_accum=1)
-    engine, _ = build_engine(config, ds, planned_steps=total + 1, dtype=PRECISIONS[setting.precision])
+    engine, _ = build_engine(config, ds_config_for(setting, inputs.ds_base), planned_steps=planned_steps,
+                             dtype=PRECISIONS[setting.precision])
     engine.loss = loss_settings(config.loss.temperature, config.loss.weights, setting.loss_impl, engine.device)
-    dev = engine.device
     cfg = engine.student.module.mlm.config
     shape = dict(teacher_layers=engine.teacher.config.num_hidden_layers, student_layers=cfg.num_hidden_layers,
                  hidden=cfg.hidden_size, intermediate=cfg.intermediate_size, vocab=cfg.vocab_size)
+    return engine, stream, shape
+
+
+def _measure(setting: Setting, inputs: RunInputs, between: Callable[[], Any] | None) -> Result:
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    total = inputs.warmup + inputs.repeats * inputs.steps + inputs.split_steps
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    engine, stream, shape = build_setting(setting, inputs, planned_steps=total + 1)
+    dev = engine.device
     batches = iter(stream)
     try:
         for _ in range(inputs.warmup):

@@ -1,4 +1,4 @@
-"""The distillation job end to end: the real deepspeed launcher, 2 CPU ranks, ZeRO-1/2/3, MLflow."""
+"""The distillation job end to end: the real deepspeed launcher, 2 CPU ranks, ZeRO-2/3, MLflow store and server."""
 from __future__ import annotations
 
 import json
@@ -12,11 +12,15 @@ import torch
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("ds", ["cpu_zero1.json", "cpu_zero2.json", "cpu_zero3.json"])
-def test_two_rank_distillation(launch, mlflow_history, tmp_path, ds):
+@pytest.mark.parametrize(("ds", "store"), [("cpu_zero2.json", "embedded"), ("cpu_zero3.json", "server")])
+def test_two_rank_distillation(launch, mlflow_history, tmp_path, request, ds, store):
+    """30 steps on 2 ranks: MLflow (the run dir's SQLite store, or a real server), the loss falls, the
+    exported student loads in transformers (under ZeRO-3 its partitioned parameters are gathered), and
+    `minprot export` gives the same weights. ZeRO-1 trains in the resume tests."""
     run_dir = tmp_path / "run"
     shm_before = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
-    proc = launch(run_dir, ds=ds)
+    uri = request.getfixturevalue("mlflow_server") if store == "server" else f"sqlite:///{run_dir / 'mlflow.db'}"
+    proc = launch(run_dir, *(["--tracking-uri", uri] if store == "server" else []), ds=ds)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # DeepSpeed's CPU all-reduce buffers (69 MB a rank) do not outlive the run: left behind, a test
     # session's launches filled /dev/shm, and so RAM, until the kernel killed the job.
@@ -25,11 +29,13 @@ def test_two_rank_distillation(launch, mlflow_history, tmp_path, ds):
     assert summary["step"] == 30 and summary["teacher_unchanged"] is True
     assert Path(summary["checkpoint"]).name == "global_step30"
 
-    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
     from mlflow import MlflowClient
 
     run = MlflowClient(uri).get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
+    assert (run_dir / "mlflow.db").exists() == (store == "embedded")
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(summary["mlflow_run_id"])}
+    assert {"student", "deepspeed_config.json", "run_config.json", "data"} <= artifacts
     for key in ("train/loss", "train/mlm", "train/kd", "train/cos", "train/lr", "train/grad_norm",
                 "perf/residues_per_s", "perf/sequences_per_s", "perf/tflops_per_device", "perf/padding_fraction",
                 "perf/peak_memory_gb", "train/skipped_steps", "valid/student_mlm_accuracy", "valid/teacher_mlm_accuracy"):
@@ -61,10 +67,15 @@ def test_two_rank_distillation(launch, mlflow_history, tmp_path, ds):
 
 def test_student_at_step_zero_is_the_chosen_teacher_layers(assets, launch, tmp_path):
     """2 ranks under ZeRO-3 (parameters partitioned, gathered for the export), stopped before the first
-    step: the exported student is exactly the teacher's chosen layers, embeddings and head."""
+    step: the exported student is exactly the teacher's chosen layers, embeddings and head. The token
+    budget puts the whole valid split in one micro-batch, so rank 1 has no eval batch and must still
+    join every forward's parameter gathers (else the job hangs)."""
     run_dir = tmp_path / "run0"
-    proc = launch(run_dir, "--max-steps", "0", ds="cpu_zero3.json")
+    proc = launch(run_dir, "--max-steps", "0", "--set", "data.max_tokens=32768", "--set", "data.max_rows=128",
+                  ds="cpu_zero3.json", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    valid = json.loads((run_dir / "summary.json").read_text())["valid"]
+    assert valid["valid/masked_tokens"] > 0 and 0 <= valid["valid/student_mlm_accuracy"] <= 1
     from transformers import BertForMaskedLM
 
     teacher = BertForMaskedLM.from_pretrained(assets["teacher"])
@@ -98,22 +109,6 @@ def test_bad_config_is_one_line_and_exit_1(launch, tmp_path):
     assert proc.returncode != 0
     assert "unknown key optimizer.lrr" in proc.stderr
     assert "Traceback" not in proc.stderr
-
-
-def test_tracking_server_records_the_run(launch, mlflow_history, tmp_path, mlflow_server):
-    run_dir = tmp_path / "served"
-    proc = launch(run_dir, "--tracking-uri", mlflow_server, steps=10)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    from mlflow import MlflowClient
-
-    run = MlflowClient(mlflow_server).get_run(summary["mlflow_run_id"])
-    assert run.info.status == "FINISHED"
-    assert len(mlflow_history(mlflow_server, summary["mlflow_run_id"], "train/loss")) == 2
-    assert "valid/student_mlm_accuracy" in run.data.metrics
-    artifacts = {a.path for a in MlflowClient(mlflow_server).list_artifacts(summary["mlflow_run_id"])}
-    assert {"student", "deepspeed_config.json", "run_config.json", "data"} <= artifacts
-    assert not (run_dir / "mlflow.db").exists()
 
 
 def test_diverging_run_skips_steps_then_fails_the_mlflow_run(launch, tmp_path):
