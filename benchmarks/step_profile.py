@@ -7,7 +7,7 @@ softmax/layer norm, elementwise, indexing and copies, optimizer, communication; 
 minprot_ds.bench.profile). The table gives microseconds per padded token: where the two loops spend
 alike per token, the engine's gain is the padding it removes; where the naive loop spends more, the
 gain is work the engine does not do. Below it, the achieved FLOP rate of each loop's matrix multiplies
-and that of a lone torch.mm of the heaviest GEMM shape each ran.
+and that of a lone torch.addmm (or matmul) of the heaviest GEMM shape each ran.
 
 The profiler adds overhead of its own: use the throughput benchmark for rates, this one for shares.
 
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         top = loop.gemm_shapes[0] if loop.gemm_shapes else None
         operands = mm_operands(top["op"], ast.literal_eval(top["input_shapes"])) if top else None
         bare.append({"loop": loop.label, "op": top and top["op"], "operands": operands,
-                     "gflops_per_s": bare_gemm_gflops(*operands) if operands else None})
+                     "gflops_per_s": bare_gemm_gflops(*operands, bias=top["op"] == "aten::addmm") if operands else None})
     return {"preset": args.preset, "lengths": source, "setting": setting.label, "loops": [p.as_dict() for p in loops],
             "bare_gemm": bare}
 

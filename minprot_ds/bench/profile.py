@@ -13,9 +13,9 @@ time, its children's excluded, so nothing counts twice) goes to one family:
 - other: Python-level ranges and anything unmatched.
 
 Reported per padded token, so two loops with different padding compare on the same footing, with the
-achieved FLOP rate of the step's GEMMs (the profiler's FLOP counts over their self time) beside a bare
-`torch.mm` of the heaviest GEMM shape the step ran: how far the step's matrix multiplies are from what
-the hardware gives a lone matrix multiply of that size.
+achieved FLOP rate of the step's GEMMs (the profiler's FLOP counts over their self time) beside a lone
+`torch.addmm` (or `matmul`) of the heaviest GEMM shape the step ran: how far the step's matrix
+multiplies are from what the hardware gives one matrix multiply of that size on its own.
 """
 from __future__ import annotations
 
@@ -148,17 +148,23 @@ def mm_operands(op: str, input_shapes: list[list[int]]) -> tuple[list[int], list
     return None
 
 
-def bare_gemm_gflops(a_shape: list[int], b_shape: list[int], *, repeats: int = 7, min_seconds: float = 0.2,
-                     dtype: torch.dtype = torch.float32) -> float:
-    """GFLOP/s of a lone matrix multiply of these shapes (median of repeats, each at least min_seconds)."""
+def bare_gemm_gflops(a_shape: list[int], b_shape: list[int], *, bias: bool = False, repeats: int = 7,
+                     min_seconds: float = 0.2, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of a lone matrix multiply of these shapes, plus a bias row as addmm adds it (median of
+    repeats, each at least min_seconds)."""
     a, b = torch.randn(a_shape, dtype=dtype), torch.randn(b_shape, dtype=dtype)
     flops = 2.0 * a.shape[-2] * a.shape[-1] * b.shape[-1] * (a.shape[0] if a.dim() == 3 else 1)
-    torch.matmul(a, b)
+    if bias and a.dim() == 2:
+        c = torch.randn(b.shape[-1], dtype=dtype)
+        run = lambda: torch.addmm(c, a, b)  # noqa: E731
+    else:
+        run = lambda: torch.matmul(a, b)  # noqa: E731
+    run()
     rates = []
     for _ in range(repeats):
         n, t0 = 0, time.perf_counter()
         while True:
-            torch.matmul(a, b)
+            run()
             n += 1
             elapsed = time.perf_counter() - t0
             if elapsed >= min_seconds:

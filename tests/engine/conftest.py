@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +40,17 @@ def _launch(assets, run_dir: Path, *extra: str, ranks: int = 2, ds: str = "cpu_z
             *extra]
     cmd = launcher_command(ranks, REPO / "launch" / "distill.py", args) if ranks else [
         sys.executable, str(REPO / "launch" / "distill.py"), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    # Its own process group, so that a launch that hangs is taken down whole (launcher and ranks), not
+    # left running behind the test with the CPU cores.
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True) as popen:
+        try:
+            out, err = popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.communicate()
+            raise
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, out, err)
     if proc.returncode != 0 and show_failure:
         print(proc.stdout[-6000:], proc.stderr[-6000:])
     return proc

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 pytestmark = pytest.mark.slow
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "launch" / "configs" / "demo.toml"
 
 
 @pytest.mark.parametrize(("ds", "store"), [("cpu_zero2.json", "embedded"), ("cpu_zero3.json", "server")])
@@ -70,9 +71,15 @@ def test_student_at_step_zero_is_the_chosen_teacher_layers(assets, launch, tmp_p
     step: the exported student is exactly the teacher's chosen layers, embeddings and head. The token
     budget puts the whole valid split in one micro-batch, so rank 1 has no eval batch and must still
     join every forward's parameter gathers (else the job hangs)."""
+    from minprot_ds.build import eval_stream
+    from minprot_ds.config import load_config
+
+    budget = ["data.max_tokens=32768", "data.max_rows=128"]
+    config = load_config(DEMO_CONFIG, [*budget, f'data.corpus="{assets["corpus"]}"'])
+    assert [len(list(eval_stream(config, rank, 2))) for rank in (0, 1)] == [1, 0]
     run_dir = tmp_path / "run0"
-    proc = launch(run_dir, "--max-steps", "0", "--set", "data.max_tokens=32768", "--set", "data.max_rows=128",
-                  ds="cpu_zero3.json", timeout=300)
+    proc = launch(run_dir, "--max-steps", "0", *(a for kv in budget for a in ("--set", kv)), ds="cpu_zero3.json",
+                  timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     valid = json.loads((run_dir / "summary.json").read_text())["valid"]
     assert valid["valid/masked_tokens"] > 0 and 0 <= valid["valid/student_mlm_accuracy"] <= 1
