@@ -51,6 +51,7 @@ class RunResult:
 def init_distributed() -> tuple[int, int]:
     """Join the launcher's process group (gloo on CPU, NCCL on GPUs); a plain process is a group of one."""
     import deepspeed
+    from deepspeed.accelerator import get_accelerator
 
     if "RANK" not in os.environ:  # `python launch/distill.py`: one process, no launcher
         with socket.socket() as s:
@@ -58,7 +59,8 @@ def init_distributed() -> tuple[int, int]:
             port = s.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     deepspeed.init_distributed()
-    _unlink_shm_buffer()
+    if get_accelerator().device_name() == "cpu":
+        _unlink_shm_buffer()
     return dist.get_rank(), dist.get_world_size()
 
 
