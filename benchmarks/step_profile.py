@@ -82,7 +82,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         top = loop.gemm_shapes[0] if loop.gemm_shapes else None
         operands = mm_operands(top["op"], ast.literal_eval(top["input_shapes"])) if top else None
         bare.append({"loop": loop.label, "op": top and top["op"], "operands": operands,
-                     "gflops_per_s": bare_gemm_gflops(*operands, bias=top["op"] == "aten::addmm") if operands else None})
+                     "gflops_per_s": bare_gemm_gflops(*operands, bias=top["op"] == "aten::addmm", device=str(engine.device))
+                     if operands else None})
     return {"preset": args.preset, "lengths": source, "setting": setting.label, "loops": [p.as_dict() for p in loops],
             "bare_gemm": bare}
 

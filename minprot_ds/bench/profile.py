@@ -106,25 +106,29 @@ class LoopProfile:
 
 def profile_loop(label: str, step: Callable[[], tuple[int, int]], *, steps: int, warmup: int = 1) -> LoopProfile:
     """Profile `steps` calls of `step()` (each returns the padded tokens and residues it processed) after
-    `warmup` unprofiled ones."""
+    `warmup` unprofiled ones. On a GPU an op's time is that of the kernels it launched (self device
+    time); on a CPU, its self CPU time."""
     for _ in range(warmup):
         step()
+    on_gpu = torch.cuda.is_available()
     tokens = residues = 0
-    activities = [ProfilerActivity.CPU]
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_gpu else [])]
     with profile(activities=activities, record_shapes=True, with_flops=True) as prof:
         t0 = time.perf_counter()
         for _ in range(steps):
             t, r = step()
             tokens, residues = tokens + t, residues + r
+        if on_gpu:
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
     self_s: dict[str, float] = defaultdict(float)
     flops = 0.0
     shapes: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0])
     for event in prof.events():
         if event.device_type != torch.autograd.DeviceType.CPU:
-            continue
+            continue  # a GPU kernel: its time is in the self device time of the op that launched it
         family = op_family(event.name, _inside_optimizer(event))
-        seconds_self = event.self_cpu_time_total / 1e6
+        seconds_self = (event.self_device_time_total if on_gpu else event.self_cpu_time_total) / 1e6
         self_s[family] += seconds_self
         if family == "gemm":
             flops += event.flops or 0
@@ -149,23 +153,26 @@ def mm_operands(op: str, input_shapes: list[list[int]]) -> tuple[list[int], list
 
 
 def bare_gemm_gflops(a_shape: list[int], b_shape: list[int], *, bias: bool = False, repeats: int = 7,
-                     min_seconds: float = 0.2, dtype: torch.dtype = torch.float32) -> float:
+                     min_seconds: float = 0.2, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
     """GFLOP/s of a lone matrix multiply of these shapes, plus a bias row as addmm adds it (median of
     repeats, each at least min_seconds)."""
-    a, b = torch.randn(a_shape, dtype=dtype), torch.randn(b_shape, dtype=dtype)
+    a, b = torch.randn(a_shape, dtype=dtype, device=device), torch.randn(b_shape, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     flops = 2.0 * a.shape[-2] * a.shape[-1] * b.shape[-1] * (a.shape[0] if a.dim() == 3 else 1)
     if bias and a.dim() == 2:
-        c = torch.randn(b.shape[-1], dtype=dtype)
+        c = torch.randn(b.shape[-1], dtype=dtype, device=device)
         run = lambda: torch.addmm(c, a, b)  # noqa: E731
     else:
         run = lambda: torch.matmul(a, b)  # noqa: E731
     run()
+    sync()
     rates = []
     for _ in range(repeats):
         n, t0 = 0, time.perf_counter()
         while True:
             run()
             n += 1
+            sync()
             elapsed = time.perf_counter() - t0
             if elapsed >= min_seconds:
                 break
