@@ -13,7 +13,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -104,10 +103,9 @@ def print_table(
 
 def write_json(path: str | Path, benchmark: str, payload: dict[str, Any]) -> Path:
     """Write payload with the benchmark name, a UTC timestamp and machine info, atomically."""
-    from minprot_ds.fileio import write_json as write_atomically
+    from minprot_ds.bench.report import write_benchmark_json
 
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return write_atomically(path, {"benchmark": benchmark, "created": created, "machine": machine_info(), **payload})
+    return write_benchmark_json(path, benchmark, {"machine": machine_info(), **payload})
 
 
 def fmt_rate(per_s: float | None) -> str | None:

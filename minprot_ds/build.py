@@ -63,9 +63,10 @@ def build_engine(config: DistillConfig, ds: dict[str, Any], *, planned_steps: in
     if m.activation_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()
-    compile_encoders(teacher, student, m.compile, zero_stage=ds.get("zero_optimization", {}).get("stage", 0))
+    zero = ds.get("zero_optimization", {})
+    compile_encoders(teacher, student, m.compile, zero_stage=zero.get("stage", 0))
     o = config.optimizer
-    offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
+    offload = zero.get("offload_optimizer", {}).get("device", "none") != "none"
     optimizer = build_optimizer(student, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps,
                                 cpu_offload=offload)
     scheduler = warmup_linear_schedule(optimizer, warmup_steps=config.schedule.warmup_steps, total_steps=planned_steps)

@@ -142,9 +142,13 @@ def log_to_mlflow(report: dict[str, Any], files: Sequence[Path], *, tracking_uri
         return tracker.run_id
 
 
+def write_benchmark_json(path: str | Path, benchmark: str, payload: dict[str, Any]) -> Path:
+    """A benchmark's JSON, atomically: its name and a UTC timestamp first, then `payload`."""
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return write_json(path, {"benchmark": benchmark, "created": created, **payload})
+
+
 def write_outputs(report: dict[str, Any], json_path: Path) -> list[Path]:
     """JSON (atomically), CSV and PNG beside it."""
-    json_path = Path(json_path)
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_json(json_path, {"benchmark": "throughput", "created": created, **report})
+    json_path = write_benchmark_json(json_path, "throughput", report)
     return [json_path, write_csv(report, json_path.with_suffix(".csv")), write_plot(report, json_path.with_suffix(".png"))]
