@@ -5,7 +5,7 @@ import typer
 
 from minprot_ds.cli.common import run_cli
 from minprot_ds.cli import tasks as _tasks  # noqa: F401  (registers task-dataset commands on data_app)
-from minprot_ds.cli import bench, finetune, jobs
+from minprot_ds.cli import bench, finetune, jobs, predict
 from minprot_ds.cli.data import data_app
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(bench.bench_app, name="bench")
 jobs.register(app)
 finetune.register(app)
+predict.register(app)
 
 
 def main() -> None:

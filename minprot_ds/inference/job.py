@@ -1,0 +1,366 @@
+"""One `predict` or `embed` job: index the input, compute this rank's missing chunks, and (rank 0, or
+`minprot merge`) write OUT, OUT.failures.tsv and the summary OUT's-stem.json.
+
+Several ranks (`deepspeed --num_gpus N launch/predict.py`) or machines (`--shard i/N`) each take every
+N-th chunk of the input; the output is assembled from the chunk files in input order, so it is the same
+whatever the number of ranks, shards or restarts that produced it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from minprot_ds import __version__
+from minprot_ds.errors import UserError
+from minprot_ds.fileio import atomic_write, write_json
+from minprot_ds.inference import forward, models, records
+from minprot_ds.inference.parts import FORMAT, Chunk, Parts, check_same, parts_dir
+from minprot_ds.inference.progress import InferenceProgress
+from minprot_ds.inference.writers import EMBED, PREDICT_PROTEIN, PREDICT_RESIDUE, Row, check_suffix, open_writer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 8192
+DEFAULT_CHUNK = 1000
+
+
+@dataclass
+class JobConfig:
+    command: str  # "predict" | "embed"
+    model: Path
+    fasta: Path
+    out: Path
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    window: int | None = None  # default: the fine-tuned model's, else 512
+    stride: int | None = None
+    long: str = "window"
+    precision: str = "auto"
+    threshold: float | None = None  # predict: default the model's stored threshold
+    pool: str = "mean"
+    layers: tuple[int, ...] = (-1,)
+    per_residue: bool = False
+    half: bool = False
+    dedupe_ids: bool = False
+    chunk_records: int = DEFAULT_CHUNK
+    shard: str | None = None  # "i/N"
+    mlflow: bool = False
+    tracking_uri: str | None = None
+    experiment: str = "minprot-predict"
+    progress: bool = True
+
+
+@dataclass
+class JobResult:
+    out: Path | None  # None on ranks other than 0 and for shards (until `minprot merge`)
+    summary: dict[str, Any] = field(default_factory=dict)
+    computed_chunks: int = 0
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    if shard is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {shard!r} is not i/N (e.g. 0/4 for the first of four machines)") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise UserError(f"--shard {shard}: i must be between 0 and N-1 (0/{max(n, 1)} ... {max(n, 1) - 1}/{max(n, 1)})")
+    return i, n
+
+
+def _distributed() -> tuple[int, int]:
+    """This process's rank and the world size: the launcher's process group, or a group of one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    from minprot_ds.distill import init_distributed
+
+    return init_distributed()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def summary_path(out: Path) -> Path:
+    return Path(out).with_suffix(".json")
+
+
+def failures_path(out: Path) -> Path:
+    return Path(str(out) + ".failures.tsv")
+
+
+def run(cfg: JobConfig, *, echo: Callable[[str], None] | None = None) -> JobResult:
+    say = echo or log.info
+    if cfg.command not in ("predict", "embed"):
+        raise ValueError(cfg.command)
+    if cfg.max_tokens < 1 or cfg.chunk_records < 1:
+        raise UserError("--max-tokens and --chunk-records must be at least 1")
+    shard_i, shards = parse_shard(cfg.shard)
+    out = Path(cfg.out)
+    fasta = Path(cfg.fasta)
+    if not fasta.is_file():
+        raise UserError(f"--fasta {fasta} does not exist; pass a FASTA file (plain or .gz)")
+    if cfg.command == "embed":
+        check_suffix(out, EMBED, "embed")
+    rank, world = _distributed()
+    if world > 1 and shards > 1:
+        raise UserError("--shard splits work between separate machines; under the deepspeed launcher the ranks "
+                        "already split it: use one or the other")
+    slot, slots = (shard_i, shards) if shards > 1 else (rank, world)
+    device = models.pick_device(int(os.environ.get("LOCAL_RANK", "0")))
+    precision = models.pick_precision(cfg.precision, device)
+    dtype = models.dtype_of(precision)
+
+    model_dir = models.check_model_folder(Path(cfg.model))
+    if cfg.command == "embed":
+        encoder = models.load_encoder(model_dir, dtype, device)
+        scorer: forward.Scorer = models.EmbedScorer(encoder, cfg.pool, cfg.layers, cfg.per_residue)
+        info: dict[str, Any] = {"per_residue": cfg.per_residue, "dim": scorer.dim}
+        window, stride = cfg.window or 512, cfg.stride or 256
+        finetune_run = None
+    else:
+        task_model, task_info = models.load_task(model_dir, dtype, device)
+        scorer = models.TaskScorer(task_model, task_info)
+        check_suffix(out, PREDICT_RESIDUE if task_info.per_residue else PREDICT_PROTEIN, f"predict for {task_info.task}")
+        threshold = cfg.threshold if cfg.threshold is not None else task_info.threshold
+        info = {"task": task_info.task, "classes": task_info.classes, "per_residue": task_info.per_residue,
+                "threshold": threshold, "finetune": {"provenance": task_info.provenance,
+                                                     "mlflow_run_id": task_info.mlflow_run_id}}
+        window, stride = cfg.window or task_info.window, cfg.stride or task_info.stride
+        finetune_run = task_info.mlflow_run_id
+    settings = forward.WindowSettings(window, stride, cfg.long)
+    settings.check(cfg.max_tokens)
+
+    index = records.index_input(fasta, cfg.dedupe_ids)
+    chunks = max(1, -(-index.records // cfg.chunk_records))
+    manifest = {
+        "format": FORMAT, "command": cfg.command, "minprot_version": __version__,
+        "model": {"path": str(model_dir), "sha256": models.model_fingerprint(model_dir)},
+        "input": {"path": str(fasta), "sha256": index.fingerprint, "records": index.records},
+        "settings": {"window": window, "stride": stride, "long": cfg.long, "precision": precision,
+                     "chunk_records": cfg.chunk_records, "dedupe_ids": cfg.dedupe_ids,
+                     **({"pool": cfg.pool, "layers": list(cfg.layers), "per_residue": cfg.per_residue,
+                         "half": cfg.half} if cfg.command == "embed" else {})},
+        "info": info, "chunks": chunks,
+    }
+    parts = Parts(parts_dir(out))
+    done_before = parts.open(manifest)
+    mine = [k for k in range(chunks) if k % slots == slot and not parts.has(k)]
+    if rank == 0:
+        dup = int((index.status == records.DUPLICATE).sum())
+        say(f"{cfg.command}: {index.records} records ({index.residues:,} residues to compute, {dup} duplicate "
+            f"sequences computed once, {sum(index.failures.values())} refused), {chunks} chunks"
+            + (f", {done_before} already done (resuming)" if done_before else "")
+            + (f"; shard {shard_i}/{shards}" if shards > 1 else "") + (f"; {world} ranks" if world > 1 else ""))
+
+    tracker = _tracker(cfg, out, rank, finetune_run, manifest)
+    started = time.perf_counter()
+    with tracker:
+        n_prot, n_res = _compute(cfg, scorer, settings, index, parts, set(mine), device, rank, world)
+        seconds = time.perf_counter() - started
+        _barrier()
+        speed = {"proteins_per_s": n_prot / seconds if seconds else 0.0, "residues_per_s": n_res / seconds if seconds else 0.0,
+                 "seconds": seconds, "proteins_computed": n_prot, "residues_computed": n_res}
+        if rank != 0:
+            return JobResult(None, {}, len(mine))
+        if shards > 1:
+            missing = [k for k in range(chunks) if not parts.has(k)]
+            if missing:
+                say(f"shard {shard_i}/{shards} done ({len(mine)} chunks); {len(missing)} chunks belong to other "
+                    f"shards: once all have run, `minprot merge --out {out} PARTS...` writes {out}")
+                return JobResult(None, {"speed": speed}, len(mine))
+        summary = finalize([parts.folder], out, echo=say, speed=speed)
+        tracker.log_metrics({f"perf/{k}": v for k, v in speed.items()} | _count_metrics(summary), 0)
+        tracker.log_artifact(summary_path(out))
+    return JobResult(out, summary, len(mine))
+
+
+def _tracker(cfg: JobConfig, out: Path, rank: int, finetune_run: str | None, manifest: dict[str, Any]):
+    from minprot_ds.finetune import links
+    from minprot_ds.tracking import Tracker, environment_params
+
+    tracker = Tracker.start(tracking_uri=cfg.tracking_uri, run_dir=Path(out).parent, experiment=cfg.experiment,
+                            run_name=f"{cfg.command}-{Path(out).stem}", resume_run_id=None,
+                            enabled=cfg.mlflow and rank == 0, system_metrics=False)
+    if tracker.enabled:
+        tags = {"minprot.job": cfg.command, "minprot.model": str(cfg.model), "minprot.input": str(cfg.fasta)}
+        if "task" in manifest["info"]:
+            tags["minprot.task"] = manifest["info"]["task"]
+        if finetune_run:
+            tags |= {"minprot.finetune_run_id": finetune_run}
+            tags |= {k: v for k, v in links.link_tags({"mlflow_run_id": finetune_run}, cfg.tracking_uri).items()
+                     if k == links.TAG_PARENT}
+        tracker.set_tags(tags)
+        tracker.log_params({"model_sha256": manifest["model"]["sha256"], "input_sha256": manifest["input"]["sha256"],
+                            "records": manifest["input"]["records"], "max_tokens": cfg.max_tokens, "out": str(out),
+                            **manifest["settings"], **environment_params()})
+    return tracker
+
+
+def _count_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    c = summary["counts"]
+    return {"records": c["records"], "written": c["written"], "duplicates": c["duplicates"],
+            "failures": sum(c["failures"].values()), "truncated": c["truncated"], "windowed": c["windowed"]}
+
+
+def _compute(cfg: JobConfig, scorer: forward.Scorer, settings: forward.WindowSettings, index: records.InputIndex,
+             parts: Parts, mine: set[int], device: torch.device, rank: int, world: int) -> tuple[int, int]:
+    """Compute and write this rank's missing chunks; returns (proteins, residues) computed."""
+    todo = np.zeros(index.records, dtype=bool)
+    for k in mine:
+        todo[k * cfg.chunk_records:(k + 1) * cfg.chunk_records] = True
+    ok = todo & (index.status == records.OK)
+    total_prot, total_res = int(ok.sum()), int(index.lengths[ok].sum())
+    if not mine:
+        return 0, 0
+    done = [0, 0]
+    with InferenceProgress(total_prot, total_res, enabled=cfg.progress and rank == 0, label=cfg.command) as bar:
+        def on_batch(proteins: int, residues: int) -> None:
+            done[0] += proteins
+            done[1] += residues
+            bar.update(proteins, residues)
+
+        current: list[records.Record] = []
+        current_k = -1
+        with torch.inference_mode():
+            for rec in records.iter_records(index):
+                k = rec.index // cfg.chunk_records
+                if k != current_k:
+                    if current_k in mine:
+                        _write_chunk(current_k, current, scorer, settings, cfg, index, parts, device, on_batch)
+                    current, current_k = [], k
+                if k in mine:
+                    current.append(rec)
+            if current_k in mine:
+                _write_chunk(current_k, current, scorer, settings, cfg, index, parts, device, on_batch)
+    return done[0], done[1]
+
+
+def _write_chunk(k: int, recs: list[records.Record], scorer: forward.Scorer, settings: forward.WindowSettings,
+                 cfg: JobConfig, index: records.InputIndex, parts: Parts, device: torch.device, on_batch) -> None:
+    proteins = {r.index: r.sequence for r in recs if index.status[r.index] == records.OK}
+    scored = forward.score(scorer, proteins, settings, cfg.max_tokens, device, on_batch)
+    status = index.status[[r.index for r in recs]].copy()
+    failures, values, windows, truncated = [], [], [], []
+    for j, r in enumerate(recs):
+        reason = r.failure or scored.failures.get(r.index, "")
+        if reason:
+            status[j] = records.FAILED
+        value = scored.outputs.get(r.index)
+        values.append(None if value is None else models.as_float(value, cfg.half and cfg.command == "embed"))
+        failures.append(reason)
+        windows.append(scored.windows.get(r.index, 0))
+        truncated.append(r.index in scored.truncated)
+    parts.write(k, Chunk(
+        index=np.asarray([r.index for r in recs], dtype=np.int64), ids=[r.id for r in recs],
+        descriptions=[r.description for r in recs], sequences=[r.sequence for r in recs], status=status,
+        canonical=index.canonical[[r.index for r in recs]], failures=failures,
+        windows=np.asarray(windows, dtype=np.int32), truncated=np.asarray(truncated, dtype=bool), values=values,
+    ))
+
+
+# --- assembling the output --------------------------------------------------------------------------------
+
+def finalize(folders: list[Path], out: Path, *, echo: Callable[[str], None] | None = None,
+             speed: dict[str, Any] | None = None, threshold: float | None = None) -> dict[str, Any]:
+    """Write OUT (atomically), OUT.failures.tsv and the summary from the chunk files in `folders`."""
+    say = echo or log.info
+    all_parts = [Parts(f) for f in folders]
+    manifests = []
+    for p in all_parts:
+        m = p.read_manifest()
+        if m is None:
+            raise UserError(f"{p.folder} holds no manifest.json: it is not the parts folder of a predict/embed run "
+                            "(they are named OUT.parts)")
+        manifests.append(m)
+    manifest = manifests[0]
+    for p, m in zip(all_parts[1:], manifests[1:]):
+        check_same(manifest, m, p.folder)
+    where: dict[int, Parts] = {}
+    for p in all_parts:
+        for k in range(manifest["chunks"]):
+            if k not in where and p.has(k):
+                where[k] = p
+    missing = [k for k in range(manifest["chunks"]) if k not in where]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise UserError(f"{len(missing)} of {manifest['chunks']} chunks are missing ({shown}) from "
+                        f"{', '.join(str(p.folder) for p in all_parts)}; run the missing shards (or rerun the "
+                        "command to resume), then merge again")
+    info = dict(manifest["info"])
+    if threshold is not None:
+        info["threshold"] = threshold
+
+    needed: set[int] = set()
+    for k in range(manifest["chunks"]):
+        ch = where[k].read(k)
+        needed.update(ch.canonical[ch.status == records.DUPLICATE].tolist())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
+    meta = {"minprot_version": manifest["minprot_version"], "command": manifest["command"], "model": manifest["model"],
+            "input": manifest["input"], "settings": manifest["settings"], "info": info}
+    writer = open_writer(manifest["command"], tmp, meta, info)
+    cache: dict[int, tuple[np.ndarray, int]] = {}
+    counts = Counter()
+    failure_reasons: Counter = Counter()
+    fail_lines = ["index\tid\treason"]
+    try:
+        for k in range(manifest["chunks"]):
+            ch = where[k].read(k)
+            for j, idx in enumerate(ch.index.tolist()):
+                st = int(ch.status[j])
+                counts["records"] += 1
+                if st == records.FAILED:
+                    fail_lines.append(f"{idx}\t{ch.ids[j]}\t{ch.failures[j]}")
+                    failure_reasons[ch.failures[j].split(":")[0].split(" (")[0]] += 1
+                    continue
+                if st == records.DUPLICATE:
+                    c = int(ch.canonical[j])
+                    if c not in cache:  # its first occurrence failed (out of memory, --long skip)
+                        fail_lines.append(f"{idx}\t{ch.ids[j]}\tsame sequence as record {c}, which failed")
+                        failure_reasons["same sequence as a failed record"] += 1
+                        continue
+                    value, windows = cache[c]
+                    counts["duplicates"] += 1
+                else:
+                    value, windows = ch.values[j], int(ch.windows[j])
+                    counts["computed"] += 1
+                    counts["truncated"] += bool(ch.truncated[j])
+                    counts["windowed"] += windows > 1
+                    if idx in needed:
+                        cache[idx] = (value, windows)
+                writer.add(Row(ch.ids[j], ch.descriptions[j], ch.sequences[j], value, windows, bool(ch.truncated[j])))
+                counts["written"] += 1
+    finally:
+        writer.close()
+    os.replace(tmp, out)
+    atomic_write(failures_path(out), "\n".join(fail_lines) + "\n")
+    summary = {**meta, "output": str(out), "failures_file": str(failures_path(out)),
+               "counts": {"records": counts["records"], "written": counts["written"], "computed": counts["computed"],
+                          "duplicates": counts["duplicates"], "truncated": counts["truncated"],
+                          "windowed": counts["windowed"], "failures": dict(failure_reasons)},
+               **({"speed": speed} if speed else {})}
+    write_json(summary_path(out), summary)
+    nfail = sum(failure_reasons.values())
+    say(f"wrote {out}: {counts['written']} of {counts['records']} records ({counts['duplicates']} duplicates copied, "
+        f"{counts['windowed']} by overlapping windows, {counts['truncated']} truncated); {nfail} failures"
+        + (f" listed in {failures_path(out)}" if nfail else ""))
+    return summary
+
+
+def merge(folders: list[Path], out: Path, threshold: float | None = None, echo=None) -> dict[str, Any]:
+    return finalize(folders, out, echo=echo, threshold=threshold)
+
