@@ -185,7 +185,7 @@ class EmbedH5(Writer):
         import h5py
 
         super().__init__(path, meta)
-        self.file = h5py.File(path, "w")
+        self.file = h5py.File(path, "w", track_order=True)  # iteration in input order
         self.file.attrs["minprot"] = json.dumps(meta)
 
     def add(self, row):
