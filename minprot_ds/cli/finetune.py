@@ -21,6 +21,7 @@ def finetune(
     lr: float = typer.Option(2e-5, help="AdamW peak learning rate (linear decay to 0)"),
     weight_decay: float = typer.Option(0.01),
     seed: int = typer.Option(0),
+    pooling: str = typer.Option("cls", help="sequence head reads the [CLS] hidden state (cls) or the mean over residues (mean)"),
     max_train_samples: Optional[int] = typer.Option(None, help="use only the first N training rows"),
     max_eval_samples: Optional[int] = typer.Option(None, help="use only the first N valid and test rows"),
     deepspeed: Optional[Path] = typer.Option(None, help="train inside a DeepSpeed engine with this JSON (ds_configs/...)"),
@@ -36,7 +37,7 @@ def finetune(
 
     result = run(FinetuneConfig(
         task=task, model=model, train=train, test=test, out=out, valid=valid, epochs=epochs, batch_size=batch_size,
-        lr=lr, weight_decay=weight_decay, seed=seed, max_train_samples=max_train_samples,
+        lr=lr, weight_decay=weight_decay, seed=seed, pooling=pooling, max_train_samples=max_train_samples,
         max_eval_samples=max_eval_samples, deepspeed=deepspeed, tracking_uri=tracking_uri, experiment=experiment,
         run_name=run_name, role=role, dataset_name=dataset_name, strict=strict,
     ), echo=console.print)
