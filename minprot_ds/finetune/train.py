@@ -22,8 +22,10 @@ import torch
 
 from minprot_ds.ds_config import read_ds_config
 from minprot_ds.errors import UserError
+from minprot_ds.fileio import atomic_write
 from minprot_ds.finetune import links
 from minprot_ds.finetune.inputs import load_inputs
+from minprot_ds.finetune.options import DEFAULT_EXPERIMENT, FinetuneConfig
 from minprot_ds.finetune.metrics import Predictions, compute_metrics, flat_metrics, json_safe, read_predictions, write_predictions
 from minprot_ds.finetune.heads import build_task_model, save_task_model, task_loss
 from minprot_ds.finetune.tasks import Encoded, TaskSpec, collate, encode_split, eval_batches, task_spec, train_batches
@@ -33,40 +35,9 @@ from minprot_ds.vocab import write_tokenizer_files
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = "minprot-finetune"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.tsv"
 MODEL_DIR = "model"
-
-
-@dataclass
-class FinetuneConfig:
-    """Defaults are the MinProtBert recipe: AdamW lr 2e-5, batch 8, 3 epochs, weight decay 0.01, all layers trained."""
-
-    task: str
-    model: str
-    train: Path
-    test: Path
-    out: Path
-    valid: Path | None = None
-    epochs: int = 3
-    batch_size: int = 8
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0  # Hugging Face Trainer's default max_grad_norm; a DeepSpeed config sets its own
-    seed: int = 0
-    pooling: str = "cls"
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None  # cap on valid and test rows (quick checks)
-    deepspeed: Path | None = None
-    tracking_uri: str | None = None
-    experiment: str = DEFAULT_EXPERIMENT
-    run_name: str | None = None
-    role: str = "auto"
-    dataset_name: str | None = None
-    strict: bool = False
-    tracking: bool = True
-    system_metrics: bool = False
 
 
 @dataclass
@@ -290,7 +261,7 @@ def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> Fi
             "rows": {"train": len(train), "valid": len(valid) if valid else 0, "test": len(test)},
             "truncated_to_512": {"train": train.truncated, "valid": valid.truncated if valid else 0, "test": test.truncated},
         }
-        (out / METRICS_FILE).write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
+        atomic_write(out / METRICS_FILE, json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
         tracker.log_metrics(flat_metrics(test_metrics, "test") | {f"runtime/{k}": v for k, v in runtime.items()}, step)
         tracker.log_artifact(out / METRICS_FILE)
         tracker.log_artifact(path)
