@@ -1,24 +1,19 @@
-"""What differs between the downstream tasks: the head, the label layout, and how a batch is built.
+"""What differs between the downstream tasks: the label layout and how a batch is built (the head: heads.py).
 
-dna-binding and membrane: one label per sequence, a linear head on [CLS] (BertForSequenceClassification,
-which puts BERT's pooler before the linear layer). q3: one label per residue, a linear head on every
-token (BertForTokenClassification); residue i sits at token i + 1, behind [CLS], and [CLS], [SEP] and
-padding carry -100 so the loss and the metrics ignore them.
+dna-binding and membrane: one label per sequence. q3: one label per residue; residue i sits at token i + 1,
+behind [CLS], and [CLS], [SEP] and padding carry -100 so the loss and the metrics ignore them.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from minprot_ds.errors import UserError
 from data_prep.tasks.records import Q3_CLASSES
-from minprot_ds.vocab import CLS_ID, IGNORE_INDEX, INVALID, MAX_RESIDUES, PAD_ID, SEP_ID, UNK_ID, VOCAB_SIZE, encode
-
+from minprot_ds.vocab import CLS_ID, IGNORE_INDEX, INVALID, MAX_RESIDUES, PAD_ID, SEP_ID, UNK_ID, encode
 
 
 @dataclass(frozen=True)
@@ -47,62 +42,6 @@ def task_spec(task: str) -> TaskSpec:
     if task not in TASKS:
         raise UserError(f"unknown --task {task!r}; choose one of: {', '.join(TASKS)}")
     return TASKS[task]
-
-
-# --- the model ------------------------------------------------------------------------------------------
-
-_EXPECTED = (
-    "pass a folder holding config.json and weights (as save_pretrained writes, e.g. an exported student) "
-    "or a Hugging Face hub id such as Rostlab/prot_bert"
-)
-
-
-def _looks_like_path(name: str) -> bool:
-    # Hub ids are "name" or "org/name"; anything absolute, relative-looking or deeper is a path.
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or Path(name).exists()
-
-
-def load_model(name_or_path: str, spec: TaskSpec) -> torch.nn.Module:
-    """ProtBert-format encoder + a fresh linear head for the task, fp32, every layer trainable."""
-    from transformers import BertForSequenceClassification, BertForTokenClassification
-    from transformers.utils import logging as hf_logging
-
-    name = str(name_or_path)
-    if _looks_like_path(name):
-        folder = Path(name).expanduser()
-        if not folder.is_dir():
-            raise UserError(f"--model {folder} does not exist; {_EXPECTED}")
-        if not (folder / "config.json").is_file():
-            raise UserError(f"--model {folder} has no config.json; {_EXPECTED}")
-        name = str(folder)
-    cls = BertForTokenClassification if spec.per_residue else BertForSequenceClassification
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "newly initialised head" warning is expected; we check ourselves
-    try:
-        model, info = cls.from_pretrained(name, num_labels=spec.num_labels, output_loading_info=True)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot load --model {name!r} ({first}); {_EXPECTED}") from err
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if model.config.vocab_size != VOCAB_SIZE:
-        raise UserError(
-            f"--model {name!r} has a vocabulary of {model.config.vocab_size} tokens, not ProtBert's {VOCAB_SIZE}; "
-            "pass a ProtBert-format model (Rostlab/prot_bert or a minprot student)"
-        )
-    # Only the head (and BERT's pooler, absent from MLM checkpoints) may start random: a missing encoder
-    # means the folder is not a BERT checkpoint at all.
-    missing = [k for k in info.get("missing_keys", []) if k.startswith("bert.") and not k.startswith("bert.pooler.")]
-    if missing:
-        raise UserError(
-            f"--model {name!r} lacks encoder weights ({', '.join(sorted(missing)[:3])}"
-            f"{' …' if len(missing) > 3 else ''}); it must be a BERT checkpoint in ProtBert's layout"
-        )
-    model.config.id2label = dict(enumerate(spec.classes))
-    model.config.label2id = {c: i for i, c in enumerate(spec.classes)}
-    model.config.minprot_task = spec.name
-    model.requires_grad_(True)
-    return model.float()
 
 
 # --- encoding and batches -------------------------------------------------------------------------------

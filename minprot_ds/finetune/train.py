@@ -22,49 +22,22 @@ import torch
 
 from minprot_ds.ds_config import read_ds_config
 from minprot_ds.errors import UserError
+from minprot_ds.fileio import atomic_write
 from minprot_ds.finetune import links
 from minprot_ds.finetune.inputs import load_inputs
+from minprot_ds.finetune.options import DEFAULT_EXPERIMENT, FinetuneConfig
 from minprot_ds.finetune.metrics import Predictions, compute_metrics, flat_metrics, json_safe, read_predictions, write_predictions
-from minprot_ds.finetune.tasks import Encoded, TaskSpec, collate, encode_split, eval_batches, load_model, task_spec, train_batches
+from minprot_ds.finetune.heads import build_task_model, save_task_model, task_loss
+from minprot_ds.finetune.tasks import Encoded, TaskSpec, collate, encode_split, eval_batches, task_spec, train_batches
 from minprot_ds.optim import build_optimizer, warmup_linear_schedule
 from minprot_ds.tracking import Tracker, environment_params
 from minprot_ds.vocab import write_tokenizer_files
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = "minprot-finetune"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.tsv"
 MODEL_DIR = "model"
-
-
-@dataclass
-class FinetuneConfig:
-    """Defaults are the MinProtBert recipe: AdamW lr 2e-5, batch 8, 3 epochs, weight decay 0.01, all layers trained."""
-
-    task: str
-    model: str
-    train: Path
-    test: Path
-    out: Path
-    valid: Path | None = None
-    epochs: int = 3
-    batch_size: int = 8
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0  # Hugging Face Trainer's default max_grad_norm; a DeepSpeed config sets its own
-    seed: int = 0
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None  # cap on valid and test rows (quick checks)
-    deepspeed: Path | None = None
-    tracking_uri: str | None = None
-    experiment: str = DEFAULT_EXPERIMENT
-    run_name: str | None = None
-    role: str = "auto"
-    dataset_name: str | None = None
-    strict: bool = False
-    tracking: bool = True
-    system_metrics: bool = False
 
 
 @dataclass
@@ -90,7 +63,7 @@ class PlainStepper:
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> float:
         self.module.train()
-        loss = self.module(**batch).loss
+        loss = task_loss(self.module(batch["input_ids"], batch["attention_mask"]), batch["labels"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip > 0:
@@ -121,7 +94,7 @@ class DeepSpeedStepper:
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> float:
         self.engine.train()
-        loss = self.engine(**batch).loss
+        loss = task_loss(self.engine(batch["input_ids"], batch["attention_mask"]), batch["labels"])
         self.engine.backward(loss)
         self.engine.step()  # also steps the schedule
         return float(loss.detach())
@@ -141,10 +114,11 @@ def predict(module: torch.nn.Module, enc: Encoded, spec: TaskSpec, batch_size: i
     with torch.no_grad():  # not inference_mode: ZeRO-3 gathers parameters in its forward hooks
         for rows in eval_batches(enc.lengths, batch_size):
             batch = {k: v.to(device) for k, v in collate(enc, rows, spec).items()}
-            out = module(**batch)
-            if not math.isnan(float(out.loss)):  # NaN when a Q3 batch has no labelled residue
-                loss_sum, loss_rows = loss_sum + float(out.loss) * len(rows), loss_rows + len(rows)
-            p = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
+            logits = module(batch["input_ids"], batch["attention_mask"])
+            batch_loss = float(task_loss(logits, batch["labels"]))
+            if not math.isnan(batch_loss):  # NaN when a Q3 batch has no labelled residue
+                loss_sum, loss_rows = loss_sum + batch_loss * len(rows), loss_rows + len(rows)
+            p = torch.softmax(logits.float(), dim=-1).cpu().numpy()
             for r, i in enumerate(rows):
                 probs[i] = p[r, 1:len(enc.tokens[i]) + 1] if spec.per_residue else p[r]
     loss = loss_sum / loss_rows if loss_rows else math.nan
@@ -164,24 +138,6 @@ def predict(module: torch.nn.Module, enc: Encoded, spec: TaskSpec, batch_size: i
 
 # --- the job --------------------------------------------------------------------------------------------
 
-def _save_model(module: torch.nn.Module, folder: Path, rank: int) -> Path | None:
-    """save_pretrained + ProtBert tokenizer files; under ZeRO-3 every rank gathers, rank 0 writes."""
-    import contextlib
-
-    params = list(module.parameters())
-    gather = contextlib.nullcontext()
-    if params and hasattr(params[0], "ds_id"):
-        import deepspeed
-
-        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-    with gather:
-        if rank != 0:
-            return None
-        module.save_pretrained(folder, safe_serialization=True)
-        write_tokenizer_files(folder)
-    return folder
-
-
 def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> FinetuneResult:
     """Train, predict, write and track one fine-tune; returns the test metrics (rank 0; other ranks get {})."""
     say = echo or log.info
@@ -196,8 +152,9 @@ def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> Fi
     valid = encode_split(inputs.valid, spec, cfg.max_eval_samples) if inputs.valid is not None else None
     test = encode_split(inputs.test, spec, cfg.max_eval_samples)
 
-    torch.manual_seed(cfg.seed)  # the head's initial weights
-    model = load_model(cfg.model, spec)
+    torch.manual_seed(cfg.seed)  # dropout; the head's initial weights come from the seed alone (heads.init_head)
+    model = build_task_model(cfg.model, task=spec.name, classes=spec.classes, per_residue=spec.per_residue,
+                             seed=cfg.seed, pooling=cfg.pooling, provenance=provenance)
     rank, world = 0, 1
     ds = None
     if cfg.deepspeed is not None:
@@ -235,14 +192,14 @@ def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> Fi
     )
     with tracker:
         tracker.set_tags(tags)
-        layers = model.config.num_hidden_layers
+        layers = model.encoder.config.num_hidden_layers
         params = {
             "task": spec.name, "model": str(cfg.model), "model_role": role, "train": str(cfg.train),
             "valid": str(cfg.valid or ""), "test": str(cfg.test), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "lr": cfg.lr, "weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip, "seed": cfg.seed,
             "max_train_samples": cfg.max_train_samples or "", "max_eval_samples": cfg.max_eval_samples or "",
             "deepspeed": str(cfg.deepspeed or ""), "world_size": world, "device": str(stepper.device),
-            "model.layers": layers, "model.hidden_size": model.config.hidden_size,
+            "model.layers": layers, "model.hidden_size": model.info.hidden_size, "pooling": cfg.pooling,
             "model.parameters": sum(p.numel() for p in model.parameters()),
             "rows.train": len(train), "rows.valid": len(valid) if valid else 0, "rows.test": len(test),
             "rows.truncated": train.truncated + test.truncated + (valid.truncated if valid else 0),
@@ -278,7 +235,8 @@ def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> Fi
         started = time.perf_counter()
         pred, test_loss = predict(stepper.module, test, spec, cfg.batch_size * 2, stepper.device)
         infer_seconds = time.perf_counter() - started
-        model_dir = _save_model(stepper.module, out / MODEL_DIR, rank)
+        model.info.mlflow_run_id = tracker.run_id
+        model_dir = save_task_model(stepper.module, out / MODEL_DIR, rank)
         if rank != 0:
             return FinetuneResult(out, {}, None, None)
 
@@ -303,7 +261,7 @@ def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> Fi
             "rows": {"train": len(train), "valid": len(valid) if valid else 0, "test": len(test)},
             "truncated_to_512": {"train": train.truncated, "valid": valid.truncated if valid else 0, "test": test.truncated},
         }
-        (out / METRICS_FILE).write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
+        atomic_write(out / METRICS_FILE, json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
         tracker.log_metrics(flat_metrics(test_metrics, "test") | {f"runtime/{k}": v for k, v in runtime.items()}, step)
         tracker.log_artifact(out / METRICS_FILE)
         tracker.log_artifact(path)

@@ -21,6 +21,12 @@ def teacher_dir(tmp_path_factory) -> Path:
     return save_random_protbert(tmp_path_factory.mktemp("teacher") / "model", seed=0, **TINY)
 
 
+@pytest.fixture(scope="session")
+def student_dir(tmp_path_factory) -> Path:
+    """A student without a distillation run in any store (unit tests)."""
+    return make_student(tmp_path_factory.mktemp("student") / "model", "no-such-run")
+
+
 def make_student(folder: Path, distill_run_id: str, step: int = 10) -> Path:
     """A 1-layer random student with the minprot.json an exported student carries."""
     save_random_protbert(folder, seed=1, **(TINY | {"num_layers": 1}))
