@@ -132,11 +132,12 @@ def run(cfg: JobConfig, *, echo: Callable[[str], None] | None = None) -> JobResu
         finetune_run = None
     else:
         task_model, task_info = models.load_task(model_dir, dtype, device)
-        scorer = models.TaskScorer(task_model, task_info)
+        scorer = models.TaskScorer(task_model, task_info.per_residue)
         check_suffix(out, PREDICT_RESIDUE if task_info.per_residue else PREDICT_PROTEIN, f"predict for {task_info.task}")
         threshold = cfg.threshold if cfg.threshold is not None else task_info.threshold
         info = {"task": task_info.task, "classes": task_info.classes, "per_residue": task_info.per_residue,
-                "threshold": threshold, "finetune": {"provenance": task_info.provenance,
+                "threshold": threshold, "finetune": {"source_model": task_info.source_model,
+                                                     "provenance": task_info.provenance,
                                                      "mlflow_run_id": task_info.mlflow_run_id}}
         window, stride = cfg.window or task_info.window, cfg.stride or task_info.stride
         finetune_run = task_info.mlflow_run_id

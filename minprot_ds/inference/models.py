@@ -3,11 +3,8 @@ class probabilities; plus device and precision choice and the model's fingerprin
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -110,58 +107,26 @@ class EmbedScorer(Scorer):
         return [states[j, 1:n + 1] for j, n in enumerate(lengths)]
 
 
-@dataclass
-class TaskInfo:
-    """What `predict` needs to know of a fine-tuned model (its minprot_task.json, or the config it was saved with)."""
-
-    task: str
-    classes: list[str]
-    per_residue: bool
-    threshold: float | None = 0.5
-    window: int = 512
-    stride: int = 256
-    provenance: dict[str, Any] = field(default_factory=dict)
-    mlflow_run_id: str | None = None
-
-
 class TaskScorer(Scorer):
-    """Class probabilities of a fine-tuned model: [C] per window ([CLS] head) or [n, C] per residue."""
+    """Class probabilities of a fine-tuned model (heads.TaskModel): [C] per window, or [n, C] per residue."""
 
-    def __init__(self, model: torch.nn.Module, info: TaskInfo):
-        self.model, self.info = model, info
-        self.per_residue = info.per_residue
+    def __init__(self, model: torch.nn.Module, per_residue: bool):
+        self.model = model
+        self.per_residue = per_residue
 
     def run(self, input_ids, attention_mask, lengths):
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        logits = getattr(logits, "logits", logits)
-        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        probs = torch.softmax(self.model(input_ids, attention_mask).float(), dim=-1).cpu().numpy()
         if self.per_residue:
             return [probs[j, 1:n + 1] for j, n in enumerate(lengths)]
         return [probs[j] for j in range(len(lengths))]
 
 
-def load_task(folder: Path, dtype: torch.dtype, device: torch.device) -> tuple[torch.nn.Module, TaskInfo]:
-    """A fine-tune's model/ folder as (module, info); the one place that knows the folder's format."""
-    from transformers import AutoConfig, BertForSequenceClassification, BertForTokenClassification
+def load_task(folder: Path, dtype: torch.dtype, device: torch.device):
+    """A fine-tune's model/ folder (`finetune.heads`' format) as (TaskModel in eval mode, its TaskModelInfo)."""
+    from minprot_ds.finetune.heads import load_task_model
 
-    from minprot_ds.finetune.tasks import TASKS
-
-    folder = check_model_folder(folder)
-    config = AutoConfig.from_pretrained(str(folder))
-    task = getattr(config, "minprot_task", None)
-    if task not in TASKS:
-        raise UserError(f"--model {folder} is not a fine-tuned minprot model (its config.json names no task); pass the "
-                        "model/ folder a `minprot finetune` run wrote, or use `minprot embed` for a plain encoder")
-    spec = TASKS[task]
-    cls = BertForTokenClassification if spec.per_residue else BertForSequenceClassification
-    model = cls.from_pretrained(str(folder), attn_implementation="sdpa", dtype=dtype).eval().to(device)
-    meta_path = folder / "minprot_task.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    info = TaskInfo(task=task, classes=list(spec.classes), per_residue=spec.per_residue,
-                    threshold=meta.get("threshold", None if spec.per_residue else 0.5),
-                    window=meta.get("window", 512), stride=meta.get("stride", 256),
-                    provenance=meta.get("provenance", {}), mlflow_run_id=meta.get("mlflow_run_id"))
-    return model, info
+    model = load_task_model(check_model_folder(folder))
+    return model.to(device=device, dtype=dtype), model.info
 
 
 def dtype_of(precision: str) -> torch.dtype:

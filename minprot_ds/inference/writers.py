@@ -45,6 +45,13 @@ def h5_name(rid: str) -> str:
     return rid.replace("%", "%25").replace("/", "%2F") or "%"
 
 
+def label_of(probs: np.ndarray, classes: list[str], threshold: float | None) -> str:
+    """The positive class when P(class 1) > threshold (as `finetune` decides), else argmax without a threshold."""
+    if threshold is None:
+        return classes[int(np.argmax(probs))]
+    return classes[1] if float(probs[1]) > threshold else classes[0]
+
+
 class Writer:
     def __init__(self, path: Path, meta: dict[str, Any]):
         self.path, self.meta = Path(path), meta
@@ -64,9 +71,8 @@ class ProteinTsv(Writer):
         self.fh.write("id\tdescription\tlength\tprobability\tlabel\twindows\n")
 
     def add(self, row):
-        p = float(row.value[1])
-        label = self.classes[1] if p >= self.threshold else self.classes[0]
-        self.fh.write(f"{row.id}\t{row.description}\t{len(row.sequence)}\t{p:.6g}\t{label}\t{row.windows}\n")
+        label = label_of(row.value, self.classes, self.threshold)
+        self.fh.write(f"{row.id}\t{row.description}\t{len(row.sequence)}\t{float(row.value[1]):.6g}\t{label}\t{row.windows}\n")
 
     def close(self):
         self.fh.close()
@@ -120,9 +126,9 @@ class ProteinParquet(ArrowWriter):
                          metadata={"minprot": json.dumps(self.meta)})
 
     def add(self, row):
-        p = float(row.value[1])
-        self.add_dict({"id": row.id, "description": row.description, "length": len(row.sequence), "probability": p,
-                       "label": self.classes[1] if p >= self.threshold else self.classes[0], "windows": row.windows})
+        self.add_dict({"id": row.id, "description": row.description, "length": len(row.sequence),
+                       "probability": float(row.value[1]), "label": label_of(row.value, self.classes, self.threshold),
+                       "windows": row.windows})
 
 
 class ResidueParquet(ArrowWriter):

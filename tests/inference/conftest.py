@@ -38,17 +38,17 @@ def encoder_dir(tmp_path_factory) -> Path:
     return save_random_protbert(tmp_path_factory.mktemp("encoder") / "model", seed=0, **TINY)
 
 
-def save_task_model(encoder: Path, task: str, folder: Path, seed: int = 0) -> Path:
-    """A fine-tuned model folder as `minprot finetune` saves it (random head, so the test needs no training)."""
-    from minprot_ds.finetune.tasks import load_model, task_spec
-    from minprot_ds.vocab import write_tokenizer_files
+def save_task_model(encoder: Path, task: str, folder: Path, seed: int = 0, pooling: str = "cls") -> Path:
+    """A fine-tuned model folder as `minprot finetune` saves it (untrained head, so the test needs no training)."""
+    from minprot_ds.finetune.heads import build_task_model, save_task_model as save
+    from minprot_ds.finetune.tasks import task_spec
 
-    torch.manual_seed(seed)
-    model = load_model(str(encoder), task_spec(task))
+    spec = task_spec(task)
+    model = build_task_model(str(encoder), task=task, classes=spec.classes, per_residue=spec.per_residue, seed=seed,
+                             pooling=pooling)
     with torch.no_grad():  # a head with some spread, so probabilities differ visibly between proteins
-        model.classifier.weight.mul_(8.0)
-    model.save_pretrained(folder, safe_serialization=True)
-    write_tokenizer_files(folder)
+        model.head.weight.mul_(100.0)
+    save(model, folder, rank=0)
     return folder
 
 

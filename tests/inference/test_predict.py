@@ -81,15 +81,13 @@ def test_the_token_budget_does_not_change_the_probabilities(dna_model, proteome,
 
 def _direct(model_dir: Path, seq: str, per_residue: bool) -> np.ndarray:
     """The model's own single forward pass on [CLS] seq [SEP], no batching, no windows."""
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
-
+    from minprot_ds.finetune.heads import load_task_model
     from minprot_ds.vocab import CLS_ID, SEP_ID, encode
 
-    cls = AutoModelForTokenClassification if per_residue else AutoModelForSequenceClassification
-    model = cls.from_pretrained(str(model_dir)).eval()
+    model = load_task_model(model_dir)
     ids = torch.tensor([[CLS_ID, *encode(seq).tolist(), SEP_ID]])
     with torch.no_grad():
-        probs = torch.softmax(model(input_ids=ids).logits, -1)[0].numpy()
+        probs = torch.softmax(model(ids, torch.ones_like(ids)), -1)[0].numpy()
     return probs[1:-1] if per_residue else probs
 
 
@@ -198,7 +196,7 @@ def test_cli_errors_are_one_line(encoder_dir, dna_model, proteome, tmp_path, cap
 
     assert "writes .h5, .npz, .parquet" in cli("embed", "--model", str(encoder_dir), "--fasta", str(proteome),
                                                "--out", str(tmp_path / "x.csv"))
-    assert "not a fine-tuned minprot model" in cli("predict", "--model", str(encoder_dir), "--fasta", str(proteome),
+    assert "has no minprot_task.json" in cli("predict", "--model", str(encoder_dir), "--fasta", str(proteome),
                                                    "--out", str(tmp_path / "x.tsv"))
     assert "--max-tokens 100 cannot hold" in cli("predict", "--model", str(dna_model), "--fasta", str(proteome),
                                                  "--out", str(tmp_path / "x.tsv"), "--max-tokens", "100")
