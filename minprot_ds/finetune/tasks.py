@@ -5,7 +5,7 @@ behind [CLS], and [CLS], [SEP] and padding carry -100 so the loss and the metric
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,18 +64,20 @@ class Encoded:
         return np.array([len(t) for t in self.tokens], dtype=np.int64)
 
 
-def encode_split(data, spec: TaskSpec, limit: int | None = None) -> Encoded:
-    """Token ids via ProtBert's byte table (same ids as its tokenizer on space-joined residues)."""
+def encode_split(data, spec: TaskSpec, limit: int | None = None, max_residues: int | None = MAX_RESIDUES) -> Encoded:
+    """Token ids via ProtBert's byte table (same ids as its tokenizer on space-joined residues); sequences cut
+    to `max_residues` (training), or whole (None: evaluation, where long proteins are scored by windows)."""
     if limit is not None:
         data = data.select(range(min(limit, data.num_rows)))
     ids, sequences, labels = data["id"], data["sequence"], data[spec.label_column]
     tokens, out_labels, truncated = [], [], 0
     for seq, label in zip(sequences, labels):
-        tok = encode(seq[:MAX_RESIDUES]).astype(np.int64)
+        cut = len(seq) if max_residues is None else max_residues
+        tok = encode(seq[:cut]).astype(np.int64)
         tok[tok == INVALID] = UNK_ID
-        truncated += len(seq) > MAX_RESIDUES
+        truncated += len(seq) > cut
         tokens.append(tok)
-        out_labels.append(np.asarray(label[:MAX_RESIDUES], dtype=np.int64) if spec.per_residue else int(label))
+        out_labels.append(np.asarray(label[:cut], dtype=np.int64) if spec.per_residue else int(label))
     return Encoded(list(ids), list(sequences), tokens, out_labels, truncated)
 
 
@@ -112,10 +114,3 @@ def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, p
         batches.extend(chunk[i:i + batch_size].tolist() for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
-
-
-def eval_batches(lengths: np.ndarray, batch_size: int) -> Iterator[list[int]]:
-    """Batches in length order (least padding); callers put results back by row index."""
-    order = np.argsort(lengths, kind="stable")
-    for start in range(0, len(order), batch_size):
-        yield order[start:start + batch_size].tolist()

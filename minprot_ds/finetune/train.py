@@ -28,10 +28,10 @@ from minprot_ds.finetune.inputs import load_inputs
 from minprot_ds.finetune.options import DEFAULT_EXPERIMENT, FinetuneConfig
 from minprot_ds.finetune.metrics import Predictions, compute_metrics, flat_metrics, json_safe, read_predictions, write_predictions
 from minprot_ds.finetune.heads import build_task_model, save_task_model, task_loss
-from minprot_ds.finetune.tasks import Encoded, TaskSpec, collate, encode_split, eval_batches, task_spec, train_batches
+from minprot_ds.finetune.tasks import Encoded, TaskSpec, collate, encode_split, task_spec, train_batches
 from minprot_ds.optim import build_optimizer, warmup_linear_schedule
 from minprot_ds.tracking import Tracker, environment_params
-from minprot_ds.vocab import write_tokenizer_files
+from minprot_ds.vocab import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -107,32 +107,41 @@ class DeepSpeedStepper:
 # --- prediction -----------------------------------------------------------------------------------------
 
 def predict(module: torch.nn.Module, enc: Encoded, spec: TaskSpec, batch_size: int, device: torch.device) -> tuple[Predictions, float]:
-    """Class probabilities for every row (every residue for Q3) and the mean loss; the module is left in eval mode."""
+    """Class probabilities for every row (every residue for Q3) and the mean loss; the module is left in eval mode.
+
+    The forward is `minprot predict`'s (inference.forward.score, one code path): token-budgeted batches of
+    `batch_size` windows of the model's window, and proteins longer than the window scored by overlapping
+    windows stitched by minprot_ds.windows, never truncated. Every rank runs the same batches (ZeRO-3's
+    gathers stay in step).
+    """
+    from minprot_ds.inference.forward import WindowSettings, score
+    from minprot_ds.inference.models import TaskScorer
+
     module.eval()
-    probs: list[np.ndarray | None] = [None] * len(enc)
-    loss_sum, loss_rows = 0.0, 0
+    settings = WindowSettings(module.info.window, module.info.stride)
     with torch.no_grad():  # not inference_mode: ZeRO-3 gathers parameters in its forward hooks
-        for rows in eval_batches(enc.lengths, batch_size):
-            batch = {k: v.to(device) for k, v in collate(enc, rows, spec).items()}
-            logits = module(batch["input_ids"], batch["attention_mask"])
-            batch_loss = float(task_loss(logits, batch["labels"]))
-            if not math.isnan(batch_loss):  # NaN when a Q3 batch has no labelled residue
-                loss_sum, loss_rows = loss_sum + batch_loss * len(rows), loss_rows + len(rows)
-            p = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-            for r, i in enumerate(rows):
-                probs[i] = p[r, 1:len(enc.tokens[i]) + 1] if spec.per_residue else p[r]
-    loss = loss_sum / loss_rows if loss_rows else math.nan
+        scored = score(TaskScorer(module, spec.per_residue), dict(enumerate(enc.sequences)), settings,
+                       batch_size * (settings.window + 2), device)
+    if scored.failures:
+        i, why = next(iter(scored.failures.items()))
+        raise UserError(f"test/valid row {enc.ids[i]} could not be scored ({why}); use a smaller --batch-size")
+    probs = [scored.outputs[i].astype(np.float64) for i in range(len(enc))]
     if not spec.per_residue:
-        stacked = np.stack(probs).astype(np.float64) if probs else np.zeros((0, spec.num_labels))
-        return Predictions(enc.ids, np.asarray(enc.labels, dtype=np.int64), stacked, stacked.argmax(axis=1)), loss
+        stacked = np.stack(probs) if probs else np.zeros((0, spec.num_labels))
+        labels = np.asarray(enc.labels, dtype=np.int64)
+        loss = float(-np.log(np.clip(stacked[np.arange(len(labels)), labels], 1e-12, None)).mean()) if len(labels) else math.nan
+        return Predictions(enc.ids, labels, stacked, stacked.argmax(axis=1)), loss
     ids, positions, residues = [], [], []
     for i, rid in enumerate(enc.ids):
         n = len(enc.tokens[i])
         ids.extend([rid] * n)
         positions.extend(range(1, n + 1))
         residues.extend(enc.sequences[i][:n])
-    stacked = np.concatenate(probs).astype(np.float64) if probs else np.zeros((0, spec.num_labels))
+    stacked = np.concatenate(probs) if probs else np.zeros((0, spec.num_labels))
     labels = np.concatenate(enc.labels) if enc.labels else np.zeros(0, dtype=np.int64)
+    scored_rows = labels != IGNORE_INDEX  # masked residues (NetSurfP's unresolved ones) carry -100
+    loss = (float(-np.log(np.clip(stacked[scored_rows, labels[scored_rows]], 1e-12, None)).mean())
+            if scored_rows.any() else math.nan)
     return Predictions(ids, labels, stacked, stacked.argmax(axis=1), np.asarray(positions), residues), loss
 
 
@@ -149,8 +158,9 @@ def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> Fi
     inputs = load_inputs(cfg.task, Path(cfg.train), Path(cfg.test), None if cfg.valid is None else Path(cfg.valid),
                          dataset_name=cfg.dataset_name, strict=cfg.strict)
     train = encode_split(inputs.train, spec, cfg.max_train_samples)
-    valid = encode_split(inputs.valid, spec, cfg.max_eval_samples) if inputs.valid is not None else None
-    test = encode_split(inputs.test, spec, cfg.max_eval_samples)
+    # Evaluation sets keep whole proteins: predict() scores the long ones by overlapping windows.
+    valid = encode_split(inputs.valid, spec, cfg.max_eval_samples, max_residues=None) if inputs.valid is not None else None
+    test = encode_split(inputs.test, spec, cfg.max_eval_samples, max_residues=None)
 
     torch.manual_seed(cfg.seed)  # dropout; the head's initial weights come from the seed alone (heads.init_head)
     model = build_task_model(cfg.model, task=spec.name, classes=spec.classes, per_residue=spec.per_residue,
