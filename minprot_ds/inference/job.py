@@ -158,6 +158,7 @@ def run(cfg: JobConfig, *, echo: Callable[[str], None] | None = None) -> JobResu
     }
     parts = Parts(parts_dir(out))
     done_before = parts.open(manifest)
+    _barrier()  # every rank has counted what earlier runs left before any rank adds to it
     mine = [k for k in range(chunks) if k % slots == slot and not parts.has(k)]
     if rank == 0:
         dup = int((index.status == records.DUPLICATE).sum())
