@@ -1,0 +1,154 @@
+"""Inference throughput: `minprot embed` / `minprot predict` against a naive loop, teacher and student.
+
+The naive loop is what the ProtTrans example notebooks do: Bio.SeqIO, batches of 8 in file order, the
+tokenizer on space-separated residues padded to the batch's longest, plain transformers under no_grad, a
+mean over each protein's residues (embed) or the head's softmax (predict). minprot's path is the real
+command (`inference.job.run`: FASTA stream, length-sorted token-budget batches, inference mode, SDPA,
+chunks and manifest, output file) timed end to end. Both run on the same UniRef50-like lengths (20-512
+residues, the corpus' range, so the naive loop's 512 cut changes nothing) in the same process; each
+setting's figure is the median of --repeats timed runs after one warm-up, and "max |diff|" is the largest
+difference between the two paths' outputs. Prints a table and writes JSON.
+
+    .venv/bin/python benchmarks/inference.py --preset cpu-small --proteins 256 --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import make_console, print_table, time_repeats, write_json  # noqa: E402
+
+RESIDUES = list("LAGVESIKRDTPNQFYMHCW")
+
+
+def make_inputs(folder: Path, preset: str, proteins: int, seed: int) -> dict[str, Path]:
+    """Random teacher and student encoders in the preset's shape, a dna-binding head on each, a FASTA."""
+    from minprot_ds.bench.throughput import random_models, sample_lengths
+    from minprot_ds.finetune.heads import build_task_model, save_task_model
+    from minprot_ds.finetune.tasks import task_spec
+    from minprot_ds.models import MODEL_PRESETS, save_random_protbert
+
+    teacher, student_layers = random_models(folder, preset, seed)
+    p = MODEL_PRESETS[preset]
+    student = save_random_protbert(folder / "student", num_layers=student_layers, hidden_size=p.hidden_size,
+                                   num_heads=p.num_heads, intermediate_size=p.intermediate_size, seed=seed + 1)
+    spec = task_spec("dna-binding")
+    out = {"teacher": teacher, "student": student}
+    for role, enc in (("teacher", teacher), ("student", student)):
+        model = build_task_model(str(enc), task=spec.name, classes=spec.classes, per_residue=False, seed=seed)
+        out[f"{role}-task"] = save_task_model(model, folder / f"{role}-task", rank=0)
+    lengths, source = sample_lengths(proteins, seed)
+    rng = np.random.default_rng(seed)
+    fasta = folder / "proteins.fasta"
+    fasta.write_text("".join(f">p{i}\n{''.join(rng.choice(RESIDUES, n))}\n" for i, n in enumerate(lengths)))
+    out["fasta"] = fasta
+    out["lengths_source"] = source  # type: ignore[assignment]
+    return out
+
+
+def naive(model_dir: Path, fasta: Path, mode: str) -> np.ndarray:
+    """The notebook loop; returns [N, H] mean embeddings or [N] positive-class probabilities."""
+    from Bio import SeqIO
+    from transformers import AutoModel, BertTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from minprot_ds.finetune.heads import load_task_model
+
+    hf_logging.set_verbosity_error()  # the MLM head's unused weights are expected
+    tokenizer = BertTokenizer.from_pretrained(str(model_dir), do_lower_case=False)
+    model = (load_task_model(model_dir) if mode == "predict" else AutoModel.from_pretrained(str(model_dir))).eval()
+    seqs = [str(r.seq) for r in SeqIO.parse(str(fasta), "fasta")]
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(seqs), 8):
+            batch = seqs[start:start + 8]
+            enc = tokenizer([" ".join(s) for s in batch], padding=True, truncation=True, max_length=514,
+                            return_tensors="pt")
+            if mode == "predict":
+                out.extend(torch.softmax(model(enc["input_ids"], enc["attention_mask"]), -1)[:, 1].tolist())
+                continue
+            hidden = model(**enc).last_hidden_state
+            for j, s in enumerate(batch):
+                out.append(hidden[j, 1:len(s) + 1].mean(0).numpy())
+    return np.asarray(out)
+
+
+def minprot(model_dir: Path, fasta: Path, mode: str, out: Path, max_tokens: int) -> None:
+    from minprot_ds.inference.job import JobConfig, run
+
+    run(JobConfig(mode, model_dir, fasta, out, max_tokens=max_tokens, progress=False))
+
+
+def read_minprot(out: Path, mode: str) -> np.ndarray:
+    if mode == "predict":
+        lines = out.read_text().splitlines()[1:]
+        return np.asarray([float(line.split("\t")[3]) for line in lines])
+    import h5py
+
+    with h5py.File(out) as f:
+        return np.stack([ds[()] for ds in f.values()])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", default="cpu-small", help="model shapes (minprot_ds.models.MODEL_PRESETS); random weights")
+    p.add_argument("--proteins", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--max-tokens", type=int, default=8192)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=Path("benchmarks/results/inference.json"))
+    args = p.parse_args(argv)
+
+    console = make_console()
+    work = Path(tempfile.mkdtemp(prefix="minprot-inference-bench-"))
+    try:
+        inputs = make_inputs(work, args.preset, args.proteins, args.seed)
+        fasta = inputs["fasta"]
+        residues = sum(len(line) for line in fasta.read_text().splitlines() if not line.startswith(">"))
+        results = []
+        for mode in ("embed", "predict"):
+            for role in ("teacher", "student"):
+                model_dir = inputs[role] if mode == "embed" else inputs[f"{role}-task"]
+                out = work / f"{mode}-{role}" / ("out.h5" if mode == "embed" else "out.tsv")
+
+                def clean() -> None:
+                    shutil.rmtree(out.parent, ignore_errors=True)
+
+                t_naive = time_repeats(lambda: naive(model_dir, fasta, mode), args.repeats)
+                t_ours = time_repeats(lambda: minprot(model_dir, fasta, mode, out, args.max_tokens), args.repeats,
+                                      setup=clean)
+                diff = float(np.abs(read_minprot(out, mode) - naive(model_dir, fasta, mode)).max())
+                results.append({"mode": mode, "model": role, "naive": t_naive.as_dict(), "minprot": t_ours.as_dict(),
+                                "naive_residues_per_s": residues / t_naive.wall_median,
+                                "minprot_residues_per_s": residues / t_ours.wall_median,
+                                "speedup": t_naive.wall_median / t_ours.wall_median, "max_abs_diff": diff})
+        by = {(r["mode"], r["model"]): r for r in results}
+        for r in results:
+            r["student_over_teacher"] = (by[(r["mode"], "student")]["minprot_residues_per_s"]
+                                         / by[(r["mode"], "teacher")]["minprot_residues_per_s"])
+        rows = [[f"{r['mode']} {r['model']}", f"{r['naive_residues_per_s']:,.0f}", f"{r['minprot_residues_per_s']:,.0f}",
+                 f"{r['minprot_residues_per_s'] / residues * args.proteins:,.1f}", f"{r['speedup']:.2f}x",
+                 f"{r['student_over_teacher']:.2f}x" if r["model"] == "student" else None, f"{r['max_abs_diff']:.1e}"]
+                for r in results]
+        print_table(f"inference, {args.preset}, {args.proteins} proteins ({residues:,} residues), median of "
+                    f"{args.repeats}", ["setting", "naive res/s", "minprot res/s", "minprot prot/s", "vs naive",
+                                        "student/teacher", "max |diff|"], rows, console)
+        path = write_json(args.json, "inference", {
+            "args": {k: str(v) for k, v in vars(args).items()}, "residues": residues,
+            "lengths": inputs["lengths_source"], "results": results})
+        console.print(f"JSON: {path}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
