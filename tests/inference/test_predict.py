@@ -200,3 +200,48 @@ def test_cli_errors_are_one_line(encoder_dir, dna_model, proteome, tmp_path, cap
                                                    "--out", str(tmp_path / "x.tsv"))
     assert "--max-tokens 100 cannot hold" in cli("predict", "--model", str(dna_model), "--fasta", str(proteome),
                                                  "--out", str(tmp_path / "x.tsv"), "--max-tokens", "100")
+
+
+def test_out_of_memory_halves_the_batch_and_a_lone_window_that_fails_is_a_failure(dna_model, random_sequences):
+    """CPUs have no device memory to exhaust: a scorer that raises torch's OOM error above a batch size stands in."""
+    from minprot_ds.inference.forward import WindowSettings, score
+    from minprot_ds.inference.models import TaskScorer, load_task
+
+    model, info = load_task(dna_model, torch.float32, torch.device("cpu"))
+    real = TaskScorer(model, False)
+
+    class Tight(TaskScorer):
+        def run(self, input_ids, attention_mask, lengths):
+            if len(lengths) > 2 or max(lengths) > 300:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return real.run(input_ids, attention_mask, lengths)
+
+    proteins = dict(enumerate(random_sequences(9, 30, 120, seed=7) + ["M" * 400]))
+    settings = WindowSettings(512, 256)
+    with torch.inference_mode():
+        free = score(real, proteins, settings, 16384, torch.device("cpu"))
+        tight = score(Tight(model, False), proteins, settings, 16384, torch.device("cpu"))
+    assert set(tight.outputs) == set(range(9)) and "out of memory" in tight.failures[9]
+    for k in range(9):
+        np.testing.assert_allclose(tight.outputs[k], free.outputs[k], atol=1e-6)
+
+
+def test_mlflow_run_is_tagged_and_linked_to_the_finetune_run(dna_model, proteome, tmp_path):
+    import shutil
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    ft_run = client.create_run(client.create_experiment("ft", artifact_location=(tmp_path / "a").as_uri())).info.run_id
+    model = shutil.copytree(dna_model, tmp_path / "model")
+    meta = json.loads((model / "minprot_task.json").read_text())
+    (model / "minprot_task.json").write_text(json.dumps(meta | {"mlflow_run_id": ft_run}))
+    predict(model, proteome, tmp_path / "p.parquet", mlflow=True, tracking_uri=uri, experiment="pred")
+    runs = client.search_runs([client.get_experiment_by_name("pred").experiment_id])
+    assert len(runs) == 1
+    run_ = runs[0]
+    assert run_.data.tags["minprot.job"] == "predict" and run_.data.tags["minprot.task"] == "dna-binding"
+    assert run_.data.tags["minprot.finetune_run_id"] == ft_run and run_.data.tags["mlflow.parentRunId"] == ft_run
+    assert run_.data.metrics["failures"] == 2 and run_.data.metrics["perf/residues_per_s"] > 0
+    assert json.loads(pq.read_schema(tmp_path / "p.parquet").metadata[b"minprot"])["info"]["finetune"]["mlflow_run_id"] == ft_run
