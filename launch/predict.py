@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     args = [a for a in args if not a.startswith(("--local_rank", "--local-rank"))]
     if not args or args[0] not in ("predict", "embed", "--help", "-h"):
         args.insert(0, "predict")
-    run_cli(app, args + ["--no-progress"] if "--progress" not in args else args)
+    run_cli(app, args)
 
 
 if __name__ == "__main__":
