@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     # The launcher's --local_rank: the rank's device comes from LOCAL_RANK in the environment instead.
     args = [a for a in args if not a.startswith(("--local_rank", "--local-rank"))]
-    if not args or args[0] not in ("predict", "embed", "--help", "-h"):
+    if not args or args[0] not in ("predict", "embed"):
         args.insert(0, "predict")
     run_cli(app, args)
 

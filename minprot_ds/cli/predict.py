@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from minprot_ds.cli.common import console
-from minprot_ds.inference.job import DEFAULT_CHUNK, DEFAULT_MAX_TOKENS
+from minprot_ds.inference.job import DEFAULT_CHUNK, DEFAULT_CHUNK_PER_RESIDUE, DEFAULT_MAX_TOKENS
 
 _MAX_TOKENS = typer.Option(DEFAULT_MAX_TOKENS, help="padded tokens per batch (rows x (longest + 2)); results do not depend on it")
 _WINDOW = typer.Option(None, help="residues per window for long proteins (default: the fine-tuned model's, else 512)")
@@ -18,7 +18,8 @@ _LONG = typer.Option("window", help="proteins longer than --window: window (over
                      "truncate (first --window residues; counted) | skip (listed as failures)")
 _PRECISION = typer.Option("auto", help="auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU) | fp32 | fp16 | bf16")
 _DEDUPE = typer.Option(False, help="rename repeated ids id_2, id_3, ... instead of refusing the file")
-_CHUNK = typer.Option(DEFAULT_CHUNK, help="input records per resumable chunk of OUT.parts/")
+_CHUNK = typer.Option(None, help=f"input records per resumable chunk of OUT.parts/ (default {DEFAULT_CHUNK}; "
+                      f"{DEFAULT_CHUNK_PER_RESIDUE} for per-residue outputs)")
 _SHARD = typer.Option(None, help="i/N: compute only this machine's share; then `minprot merge` the parts folders")
 _MLFLOW = typer.Option(False, help="log the run to MLflow (tagged with the fine-tune run that made the model)")
 _URI = typer.Option(None, help="MLflow store (default: SQLite beside --out)")
@@ -31,7 +32,7 @@ def predict(
     out: Path = typer.Option(..., help="dna-binding/membrane: .tsv or .parquet; q3: .parquet, .ss3 or .tsv (per residue)"),
     threshold: Optional[float] = typer.Option(None, help="probability for the positive label (default: the model's)"),
     max_tokens: int = _MAX_TOKENS, window: Optional[int] = _WINDOW, stride: Optional[int] = _STRIDE, long: str = _LONG,
-    precision: str = _PRECISION, dedupe_ids: bool = _DEDUPE, chunk_records: int = _CHUNK, shard: Optional[str] = _SHARD,
+    precision: str = _PRECISION, dedupe_ids: bool = _DEDUPE, chunk_records: Optional[int] = _CHUNK, shard: Optional[str] = _SHARD,
     mlflow: bool = _MLFLOW, tracking_uri: Optional[str] = _URI, progress: bool = _PROGRESS,
 ) -> None:
     """Score every protein of a FASTA with a fine-tuned model: one row per record, in input order.
@@ -55,7 +56,7 @@ def embed(
     layers: str = typer.Option("-1", help="comma-separated hidden states (0 = embeddings, -1 = last), concatenated"),
     half: bool = typer.Option(False, "--half", help="store fp16"),
     max_tokens: int = _MAX_TOKENS, window: Optional[int] = _WINDOW, stride: Optional[int] = _STRIDE, long: str = _LONG,
-    precision: str = _PRECISION, dedupe_ids: bool = _DEDUPE, chunk_records: int = _CHUNK, shard: Optional[str] = _SHARD,
+    precision: str = _PRECISION, dedupe_ids: bool = _DEDUPE, chunk_records: Optional[int] = _CHUNK, shard: Optional[str] = _SHARD,
     mlflow: bool = _MLFLOW, tracking_uri: Optional[str] = _URI, progress: bool = _PROGRESS,
 ) -> None:
     """Embed every protein of a FASTA with an encoder's hidden states, in input order."""

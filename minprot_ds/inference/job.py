@@ -12,7 +12,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 8192
 DEFAULT_CHUNK = 1000
+DEFAULT_CHUNK_PER_RESIDUE = 100  # L x H matrices: a chunk of 1000 ProtBert proteins would hold ~1.6 GB
 
 
 @dataclass
@@ -50,7 +51,7 @@ class JobConfig:
     per_residue: bool = False
     half: bool = False
     dedupe_ids: bool = False
-    chunk_records: int = DEFAULT_CHUNK
+    chunk_records: int | None = None  # default DEFAULT_CHUNK, DEFAULT_CHUNK_PER_RESIDUE for per-residue outputs
     shard: str | None = None  # "i/N"
     mlflow: bool = False
     tracking_uri: str | None = None
@@ -105,7 +106,7 @@ def run(cfg: JobConfig, *, echo: Callable[[str], None] | None = None) -> JobResu
     say = echo or log.info
     if cfg.command not in ("predict", "embed"):
         raise ValueError(cfg.command)
-    if cfg.max_tokens < 1 or cfg.chunk_records < 1:
+    if cfg.max_tokens < 1 or (cfg.chunk_records is not None and cfg.chunk_records < 1):
         raise UserError("--max-tokens and --chunk-records must be at least 1")
     shard_i, shards = parse_shard(cfg.shard)
     out = Path(cfg.out)
@@ -143,6 +144,8 @@ def run(cfg: JobConfig, *, echo: Callable[[str], None] | None = None) -> JobResu
         finetune_run = task_info.mlflow_run_id
     settings = forward.WindowSettings(window, stride, cfg.long)
     settings.check(cfg.max_tokens)
+    if cfg.chunk_records is None:
+        cfg = replace(cfg, chunk_records=DEFAULT_CHUNK_PER_RESIDUE if info["per_residue"] else DEFAULT_CHUNK)
 
     index = records.index_input(fasta, cfg.dedupe_ids)
     chunks = max(1, -(-index.records // cfg.chunk_records))
