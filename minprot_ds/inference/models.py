@@ -65,16 +65,20 @@ def load_encoder(folder: Path, dtype: torch.dtype, device: torch.device) -> torc
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
+    from minprot_ds.models import load_pretrained
+
     folder = check_model_folder(folder)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # MLM / classification heads in the folder are unused here, as expected
     try:
-        model = AutoModel.from_pretrained(str(folder), attn_implementation="sdpa", dtype=dtype, add_pooling_layer=False)
-    except (OSError, ValueError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot load --model {folder} as a BERT encoder ({first})") from err
+        model, loading = load_pretrained(AutoModel, str(folder), "--model", attn_implementation="sdpa", dtype=dtype,
+                                         add_pooling_layer=False)
     finally:
         hf_logging.set_verbosity(verbosity)
+    missing = sorted(loading.get("missing_keys", []))
+    if missing:
+        raise UserError(f"--model {folder} lacks encoder weights ({', '.join(missing[:3])}"
+                        f"{' …' if len(missing) > 3 else ''}); it must be a BERT checkpoint in ProtBert's layout")
     return model.eval().to(device)
 
 
