@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from minprot_ds.bench.flops import distill_step_flops
+from minprot_ds.flops import distill_step_flops
 from minprot_ds.losses import distill_loss, resolve_impl
 from minprot_ds.models import forward_for_loss
 from minprot_ds.vocab import CLS_ID, MASK_ID, SEP_ID, STANDARD_RESIDUE_IDS
@@ -52,7 +52,7 @@ class StepStats:
     residues: int
     tokens: int  # padded tokens the hardware processed
     masked: int
-    flops: float  # useful FLOPs (real tokens), see minprot_ds.bench.flops
+    flops: float  # useful FLOPs (real tokens), see minprot_ds.flops
     samples: list[int]  # global row ids this rank consumed in the step
 
 

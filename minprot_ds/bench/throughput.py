@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from minprot_ds.bench.flops import distill_step_flops, mfu, peak_tflops
+from minprot_ds.flops import distill_step_flops, mfu, peak_tflops
 from minprot_ds.config import COMPILE_MODES
 from minprot_ds.errors import UserError
 
@@ -238,7 +238,7 @@ def _peak_memory(device: torch.device) -> tuple[float, str]:
 
 
 def micro_batch_flops(shape: dict[str, int], batch: dict[str, Any]) -> tuple[float, float]:
-    """(useful, executed) FLOPs of one micro-batch, counted with the documented model in bench.flops."""
+    """(useful, executed) FLOPs of one micro-batch, counted with the documented model in minprot_ds.flops."""
     att = batch["attention_mask"]
     rows, padded = att.shape
     masked = int((batch["labels"] != -100).sum())

@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from minprot_ds.bench import throughput as tp
-from minprot_ds.bench.flops import distill_step_flops
+from minprot_ds.flops import distill_step_flops
 from minprot_ds.cli import app
 from minprot_ds.errors import UserError
 
