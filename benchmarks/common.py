@@ -83,8 +83,8 @@ def machine_info() -> dict[str, Any]:
 
 def make_console() -> Console:
     """A console at least 120 columns wide, so tables stay on one line each in logs and pipes too."""
-    probe = Console()
-    return Console(width=max(probe.width, 120)) if not probe.is_terminal else probe
+    probe = Console(soft_wrap=True)  # soft_wrap: paths and commands printed stay on one line
+    return Console(width=max(probe.width, 120), soft_wrap=True) if not probe.is_terminal else probe
 
 
 def print_table(

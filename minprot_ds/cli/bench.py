@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from minprot_ds.cli.common import make_console
 from minprot_ds.errors import UserError
 
 bench_app = typer.Typer(help="Hardware throughput benchmarks of the distillation.", no_args_is_help=True)
@@ -98,7 +98,7 @@ def throughput(
             raise UserError(f"--deepspeed-config {deepspeed_config} does not exist; presets are in ds_configs/.")
         base = json.loads(deepspeed_config.read_text())
     projection = {"epochs": project_epochs, "sequences": sequences, "gpus": gpus} if project_epochs else None
-    stdout = Console(width=max(Console().width, 190))
+    stdout = make_console(width=max(make_console().width, 190))
     report = tp.benchmark(
         settings, preset=preset, teacher=teacher, corpus=str(corpus) if corpus else None,
         synthetic_sequences=synthetic_sequences, lengths_file=lengths, work_dir=work_dir, ds_base=base,
