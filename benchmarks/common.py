@@ -19,6 +19,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+# UniRef50-like lengths (4,173 real lengths within 20-512 aa) for synthetic corpora, when ../shared is there.
+SHARED_LENGTHS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lengths" / "uniref50_like_lengths.txt"
+
 
 @dataclasses.dataclass
 class Timing:
