@@ -24,14 +24,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import make_console, print_table, time_repeats, write_json  # noqa: E402
+from common import SHARED_LENGTHS, make_console, print_table, time_repeats, write_json  # noqa: E402
 
 RESIDUES = list("LAGVESIKRDTPNQFYMHCW")
 
 
 def make_inputs(folder: Path, preset: str, proteins: int, seed: int) -> dict[str, Path]:
     """Random teacher and student encoders in the preset's shape, a dna-binding head on each, a FASTA."""
-    from minprot_ds.bench.throughput import random_models, sample_lengths
+    from minprot_ds.bench.throughput import random_models
+    from minprot_ds.data.synthetic import sample_lengths
     from minprot_ds.finetune.heads import build_task_model, save_task_model
     from minprot_ds.finetune.tasks import task_spec
     from minprot_ds.models import MODEL_PRESETS, save_random_protbert
@@ -45,7 +46,7 @@ def make_inputs(folder: Path, preset: str, proteins: int, seed: int) -> dict[str
     for role, enc in (("teacher", teacher), ("student", student)):
         model = build_task_model(str(enc), task=spec.name, classes=spec.classes, per_residue=False, seed=seed)
         out[f"{role}-task"] = save_task_model(model, folder / f"{role}-task", rank=0)
-    lengths, source = sample_lengths(proteins, seed)
+    lengths, source = sample_lengths(proteins, seed, SHARED_LENGTHS if SHARED_LENGTHS.is_file() else None)
     rng = np.random.default_rng(seed)
     fasta = folder / "proteins.fasta"
     fasta.write_text("".join(f">p{i}\n{''.join(rng.choice(RESIDUES, n))}\n" for i, n in enumerate(lengths)))
