@@ -67,7 +67,7 @@ def sets(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
                                "sub", {"organism": "human", "sub": {"identity": 0.85}}),
         "mem_train": task_folder(balanced(deeploc, 8, 200), root / "mem_train", "membrane", "DeepLoc"),
         "mem_test": task_folder(balanced(deeploc, 5, 200, skip=8), root / "mem_test", "membrane", "DeepLoc"),
-        # CASP12 rows 0-5 train; the test keeps row 12 (563 residues: truncated to 512) and masked residues.
+        # CASP12 rows 0-5 train; the test keeps row 12 (563 residues: scored by windows) and masked residues.
         "q3_train": task_folder(casp12.select([1, 5, 6, 8, 10, 11]), root / "q3_train", "q3", "CASP12"),
         "q3_test": task_folder(casp12.select([17, 12, 7, 19]), root / "q3_test", "q3", "CASP12"),
     }
