@@ -144,6 +144,10 @@ def run(cfg: JobConfig, *, echo: Callable[[str], None] | None = None) -> JobResu
         finetune_run = task_info.mlflow_run_id
     settings = forward.WindowSettings(window, stride, cfg.long)
     settings.check(cfg.max_tokens)
+    positions = (encoder if cfg.command == "embed" else task_model.encoder).config.max_position_embeddings
+    if window + 2 > positions:
+        raise UserError(f"--window {window} needs {window + 2} positions but --model {model_dir} has "
+                        f"{positions}; pass --window {positions - 2} or less")
     if cfg.chunk_records is None:
         cfg = replace(cfg, chunk_records=DEFAULT_CHUNK_PER_RESIDUE if info["per_residue"] else DEFAULT_CHUNK)
 
