@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=6, help="profiled steps per loop (default 6)")
     parser.add_argument("--warmup", type=int, default=2, help="unprofiled steps first (default 2)")
     parser.add_argument("--max-tokens", type=int, default=8192, help="engine token budget per micro-batch (default 8192)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="the engine's precision (default fp32; fp16 needs a GPU); the naive loop keeps its own")
     parser.add_argument("--naive-batch-size", type=int, default=16, help="rows per naive batch (default 16)")
     parser.add_argument("--sequences", type=int, default=4000, help="rows of the synthetic corpus (default 4000)")
     parser.add_argument("--seed", type=int, default=0)
@@ -51,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from minprot_ds.bench import throughput as tp
-    from minprot_ds.bench.naive import NaiveLoop
+    from minprot_ds.bench.naive import NAIVE_PRECISION, NaiveLoop
     from minprot_ds.bench.profile import bare_gemm_gflops, mm_operands, profile_loop
     from minprot_ds.distill import init_distributed
 
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         work, preset=args.preset, teacher=None, corpus=None, sequences=args.sequences,
         lengths_file=tp.DEFAULT_LENGTHS, seed=args.seed)
     setting = tp.sweep_settings(max_tokens=[args.max_tokens], zero_stages=[2], checkpointing=[False],
-                                loss_impls=["eager"], precisions=["fp32"])[0]
+                                loss_impls=["eager"], precisions=[args.precision])[0]
     inputs = tp.RunInputs(teacher=teacher, student_layers=layers, corpus=corpus, seed=args.seed)
     engine, stream, _ = tp.build_setting(setting, inputs, planned_steps=args.warmup + args.steps + 1)
     batches = iter(stream)
@@ -78,14 +80,15 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     loops = [profile_loop(setting.label, engine_step, steps=args.steps, warmup=args.warmup),
              profile_loop(f"naive (batch {args.naive_batch_size})", naive_step, steps=args.steps, warmup=args.warmup)]
     bare = []
-    for loop in loops:
+    for loop, precision in zip(loops, (args.precision, NAIVE_PRECISION)):
         top = loop.gemm_shapes[0] if loop.gemm_shapes else None
         operands = mm_operands(top["op"], ast.literal_eval(top["input_shapes"])) if top else None
-        bare.append({"loop": loop.label, "op": top and top["op"], "operands": operands,
-                     "gflops_per_s": bare_gemm_gflops(*operands, bias=top["op"] == "aten::addmm", device=str(engine.device))
+        bare.append({"loop": loop.label, "op": top and top["op"], "operands": operands, "precision": precision,
+                     "gflops_per_s": bare_gemm_gflops(*operands, bias=top["op"] == "aten::addmm", device=str(engine.device),
+                                                      dtype=tp.PRECISIONS[precision])
                      if operands else None})
-    return {"preset": args.preset, "lengths": source, "setting": setting.label, "loops": [p.as_dict() for p in loops],
-            "bare_gemm": bare}
+    return {"preset": args.preset, "precision": args.precision, "lengths": source, "setting": setting.label,
+            "loops": [p.as_dict() for p in loops], "bare_gemm": bare}
 
 
 def show(report: dict[str, Any]) -> None:
@@ -111,7 +114,7 @@ def show(report: dict[str, Any]) -> None:
     for loop, bare in zip((engine, naive), report["bare_gemm"]):
         lone = f"{bare['gflops_per_s']:.1f}" if bare["gflops_per_s"] else "—"
         console.print(f"GEMM rate {loop['label']}: {loop['gemm_gflops_per_s']:.1f} GFLOP/s in the step; a lone "
-                      f"{bare['op']} of its heaviest shape {bare['operands']}: {lone} GFLOP/s")
+                      f"{bare['precision']} {bare['op']} of its heaviest shape {bare['operands']}: {lone} GFLOP/s")
 
 
 def main(argv: list[str] | None = None) -> int:

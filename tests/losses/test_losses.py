@@ -128,7 +128,7 @@ def test_matches_float64_reference(impl, dtype, gen, interpret):
 
 
 @pytest.mark.parametrize("impl", ["eager", "triton", "compiled"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_real_shapes_match_float64_reference(impl, dtype, gen, interpret):
     # What a training step feeds the loss; on a GPU this compiles the kernels for ProtBert's widths.
     if DEVICE.type == "cpu" and impl != "eager":
