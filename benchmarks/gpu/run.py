@@ -326,10 +326,12 @@ def throughput_common(run: Run, precision: str) -> list[str]:
     corpus = run.work / "corpus"
     steps = ["--steps", "1", "--warmup", "0", "--repeats", "1"] if run.dry else ["--steps", "5", "--warmup", "2", "--repeats", "3"]
     lengths = run.carry / LENGTHS_NAME
-    common = [*steps, "--zero-stage", "2", "--loss-impl", "triton", "--precision", precision, *measured_peak(run, precision)]
+    # --preset also with --teacher: it sets the student's layers (15 for protbert).
+    common = [*steps, "--preset", "tiny" if run.dry else "protbert", "--zero-stage", "2", "--loss-impl", "triton",
+              "--precision", precision, *measured_peak(run, precision)]
     if (teacher / "config.json").is_file() and (corpus / "manifest.json").is_file():
         return common + ["--teacher", str(teacher), "--corpus", str(corpus)]
-    return common + ["--preset", "tiny" if run.dry else "protbert", "--work-dir", str(run.work),
+    return common + ["--work-dir", str(run.work),
                      "--synthetic-sequences", "300" if run.dry else "20000",
                      *(["--lengths", str(lengths)] if lengths.is_file() else [])]
 

@@ -83,7 +83,9 @@ def test_dry_run_reports_every_step(dry_run, runpy):
     assert all(r["fits"] and r["mfu"] > 0 for r in bf16["results"])  # MFU against the measured matmul rate
     assert bf16["ratios"]["bf16"]["residues_per_s_ratio"] > 0 and bf16["projection"]["hours"] > 0
     # The later throughput steps reuse the first one's random teacher and corpus.
-    assert "--teacher" in steps["throughput-fp16"]["commands"][0] and "--preset" in steps["throughput-bf16"]["commands"][0]
+    assert "--teacher" in steps["throughput-fp16"]["commands"][0] and "--work-dir" in steps["throughput-bf16"]["commands"][0]
+    assert steps["throughput-fp16"]["data"]["fastest"]["engine_flops_per_step"] > 0
+    assert "(student 2 layers)" in steps["throughput-fp16"]["data"]["preset"]  # tiny's student, not the default preset's
     assert [r["setting"]["precision"] for r in steps["throughput-fp16"]["data"]["results"]] == ["fp32"]
     profile = steps["step-profile"]["data"]
     assert profile["precision"] == "bf16" and len(profile["loops"]) == 2
