@@ -367,12 +367,12 @@ def read_throughput(run: Run, path: Path):
         rows.append((r["label"], f"{r['residues_per_s']:,.0f} res/s, {r['sequences_per_s']:,.1f} seq/s, "
                                  f"{r['tflops_per_device']:.3g} TFLOP/s, MFU {_pct(r['mfu'])}, peak {r['peak_memory_gb']:.2f} GB, "
                                  f"pad {100 * r['padding_fraction']:.1f}%, teacher/student/loss/optim % {split}"))
-    base = report.get("baseline")
-    if base:
-        rows.append((f"naive baseline ({base.get('precision', '?')}, batch {base['batch_size']})",
+    for base in (report.get("baselines") or {}).values():  # one naive loop per compared precision, at that precision
+        rows.append((f"naive baseline ({base['precision']}, batch {base['batch_size']})",
                      f"{base['residues_per_s']:,.0f} res/s, {base['sequences_per_s']:,.1f} seq/s, pad {100 * base['padding_fraction']:.1f}%"))
     for precision, ratio in (report.get("ratios") or {}).items():
-        rows.append((f"ratio vs naive ({precision})", f"{ratio['residues_per_s_ratio']:.2f}× residues/s, paired with "
+        rows.append((f"ratio vs naive ({ratio.get('baseline_precision', precision)} loop)",
+                     f"{ratio['residues_per_s_ratio']:.2f}× residues/s, paired with "
                                                       f"{ratio['setting']} (pairs {', '.join(f'{x:.2f}' for x in ratio['pair_ratios'])})"))
     best = report.get("fastest")
     ok = sum(r["fits"] for r in report["results"])
@@ -424,7 +424,9 @@ def profile_commands(run: Run) -> list[list[str]]:
               "--sequences", "200"] if run.dry else \
         ["--preset", "protbert", "--precision", "bf16", "--steps", "4", "--warmup", "2", "--max-tokens", "8192",
          "--sequences", "2000"]
-    return [py(run, "benchmarks/step_profile.py", *shapes, "--out", str(run.file("step_profile.json")))]
+    lengths = run.carry / LENGTHS_NAME
+    return [py(run, "benchmarks/step_profile.py", *shapes, *(["--lengths", str(lengths)] if lengths.is_file() else []),
+               "--out", str(run.file("step_profile.json")))]
 
 
 def read_profile(run: Run, step: Step):
