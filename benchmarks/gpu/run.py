@@ -154,13 +154,11 @@ def execute(run: Run, step: Step) -> Outcome:
         return outcome
     outcome.commands = [shlex.join(c) for c in commands]
     outcome.budget_s = budget
-    text = ""
     for cmd in commands:
         run.log.write(f"\n===== {step.name}: {shlex.join(cmd)}\n")
         run.log.flush()
         remaining = budget - (time.monotonic() - t0)
         code, out = _call(cmd, run.env(step.env), remaining)
-        text += out
         run.log.write(out)
         run.log.flush()
         if code is None:
@@ -206,6 +204,10 @@ def _call(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[int | No
                     break
                 except (subprocess.TimeoutExpired, ProcessLookupError):
                     continue
+            try:  # children that outlived their parent's SIGTERM (they would hold the GPU's memory)
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         buf.seek(0)
         return code, buf.read()
 
@@ -443,7 +445,7 @@ def read_profile(run: Run, step: Step):
 
 
 SWEEP = ["--max-tokens", "8192,16384", "--checkpointing", "off,on", "--compile", "none"]
-DRY_SWEEP = ["--max-tokens", "1024", "--checkpointing", "off,on", "--compile", "none"]
+DRY_SWEEP = ["--max-tokens", "1024", "--checkpointing", "on", "--compile", "none"]  # one setting: CI's time
 
 
 def plan() -> list[Step]:

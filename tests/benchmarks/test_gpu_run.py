@@ -79,7 +79,7 @@ def test_dry_run_reports_every_step(dry_run, runpy):
     kernels = steps["loss-kernels-bf16"]["data"]
     assert kernels["device_type"] == "cpu" and {r["impl"] for r in kernels["rows"]} == {"eager", "triton"}
     bf16 = steps["throughput-bf16"]["data"]
-    assert [r["setting"]["precision"] for r in bf16["results"]] == ["bf16", "bf16"]
+    assert [(r["setting"]["precision"], r["setting"]["activation_checkpointing"]) for r in bf16["results"]] == [("bf16", True)]
     assert all(r["fits"] and r["mfu"] > 0 for r in bf16["results"])  # MFU against the measured matmul rate
     assert bf16["ratios"]["bf16"]["residues_per_s_ratio"] > 0 and bf16["projection"]["hours"] > 0
     # The later throughput steps reuse the first one's random teacher and corpus.
