@@ -157,6 +157,47 @@ def conflicts_cmd(
         console.print(f"wrote {write_report(found, out, str(folder), identity)}")
 
 
+@data_app.command("overlap")
+def overlap_cmd(
+    query: Path = typer.Argument(..., help="the test side: a task folder (its test split, if it has one) or any data file"),
+    target: Path = typer.Argument(..., help="the training side: a task folder (its train split, if it has one) or any data file"),
+    out: Path = typer.Option(..., help="folder for overlap.json (the counts) and hits.tsv (every MMseqs2 hit)"),
+    task_name: Optional[str] = typer.Option(None, "--task", help="dna-binding | membrane | q3 (needed only where a file's format carries several)"),
+    near_identity: float = typer.Option(0.95, help="identity over --coverage of the query that counts as near-identical"),
+    homolog_identity: float = typer.Option(0.30, help="identity over --coverage of the query that counts as a homolog"),
+    coverage: float = typer.Option(0.80, help="fraction of the query protein an alignment must cover"),
+    threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
+) -> None:
+    """How many QUERY sequences occur in TARGET: exact copies, near-identical and homologous ones (MMseqs2 easy-search)."""
+    from data_prep.tasks.overlap import Thresholds, measure, write_hits
+    from minprot_ds.fileio import write_json
+
+    q, t = _sequences(query, "test", task_name), _sequences(target, "train", task_name)
+    found = measure(q["sequence"], t["sequence"], Thresholds(near_identity, homolog_identity, coverage), threads=threads)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = found.summary() | {"query": str(query), "target": str(target)}
+    write_json(out / "overlap.json", summary)
+    write_hits(found, q["id"], t["id"], out / "hits.tsv")
+    n = max(found.query_sequences, 1)
+    console.print(f"{found.query_sequences} query sequences against {found.target_sequences}: {found.exact} exact "
+                  f"({found.exact / n:.0%}), {found.near_identical} near-identical ({found.near_identical / n:.0%}), "
+                  f"{found.homologs} homologs ({found.homologs / n:.0%}); wrote {out / 'overlap.json'}", highlight=False,
+                  soft_wrap=True)
+
+
+def _sequences(path: Path, split: str, task: str | None):
+    """One split of a task folder or a data file: the columns id and sequence."""
+    from data_prep.tasks.formats import is_dataset_folder, read_inputs
+    from data_prep.tasks.load import pick_split
+    from data_prep.tasks.store import load_task_folder
+    from minprot_ds.errors import UserError
+
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass a task folder made by `minprot data ...` or a data file")
+    data = load_task_folder(path)[0] if is_dataset_folder(path) else read_inputs([path], task=task).data
+    return pick_split(data, split, path)
+
+
 def _columns(data) -> list[str]:
     return next(iter(data.values())).column_names if hasattr(data, "values") else data.column_names
 
