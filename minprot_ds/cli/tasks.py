@@ -50,16 +50,21 @@ def swissprot(
     files: list[Path] = typer.Argument(..., help="UniProt flat file(s): uniprot_sprot.dat or .dat.gz"),
     organism: str = typer.Option(..., help="human | c-elegans | bacteria-archaea | an NCBI taxid (e.g. 10090)"),
     out: Path = typer.Option(..., help="task folder to write (datasets save_to_disk + minprot_task.json)"),
-    seed: int = typer.Option(0, help="seed of the label-stratified 85/7.5/7.5 train/valid/test split"),
+    seed: int = typer.Option(0, help="seed of the cluster-wise, label-stratified 85/7.5/7.5 train/valid/test split"),
+    identity: float = typer.Option(0.3, help="MMseqs2 clustering identity; whole clusters go to one split, so no test "
+                                              "protein shares a cluster with a training protein"),
+    coverage: float = typer.Option(0.8, help="minimum alignment coverage of the clustering (mmseqs -c)"),
+    threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
 ) -> None:
-    """DNA-binding task from reviewed Swiss-Prot entries of 20-512 residues: label 1 iff keyword DNA-binding (KW-0238)."""
+    """DNA-binding task from reviewed, complete (no Fragment flag) Swiss-Prot entries of 20-512 residues: label 1 iff keyword DNA-binding (KW-0238); split by MMseqs2 cluster."""
     from data_prep.tasks.store import TaskMeta
     from data_prep.tasks.swissprot import build_swissprot
 
-    data, excluded = build_swissprot(files, organism, seed)
+    data, excluded = build_swissprot(files, organism, seed, identity=identity, coverage=coverage, threads=threads)
     _print_summary(f"Swiss-Prot DNA-binding, {organism}", data, "sequence", {"excluded": excluded})
     meta = TaskMeta("dna-binding", "sequence", f"swissprot-{organism}", "full", [str(f) for f in files],
-                    excluded=excluded, options={"organism": organism, "seed": seed})
+                    excluded=excluded, options={"organism": organism, "seed": seed,
+                                                "split": {"identity": identity, "coverage": coverage}})
     _save(data, out, meta)
 
 
@@ -102,7 +107,7 @@ def reduce_cmd(
     coverage: float = typer.Option(0.8, help="minimum alignment coverage (mmseqs -c)"),
     threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
 ) -> None:
-    """SUB: cluster all splits with `mmseqs easy-cluster` and keep one representative per cluster."""
+    """SUB: cluster the train and valid splits with `mmseqs easy-cluster` and keep one representative per cluster; the test split is kept unchanged."""
     from data_prep.tasks.mmseqs import reduce
     from data_prep.tasks.store import load_task_folder
 
@@ -120,7 +125,7 @@ def random_subset_cmd(
     out: Path = typer.Option(..., help="folder for the random control (CUT)"),
     seed: int = typer.Option(0, help="sampling seed"),
 ) -> None:
-    """CUT: a seeded random subset with, per split, as many rows as --like (the control for SUB)."""
+    """CUT: a seeded random subset with, per split and label, as many rows as --like (the control for SUB); the test split is kept unchanged."""
     from data_prep.tasks.mmseqs import random_subset
     from data_prep.tasks.store import load_task_folder
 
