@@ -40,6 +40,8 @@ class FinetuneConfig:
     grad_clip: float = option(1.0, "gradient-norm clip of plain PyTorch training (Hugging Face Trainer's default; "
                                    "under --deepspeed its JSON's gradient_clipping applies)")
     seed: int = option(0, "seed of the head's initial weights, the batch order and dropout")
+    seeds: Optional[str] = option(None, "comma-separated seeds (e.g. 0,1,2): one run per seed under OUT/seed-N, "
+                                        "then OUT/seeds.json with mean ± std; the report averages them too")
     pooling: str = option("cls", "what a sequence-level head reads: cls (the [CLS] hidden state) | mean (the mean "
                                  "over residues); per-residue tasks read every residue")
     long: str = option("window", "proteins longer than --window: window (score every residue through overlapping "

@@ -214,7 +214,58 @@ def write_leakage(job: Job, path: Path) -> Path:
     return path
 
 
+def baselines(job: Job) -> dict[str, dict] | None:
+    """Binary tasks: the length-only and homology-transfer baselines on this job's own splits (rank 0)."""
+    from minprot_ds.finetune.baselines import homology_transfer, length_only
+
+    if job.spec.per_residue or job.spec.num_labels != 2:
+        return None
+    train_y, test_y = np.asarray(job.train.labels), np.asarray(job.test.labels)
+    found = {"length": compute_metrics(length_only(job.train.lengths, train_y, job.test.ids, job.test.lengths, test_y),
+                                       job.spec)}
+    if job.test_overlap is not None:
+        found["homology"] = compute_metrics(homology_transfer(job.test_overlap, train_y, job.test.ids, test_y), job.spec)
+    return found
+
+
+def parse_seeds(seeds: str) -> list[int]:
+    try:
+        values = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {seeds!r} must be comma-separated integers, e.g. 0,1,2") from None
+    if not values or len(set(values)) != len(values):
+        raise UserError(f"--seeds {seeds!r} must name at least one seed, each once, e.g. 0,1,2")
+    return values
+
+
 def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> FinetuneResult:
+    """One fine-tune, or with --seeds one per seed under OUT/seed-N and OUT/seeds.json (mean ± std)."""
+    if not cfg.seeds:
+        return run_one(cfg, echo=echo)
+    import dataclasses
+
+    results = []
+    for seed in parse_seeds(cfg.seeds):
+        one = dataclasses.replace(cfg, seed=seed, seeds=None, out=Path(cfg.out) / f"seed-{seed}",
+                                  run_name=f"{cfg.run_name}-seed{seed}" if cfg.run_name else None)
+        results.append(run_one(one, echo=echo))
+    if not results[0].metrics:  # ranks other than 0
+        return results[-1]
+    summary = {"seeds": [r.metrics["seed"] for r in results], "runs": [str(r.out) for r in results],
+               "mlflow_run_ids": [r.mlflow_run_id for r in results], "test": {}}
+    for key, value in results[0].metrics["test"].items():
+        if isinstance(value, (int, float)):
+            values = np.array([r.metrics["test"][key] for r in results], dtype=np.float64)
+            summary["test"][key] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))
+                                    if len(values) > 1 else 0.0}
+    atomic_write(Path(cfg.out) / "seeds.json", json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
+    (echo or log.info)("over seeds " + cfg.seeds + ": " + ", ".join(
+        f"{k} {summary['test'][k]['mean']:.4f} ± {summary['test'][k]['std']:.4f}"
+        for k in ("accuracy", "mcc") if k in summary["test"]))
+    return results[-1]
+
+
+def run_one(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> FinetuneResult:
     """Train, predict, write and track one fine-tune; returns the test metrics (rank 0; other ranks get {})."""
     say = echo or log.info
     job = load(cfg)
@@ -283,6 +334,7 @@ def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> Fi
                         **compute_metrics(_subset(written, kept[scored.row_of]), spec)}
         if job.test_overlap is not None:
             write_leakage(job, out / LEAKAGE_FILE)
+        found = baselines(job)
         residues = int(test.lengths.sum())
         runtime = {
             "train_seconds": train_seconds,
@@ -297,6 +349,7 @@ def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> Fi
             "mlflow_run_id": tracker.run_id, "distill_run_id": job.provenance.get("mlflow_run_id"),
             "seed": cfg.seed, "pooling": cfg.pooling,
             "test": test_metrics, "test_filtered": filtered, "leakage": leakage, "coverage": scored.coverage,
+            "baselines": found,
             "valid": history[-1] if valid is not None else None, "history": history,
             "runtime": runtime, "world_size": world, "global_batch": cfg.batch_size, "device": str(job.stepper.device),
             "rows": {"train": len(train_set), "valid": len(valid) if valid else 0, "test": len(test)},
@@ -306,6 +359,8 @@ def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> Fi
         logged |= {f"coverage/{k}": v for k, v in scored.coverage.items() if isinstance(v, (int, float))}
         if filtered is not None:
             logged |= flat_metrics(filtered, "test_filtered")
+        for name, values in (found or {}).items():
+            logged |= flat_metrics(values, f"baseline_{name}")
         tracker.log_metrics(logged, job.total_steps)
         for artifact in (out / METRICS_FILE, path, out / LEAKAGE_FILE):
             if artifact.is_file():
