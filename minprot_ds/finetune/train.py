@@ -265,6 +265,63 @@ def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> Fi
     return results[-1]
 
 
+def write(job: Job, tracker: Tracker, scored: Scored, out: Path, trained: dict[str, Any],
+          say: Callable[[str], None]) -> dict[str, Any]:
+    """Rank 0: predictions.tsv, leakage.tsv and metrics.json (full and filtered test set, baselines, coverage,
+    runtime), logged to MLflow; returns the metrics."""
+    cfg, spec, test, valid, inputs = job.cfg, job.spec, job.test, job.valid, job.inputs
+    history, train_seconds, train_rows = trained["history"], trained["train_seconds"], trained["train_rows"]
+    infer_seconds = trained["inference_seconds"]
+    # Metrics from the file as written, so metrics.json always equals a recomputation from predictions.tsv.
+    path = write_predictions(scored.predictions, spec, out / PREDICTIONS_FILE)
+    written = read_predictions(path, spec)
+    test_metrics = compute_metrics(written, spec) | {"loss": scored.loss}
+    filtered = None
+    if job.test_overlap is not None and cfg.test_filter != "none":
+        kept = np.zeros(len(test), dtype=bool)
+        kept[job.test_overlap.rows_passing(cfg.test_filter)] = True
+        filtered = {"filter": cfg.test_filter, "rows": int(kept.sum()),
+                    **compute_metrics(_subset(written, kept[scored.row_of]), spec)}
+    if job.test_overlap is not None:
+        write_leakage(job, out / LEAKAGE_FILE)
+    found = baselines(job)
+    residues = int(test.lengths.sum())
+    runtime = {
+        "train_seconds": train_seconds,
+        "train_samples_per_second": train_rows / train_seconds if train_seconds else math.nan,
+        "inference_seconds": infer_seconds,
+        "inference_samples_per_second": len(test) / infer_seconds if infer_seconds else math.nan,
+        "inference_residues_per_second": residues / infer_seconds if infer_seconds else math.nan,
+    }
+    metrics = {
+        "task": spec.name, "classes": list(spec.classes), "model": str(cfg.model), "model_role": job.role,
+        "dataset": asdict(inputs.dataset), "test_dataset": asdict(inputs.test_dataset),
+        "mlflow_run_id": tracker.run_id, "distill_run_id": job.provenance.get("mlflow_run_id"),
+        "seed": cfg.seed, "pooling": cfg.pooling,
+        "test": test_metrics, "test_filtered": filtered, "leakage": leakage_summary(job), "coverage": scored.coverage,
+        "baselines": found,
+        "valid": history[-1] if valid is not None else None, "history": history,
+        "runtime": runtime, "world_size": job.world, "global_batch": cfg.batch_size, "device": str(job.stepper.device),
+        "rows": {"train": len(job.train), "valid": len(valid) if valid else 0, "test": len(test)},
+    }
+    atomic_write(out / METRICS_FILE, json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
+    logged = flat_metrics(test_metrics, "test") | {f"runtime/{k}": v for k, v in runtime.items()}
+    logged |= {f"coverage/{k}": v for k, v in scored.coverage.items() if isinstance(v, (int, float))}
+    if filtered is not None:
+        logged |= flat_metrics(filtered, "test_filtered")
+    for name, values in (found or {}).items():
+        logged |= flat_metrics(values, f"baseline_{name}")
+    tracker.log_metrics(logged, job.total_steps)
+    for artifact in (out / METRICS_FILE, path, out / LEAKAGE_FILE):
+        if artifact.is_file():
+            tracker.log_artifact(artifact)
+    cov = scored.coverage
+    say("test: " + ", ".join(f"{k} {test_metrics[k]:.4f}" for k in ("accuracy", "f1", "roc_auc", "mcc"))
+        + f"; {cov['residues_scored']} of {cov['residues']} residues scored ({cfg.long})"
+        + f"; train {train_seconds:.1f} s, inference {infer_seconds:.2f} s; outputs in {out}")
+    return metrics
+
+
 def run_one(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> FinetuneResult:
     """Train, predict, write and track one fine-tune; returns the test metrics (rank 0; other ranks get {})."""
     say = echo or log.info
@@ -322,51 +379,6 @@ def run_one(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -
         if rank != 0:
             return FinetuneResult(out, {}, None, None)
 
-        # Metrics from the file as written, so metrics.json always equals a recomputation from predictions.tsv.
-        path = write_predictions(scored.predictions, spec, out / PREDICTIONS_FILE)
-        written = read_predictions(path, spec)
-        test_metrics = compute_metrics(written, spec) | {"loss": scored.loss}
-        filtered = None
-        if job.test_overlap is not None and cfg.test_filter != "none":
-            kept = np.zeros(len(test), dtype=bool)
-            kept[job.test_overlap.rows_passing(cfg.test_filter)] = True
-            filtered = {"filter": cfg.test_filter, "rows": int(kept.sum()),
-                        **compute_metrics(_subset(written, kept[scored.row_of]), spec)}
-        if job.test_overlap is not None:
-            write_leakage(job, out / LEAKAGE_FILE)
-        found = baselines(job)
-        residues = int(test.lengths.sum())
-        runtime = {
-            "train_seconds": train_seconds,
-            "train_samples_per_second": train_rows / train_seconds if train_seconds else math.nan,
-            "inference_seconds": infer_seconds,
-            "inference_samples_per_second": len(test) / infer_seconds if infer_seconds else math.nan,
-            "inference_residues_per_second": residues / infer_seconds if infer_seconds else math.nan,
-        }
-        metrics = {
-            "task": spec.name, "classes": list(spec.classes), "model": str(cfg.model), "model_role": job.role,
-            "dataset": asdict(inputs.dataset), "test_dataset": asdict(inputs.test_dataset),
-            "mlflow_run_id": tracker.run_id, "distill_run_id": job.provenance.get("mlflow_run_id"),
-            "seed": cfg.seed, "pooling": cfg.pooling,
-            "test": test_metrics, "test_filtered": filtered, "leakage": leakage, "coverage": scored.coverage,
-            "baselines": found,
-            "valid": history[-1] if valid is not None else None, "history": history,
-            "runtime": runtime, "world_size": world, "global_batch": cfg.batch_size, "device": str(job.stepper.device),
-            "rows": {"train": len(train_set), "valid": len(valid) if valid else 0, "test": len(test)},
-        }
-        atomic_write(out / METRICS_FILE, json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
-        logged = flat_metrics(test_metrics, "test") | {f"runtime/{k}": v for k, v in runtime.items()}
-        logged |= {f"coverage/{k}": v for k, v in scored.coverage.items() if isinstance(v, (int, float))}
-        if filtered is not None:
-            logged |= flat_metrics(filtered, "test_filtered")
-        for name, values in (found or {}).items():
-            logged |= flat_metrics(values, f"baseline_{name}")
-        tracker.log_metrics(logged, job.total_steps)
-        for artifact in (out / METRICS_FILE, path, out / LEAKAGE_FILE):
-            if artifact.is_file():
-                tracker.log_artifact(artifact)
-        cov = scored.coverage
-        say("test: " + ", ".join(f"{k} {test_metrics[k]:.4f}" for k in ("accuracy", "f1", "roc_auc", "mcc"))
-            + f"; {cov['residues_scored']} of {cov['residues']} residues scored ({cfg.long})"
-            + f"; train {train_seconds:.1f} s, inference {infer_seconds:.2f} s; outputs in {out}")
+        metrics = write(job, tracker, scored, out, {"history": history, "train_seconds": train_seconds,
+                                                    "train_rows": train_rows, "inference_seconds": infer_seconds}, say)
         return FinetuneResult(out, metrics, tracker.run_id, model_dir, tags)
