@@ -228,11 +228,11 @@ def table_c(rows: list[RunRow]) -> Table:
 
 def table_d(rows: list[RunRow]) -> Table:
     t = Table("Table D: organisms (Swiss-Prot DNA-binding sets)",
-              ["organism", "variant", "model", "runs", "accuracy", "f1", "roc_auc", "mcc", "train s"])
+              ["organism", "variant", "model", "runs", "leakage", "accuracy", "f1", "roc_auc", "mcc", "train s"])
     groups = _group([r for r in rows if r.organism],
                     lambda r: (r.organism, r.dataset_label[len(r.dataset):].strip() or "full", _role_order(r.role), r.role))
     for (organism, variant, _, role), runs in groups.items():
-        t.rows.append([organism, variant, role, len(runs),
+        t.rows.append([organism, variant, role, len(runs), leakage_cell(runs),
                        *(Stat.of([r.metrics[k] for r in runs]) for k in ("accuracy", "f1", "roc_auc", "mcc")),
                        _mean([r.train_seconds for r in runs])])
     if not t.rows:
