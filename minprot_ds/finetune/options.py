@@ -34,16 +34,31 @@ class FinetuneConfig:
     out: Path = option(help="folder for metrics.json, predictions.tsv, model/ and the default MLflow store")
     valid: Optional[Path] = option(None, "validation set (default: --train's own valid split, if it has one)")
     epochs: int = option(3, "passes over the training set")
-    batch_size: int = option(8, "sequences per optimizer step (per rank under deepspeed)")
+    batch_size: int = option(8, "sequences per optimizer step: the global batch, split over the ranks under deepspeed")
     lr: float = option(2e-5, "AdamW peak learning rate (linear decay to 0)")
     weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
     grad_clip: float = option(1.0, "gradient-norm clip of plain PyTorch training (Hugging Face Trainer's default; "
                                    "under --deepspeed its JSON's gradient_clipping applies)")
     seed: int = option(0, "seed of the head's initial weights, the batch order and dropout")
+    seeds: Optional[str] = option(None, "comma-separated seeds (e.g. 0,1,2): one run per seed under OUT/seed-N, "
+                                        "then OUT/seeds.json with mean ± std; the report averages them too")
     pooling: str = option("cls", "what a sequence-level head reads: cls (the [CLS] hidden state) | mean (the mean "
                                  "over residues); per-residue tasks read every residue")
-    max_train_samples: Optional[int] = option(None, "use only the first N training rows")
-    max_eval_samples: Optional[int] = option(None, "use only the first N valid and test rows")
+    long: str = option("window", "proteins longer than --window: window (score every residue through overlapping "
+                                 "windows; training crops them at a seeded random offset each epoch) | truncate "
+                                 "(score and train on the first --window residues only, the old behaviour)")
+    window: int = option(512, "residues per model input (ProtBert: 512, i.e. 514 tokens with [CLS] and [SEP])")
+    stride: int = option(256, "residues between the starts of overlapping windows")
+    leakage: bool = option(True, "measure with MMseqs2 how much of the test (and valid) set the training rows "
+                                 "contain, before training (metrics.json `leakage`, leakage.tsv)")
+    test_filter: str = option("none", "also score the test rows that pass a leakage filter: none | near-identical "
+                                      "(drop exact and near-identical copies of training rows) | homologs (drop "
+                                      "those and homologs too)")
+    near_identity: float = option(0.95, "identity (over --coverage of the test protein) that counts as near-identical")
+    homolog_identity: float = option(0.30, "identity (over --coverage of the test protein) that counts as a homolog")
+    coverage: float = option(0.80, "fraction of the test protein an alignment must cover to count")
+    max_train_samples: Optional[int] = option(None, "cap the training rows: a seeded sample, stratified by label")
+    max_eval_samples: Optional[int] = option(None, "cap the valid and test rows: a seeded sample, stratified by label")
     deepspeed: Optional[Path] = option(None, "train inside a DeepSpeed engine with this JSON (ds_configs/...); "
                                              "without it the job trains in plain PyTorch", aliases=("--deepspeed_config",))
     tracking_uri: Optional[str] = option(None, "MLflow store (default: SQLite in --out); share one to compare runs")

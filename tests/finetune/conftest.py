@@ -123,4 +123,8 @@ def runs(sets: dict[str, Path], teacher_dir: Path, tmp_path_factory) -> Runs:
                        test=sets["q3_test"], out=outs["q3_teacher"], tracking_uri=uri, **quick))
     run(FinetuneConfig(task="dna-binding", model=str(student), train=sets["dna_sub"], test=sets["dna_test"],
                        out=outs["sub_student"], tracking_uri=uri, **quick))
+    # Two seeds of one setting, in their own experiment (the report's mean ± std).
+    outs["seeds"] = root / "seeds"
+    run(FinetuneConfig(task="dna-binding", model=str(student), train=sets["dna_train"], test=sets["dna_test"],
+                       out=outs["seeds"], tracking_uri=uri, experiment="minprot-seeds", seeds="0,1", **quick))
     return Runs(root, uri, distill_id, student, outs)

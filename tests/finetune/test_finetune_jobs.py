@@ -60,8 +60,8 @@ def test_q3_predicts_every_residue_and_scores_labelled_ones(runs, sets) -> None:
     out = runs.outs["q3_teacher"]
     test = load_task_data(sets["q3_test"], "q3", split="test")
     table = rows(out / "predictions.tsv")
-    # One row per residue of each test chain, CASP12's 563-residue chain whole (scored by overlapping windows).
-    assert len(table) == sum(len(s) for s in test["sequence"]) > sum(min(len(s), 512) for s in test["sequence"])
+    # One row per residue of each test chain, CASP12's 563-residue chain too (overlapping windows).
+    assert len(table) == sum(len(s) for s in test["sequence"]) and max(len(s) for s in test["sequence"]) > 512
     first = test[0]
     mine = [r for r in table if r["id"] == first["id"]]
     assert [int(r["position"]) for r in mine] == list(range(1, len(first["sequence"]) + 1))
@@ -84,7 +84,10 @@ def test_q3_predicts_every_residue_and_scores_labelled_ones(runs, sets) -> None:
         assert q3["per_class"][c] == pytest.approx({"precision": p[i], "recall": r[i], "f1": f[i],
                                                     "support": int((y[keep] == i).sum())})
     assert q3["f1"] == pytest.approx(f.mean())
-    assert metrics["truncated_to_512"]["test"] == 0 and metrics["valid"]["valid/accuracy"] == pytest.approx(q3["accuracy"])
+    coverage = metrics["coverage"]
+    assert coverage["residue_coverage"] == 1.0 and coverage["sequences_longer_than_window"] == 1
+    assert coverage["labelled_residues_scored"] == coverage["labelled_residues"] == q3["n"]
+    assert metrics["valid"]["valid/accuracy"] == pytest.approx(q3["accuracy"])
     assert load_task_model(out / "model").info.per_residue
 
 

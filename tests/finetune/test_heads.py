@@ -11,7 +11,7 @@ from minprot_ds.errors import UserError
 from minprot_ds.finetune.heads import (
     HEAD_FILE, TASK_FILE, build_task_model, load_task_model, residue_mask, save_task_model,
 )
-from minprot_ds.finetune.tasks import collate, encode_split, task_spec
+from minprot_ds.finetune.tasks import collate, encode_split, task_spec, whole
 
 
 def build(model: Path, task: str, seed: int = 0, pooling: str = "cls"):
@@ -55,7 +55,8 @@ def test_model_folder_round_trip(shared_data: Path, teacher_dir: Path, tmp_path:
 
     spec = task_spec("q3")
     casp12 = load_task_data(shared_data / "secondary_structure/CASP12_HHblits.csv", "q3").select([17, 1])
-    batch = collate(encode_split(casp12, spec), [0, 1], spec)
+    enc = encode_split(casp12, spec)
+    batch = collate(enc, whole(enc, [0, 1]), spec)
     model = build(teacher_dir, "q3", seed=3).eval()
     model.info.mlflow_run_id = "abc"
     folder = save_task_model(model, tmp_path / "model", rank=0)
