@@ -41,6 +41,7 @@ PRESET = REPO / "launch" / "configs" / "protbert.toml"
 PROTBERT_CONFIG = REPO.parent / "shared" / "reference" / "prot_bert" / "config.json"
 DNA_BINDING = REPO.parent / "shared" / "data" / "dna_binding" / "pdb1075_pdb186"
 GB = 2**30
+TITLE = "rehearsal at ProtBert's size (CPU, 2 ranks, fp32)"
 
 
 # --- watching a launch: per-rank peak RSS, checkpoint and conversion events --------------------------------
@@ -187,10 +188,11 @@ def make_assets(work: Path, teacher_layers: int | None, sequences: int) -> tuple
     corpus = work / "corpus"
     if not (corpus / "manifest.json").is_file():
         prepare_corpus([synthetic_fasta(work / "syn.fasta", sequences=sequences)], corpus, valid_fraction=0.05, seed=0)
-    return teacher, corpus, {"teacher_layers": layers, "teacher_write_s": made_s, "teacher_bytes": folder_bytes(teacher)}
+    return teacher, corpus, {"folder": str(teacher), "teacher_layers": layers, "teacher_write_s": made_s, "teacher_bytes": folder_bytes(teacher)}
 
 
-def stage_run(stage: int, work: Path, common: list[str], steps: int, keep: int, timeout_s: float, console) -> dict[str, Any]:
+def stage_run(stage: int, work: Path, common: list[str], steps: int, keep: int, timeout_s: float, console,
+              universal: bool = True) -> dict[str, Any]:
     """Run, exact resume and universal resume on 1 rank for one ZeRO stage; returns its figures."""
     ds = REPO / "ds_configs" / f"cpu_zero{stage}.json"
     run = work / f"z{stage}"
@@ -227,6 +229,9 @@ def stage_run(stage: int, work: Path, common: list[str], steps: int, keep: int, 
         "weights_equal": same_weights(run / "student", again / "student"),
     }
 
+    out["_run_dir"] = str(run)
+    if not universal:
+        return out
     console.print(f"ZeRO-{stage}: resume from step {keep} on 1 rank x 2 accumulation steps (universal checkpoint) ...")
     one = link_copy(run, work / f"z{stage}-one-rank", tag)
     ds_one = json.loads(ds.read_text())
@@ -245,7 +250,6 @@ def stage_run(stage: int, work: Path, common: list[str], steps: int, keep: int, 
         "peak_rss_gb": max(w3.rank_peak.values(), default=0) / GB,
         "max_rel_loss_diff": max(abs(moved[s] - losses[s]) / abs(losses[s]) for s in range(keep + 1, steps + 1)),
     }
-    out["_run_dir"] = str(run)
     return out
 
 
@@ -339,10 +343,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=1040, help="token budget per micro-batch (the preset's 8192 is for GPUs)")
     p.add_argument("--max-rows", type=int, default=8)
     p.add_argument("--sequences", type=int, default=400, help="synthetic corpus rows")
-    p.add_argument("--no-finetune", action="store_true")
+    p.add_argument("--skip", default="", help="parts to leave out, comma-separated: universal, finetune (the test's reduced form)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per launch")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "rehearsal.json")
+    p.add_argument("--report", type=Path, default=None,
+                   help="only print the table of an earlier run's JSON (its memory-plan figures recomputed)")
     args = p.parse_args(argv)
+    if args.report is not None:
+        results = json.loads(args.report.read_text())
+        results.setdefault("bare_process_gb", bare_process_gb())
+        for s in results["stages"]:
+            c = results["config"]
+            teacher = results["teacher"].get("folder") or Path(c["work"]) / f"teacher-{results['teacher']['teacher_layers']}l"
+            s["predicted_gb_per_rank"] = predicted(s["stage"], Path(teacher), results["student_layers"],
+                                                   c["max_tokens"], c["max_rows"], 2)
+        write_json(args.report, "rehearsal", {k: v for k, v in results.items() if k not in ("benchmark", "created", "machine")})
+        print_table(TITLE, ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])], table_rows(results), make_console())
+        return 0
     if not PROTBERT_CONFIG.is_file():
         print(f"error: {PROTBERT_CONFIG} is absent; the rehearsal needs ProtBert's config.json there.", file=sys.stderr)
         return 1
@@ -362,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                                "student_parameters_flop_model": counts["student"], "stages": []}
     results["bare_process_gb"] = bare_process_gb()
     for stage in [int(s) for s in args.stages.split(",")]:
-        figures = stage_run(stage, args.work, common, args.steps, args.keep, args.timeout, console)
+        figures = stage_run(stage, args.work, common, args.steps, args.keep, args.timeout, console,
+                            universal="universal" not in args.skip.split(","))
         figures["predicted_gb_per_rank"] = predicted(stage, teacher, student_layers, args.max_tokens, args.max_rows, 2)
         results["stages"].append(figures)
         write_json(args.out, "rehearsal", {**results, "partial": True})  # what a later failure leaves
@@ -371,10 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         s.pop("_run_dir", None)
     results["export"] = export_and_reload(last_run, args.work, console)
     results["export"]["parameters_match_flop_model"] = results["export"]["parameters"] == counts["student"]
-    if not args.no_finetune:
+    if "finetune" not in args.skip.split(","):
         results["finetune"] = finetune_two_steps(Path(results["export"]["folder"]), args.work, console)
     path = write_json(args.out, "rehearsal", results)
-    print_table("rehearsal at ProtBert's size (CPU, 2 ranks, fp32)", ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])],
+    print_table(TITLE, ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])],
                 table_rows(results), console)
     console.print(f"wrote {path}")
     return 0
@@ -408,10 +426,11 @@ def table_rows(results: dict[str, Any]) -> list[list[Any]]:
         row("checkpoint save, s", lambda s: " / ".join(_s(v) or "—" for v in s["save_s"].values())),
         row("resume load, s", lambda s: _s(s["resume"]["load_s"])),
         row("exact resume (losses, weights)", lambda s: f"{s['resume']['losses_equal']}, {s['resume']['weights_equal']}"),
-        row("universal conversion, s", lambda s: _s(s["universal"]["convert_s"])),
-        row("converter peak RSS, GB", lambda s: _gb(s["universal"]["converter_peak_rss_gb"])),
-        row("1-rank resume peak RSS, GB", lambda s: _gb(s["universal"]["peak_rss_gb"])),
-        row("1-rank resume max rel. loss diff", lambda s: f"{s['universal']['max_rel_loss_diff']:.1e}"),
+        row("universal conversion, s", lambda s: _s(s.get("universal", {}).get("convert_s"))),
+        row("converter peak RSS, GB", lambda s: _gb(s.get("universal", {}).get("converter_peak_rss_gb"))),
+        row("1-rank resume peak RSS, GB", lambda s: _gb(s.get("universal", {}).get("peak_rss_gb"))),
+        row("1-rank resume max rel. loss diff",
+            lambda s: f"{s['universal']['max_rel_loss_diff']:.1e}" if "universal" in s else None),
         once("teacher parameters", f"{results['teacher']['parameters']:,}"),
         once("student parameters (reloaded / FLOP model)",
              f"{ex['parameters']:,} / {results['student_parameters_flop_model']:,}"),

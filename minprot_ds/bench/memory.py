@@ -12,7 +12,8 @@ Per device, for a setting (ZeRO stage, precision, activation checkpointing, devi
   per token 8·H + 2·I values (layer input, Q, K, V, attention output, its projection, LayerNorm output,
   FFN in and GELU out: what autograd keeps with SDPA's fused attention, which stores no T x T matrix);
   with activation checkpointing only each layer's input is kept and one layer is recomputed at a time;
-  plus one layer's worth of activation gradients during backward;
+  plus one layer's worth of activation gradients during backward, and the dense gradient autograd makes for
+  the embedding tables (40,000 x H for ProtBert's positions) before DeepSpeed's hook moves it into its bucket;
 - the optimizer step: DeepSpeed flattens the rank's fp32 gradient partition and torch's AdamW makes two
   temporaries of that size (sqrt of the second moment, the denominator); the step's peak comes after backward has freed the activations, so the total takes the larger of the two.
 
@@ -130,6 +131,7 @@ def estimate(config: Any, student_layers: int, plan: Plan, *, max_tokens: int, m
     else:
         acts = student_layers * per_layer
     acts += per_layer + 3 * tokens * h * w + head  # backward's working layer, embeddings, hidden states for L_cos
+    acts += grads_w * largest_layer  # autograd's dense gradient of the embedding tables, before DeepSpeed takes it
     teacher_params = model_params(config, config.num_hidden_layers)
     teacher_working = (2 * i + 4 * h) * tokens * w + 2 * tokens * h * w
     step = 3 * 4 * params / (plan.gpus if plan.stage >= 1 else 1)
@@ -217,3 +219,28 @@ def measure(teacher: str, student_layers: int, plan: Plan, *, corpus: str, max_t
         engine.step(micro)
     peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss() - before
     return {"measured_bytes": peak, "padded_tokens": padded, "scope": "max_memory_allocated" if cuda else "peak RSS - baseline"}
+
+
+def skip_reason(setting: Any, inputs: Any, world: int) -> str | None:
+    """Why a `minprot bench throughput` setting cannot fit its device, or None (unknown device size: None).
+
+    The device is the GPU's total memory, or --memory-limit-gb when given; the teacher's config gives the shapes.
+    """
+    import torch
+    from transformers import BertConfig
+
+    if inputs.memory_limit_gb is not None:
+        device_gb = inputs.memory_limit_gb
+    elif torch.cuda.is_available():
+        device_gb = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GB
+    else:
+        return None
+    zero = (inputs.ds_base or {}).get("zero_optimization", {})
+    plan = Plan(setting.zero_stage, setting.precision, setting.activation_checkpointing, world,
+                reduce_bucket_size=int(zero.get("reduce_bucket_size", DEFAULT_BUCKET)))
+    est = estimate(BertConfig.from_pretrained(inputs.teacher), inputs.student_layers, plan,
+                   max_tokens=setting.max_tokens, max_rows=setting.max_rows, longest=514)
+    if fits(est, device_gb):
+        return None
+    return (f"predicted {est.total / GB:.1f} GB per device exceeds {device_gb:g} GB less the margin "
+            f"({MARGIN:.0%} + {RESERVE_GB:g} GB; minprot bench memory); not run")
