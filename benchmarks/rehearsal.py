@@ -61,6 +61,8 @@ class Watcher(threading.Thread):
     def run(self) -> None:
         import psutil
 
+        from minprot_ds.bench.memory import peak_rss
+
         while not self.stop.is_set():
             try:
                 procs = psutil.Process(self.root_pid).children(recursive=True)
@@ -69,7 +71,7 @@ class Watcher(threading.Thread):
             for p in procs:
                 try:
                     cmd = " ".join(p.cmdline())
-                    hwm = _vm_hwm(p.pid)
+                    hwm = peak_rss(p.pid)
                 except (psutil.Error, OSError):
                     continue
                 if "ds_to_universal" in cmd:
@@ -90,15 +92,6 @@ class Watcher(threading.Thread):
 
     def seconds(self, start: str, end: str) -> float | None:
         return self.seen[end] - self.seen[start] if start in self.seen and end in self.seen else None
-
-
-def _vm_hwm(pid: int) -> int:
-    """The process's peak resident set size in bytes (Linux: VmHWM of /proc/PID/status)."""
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def launch(run_dir: Path, args: list[str], ranks: int, timeout_s: float, log_dir: Path) -> dict[str, Any]:

@@ -178,13 +178,13 @@ def memory_plan(config: Any, student_layers: int, *, gpu: str, gpus: int, nodes:
             "teacher_parameters": model_params(config, config.num_hidden_layers), "settings": rows}
 
 
-def _peak_rss() -> int:
-    """This process's peak resident set size in bytes (Linux VmHWM)."""
-    with open("/proc/self/status") as fh:
+def peak_rss(pid: int | str = "self") -> int:
+    """A process's peak resident set size in bytes (Linux: VmHWM of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as fh:
         for line in fh:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
-    raise OSError("no VmHWM in /proc/self/status")
+    raise OSError(f"no VmHWM in /proc/{pid}/status")
 
 
 def measure(teacher: str, student_layers: int, plan: Plan, *, corpus: str, max_tokens: int, max_rows: int,
@@ -208,7 +208,7 @@ def measure(teacher: str, student_layers: int, plan: Plan, *, corpus: str, max_t
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    before = 0 if cuda else _peak_rss()
+    before = 0 if cuda else peak_rss()
     setting = Setting(max_tokens, max_rows, plan.stage, plan.checkpointing, "eager", plan.precision)
     inputs = RunInputs(teacher=teacher, student_layers=student_layers, corpus=corpus, steps=steps, warmup=0, repeats=1)
     engine, stream, _ = build_setting(setting, inputs, planned_steps=steps + 1)
@@ -217,7 +217,7 @@ def measure(teacher: str, student_layers: int, plan: Plan, *, corpus: str, max_t
         micro = next(batches)
         padded = max([padded, *(int(b["input_ids"].numel()) for b in micro)])
         engine.step(micro)
-    peak = torch.cuda.max_memory_allocated() if cuda else _peak_rss() - before
+    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss() - before
     return {"measured_bytes": peak, "padded_tokens": padded, "scope": "max_memory_allocated" if cuda else "peak RSS - baseline"}
 
 
