@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import make_console, print_table, write_json
+from common import SHARED_LENGTHS, make_console, print_table, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "step_profile.json"
@@ -58,11 +58,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     init_distributed()
     teacher, layers, corpus, source = tp.prepare_inputs(
         work, preset=args.preset, teacher=None, corpus=None, sequences=args.sequences,
-        lengths_file=tp.DEFAULT_LENGTHS, seed=args.seed)
+        lengths_file=SHARED_LENGTHS, seed=args.seed)
     setting = tp.sweep_settings(max_tokens=[args.max_tokens], zero_stages=[2], checkpointing=[False],
                                 loss_impls=["eager"], precisions=["fp32"])[0]
     inputs = tp.RunInputs(teacher=teacher, student_layers=layers, corpus=corpus, seed=args.seed)
-    engine, stream, _ = tp.build_setting(setting, inputs, planned_steps=args.warmup + args.steps + 1)
+    engine, stream = tp.build_setting(setting, inputs, planned_steps=args.warmup + args.steps + 1)
     batches = iter(stream)
 
     def engine_step() -> tuple[int, int]:

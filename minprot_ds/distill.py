@@ -100,7 +100,7 @@ def run(
     max_steps: int | None = None,
     resume: str = "auto",
 ) -> RunResult:
-    from minprot_ds.build import build_engine, build_stream, build_tracker, eval_stream
+    from minprot_ds.build import build_engine, build_stream, build_tracker, eval_stream, planned_steps
 
     rank, world = init_distributed()
     run_dir = Path(run_dir)
@@ -120,7 +120,7 @@ def run(
         if (saved.world_size, saved.grad_accum) != (world, grad_accum):
             resume_from = universal_resume(resume_from, saved, world, grad_accum, ds)
     stream = build_stream(config, "train", rank=rank, world_size=world, grad_accum=grad_accum)
-    planned = config.schedule.total_steps or stream.planned_steps(config.schedule.epochs)
+    planned = planned_steps(config, stream)
     engine, student_config = build_engine(config, ds, planned_steps=planned, dtype=precision(ds))
     state = TrainState(world_size=world, grad_accum=grad_accum, model_affecting=config.model_affecting())
     load_s = None

@@ -9,7 +9,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from minprot_ds.bench.flops import mfu, peak_tflops
+from minprot_ds.flops import mfu, peak_tflops
 
 
 def peak_memory_gb() -> float:

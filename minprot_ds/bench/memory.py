@@ -74,7 +74,7 @@ def preset_config(name: str) -> Any:
     """The BertConfig of a model preset's teacher (protbert: ProtBert's own, 40,000 positions)."""
     from transformers import BertConfig
 
-    from minprot_ds.bench.flops import PROTBERT_MAX_POSITIONS
+    from minprot_ds.flops import PROTBERT_MAX_POSITIONS
     from minprot_ds.models import MODEL_PRESETS
     from minprot_ds.vocab import VOCAB_SIZE
 
@@ -86,7 +86,7 @@ def preset_config(name: str) -> Any:
 
 def model_params(config: Any, num_layers: int) -> int:
     """Parameters of a BertForMaskedLM with this config's widths and `num_layers` layers (tied decoder)."""
-    from minprot_ds.bench.flops import bert_params
+    from minprot_ds.flops import bert_params
 
     return bert_params(num_layers, config.hidden_size, config.intermediate_size, config.vocab_size,
                        config.max_position_embeddings, config.type_vocab_size).total
@@ -211,7 +211,7 @@ def measure(teacher: str, student_layers: int, plan: Plan, *, corpus: str, max_t
     before = 0 if cuda else peak_rss()
     setting = Setting(max_tokens, max_rows, plan.stage, plan.checkpointing, "eager", plan.precision)
     inputs = RunInputs(teacher=teacher, student_layers=student_layers, corpus=corpus, steps=steps, warmup=0, repeats=1)
-    engine, stream, _ = build_setting(setting, inputs, planned_steps=steps + 1)
+    engine, stream = build_setting(setting, inputs, planned_steps=steps + 1)
     batches, padded = iter(stream), 0
     for _ in range(steps):
         micro = next(batches)

@@ -61,7 +61,7 @@ def make_inputs(gen, m, n, v=30, h=64, scale=3.0, dtype=torch.float32, ignore_so
     return rnd(m, v), rnd(m, v), labels, hs, ht
 
 
-def reference64(s_logits, t_logits, labels, s_hidden, t_hidden, tau, weights):
+def reference64(s_logits, t_logits, labels, s_hidden, t_hidden, tau, weights, tau_squared=True):
     """The maths in float64, written independently of minprot_ds (per-term, via autograd)."""
     s = s_logits.detach().double().requires_grad_()
     hs = s_hidden.detach().double().requires_grad_()
@@ -70,19 +70,20 @@ def reference64(s_logits, t_logits, labels, s_hidden, t_hidden, tau, weights):
     log_p = torch.log_softmax(s, dim=-1)
     mlm = -log_p[keep].gather(1, labels[keep].unsqueeze(1)).sum() / max(int(keep.sum()), 1)
     kd_rows = -(torch.softmax(t / tau, -1) * torch.log_softmax(s / tau, -1)).sum(-1)
-    kd = kd_rows.sum() / max(s.shape[0], 1) * tau**2
+    kd = kd_rows.sum() / max(s.shape[0], 1) * (tau**2 if tau_squared else 1.0)
     cos = (1 - F.cosine_similarity(hs, ht, dim=-1)).sum() / max(hs.shape[0], 1)
     total = weights[0] * mlm + weights[1] * kd + weights[2] * cos
     total.backward()
     return total.detach(), mlm.detach(), kd.detach(), cos.detach(), s.grad, hs.grad
 
 
-def run_impl(impl, s_logits, t_logits, labels, s_hidden, t_hidden, tau, weights):
+def run_impl(impl, s_logits, t_logits, labels, s_hidden, t_hidden, tau, weights, tau_squared=True):
     """Runs on DEVICE (CUDA when present, else CPU with Triton's interpreter); results come back on CPU."""
     s = s_logits.to(DEVICE).requires_grad_()
     hs = s_hidden.to(DEVICE).requires_grad_()
     t_logits, labels, t_hidden = t_logits.to(DEVICE), labels.to(DEVICE), t_hidden.to(DEVICE)
-    out = distill_loss(s, t_logits, labels, hs, t_hidden, temperature=tau, weights=weights, impl=impl)
+    out = distill_loss(s, t_logits, labels, hs, t_hidden, temperature=tau, weights=weights, impl=impl,
+                       kd_temperature_squared=tau_squared)
     out.total.backward()
     out = type(out)(*(x.cpu() for x in (out.total, out.mlm, out.kd, out.cos)))
     return out, s.grad.cpu(), hs.grad.cpu()
@@ -94,11 +95,11 @@ def assert_rel(actual, expected, tol, what):
     assert err <= tol, f"{what}: relative error {err:.3g} > {tol:g}"
 
 
-def check_against_reference(impl, inputs, tau=2.0, weights=(1 / 3, 1 / 3, 1 / 3)):
+def check_against_reference(impl, inputs, tau=2.0, weights=(1 / 3, 1 / 3, 1 / 3), tau_squared=True):
     dtype = inputs[0].dtype
     tol = TOL[dtype]
-    ref = reference64(*inputs, tau, weights)
-    out, g_logits, g_hidden = run_impl(impl, *inputs, tau, weights)
+    ref = reference64(*inputs, tau, weights, tau_squared)
+    out, g_logits, g_hidden = run_impl(impl, *inputs, tau, weights, tau_squared)
     for name, got, want in zip(("total", "mlm", "kd", "cos"), (out.total, out.mlm, out.kd, out.cos), ref[:4]):
         assert abs(got.item() - want.item()) <= tol * abs(want.item()) + 1e-12, f"{impl} {name}: {got.item()} vs {want.item()}"
     assert g_logits.dtype == dtype and g_hidden.dtype == dtype
@@ -127,6 +128,15 @@ def test_temperature_one_and_other_weightings(impl, gen, interpret):
     # MinProtBert's public loop: weights 1 / 0.5 / 0.1 (with τ² it is expressible through weights).
     inputs = make_inputs(gen, m=40, n=90, h=40)
     check_against_reference(impl, inputs, tau=1.0, weights=(1.0, 0.5, 0.1))
+
+
+@pytest.mark.parametrize("impl", ["eager", "triton"])
+def test_kd_without_temperature_squared(impl, gen, interpret):
+    # MinProtBert's public loop: weights 1 / 0.5 / 0.1 and no τ² on the KD term (loss.kd_temperature_squared).
+    inputs = make_inputs(gen, m=40, n=90, h=40)
+    out, g_logits, _ = check_against_reference(impl, inputs, tau=2.0, weights=(1.0, 0.5, 0.1), tau_squared=False)
+    scaled, g_scaled, _ = run_impl(impl, *inputs, 2.0, (1.0, 0.5, 0.1), True)
+    assert torch.allclose(scaled.kd, 4.0 * out.kd, rtol=1e-5)
 
 
 @pytest.mark.parametrize("impl", ["eager", "triton"])
@@ -218,3 +228,4 @@ def test_bad_temperature_and_shapes(gen):
 def test_compiled_matches_float64_reference(gen):
     inputs = make_inputs(gen, m=64, n=100, h=32)
     check_against_reference("compiled", inputs)
+    check_against_reference("compiled", inputs, weights=(1.0, 0.5, 0.1), tau_squared=False)
