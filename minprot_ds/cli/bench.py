@@ -1,6 +1,7 @@
-"""`minprot bench throughput`: what this box delivers for the distillation, and which settings to run.
+"""`minprot bench throughput | memory`: what this box delivers for the distillation, which settings to run,
+and the memory each setting needs per GPU (the plan: minprot_ds/bench/memory.py).
 
-One process (CPU, or the first GPU); for several GPUs run the script form under the launcher:
+Throughput runs in one process (CPU, or the first GPU); for several GPUs run the script form under the launcher:
 `deepspeed --num_gpus N benchmarks/throughput.py ...` (the same command and options).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from rich.table import Table
 from minprot_ds.cli.common import make_console
 from minprot_ds.errors import UserError
 
-bench_app = typer.Typer(help="Hardware throughput benchmarks of the distillation.", no_args_is_help=True)
+bench_app = typer.Typer(help="Hardware throughput benchmarks and the memory plan of the distillation.", no_args_is_help=True)
 
 
 def _split(text: str, kind, option: str) -> list:
@@ -148,7 +149,7 @@ def memory(
     config = mem.preset_config(preset)
     plan = mem.memory_plan(config, MODEL_PRESETS[preset].student_layers, gpu=gpu, gpus=gpus, nodes=nodes,
                            max_tokens=max_tokens, max_rows=max_rows or default_rows(max_tokens))
-    stdout = Console(width=max(Console().width, 150))
+    stdout = make_console(width=max(make_console().width, 150))
     table = Table(title=f"memory per GPU: {preset} on {gpus}x {gpu} ({nodes} node(s)), {max_tokens} tokens / "
                         f"{plan['max_rows']} rows per micro-batch")
     for name in ("precision", "ZeRO", "act. ckpt", "student states GB", "buckets GB", "teacher GB", "activations GB",
