@@ -162,7 +162,7 @@ def memory_plan(config: Any, student_layers: int, *, gpu: str, gpus: int, nodes:
     """Every ZeRO stage x precision x checkpointing setting: predicted GB per device at `max_tokens`, whether it
     fits `gpu`, and the largest token budget that fits."""
     device_gb = GPUS[gpu]
-    precisions = ["fp16"] if gpu.startswith("v100") else ["bf16", "fp16"]  # V100: no bf16
+    precisions = ["fp16", "fp32"] if gpu.startswith("v100") else ["bf16", "fp16", "fp32"]  # V100: no bf16
     rows = []
     for precision in precisions:
         for stage in (1, 2, 3):
