@@ -1,6 +1,7 @@
 """`deepspeed [--num_gpus N] launch/finetune.py --task ... --deepspeed ds_configs/x.json` (or plain `python launch/finetune.py`).
 
-Only argument parsing lives here; the job is `minprot_ds.finetune.run` (the same as `minprot finetune`).
+Only argument parsing lives here, derived from `minprot_ds.finetune.options` (as `minprot finetune` is); the
+job is `minprot_ds.finetune.run`.
 """
 from __future__ import annotations
 
@@ -12,31 +13,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from minprot_ds.finetune.options import add_arguments
+
     p = argparse.ArgumentParser(
         description="Fine-tune a ProtBert-format model (teacher or student) on a downstream task. Every rank runs this script.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--task", required=True, choices=["dna-binding", "membrane", "q3"])
-    p.add_argument("--model", required=True, help="Hugging Face folder or hub id")
-    p.add_argument("--train", required=True, type=Path)
-    p.add_argument("--test", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--valid", type=Path, default=None)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=8, help="per rank")
-    p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-train-samples", type=int, default=None)
-    p.add_argument("--max-eval-samples", type=int, default=None)
-    p.add_argument("--deepspeed", "--deepspeed_config", dest="deepspeed", type=Path, default=None,
-                   help="DeepSpeed JSON (ds_configs/*.json); without it the job trains in plain PyTorch")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: SQLite in --out)")
-    p.add_argument("--experiment", default="minprot-finetune")
-    p.add_argument("--run-name", default=None)
-    p.add_argument("--role", default="auto", choices=["teacher", "student", "auto"])
-    p.add_argument("--dataset-name", default=None)
-    p.add_argument("--strict", action="store_true")
+    add_arguments(p)
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the launcher
     return p.parse_args(argv)
 

@@ -29,7 +29,7 @@ from minprot_ds.checkpoint import (
 from minprot_ds.config import DistillConfig
 from minprot_ds.ds_config import precision, read_ds_config
 from minprot_ds.errors import UserError
-from minprot_ds.export import STUDENT_CONFIG, export_student, student_provenance
+from minprot_ds.export import STUDENT_CONFIG, export_student, save_gathered, student_provenance
 from minprot_ds.fileio import write_json
 from minprot_ds.metrics import StepMeter
 from minprot_ds.progress import TrainProgress
@@ -237,16 +237,10 @@ def universal_resume(folder: Path, saved: TrainState, world: int, grad_accum: in
 
 def export_final(engine, run_dir: Path, state: TrainState, config: DistillConfig, rank: int) -> Path | None:
     """Export the student (all ranks gather ZeRO-3 partitions, rank 0 writes) to RUN/student."""
-    import deepspeed
-
     model = engine.student.module.mlm
-    params = list(model.parameters())
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=hasattr(params[0], "ds_id")):
-        if rank != 0:
-            return None
-        meta = {"mlflow_run_id": state.mlflow_run_id, "step": state.step, "consumed_samples": state.consumed_samples,
-                "teacher": config.model.teacher, **student_provenance(model.config)}
-        return export_student(model, run_dir / "student", meta)
+    meta = {"mlflow_run_id": state.mlflow_run_id, "step": state.step, "consumed_samples": state.consumed_samples,
+            "teacher": config.model.teacher, **student_provenance(model.config)}
+    return save_gathered(model, rank, lambda: export_student(model, run_dir / "student", meta))
 
 
 def default_ds_config(ds_config_dir: Path) -> Path:

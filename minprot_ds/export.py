@@ -3,8 +3,9 @@ and `minprot.json` naming where it came from (MLflow run id, step, teacher, chos
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -16,15 +17,37 @@ METADATA = "minprot.json"
 STUDENT_CONFIG = "student_config.json"  # saved in the run dir at start, so checkpoints can be exported
 
 
-def export_student(model: Any, out: str | Path, metadata: dict[str, Any]) -> Path:
-    """Save a BertForMaskedLM (full weights in memory) with tokenizer files and provenance metadata."""
+T = TypeVar("T")
+
+
+def save_gathered(model: torch.nn.Module, rank: int, write: Callable[[], T]) -> T | None:
+    """Run `write()` on rank 0 with the model's full weights in memory.
+
+    Under ZeRO-3 each rank holds a slice of every parameter: all ranks must call this (the gather is a
+    collective), and rank 0 writes while the full tensors are assembled. Elsewhere it just calls `write`.
+    """
+    import deepspeed
+
+    params = list(model.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=bool(params) and hasattr(params[0], "ds_id")):
+        return write() if rank == 0 else None
+
+
+def save_hf_folder(model: Any, out: str | Path, metadata_file: str, metadata: dict[str, Any]) -> Path:
+    """`save_pretrained` (safetensors) + ProtBert's tokenizer files + a JSON file saying where it came from."""
+    from minprot_ds.fileio import write_json
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     write_tokenizer_files(out)
-    meta = {"minprot_version": __version__, **metadata}
-    (out / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_json(out / metadata_file, {"minprot_version": __version__, **metadata})
     return out
+
+
+def export_student(model: Any, out: str | Path, metadata: dict[str, Any]) -> Path:
+    """Save a BertForMaskedLM (full weights in memory) with tokenizer files and provenance metadata."""
+    return save_hf_folder(model, out, METADATA, metadata)
 
 
 def student_provenance(config: Any) -> dict[str, Any]:

@@ -47,44 +47,60 @@ MODEL_PRESETS = {
 
 # --- loading -------------------------------------------------------------------------------------------
 
+_EXPECTED = (
+    "pass a folder holding config.json and weights (model.safetensors or pytorch_model.bin, as "
+    "save_pretrained writes) or a Hugging Face hub id such as Rostlab/prot_bert"
+)
+
+
 def _looks_like_path(name: str) -> bool:
     # Hub ids are "name" or "org/name"; anything else with a separator, a dot prefix or ~ is a path.
     return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or Path(name).exists()
 
 
-def _from_pretrained(name_or_path: str, role: str, dtype: torch.dtype) -> BertForMaskedLM:
-    expected = (
-        "pass a folder holding config.json and weights (model.safetensors or pytorch_model.bin, as "
-        "save_pretrained writes) or a Hugging Face hub id such as Rostlab/prot_bert"
-    )
+def load_pretrained(cls, name_or_path: str, what: str, **kwargs):
+    """`cls.from_pretrained(name_or_path, output_loading_info=True, **kwargs)` -> (model, loading info).
+
+    The one loader of every ProtBert-format model (teacher, student, fine-tune encoder): a local folder is
+    checked first, and every failure is one sentence naming `what` (e.g. "teacher model folder", "--model").
+    """
     name = str(name_or_path)
     if _looks_like_path(name):
         folder = Path(name).expanduser()
         if not folder.is_dir():
-            raise UserError(f"{role} model folder {folder} does not exist; {expected}")
+            raise UserError(f"{what} {folder} does not exist; {_EXPECTED}")
         if not (folder / "config.json").is_file():
-            raise UserError(f"{role} model folder {folder} has no config.json; {expected}")
+            raise UserError(f"{what} {folder} has no config.json; {_EXPECTED}")
         name = str(folder)
     try:
-        model, info = BertForMaskedLM.from_pretrained(
-            name, attn_implementation="sdpa", dtype=dtype, output_loading_info=True
-        )
+        model, info = cls.from_pretrained(name, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as err:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         if offline and not Path(name).is_dir():
             raise UserError(
-                f"cannot load {role} model {name!r}: HF_HUB_OFFLINE is set and it is neither a local folder nor "
-                f"in the Hugging Face cache; download it once with network access or {expected}"
+                f"cannot load {what} {name!r}: HF_HUB_OFFLINE is set and it is neither a local folder nor "
+                f"in the Hugging Face cache; download it once with network access or {_EXPECTED}"
             ) from err
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
-            f"cannot load {role} model {name!r}: no such local folder and the hub lookup failed ({first_line}); {expected}"
+            f"cannot load {what} {name!r}: no such local folder and the hub lookup failed ({first_line}); {_EXPECTED}"
         ) from err
+    if model.config.vocab_size != VOCAB_SIZE:
+        raise UserError(
+            f"{what} {name!r} has a vocabulary of {model.config.vocab_size} tokens, not ProtBert's {VOCAB_SIZE}; "
+            "pass a ProtBert-format model (Rostlab/prot_bert or a minprot student)"
+        )
+    return model, info
+
+
+def _from_pretrained(name_or_path: str, role: str, dtype: torch.dtype) -> BertForMaskedLM:
+    model, info = load_pretrained(BertForMaskedLM, name_or_path, f"{role} model folder" if _looks_like_path(str(name_or_path))
+                                  else f"{role} model", attn_implementation="sdpa", dtype=dtype)
     # A checkpoint without the MLM head (e.g. a bare BertModel) would load with a random head: refuse.
     missing = [k for k in info.get("missing_keys", []) if not k.startswith("cls.predictions.decoder")]
     if missing:
         raise UserError(
-            f"{role} model {name!r} lacks weights for {', '.join(sorted(missing)[:4])}"
+            f"{role} model {str(name_or_path)!r} lacks weights for {', '.join(sorted(missing)[:4])}"
             f"{' …' if len(missing) > 4 else ''}; it must be a BertForMaskedLM checkpoint (ProtBert's layout)"
         )
     return model

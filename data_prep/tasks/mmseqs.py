@@ -1,5 +1,9 @@
 """Redundancy reduction with the real MMseqs2 ("SUB": one representative per cluster) and its random
-control of equal size per split ("CUT"), as in the MinProtBert report's SUB vs CUT experiment."""
+control of equal size per split and label ("CUT"), as in the MinProtBert report's SUB vs CUT experiment.
+
+Both leave a set's `test` split unchanged, so Full, SUB and CUT are scored on one common test set and the
+comparison measures the training set alone.
+"""
 from __future__ import annotations
 
 import os
@@ -58,10 +62,11 @@ def flatten(data: datasets.DatasetDict) -> tuple[list[str], list[str], list[int]
     return seqs, split_of, row_of
 
 
-def cluster_representatives(
+def cluster_members(
     sequences: Sequence[str], identity: float, coverage: float = 0.8, threads: int | None = None
 ) -> list[int]:
-    """Indices of the cluster representatives `mmseqs easy-cluster` picks at this identity and coverage."""
+    """For each sequence, the index of its cluster's representative (`mmseqs easy-cluster` at this identity
+    and coverage); a representative is its own."""
     _check_fraction("--identity", identity)
     _check_fraction("--coverage", coverage)
     with tempfile.TemporaryDirectory(prefix="minprot-mmseqs-") as tmp:
@@ -71,27 +76,45 @@ def cluster_representatives(
         if threads:
             args += ["--threads", str(threads)]
         run_mmseqs(args, work)
-        reps = {line.split("\t", 1)[0] for line in (work / "clu_cluster.tsv").read_text().splitlines() if line}
-    return sorted(int(r) for r in reps)
+        rep_of = list(range(len(sequences)))
+        for line in (work / "clu_cluster.tsv").read_text().splitlines():
+            if line:
+                rep, member = line.split("\t")[:2]
+                rep_of[int(member)] = int(rep)
+    return rep_of
+
+
+def cluster_representatives(
+    sequences: Sequence[str], identity: float, coverage: float = 0.8, threads: int | None = None
+) -> list[int]:
+    """Indices of the cluster representatives `mmseqs easy-cluster` picks at this identity and coverage."""
+    return sorted(set(cluster_members(sequences, identity, coverage, threads)))
+
+
+KEPT_SPLIT = "test"  # SUB and CUT keep it as it is
 
 
 def reduce(
     data: datasets.Dataset | datasets.DatasetDict, identity: float = 0.85, *, coverage: float = 0.8, threads: int | None = None
 ) -> datasets.Dataset | datasets.DatasetDict:
-    """SUB: all splits clustered together; each cluster keeps only its representative, in its own split."""
+    """SUB: the splits other than `test` clustered together; each cluster keeps only its representative, in
+    its own split. The test split is kept unchanged."""
     whole = data if isinstance(data, datasets.DatasetDict) else datasets.DatasetDict({"all": data})
-    seqs, split_of, row_of = flatten(whole)
-    keep: dict[str, list[int]] = {name: [] for name in whole}
+    reduced = datasets.DatasetDict({k: v for k, v in whole.items() if k != KEPT_SPLIT})
+    seqs, split_of, row_of = flatten(reduced)
+    keep: dict[str, list[int]] = {name: [] for name in reduced}
     for i in cluster_representatives(seqs, identity, coverage, threads):
         keep[split_of[i]].append(row_of[i])
-    out = datasets.DatasetDict({name: whole[name].select(sorted(rows)) for name, rows in keep.items()})
+    out = datasets.DatasetDict({name: (whole[name] if name == KEPT_SPLIT else whole[name].select(sorted(keep[name])))
+                                for name in whole})
     return out if isinstance(data, datasets.DatasetDict) else out["all"]
 
 
 def random_subset(
     data: datasets.Dataset | datasets.DatasetDict, like: datasets.Dataset | datasets.DatasetDict, seed: int = 0
 ) -> datasets.Dataset | datasets.DatasetDict:
-    """CUT: per split, a seeded random sample of the rows as large as `like`'s split (usually SUB)."""
+    """CUT: per split, a seeded random sample with as many rows of each label as `like`'s split (usually SUB);
+    the test split is kept unchanged. Per-residue sets (no `label` column) match the row count."""
     if isinstance(data, datasets.DatasetDict) != isinstance(like, datasets.DatasetDict):
         raise UserError("--like must have the same splits as the dataset (both split or both single); pass the SUB folder made from it")
     whole = data if isinstance(data, datasets.DatasetDict) else datasets.DatasetDict({"all": data})
@@ -101,9 +124,19 @@ def random_subset(
     rng = np.random.default_rng(seed)
     out = {}
     for name in whole:  # fixed split order keeps the draw a pure function of the seed
-        size = model[name].num_rows
-        if size > whole[name].num_rows:
-            raise UserError(f"--like's {name} split has {size} rows, more than the dataset's {whole[name].num_rows}")
-        out[name] = whole[name].select(sorted(rng.choice(whole[name].num_rows, size=size, replace=False).tolist()))
+        if name == KEPT_SPLIT:
+            out[name] = whole[name]
+            continue
+        has_label = "label" in whole[name].column_names
+        mine = np.asarray(whole[name]["label"]) if has_label else np.zeros(whole[name].num_rows, dtype=np.int64)
+        theirs = np.asarray(model[name]["label"]) if has_label else np.zeros(model[name].num_rows, dtype=np.int64)
+        picked: list[int] = []
+        for y in sorted(set(theirs.tolist())):
+            pool = np.nonzero(mine == y)[0]
+            size = int((theirs == y).sum())
+            if size > len(pool):
+                raise UserError(f"--like's {name} split has {size} rows of label {y}, more than the dataset's {len(pool)}")
+            picked.extend(rng.choice(pool, size=size, replace=False).tolist())
+        out[name] = whole[name].select(sorted(picked))
     result = datasets.DatasetDict(out)
     return result if isinstance(data, datasets.DatasetDict) else result["all"]

@@ -1,6 +1,11 @@
-"""Swiss-Prot flat files -> the DNA-binding task: reviewed entries of one organism group, 20-512 residues,
-label 1 iff the entry carries the keyword "DNA-binding" (KW-0238); seeded, label-stratified
-85 / 7.5 / 7.5 train / valid / test split."""
+"""Swiss-Prot flat files -> the DNA-binding task: reviewed, complete (no `DE Flags: Fragment`) entries of one
+organism group, 20-512 residues, label 1 iff the entry carries the keyword "DNA-binding" (KW-0238).
+
+The 85 / 7.5 / 7.5 train / valid / test split is homology-aware: MMseqs2 clusters the entries first
+(`--identity`, default 30%, over 80% coverage) and whole clusters go to one split, drawn per label (a
+cluster's label is its majority label) so every split keeps the label balance. A test protein then has no
+training protein in its cluster; SUB and CUT made from the set keep this test split unchanged.
+"""
 from __future__ import annotations
 
 import collections
@@ -32,6 +37,14 @@ def organism_filter(organism: str):
     return lambda rec: str(taxid) in rec.taxonomy_id
 
 
+FRAGMENT = "fragment (DE Flags: Fragment)"
+
+
+def is_fragment(description: str) -> bool:
+    """UniProt marks incomplete sequences with `Fragment` (or `Fragments`) among the DE line's Flags."""
+    return "Flags:" in description and "Fragment" in description.split("Flags:", 1)[1]
+
+
 def _open(path: Path):
     if not path.is_file():
         raise UserError(f"{path} does not exist; pass a UniProt flat file such as uniprot_sprot.dat.gz")
@@ -56,6 +69,8 @@ def read_swissprot(paths: Sequence[str | Path], organism: str) -> tuple[dict[str
                         excluded["unreviewed (TrEMBL) entry"] += 1
                     elif not keep(rec):
                         excluded["other organism"] += 1
+                    elif is_fragment(rec.description):
+                        excluded[FRAGMENT] += 1
                     elif not MIN_RESIDUES <= len(rec.sequence) <= MAX_RESIDUES:
                         excluded[f"outside {MIN_RESIDUES}-{MAX_RESIDUES} residues"] += 1
                     else:
@@ -90,12 +105,45 @@ def stratified_split(labels: Sequence[int], seed: int, fractions: dict[str, floa
     return {name: sorted(rows) for name, rows in out.items()}
 
 
-def build_swissprot(paths: Sequence[str | Path], organism: str, seed: int = 0) -> tuple[datasets.DatasetDict, dict[str, int]]:
+def cluster_split(labels: Sequence[int], clusters: Sequence[int], seed: int,
+                  fractions: dict[str, float] = SPLIT_FRACTIONS) -> dict[str, list[int]]:
+    """Row indices per split with every cluster inside one split; clusters are drawn per (majority) label in a
+    seeded order, the smaller splits filled first up to their share of that label's rows."""
+    rng = np.random.default_rng(seed)
+    members: dict[int, list[int]] = collections.defaultdict(list)
+    for i, c in enumerate(clusters):
+        members[c].append(i)
+    by_label: dict[int, list[int]] = collections.defaultdict(list)
+    for c, rows in members.items():
+        votes = [labels[i] for i in rows]
+        by_label[max(sorted(set(votes)), key=votes.count)].append(c)
+    names = list(fractions)
+    out: dict[str, list[int]] = {name: [] for name in names}
+    for y in sorted(by_label):
+        order = [by_label[y][k] for k in rng.permutation(len(by_label[y]))]
+        total = sum(len(members[c]) for c in order)
+        targets = {n: round(total * fractions[n]) for n in names[1:]}
+        filled = dict.fromkeys(names[1:], 0)
+        for c in order:
+            open_splits = [n for n in names[1:] if filled[n] < targets[n]]
+            name = open_splits[-1] if open_splits else names[0]  # test first, then valid, the rest to train
+            out[name].extend(members[c])
+            if name in filled:
+                filled[name] += len(members[c])
+    return {name: sorted(rows) for name, rows in out.items()}
+
+
+def build_swissprot(paths: Sequence[str | Path], organism: str, seed: int = 0, *, identity: float = 0.3,
+                    coverage: float = 0.8, threads: int | None = None) -> tuple[datasets.DatasetDict, dict[str, int]]:
+    """The task set and the excluded entries counted by reason; splits by MMseqs2 cluster (see the docstring)."""
+    from data_prep.tasks.mmseqs import cluster_members
+
     columns, excluded = read_swissprot(paths, organism)
     if not columns["id"]:
         raise UserError(
             f"no reviewed {organism} entries of {MIN_RESIDUES}-{MAX_RESIDUES} residues in {', '.join(map(str, paths))}"
         )
     full = datasets.Dataset.from_dict(columns, features=SEQUENCE_FEATURES)
-    parts = stratified_split(columns["label"], seed)
+    clusters = cluster_members(columns["sequence"], identity, coverage, threads)
+    parts = cluster_split(columns["label"], clusters, seed)
     return datasets.DatasetDict({name: full.select(rows) for name, rows in parts.items()}), dict(excluded)

@@ -7,40 +7,18 @@ from typing import Optional
 import typer
 
 from minprot_ds.cli.common import console
+from minprot_ds.finetune.options import typer_command
 
 
-def finetune(
-    task: str = typer.Option(..., help="dna-binding | membrane | q3"),
-    model: str = typer.Option(..., help="a Hugging Face folder (teacher or exported student) or a hub id such as Rostlab/prot_bert"),
-    train: Path = typer.Option(..., help="a task folder made by `minprot data ...` or a data file any reader takes"),
-    test: Path = typer.Option(..., help="test set (its 'test' split, or the whole set when it has one split)"),
-    out: Path = typer.Option(..., help="folder for metrics.json, predictions.tsv, model/ and the default MLflow store"),
-    valid: Optional[Path] = typer.Option(None, help="validation set (default: --train's own valid split, if it has one)"),
-    epochs: int = typer.Option(3, min=1),
-    batch_size: int = typer.Option(8, min=1, help="sequences per step (per rank under deepspeed)"),
-    lr: float = typer.Option(2e-5, help="AdamW peak learning rate (linear decay to 0)"),
-    weight_decay: float = typer.Option(0.01),
-    seed: int = typer.Option(0),
-    max_train_samples: Optional[int] = typer.Option(None, help="use only the first N training rows"),
-    max_eval_samples: Optional[int] = typer.Option(None, help="use only the first N valid and test rows"),
-    deepspeed: Optional[Path] = typer.Option(None, help="train inside a DeepSpeed engine with this JSON (ds_configs/...)"),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow store (default: SQLite in --out); share one to compare runs"),
-    experiment: str = typer.Option("minprot-finetune", help="MLflow experiment"),
-    run_name: Optional[str] = typer.Option(None),
-    role: str = typer.Option("auto", help="teacher | student | auto (student when the model folder has minprot.json)"),
-    dataset_name: Optional[str] = typer.Option(None, help="name of the train set in reports (default: its minprot_task.json name or file name)"),
-    strict: bool = typer.Option(False, help="fail on the first malformed record instead of skipping it"),
-) -> None:
-    """Fine-tune a ProtBert-format model on one downstream task and record the run in MLflow."""
-    from minprot_ds.finetune import FinetuneConfig, run
+def _finetune(cfg) -> None:
+    from minprot_ds.finetune import run
 
-    result = run(FinetuneConfig(
-        task=task, model=model, train=train, test=test, out=out, valid=valid, epochs=epochs, batch_size=batch_size,
-        lr=lr, weight_decay=weight_decay, seed=seed, max_train_samples=max_train_samples,
-        max_eval_samples=max_eval_samples, deepspeed=deepspeed, tracking_uri=tracking_uri, experiment=experiment,
-        run_name=run_name, role=role, dataset_name=dataset_name, strict=strict,
-    ), echo=console.print)
-    console.print(f"MLflow run {result.mlflow_run_id}; metrics in {result.out / 'metrics.json'}")
+    result = run(cfg, echo=console.print)
+    console.print(f"MLflow run {result.mlflow_run_id}; metrics in {result.out / 'metrics.json'}", soft_wrap=True)
+
+
+# The options come from FinetuneConfig (minprot_ds.finetune.options), as launch/finetune.py's do.
+finetune = typer_command(_finetune, "Fine-tune a ProtBert-format model on one downstream task and record the run in MLflow.")
 
 
 def report(

@@ -50,16 +50,21 @@ def swissprot(
     files: list[Path] = typer.Argument(..., help="UniProt flat file(s): uniprot_sprot.dat or .dat.gz"),
     organism: str = typer.Option(..., help="human | c-elegans | bacteria-archaea | an NCBI taxid (e.g. 10090)"),
     out: Path = typer.Option(..., help="task folder to write (datasets save_to_disk + minprot_task.json)"),
-    seed: int = typer.Option(0, help="seed of the label-stratified 85/7.5/7.5 train/valid/test split"),
+    seed: int = typer.Option(0, help="seed of the cluster-wise, label-stratified 85/7.5/7.5 train/valid/test split"),
+    identity: float = typer.Option(0.3, help="MMseqs2 clustering identity; whole clusters go to one split, so no test "
+                                              "protein shares a cluster with a training protein"),
+    coverage: float = typer.Option(0.8, help="minimum alignment coverage of the clustering (mmseqs -c)"),
+    threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
 ) -> None:
-    """DNA-binding task from reviewed Swiss-Prot entries of 20-512 residues: label 1 iff keyword DNA-binding (KW-0238)."""
+    """DNA-binding task from reviewed, complete (no Fragment flag) Swiss-Prot entries of 20-512 residues: label 1 iff keyword DNA-binding (KW-0238); split by MMseqs2 cluster."""
     from data_prep.tasks.store import TaskMeta
     from data_prep.tasks.swissprot import build_swissprot
 
-    data, excluded = build_swissprot(files, organism, seed)
+    data, excluded = build_swissprot(files, organism, seed, identity=identity, coverage=coverage, threads=threads)
     _print_summary(f"Swiss-Prot DNA-binding, {organism}", data, "sequence", {"excluded": excluded})
     meta = TaskMeta("dna-binding", "sequence", f"swissprot-{organism}", "full", [str(f) for f in files],
-                    excluded=excluded, options={"organism": organism, "seed": seed})
+                    excluded=excluded, options={"organism": organism, "seed": seed,
+                                                "split": {"identity": identity, "coverage": coverage}})
     _save(data, out, meta)
 
 
@@ -102,7 +107,7 @@ def reduce_cmd(
     coverage: float = typer.Option(0.8, help="minimum alignment coverage (mmseqs -c)"),
     threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
 ) -> None:
-    """SUB: cluster all splits with `mmseqs easy-cluster` and keep one representative per cluster."""
+    """SUB: cluster the train and valid splits with `mmseqs easy-cluster` and keep one representative per cluster; the test split is kept unchanged."""
     from data_prep.tasks.mmseqs import reduce
     from data_prep.tasks.store import load_task_folder
 
@@ -120,7 +125,7 @@ def random_subset_cmd(
     out: Path = typer.Option(..., help="folder for the random control (CUT)"),
     seed: int = typer.Option(0, help="sampling seed"),
 ) -> None:
-    """CUT: a seeded random subset with, per split, as many rows as --like (the control for SUB)."""
+    """CUT: a seeded random subset with, per split and label, as many rows as --like (the control for SUB); the test split is kept unchanged."""
     from data_prep.tasks.mmseqs import random_subset
     from data_prep.tasks.store import load_task_folder
 
@@ -155,6 +160,47 @@ def conflicts_cmd(
     console.print(table)
     if out is not None:
         console.print(f"wrote {write_report(found, out, str(folder), identity)}")
+
+
+@data_app.command("overlap")
+def overlap_cmd(
+    query: Path = typer.Argument(..., help="the test side: a task folder (its test split, if it has one) or any data file"),
+    target: Path = typer.Argument(..., help="the training side: a task folder (its train split, if it has one) or any data file"),
+    out: Path = typer.Option(..., help="folder for overlap.json (the counts) and hits.tsv (every MMseqs2 hit)"),
+    task_name: Optional[str] = typer.Option(None, "--task", help="dna-binding | membrane | q3 (needed only where a file's format carries several)"),
+    near_identity: float = typer.Option(0.95, help="identity over --coverage of the query that counts as near-identical"),
+    homolog_identity: float = typer.Option(0.30, help="identity over --coverage of the query that counts as a homolog"),
+    coverage: float = typer.Option(0.80, help="fraction of the query protein an alignment must cover"),
+    threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
+) -> None:
+    """How many QUERY sequences occur in TARGET: exact copies, near-identical and homologous ones (MMseqs2 easy-search)."""
+    from data_prep.tasks.overlap import Thresholds, measure, write_hits
+    from minprot_ds.fileio import write_json
+
+    q, t = _sequences(query, "test", task_name), _sequences(target, "train", task_name)
+    found = measure(q["sequence"], t["sequence"], Thresholds(near_identity, homolog_identity, coverage), threads=threads)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = found.summary() | {"query": str(query), "target": str(target)}
+    write_json(out / "overlap.json", summary)
+    write_hits(found, q["id"], t["id"], out / "hits.tsv")
+    n = max(found.query_sequences, 1)
+    console.print(f"{found.query_sequences} query sequences against {found.target_sequences}: {found.exact} exact "
+                  f"({found.exact / n:.0%}), {found.near_identical} near-identical ({found.near_identical / n:.0%}), "
+                  f"{found.homologs} homologs ({found.homologs / n:.0%}); wrote {out / 'overlap.json'}", highlight=False,
+                  soft_wrap=True)
+
+
+def _sequences(path: Path, split: str, task: str | None):
+    """One split of a task folder or a data file: the columns id and sequence."""
+    from data_prep.tasks.formats import is_dataset_folder, read_inputs
+    from data_prep.tasks.load import pick_split
+    from data_prep.tasks.store import load_task_folder
+    from minprot_ds.errors import UserError
+
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass a task folder made by `minprot data ...` or a data file")
+    data = load_task_folder(path)[0] if is_dataset_folder(path) else read_inputs([path], task=task).data
+    return pick_split(data, split, path)
 
 
 def _columns(data) -> list[str]:

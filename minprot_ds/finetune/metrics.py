@@ -69,7 +69,8 @@ def read_predictions(path: Path, spec: TaskSpec) -> Predictions:
 
 
 def compute_metrics(pred: Predictions, spec: TaskSpec) -> dict:
-    """accuracy, precision, recall, f1, roc_auc, mcc (+ per-class scores for Q3); NaN where undefined."""
+    """accuracy, precision, recall, f1, roc_auc, mcc (+ pr_auc = average precision and the positive rate for
+    binary tasks, per-class scores for Q3); NaN where undefined."""
     with warnings.catch_warnings():  # one class in a tiny set: sklearn warns, the NaN / 0 says it already
         warnings.simplefilter("ignore", UserWarning)
         return _compute(pred, spec)
@@ -90,6 +91,8 @@ def _compute(pred: Predictions, spec: TaskSpec) -> dict:
             "recall": skm.recall_score(y, yhat, zero_division=0),
             "f1": skm.f1_score(y, yhat, zero_division=0),
             "roc_auc": skm.roc_auc_score(y, probs[:, 1]) if len(present) == 2 else math.nan,
+            "pr_auc": skm.average_precision_score(y, probs[:, 1]) if len(present) == 2 else math.nan,
+            "positive_rate": float((y == 1).mean()),
             "mcc": skm.matthews_corrcoef(y, yhat),
         }
         return {k: float(v) if not isinstance(v, int) else v for k, v in out.items()}

@@ -1,9 +1,11 @@
 """`minprot report`: fine-tune runs read back from MLflow, as the MinProtBert report's tables and bar charts.
 
-Table A: test metrics per task, dataset and model role. Table B: runtime of teacher vs student and the
-student's saving in %. Table C: dataset variants (full / SUB / CUT). Table D: organisms (Swiss-Prot sets).
-Repeated runs of one setting (e.g. seeds) are averaged and counted. Written as report.md, report.json and
-one PNG per table.
+Table A: test metrics per task, dataset and model role, with the test set's leakage (how many test proteins
+occur in the training rows: exact / near-identical / homologs of N) next to them and, for binary tasks, the
+length-only and homology-transfer baselines on the same splits. Table B: runtime of teacher vs student and
+the student's saving in %. Table C: dataset variants (full / SUB / CUT) and the test set each was scored on.
+Table D: organisms (Swiss-Prot sets). Repeated runs of one setting (seeds) show mean ± std (sample std) and
+their count. Written as report.md, report.json and one PNG per table.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from minprot_ds.errors import UserError
 from minprot_ds.finetune import links
 from minprot_ds.finetune.metrics import json_safe
 
-METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "mcc")
+METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "positive_rate", "mcc")
+LEAKAGE = ("exact", "near_identical", "homologs")
+BASELINES = ("length", "homology")
 ROLES = ("teacher", "student")
 
 
@@ -40,6 +44,27 @@ class RunRow:
     train_seconds: float
     inference_seconds: float
     distill_run_id: str = ""
+    test_rows: int = 0
+    leakage: dict[str, float] = field(default_factory=dict)  # test_exact / near_identical / homologs, {} if unmeasured
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> test metrics
+
+
+@dataclass
+class Stat:
+    """A metric over repeated runs: mean, sample std (n > 1) and count."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Stat:
+        finite = [v for v in values if not math.isnan(v)]
+        if not finite:
+            return cls(math.nan, math.nan, 0)
+        mean = sum(finite) / len(finite)
+        std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) if len(finite) > 1 else math.nan
+        return cls(mean, std, len(finite))
 
 
 @dataclass
@@ -108,6 +133,10 @@ def collect_runs(uri: str, experiments: list[str] | None = None) -> list[RunRow]
             train_seconds=_num(m.get("runtime/train_seconds")),
             inference_seconds=_num(m.get("runtime/inference_seconds")),
             distill_run_id=tags.get(links.TAG_DISTILL_RUN, ""),
+            test_rows=int(_num(params.get("rows.test")) if params.get("rows.test") else 0),
+            leakage={k: m[f"leakage/test_{k}"] for k in LEAKAGE if f"leakage/test_{k}" in m},
+            baselines={b: {k: _num(m.get(f"baseline_{b}/{k}")) for k in METRICS}
+                       for b in BASELINES if f"baseline_{b}/accuracy" in m},
         ))
     return rows
 
@@ -137,12 +166,31 @@ def _saving(teacher: float, student: float) -> float:
     return 100.0 * (1.0 - student / teacher)
 
 
+def leakage_cell(runs: list[RunRow]) -> str:
+    """exact / near-identical / homologs of N test proteins (the first run's: runs of a group share their splits)."""
+    measured = [r for r in runs if r.leakage]
+    if not measured:
+        return "not measured"
+    r = measured[0]
+    return "/".join(str(int(r.leakage.get(k, 0))) for k in LEAKAGE) + f" of {r.test_rows}"
+
+
 def table_a(rows: list[RunRow]) -> Table:
-    t = Table("Table A: test metrics by task, dataset and model",
-              ["task", "train set", "test set", "model", "runs", *METRICS])
-    groups = _group(rows, lambda r: (r.task, r.dataset_label, r.test_dataset, _role_order(r.role), r.role))
-    for (task, data, test, _, role), runs in groups.items():
-        t.rows.append([task, data, test, role, len(runs), *(_mean([r.metrics[k] for r in runs]) for k in METRICS)])
+    t = Table("Table A: test metrics by task, dataset and model (mean ± std over runs; leakage = test proteins "
+              "with an exact / near-identical / homologous copy among the training rows)",
+              ["task", "train set", "test set", "model", "runs", "leakage", *METRICS])
+    groups = _group(rows, lambda r: (r.task, r.dataset_label, r.test_dataset))
+    for (task, data, test), runs in groups.items():
+        leak = leakage_cell(runs)
+        for role, mine in _group(runs, lambda r: (_role_order(r.role), r.role)).items():
+            t.rows.append([task, data, test, role[1], len(mine), leak, *(Stat.of([r.metrics[k] for r in mine]) for k in METRICS)])
+        for name in BASELINES:
+            done = [r.baselines[name] for r in runs if name in r.baselines]
+            if done:
+                t.rows.append([task, data, test, f"baseline: {name}", len(done), leak,
+                               *(Stat.of([b[k] for b in done]) for k in METRICS)])
+    t.note = ("Baselines (binary tasks, same splits): length = logistic regression on sequence length; homology = the "
+              "label of the best MMseqs2 hit among the training rows.")
     return t
 
 
@@ -160,16 +208,19 @@ def table_b(rows: list[RunRow]) -> Table:
 
 
 def table_c(rows: list[RunRow]) -> Table:
-    t = Table("Table C: dataset variants (full, SUB = MMseqs2 representatives, CUT = random subset of equal size)",
-              ["task", "dataset", "variant", "model", "train rows", "runs", "accuracy", "f1", "roc_auc", "mcc"])
+    t = Table("Table C: dataset variants (full, SUB = MMseqs2 representatives, CUT = random subset with SUB's label "
+              "counts), each scored on the test set named",
+              ["task", "dataset", "variant", "model", "train rows", "test set", "leakage", "runs", "accuracy", "f1",
+               "roc_auc", "mcc"])
     with_variants = {(r.task, r.dataset) for r in rows if r.variant != "full"}
     picked = [r for r in rows if (r.task, r.dataset) in with_variants]
     order = {"full": 0, "sub": 1, "cut": 2}
     groups = _group(picked, lambda r: (r.task, r.dataset, order.get(r.variant, 3), r.dataset_label, _role_order(r.role), r.role))
     for (task, data, _, label, _, role), runs in groups.items():
         variant = label[len(data):].strip() or "full"
-        t.rows.append([task, data, variant, role, max(r.train_rows for r in runs), len(runs),
-                       *(_mean([r.metrics[k] for r in runs]) for k in ("accuracy", "f1", "roc_auc", "mcc"))])
+        tests = sorted({r.test_dataset for r in runs})
+        t.rows.append([task, data, variant, role, max(r.train_rows for r in runs), ", ".join(tests), leakage_cell(runs),
+                       len(runs), *(Stat.of([r.metrics[k] for r in runs]) for k in ("accuracy", "f1", "roc_auc", "mcc"))])
     if not t.rows:
         t.note = "No SUB/CUT runs yet: make them with `minprot data reduce` and `minprot data random-subset`."
     return t
@@ -177,12 +228,12 @@ def table_c(rows: list[RunRow]) -> Table:
 
 def table_d(rows: list[RunRow]) -> Table:
     t = Table("Table D: organisms (Swiss-Prot DNA-binding sets)",
-              ["organism", "variant", "model", "runs", "accuracy", "f1", "roc_auc", "mcc", "train s"])
+              ["organism", "variant", "model", "runs", "leakage", "accuracy", "f1", "roc_auc", "mcc", "train s"])
     groups = _group([r for r in rows if r.organism],
                     lambda r: (r.organism, r.dataset_label[len(r.dataset):].strip() or "full", _role_order(r.role), r.role))
     for (organism, variant, _, role), runs in groups.items():
-        t.rows.append([organism, variant, role, len(runs),
-                       *(_mean([r.metrics[k] for r in runs]) for k in ("accuracy", "f1", "roc_auc", "mcc")),
+        t.rows.append([organism, variant, role, len(runs), leakage_cell(runs),
+                       *(Stat.of([r.metrics[k] for r in runs]) for k in ("accuracy", "f1", "roc_auc", "mcc")),
                        _mean([r.train_seconds for r in runs])])
     if not t.rows:
         t.note = "No runs on organism sets yet: build them with `minprot data swissprot --organism ...`."
@@ -196,6 +247,10 @@ def build_tables(rows: list[RunRow]) -> list[Table]:
 # --- rendering ------------------------------------------------------------------------------------------
 
 def _cell(value: object) -> str:
+    if isinstance(value, Stat):
+        if value.n == 0:
+            return "–"
+        return _cell(value.mean) + (f" ± {value.std:.3f}" if value.n > 1 else "")
     if isinstance(value, float):
         return "–" if math.isnan(value) else f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
     return str(value).replace("|", "\\|")
@@ -223,7 +278,8 @@ def _bar_chart(table: Table, label_cols: list[int], value_col: int, group_col: i
 
     data: dict[str, dict[str, float]] = defaultdict(dict)
     for row in table.rows:
-        data[" / ".join(str(row[i]) for i in label_cols)][str(row[group_col])] = row[value_col]
+        value = row[value_col]
+        data[" / ".join(str(row[i]) for i in label_cols)][str(row[group_col])] = value.mean if isinstance(value, Stat) else value
     if not data:
         return None
     groups = sorted({g for values in data.values() for g in values}, key=_role_order)

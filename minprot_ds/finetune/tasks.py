@@ -1,24 +1,19 @@
-"""What differs between the downstream tasks: the head, the label layout, and how a batch is built.
+"""What differs between the downstream tasks: the label layout and how a batch is built (the head: heads.py).
 
-dna-binding and membrane: one label per sequence, a linear head on [CLS] (BertForSequenceClassification,
-which puts BERT's pooler before the linear layer). q3: one label per residue, a linear head on every
-token (BertForTokenClassification); residue i sits at token i + 1, behind [CLS], and [CLS], [SEP] and
-padding carry -100 so the loss and the metrics ignore them.
+dna-binding and membrane: one label per sequence. q3: one label per residue; residue i sits at token i + 1,
+behind [CLS], and [CLS], [SEP] and padding carry -100 so the loss and the metrics ignore them.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from minprot_ds.errors import UserError
 from data_prep.tasks.records import Q3_CLASSES
-from minprot_ds.vocab import CLS_ID, IGNORE_INDEX, INVALID, MAX_RESIDUES, PAD_ID, SEP_ID, UNK_ID, VOCAB_SIZE, encode
-
+from minprot_ds.vocab import CLS_ID, IGNORE_INDEX, INVALID, PAD_ID, SEP_ID, UNK_ID, encode
 
 
 @dataclass(frozen=True)
@@ -49,73 +44,16 @@ def task_spec(task: str) -> TaskSpec:
     return TASKS[task]
 
 
-# --- the model ------------------------------------------------------------------------------------------
-
-_EXPECTED = (
-    "pass a folder holding config.json and weights (as save_pretrained writes, e.g. an exported student) "
-    "or a Hugging Face hub id such as Rostlab/prot_bert"
-)
-
-
-def _looks_like_path(name: str) -> bool:
-    # Hub ids are "name" or "org/name"; anything absolute, relative-looking or deeper is a path.
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or Path(name).exists()
-
-
-def load_model(name_or_path: str, spec: TaskSpec) -> torch.nn.Module:
-    """ProtBert-format encoder + a fresh linear head for the task, fp32, every layer trainable."""
-    from transformers import BertForSequenceClassification, BertForTokenClassification
-    from transformers.utils import logging as hf_logging
-
-    name = str(name_or_path)
-    if _looks_like_path(name):
-        folder = Path(name).expanduser()
-        if not folder.is_dir():
-            raise UserError(f"--model {folder} does not exist; {_EXPECTED}")
-        if not (folder / "config.json").is_file():
-            raise UserError(f"--model {folder} has no config.json; {_EXPECTED}")
-        name = str(folder)
-    cls = BertForTokenClassification if spec.per_residue else BertForSequenceClassification
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "newly initialised head" warning is expected; we check ourselves
-    try:
-        model, info = cls.from_pretrained(name, num_labels=spec.num_labels, output_loading_info=True)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot load --model {name!r} ({first}); {_EXPECTED}") from err
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if model.config.vocab_size != VOCAB_SIZE:
-        raise UserError(
-            f"--model {name!r} has a vocabulary of {model.config.vocab_size} tokens, not ProtBert's {VOCAB_SIZE}; "
-            "pass a ProtBert-format model (Rostlab/prot_bert or a minprot student)"
-        )
-    # Only the head (and BERT's pooler, absent from MLM checkpoints) may start random: a missing encoder
-    # means the folder is not a BERT checkpoint at all.
-    missing = [k for k in info.get("missing_keys", []) if k.startswith("bert.") and not k.startswith("bert.pooler.")]
-    if missing:
-        raise UserError(
-            f"--model {name!r} lacks encoder weights ({', '.join(sorted(missing)[:3])}"
-            f"{' …' if len(missing) > 3 else ''}); it must be a BERT checkpoint in ProtBert's layout"
-        )
-    model.config.id2label = dict(enumerate(spec.classes))
-    model.config.label2id = {c: i for i, c in enumerate(spec.classes)}
-    model.config.minprot_task = spec.name
-    model.requires_grad_(True)
-    return model.float()
-
-
 # --- encoding and batches -------------------------------------------------------------------------------
 
 @dataclass
 class Encoded:
-    """A split ready for batching: token ids without specials (truncated), and labels."""
+    """A split ready for batching: whole proteins as token ids without specials, and their labels."""
 
     ids: list[str]
     sequences: list[str]
-    tokens: list[np.ndarray]  # residue token ids, at most MAX_RESIDUES each
-    labels: list  # int per sequence, or an int array per residue (truncated like tokens)
-    truncated: int  # sequences cut to MAX_RESIDUES
+    tokens: list[np.ndarray]  # residue token ids, the whole protein
+    labels: list  # int per sequence, or an int array per residue
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -124,37 +62,90 @@ class Encoded:
     def lengths(self) -> np.ndarray:
         return np.array([len(t) for t in self.tokens], dtype=np.int64)
 
+    def longer_than(self, window: int) -> int:
+        return int((self.lengths > window).sum())
 
-def encode_split(data, spec: TaskSpec, limit: int | None = None) -> Encoded:
+
+def sample_rows(labels: Sequence, limit: int | None, seed: int, per_residue: bool) -> list[int]:
+    """Row indices of a capped run: a seeded sample of `limit` rows, label-stratified for sequence tasks.
+
+    Each class gets its share of `limit` (largest remainders), at least one row when `limit` allows, so a
+    capped run never holds one class only; rows keep their original order. No cap: every row.
+    """
+    n = len(labels)
+    if limit is None or limit >= n:
+        return list(range(n))
+    if limit < 1:
+        raise UserError(f"--max-train-samples / --max-eval-samples must be at least 1 (got {limit})")
+    rng = np.random.default_rng(seed)
+    if per_residue:
+        return sorted(rng.choice(n, size=limit, replace=False).tolist())
+    y = np.asarray(labels)
+    classes, counts = np.unique(y, return_counts=True)
+    share = counts * limit / n
+    take = np.floor(share).astype(int)
+    if limit >= len(classes):
+        take = np.maximum(take, 1)
+    for k in np.argsort(-(share - np.floor(share)), kind="stable"):  # largest remainders first
+        if take.sum() >= limit:
+            break
+        take[k] += 1
+    while take.sum() > limit:  # the floor of one row per class overshot: trim the largest class
+        take[np.argmax(take)] -= 1
+    picked = [rng.choice(np.nonzero(y == c)[0], size=int(t), replace=False) for c, t in zip(classes, take)]
+    return sorted(int(i) for i in np.concatenate(picked))
+
+
+def encode_split(data, spec: TaskSpec, limit: int | None = None, seed: int = 0) -> Encoded:
     """Token ids via ProtBert's byte table (same ids as its tokenizer on space-joined residues)."""
     if limit is not None:
-        data = data.select(range(min(limit, data.num_rows)))
+        data = data.select(sample_rows(data[spec.label_column], limit, seed, spec.per_residue))
     ids, sequences, labels = data["id"], data["sequence"], data[spec.label_column]
-    tokens, out_labels, truncated = [], [], 0
+    tokens, out_labels = [], []
     for seq, label in zip(sequences, labels):
-        tok = encode(seq[:MAX_RESIDUES]).astype(np.int64)
+        tok = encode(seq).astype(np.int64)
         tok[tok == INVALID] = UNK_ID
-        truncated += len(seq) > MAX_RESIDUES
         tokens.append(tok)
-        out_labels.append(np.asarray(label[:MAX_RESIDUES], dtype=np.int64) if spec.per_residue else int(label))
-    return Encoded(list(ids), list(sequences), tokens, out_labels, truncated)
+        out_labels.append(np.asarray(label, dtype=np.int64) if spec.per_residue else int(label))
+    return Encoded(list(ids), list(sequences), tokens, out_labels)
 
 
-def collate(enc: Encoded, rows: Sequence[int], spec: TaskSpec) -> dict[str, torch.Tensor]:
-    """[CLS] residues [SEP], padded to the longest row of the batch."""
-    width = max(len(enc.tokens[i]) for i in rows) + 2
-    input_ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    token_labels = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
-    for r, i in enumerate(rows):
-        n = len(enc.tokens[i])
-        input_ids[r, 0], input_ids[r, 1:n + 1], input_ids[r, n + 1] = CLS_ID, enc.tokens[i], SEP_ID
+Piece = tuple[int, int, int]  # (row, first residue, one past the last): a protein or a window of it
+
+
+def crop_pieces(lengths: np.ndarray, rows: Sequence[int], window: int, seed: int, epoch: int, random: bool) -> list[Piece]:
+    """Training inputs: a protein longer than `window` is cut to `window` residues at an offset drawn from
+    (seed, epoch, row) when `random`, else at its start (`--long truncate`)."""
+    pieces = []
+    for i in rows:
+        n = int(lengths[i])
+        start = 0
+        if n > window and random:
+            start = int(np.random.default_rng([seed, epoch, int(i)]).integers(0, n - window + 1))
+        pieces.append((int(i), start, min(n, start + window)))
+    return pieces
+
+
+def collate(enc: Encoded, pieces: Sequence[Piece], spec: TaskSpec) -> dict[str, torch.Tensor]:
+    """[CLS] residues [SEP] of each piece, padded to the longest piece of the batch."""
+    width = max(end - start for _, start, end in pieces) + 2
+    input_ids = np.full((len(pieces), width), PAD_ID, dtype=np.int64)
+    mask = np.zeros((len(pieces), width), dtype=np.int64)
+    token_labels = np.full((len(pieces), width), IGNORE_INDEX, dtype=np.int64)
+    for r, (i, start, end) in enumerate(pieces):
+        n = end - start
+        input_ids[r, 0], input_ids[r, 1:n + 1], input_ids[r, n + 1] = CLS_ID, enc.tokens[i][start:end], SEP_ID
         mask[r, :n + 2] = 1
         if spec.per_residue:
-            token_labels[r, 1:n + 1] = enc.labels[i]
-    labels = token_labels if spec.per_residue else np.array([enc.labels[i] for i in rows], dtype=np.int64)
+            token_labels[r, 1:n + 1] = enc.labels[i][start:end]
+    labels = token_labels if spec.per_residue else np.array([enc.labels[i] for i, _, _ in pieces], dtype=np.int64)
     return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask),
             "labels": torch.from_numpy(labels)}
+
+
+def whole(enc: Encoded, rows: Sequence[int]) -> list[Piece]:
+    """Each row as one piece (no cropping)."""
+    return [(int(i), 0, len(enc.tokens[i])) for i in rows]
 
 
 def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, pool: int = 50) -> list[list[int]]:
@@ -176,7 +167,7 @@ def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, p
 
 
 def eval_batches(lengths: np.ndarray, batch_size: int) -> Iterator[list[int]]:
-    """Batches in length order (least padding); callers put results back by row index."""
+    """Batches in length order (least padding); callers put results back by index."""
     order = np.argsort(lengths, kind="stable")
     for start in range(0, len(order), batch_size):
         yield order[start:start + batch_size].tolist()

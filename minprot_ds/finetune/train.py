@@ -1,10 +1,11 @@
-"""One fine-tune job: load the sets and the model, train (plain PyTorch or a DeepSpeed engine), predict the
-test set, write metrics.json / predictions.tsv / model/, and record it all as one MLflow run.
+"""One fine-tune job, in four stages that read top to bottom: `load` (sets, model, stepper, leakage),
+`train`, `evaluate` (every residue, through overlapping windows) and `write` (metrics.json,
+predictions.tsv, leakage.tsv, model/), all recorded as one MLflow run.
 
 The loop is the same for teacher and student and for every task; only `tasks.TaskSpec` differs.
-Under the deepspeed launcher every rank trains on its own batches of each step (`--batch-size` is per
-rank) and every rank predicts the whole test set, so ZeRO-3's partitioned forward stays in lockstep;
-rank 0 writes the outputs and talks to MLflow.
+`--batch-size` is the global batch: under the deepspeed launcher each step's batch is split over the ranks
+(so the result does not depend on the number of GPUs), and every rank predicts the whole test set, so
+ZeRO-3's partitioned forward stays in lockstep; rank 0 measures leakage, writes the outputs and talks to MLflow.
 """
 from __future__ import annotations
 
@@ -20,51 +21,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_prep.tasks.overlap import Overlap, Thresholds, measure
 from minprot_ds.ds_config import read_ds_config
 from minprot_ds.errors import UserError
+from minprot_ds.fileio import atomic_write
 from minprot_ds.finetune import links
-from minprot_ds.finetune.inputs import load_inputs
+from minprot_ds.finetune.evaluate import LONG_MODES, Scored, score
+from minprot_ds.finetune.heads import TaskModel, build_task_model, save_task_model
+from minprot_ds.finetune.inputs import TaskInputs, load_inputs
 from minprot_ds.finetune.metrics import Predictions, compute_metrics, flat_metrics, json_safe, read_predictions, write_predictions
-from minprot_ds.finetune.tasks import Encoded, TaskSpec, collate, encode_split, eval_batches, load_model, task_spec, train_batches
-from minprot_ds.optim import build_optimizer, warmup_linear_schedule
+from minprot_ds.finetune.options import FinetuneConfig
+from minprot_ds.finetune.steppers import DeepSpeedStepper, PlainStepper
+from minprot_ds.finetune.tasks import Encoded, TaskSpec, collate, crop_pieces, encode_split, task_spec, train_batches
 from minprot_ds.tracking import Tracker, environment_params
-from minprot_ds.vocab import write_tokenizer_files
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXPERIMENT = "minprot-finetune"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.tsv"
+LEAKAGE_FILE = "leakage.tsv"
 MODEL_DIR = "model"
-
-
-@dataclass
-class FinetuneConfig:
-    """Defaults are the MinProtBert recipe: AdamW lr 2e-5, batch 8, 3 epochs, weight decay 0.01, all layers trained."""
-
-    task: str
-    model: str
-    train: Path
-    test: Path
-    out: Path
-    valid: Path | None = None
-    epochs: int = 3
-    batch_size: int = 8
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0  # Hugging Face Trainer's default max_grad_norm; a DeepSpeed config sets its own
-    seed: int = 0
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None  # cap on valid and test rows (quick checks)
-    deepspeed: Path | None = None
-    tracking_uri: str | None = None
-    experiment: str = DEFAULT_EXPERIMENT
-    run_name: str | None = None
-    role: str = "auto"
-    dataset_name: str | None = None
-    strict: bool = False
-    tracking: bool = True
-    system_metrics: bool = False
+TEST_FILTERS = ("none", "near-identical", "homologs")
 
 
 @dataclass
@@ -76,153 +53,288 @@ class FinetuneResult:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-# --- steppers: the only place plain PyTorch and DeepSpeed differ ------------------------------------------
+@dataclass
+class Job:
+    """What `load` builds and the later stages use."""
 
-class PlainStepper:
-    """AdamW (no decay on biases / LayerNorm) with linear decay to zero, as the Trainer does by default."""
-
-    def __init__(self, model: torch.nn.Module, *, lr: float, weight_decay: float, total_steps: int, grad_clip: float):
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.module = model.to(self.device)
-        self.optimizer = build_optimizer(model, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8)
-        self.scheduler = warmup_linear_schedule(self.optimizer, warmup_steps=0, total_steps=total_steps)
-        self.grad_clip = grad_clip
-
-    def train_step(self, batch: dict[str, torch.Tensor]) -> float:
-        self.module.train()
-        loss = self.module(**batch).loss
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        return float(loss.detach())
+    cfg: FinetuneConfig
+    spec: TaskSpec
+    role: str
+    provenance: dict[str, Any]
+    inputs: TaskInputs
+    train: Encoded
+    valid: Encoded | None
+    test: Encoded
+    model: TaskModel
+    stepper: PlainStepper | DeepSpeedStepper
+    rank: int
+    world: int
+    steps_per_epoch: int
+    test_overlap: Overlap | None  # rank 0 only
+    valid_overlap: Overlap | None
 
     @property
-    def lr(self) -> float:
-        return self.scheduler.get_last_lr()[0]
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.cfg.epochs
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """This rank's rows of each global batch of the epoch (batches smaller than the world are skipped)."""
+        lengths = np.minimum(self.train.lengths, self.cfg.window)
+        batches = train_batches(lengths, self.cfg.batch_size, self.cfg.seed, epoch)
+        return [b[self.rank::self.world] for b in batches if len(b) >= self.world]
 
 
-class DeepSpeedStepper:
-    """The same optimizer and schedule inside a DeepSpeed engine (ZeRO, fp16 loss scaling, clipping from the JSON)."""
-
-    def __init__(self, model: torch.nn.Module, ds: dict[str, Any], *, lr: float, weight_decay: float, total_steps: int):
-        import deepspeed
-
-        offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
-        optimizer = build_optimizer(model, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8,
-                                    cpu_offload=offload)
-        scheduler = warmup_linear_schedule(optimizer, warmup_steps=0, total_steps=total_steps)
-        self.engine, _, _, self.scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                                 lr_scheduler=scheduler, config=ds)
-        self.module = self.engine.module
-        self.device = self.engine.device
-
-    def train_step(self, batch: dict[str, torch.Tensor]) -> float:
-        self.engine.train()
-        loss = self.engine(**batch).loss
-        self.engine.backward(loss)
-        self.engine.step()  # also steps the schedule
-        return float(loss.detach())
-
-    @property
-    def lr(self) -> float:
-        return self.engine.get_lr()[0]
-
-
-# --- prediction -----------------------------------------------------------------------------------------
-
-def predict(module: torch.nn.Module, enc: Encoded, spec: TaskSpec, batch_size: int, device: torch.device) -> tuple[Predictions, float]:
-    """Class probabilities for every row (every residue for Q3) and the mean loss; the module is left in eval mode."""
-    module.eval()
-    probs: list[np.ndarray | None] = [None] * len(enc)
-    loss_sum, loss_rows = 0.0, 0
-    with torch.no_grad():  # not inference_mode: ZeRO-3 gathers parameters in its forward hooks
-        for rows in eval_batches(enc.lengths, batch_size):
-            batch = {k: v.to(device) for k, v in collate(enc, rows, spec).items()}
-            out = module(**batch)
-            if not math.isnan(float(out.loss)):  # NaN when a Q3 batch has no labelled residue
-                loss_sum, loss_rows = loss_sum + float(out.loss) * len(rows), loss_rows + len(rows)
-            p = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
-            for r, i in enumerate(rows):
-                probs[i] = p[r, 1:len(enc.tokens[i]) + 1] if spec.per_residue else p[r]
-    loss = loss_sum / loss_rows if loss_rows else math.nan
-    if not spec.per_residue:
-        stacked = np.stack(probs).astype(np.float64) if probs else np.zeros((0, spec.num_labels))
-        return Predictions(enc.ids, np.asarray(enc.labels, dtype=np.int64), stacked, stacked.argmax(axis=1)), loss
-    ids, positions, residues = [], [], []
-    for i, rid in enumerate(enc.ids):
-        n = len(enc.tokens[i])
-        ids.extend([rid] * n)
-        positions.extend(range(1, n + 1))
-        residues.extend(enc.sequences[i][:n])
-    stacked = np.concatenate(probs).astype(np.float64) if probs else np.zeros((0, spec.num_labels))
-    labels = np.concatenate(enc.labels) if enc.labels else np.zeros(0, dtype=np.int64)
-    return Predictions(ids, labels, stacked, stacked.argmax(axis=1), np.asarray(positions), residues), loss
-
-
-# --- the job --------------------------------------------------------------------------------------------
-
-def _save_model(module: torch.nn.Module, folder: Path, rank: int) -> Path | None:
-    """save_pretrained + ProtBert tokenizer files; under ZeRO-3 every rank gathers, rank 0 writes."""
-    import contextlib
-
-    params = list(module.parameters())
-    gather = contextlib.nullcontext()
-    if params and hasattr(params[0], "ds_id"):
-        import deepspeed
-
-        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
-    with gather:
-        if rank != 0:
-            return None
-        module.save_pretrained(folder, safe_serialization=True)
-        write_tokenizer_files(folder)
-    return folder
-
-
-def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> FinetuneResult:
-    """Train, predict, write and track one fine-tune; returns the test metrics (rank 0; other ranks get {})."""
-    say = echo or log.info
-    spec = task_spec(cfg.task)
+def _check(cfg: FinetuneConfig) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
+    if cfg.long not in LONG_MODES:
+        raise UserError(f"unknown --long {cfg.long!r}; choose one of: {', '.join(LONG_MODES)}")
+    if cfg.test_filter not in TEST_FILTERS:
+        raise UserError(f"unknown --test-filter {cfg.test_filter!r}; choose one of: {', '.join(TEST_FILTERS)}")
+    if cfg.test_filter != "none" and not cfg.leakage:
+        raise UserError(f"--test-filter {cfg.test_filter} needs the leakage search; drop --no-leakage")
+    if cfg.window < 1 or not 0 < cfg.stride <= cfg.window:
+        raise UserError(f"--stride {cfg.stride} must be between 1 and --window {cfg.window} (and --window at least 1); "
+                        "a stride larger than the window would leave residues unscored")
+
+
+def _overlap(split: Encoded, train: Encoded, cfg: FinetuneConfig) -> Overlap:
+    try:
+        return measure(split.sequences, train.sequences, Thresholds(cfg.near_identity, cfg.homolog_identity, cfg.coverage))
+    except UserError as err:
+        raise UserError(f"{err} (the fine-tune measures test/train overlap with MMseqs2; --no-leakage skips it)") from None
+
+
+def load(cfg: FinetuneConfig) -> Job:
+    """Inputs, the model and its optimizer (inside DeepSpeed with --deepspeed), and the test/valid leakage."""
+    _check(cfg)
+    spec = task_spec(cfg.task)
     role, provenance = links.model_provenance(cfg.model, cfg.role)
     inputs = load_inputs(cfg.task, Path(cfg.train), Path(cfg.test), None if cfg.valid is None else Path(cfg.valid),
                          dataset_name=cfg.dataset_name, strict=cfg.strict)
-    train = encode_split(inputs.train, spec, cfg.max_train_samples)
-    valid = encode_split(inputs.valid, spec, cfg.max_eval_samples) if inputs.valid is not None else None
-    test = encode_split(inputs.test, spec, cfg.max_eval_samples)
+    train = encode_split(inputs.train, spec, cfg.max_train_samples, cfg.seed)
+    valid = encode_split(inputs.valid, spec, cfg.max_eval_samples, cfg.seed) if inputs.valid is not None else None
+    test = encode_split(inputs.test, spec, cfg.max_eval_samples, cfg.seed)
 
-    torch.manual_seed(cfg.seed)  # the head's initial weights
-    model = load_model(cfg.model, spec)
-    rank, world = 0, 1
-    ds = None
+    torch.manual_seed(cfg.seed)  # dropout; the head's initial weights come from the seed alone (heads.init_head)
+    model = build_task_model(cfg.model, task=spec.name, classes=spec.classes, per_residue=spec.per_residue,
+                             seed=cfg.seed, pooling=cfg.pooling, window=cfg.window, stride=cfg.stride,
+                             provenance=provenance)
+    positions = model.encoder.config.max_position_embeddings
+    if cfg.window + 2 > positions:
+        raise UserError(f"--window {cfg.window} needs {cfg.window + 2} positions with [CLS] and [SEP], but --model "
+                        f"has {positions}; pass --window {positions - 2} or less")
+    rank, world, ds = 0, 1, None
     if cfg.deepspeed is not None:
         from minprot_ds.distill import init_distributed
 
         ds = read_ds_config(cfg.deepspeed, flag="--deepspeed", micro_batch=cfg.batch_size,
                             owner="the fine-tune job's --lr and --weight-decay own the optimizer and its linear schedule")
         rank, world = init_distributed()
-    steps_per_epoch = len(train_batches(train.lengths, cfg.batch_size, cfg.seed, 0)) // world
+        if cfg.batch_size % world:
+            raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must split evenly over the "
+                            f"{world} ranks; pass a multiple of {world}")
+        ds["train_micro_batch_size_per_gpu"] = cfg.batch_size // world
+    test_overlap = valid_overlap = None
+    if rank == 0 and cfg.leakage:
+        test_overlap = _overlap(test, train, cfg)
+        valid_overlap = _overlap(valid, train, cfg) if valid is not None else None
+    steps_per_epoch = sum(len(b) >= world for b in train_batches(train.lengths, cfg.batch_size, cfg.seed, 0))
     if steps_per_epoch == 0:
         raise UserError(f"--train has {len(train)} rows, too few for one batch on each of {world} ranks")
-    total_steps = steps_per_epoch * cfg.epochs
+    total = steps_per_epoch * cfg.epochs
     if ds is None:
         stepper: PlainStepper | DeepSpeedStepper = PlainStepper(
-            model, lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=total_steps, grad_clip=cfg.grad_clip)
+            model, lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=total, grad_clip=cfg.grad_clip)
     else:
-        stepper = DeepSpeedStepper(model, ds, lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=total_steps)
+        stepper = DeepSpeedStepper(model, ds, lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=total)
+    return Job(cfg, spec, role, provenance, inputs, train, valid, test, model, stepper, rank, world, steps_per_epoch,
+               test_overlap, valid_overlap)
 
+
+def _score(job: Job, enc: Encoded) -> Scored:
+    cfg = job.cfg
+    return score(job.stepper.module, enc, job.spec, batch_size=cfg.batch_size * 2, device=job.stepper.device,
+                 window=cfg.window, stride=cfg.stride, long=cfg.long)
+
+
+def train(job: Job, tracker: Tracker, say: Callable[[str], None]) -> tuple[list[dict], float, int]:
+    """The epochs: (per-epoch log, seconds spent training, training rows seen by this rank)."""
+    cfg, stepper = job.cfg, job.stepper
+    step, history, seconds, seen = 0, [], 0.0, 0
+    log_every = max(1, job.total_steps // 50)
+    for epoch in range(cfg.epochs):
+        started, losses = time.perf_counter(), []
+        for rows in job.batches(epoch):
+            pieces = crop_pieces(job.train.lengths, rows, cfg.window, cfg.seed, epoch, random=cfg.long == "window")
+            batch = {k: v.to(stepper.device) for k, v in collate(job.train, pieces, job.spec).items()}
+            losses.append(stepper.train_step(batch))
+            step, seen = step + 1, seen + len(rows)
+            if step % log_every == 0 or step == job.total_steps:
+                tracker.log_metrics({"train/loss": losses[-1], "train/lr": stepper.lr, "train/epoch": epoch + 1}, step)
+        seconds += time.perf_counter() - started
+        epoch_log = {"train/epoch_loss": float(np.mean(losses))}
+        if job.valid is not None:
+            scored = _score(job, job.valid)
+            epoch_log |= flat_metrics(compute_metrics(scored.predictions, job.spec), "valid") | {"valid/loss": scored.loss}
+        tracker.log_metrics(epoch_log, step)
+        history.append({"epoch": epoch + 1, "step": step, **epoch_log})
+        say(f"epoch {epoch + 1}/{cfg.epochs}: train loss {epoch_log['train/epoch_loss']:.4f}"
+            + (f", valid accuracy {epoch_log['valid/accuracy']:.4f}" if job.valid is not None else ""))
+    return history, seconds, seen * job.world
+
+
+def _subset(pred: Predictions, keep: np.ndarray) -> Predictions:
+    return Predictions([pred.ids[i] for i in np.nonzero(keep)[0]], pred.labels[keep], pred.probs[keep],
+                       pred.predicted[keep], None if pred.positions is None else pred.positions[keep],
+                       None if pred.residues is None else [pred.residues[i] for i in np.nonzero(keep)[0]])
+
+
+def leakage_summary(job: Job) -> dict[str, Any] | None:
+    if job.test_overlap is None:
+        return None
+    passing = job.test_overlap.rows_passing(job.cfg.test_filter)
+    return {"test": job.test_overlap.summary(), "valid": job.valid_overlap.summary() if job.valid_overlap else None,
+            "test_filter": job.cfg.test_filter, "test_rows_passing": len(passing)}
+
+
+def write_leakage(job: Job, path: Path) -> Path:
+    """leakage.tsv: per test row its overlap class, closest training row and whether --test-filter keeps it."""
+    import csv
+
+    overlap, train_ids = job.test_overlap, job.train.ids
+    kept = set(overlap.rows_passing(job.cfg.test_filter))
+    with open(path, "w", newline="") as handle:
+        out = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        out.writerow(["id", "class", "closest_train_id", "identity", "query_coverage", "kept"])
+        for i, (rid, cls, hit) in enumerate(zip(job.test.ids, overlap.classes, overlap.best)):
+            out.writerow([rid, cls, train_ids[hit.target] if hit else "", f"{hit.identity:.3f}" if hit else "",
+                          f"{hit.query_coverage:.3f}" if hit else "", int(i in kept)])
+    return path
+
+
+def baselines(job: Job) -> dict[str, dict] | None:
+    """Binary tasks: the length-only and homology-transfer baselines on this job's own splits (rank 0)."""
+    from minprot_ds.finetune.baselines import homology_transfer, length_only
+
+    if job.spec.per_residue or job.spec.num_labels != 2:
+        return None
+    train_y, test_y = np.asarray(job.train.labels), np.asarray(job.test.labels)
+    found = {"length": compute_metrics(length_only(job.train.lengths, train_y, job.test.ids, job.test.lengths, test_y),
+                                       job.spec)}
+    if job.test_overlap is not None:
+        found["homology"] = compute_metrics(homology_transfer(job.test_overlap, train_y, job.test.ids, test_y), job.spec)
+    return found
+
+
+def parse_seeds(seeds: str) -> list[int]:
+    try:
+        values = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {seeds!r} must be comma-separated integers, e.g. 0,1,2") from None
+    if not values or len(set(values)) != len(values):
+        raise UserError(f"--seeds {seeds!r} must name at least one seed, each once, e.g. 0,1,2")
+    return values
+
+
+def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> FinetuneResult:
+    """One fine-tune, or with --seeds one per seed under OUT/seed-N and OUT/seeds.json (mean ± std)."""
+    if not cfg.seeds:
+        return run_one(cfg, echo=echo)
+    import dataclasses
+
+    results = []
+    for seed in parse_seeds(cfg.seeds):
+        one = dataclasses.replace(cfg, seed=seed, seeds=None, out=Path(cfg.out) / f"seed-{seed}",
+                                  run_name=f"{cfg.run_name}-seed{seed}" if cfg.run_name else None)
+        results.append(run_one(one, echo=echo))
+    if not results[0].metrics:  # ranks other than 0
+        return results[-1]
+    summary = {"seeds": [r.metrics["seed"] for r in results], "runs": [str(r.out) for r in results],
+               "mlflow_run_ids": [r.mlflow_run_id for r in results], "test": {}}
+    for key, value in results[0].metrics["test"].items():
+        if isinstance(value, (int, float)):
+            values = np.array([r.metrics["test"][key] for r in results], dtype=np.float64)
+            summary["test"][key] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))
+                                    if len(values) > 1 else 0.0}
+    atomic_write(Path(cfg.out) / "seeds.json", json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
+    (echo or log.info)("over seeds " + cfg.seeds + ": " + ", ".join(
+        f"{k} {summary['test'][k]['mean']:.4f} ± {summary['test'][k]['std']:.4f}"
+        for k in ("accuracy", "mcc") if k in summary["test"]))
+    return results[-1]
+
+
+def write(job: Job, tracker: Tracker, scored: Scored, out: Path, trained: dict[str, Any],
+          say: Callable[[str], None]) -> dict[str, Any]:
+    """Rank 0: predictions.tsv, leakage.tsv and metrics.json (full and filtered test set, baselines, coverage,
+    runtime), logged to MLflow; returns the metrics."""
+    cfg, spec, test, valid, inputs = job.cfg, job.spec, job.test, job.valid, job.inputs
+    history, train_seconds, train_rows = trained["history"], trained["train_seconds"], trained["train_rows"]
+    infer_seconds = trained["inference_seconds"]
+    # Metrics from the file as written, so metrics.json always equals a recomputation from predictions.tsv.
+    path = write_predictions(scored.predictions, spec, out / PREDICTIONS_FILE)
+    written = read_predictions(path, spec)
+    test_metrics = compute_metrics(written, spec) | {"loss": scored.loss}
+    filtered = None
+    if job.test_overlap is not None and cfg.test_filter != "none":
+        kept = np.zeros(len(test), dtype=bool)
+        kept[job.test_overlap.rows_passing(cfg.test_filter)] = True
+        filtered = {"filter": cfg.test_filter, "rows": int(kept.sum()),
+                    **compute_metrics(_subset(written, kept[scored.row_of]), spec)}
+    if job.test_overlap is not None:
+        write_leakage(job, out / LEAKAGE_FILE)
+    found = baselines(job)
+    residues = int(test.lengths.sum())
+    runtime = {
+        "train_seconds": train_seconds,
+        "train_samples_per_second": train_rows / train_seconds if train_seconds else math.nan,
+        "inference_seconds": infer_seconds,
+        "inference_samples_per_second": len(test) / infer_seconds if infer_seconds else math.nan,
+        "inference_residues_per_second": residues / infer_seconds if infer_seconds else math.nan,
+    }
+    metrics = {
+        "task": spec.name, "classes": list(spec.classes), "model": str(cfg.model), "model_role": job.role,
+        "dataset": asdict(inputs.dataset), "test_dataset": asdict(inputs.test_dataset),
+        "mlflow_run_id": tracker.run_id, "distill_run_id": job.provenance.get("mlflow_run_id"),
+        "seed": cfg.seed, "pooling": cfg.pooling,
+        "test": test_metrics, "test_filtered": filtered, "leakage": leakage_summary(job), "coverage": scored.coverage,
+        "baselines": found,
+        "valid": history[-1] if valid is not None else None, "history": history,
+        "runtime": runtime, "world_size": job.world, "global_batch": cfg.batch_size, "device": str(job.stepper.device),
+        "rows": {"train": len(job.train), "valid": len(valid) if valid else 0, "test": len(test)},
+    }
+    atomic_write(out / METRICS_FILE, json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
+    logged = flat_metrics(test_metrics, "test") | {f"runtime/{k}": v for k, v in runtime.items()}
+    logged |= {f"coverage/{k}": v for k, v in scored.coverage.items() if isinstance(v, (int, float))}
+    if filtered is not None:
+        logged |= flat_metrics(filtered, "test_filtered")
+    for name, values in (found or {}).items():
+        logged |= flat_metrics(values, f"baseline_{name}")
+    tracker.log_metrics(logged, job.total_steps)
+    for artifact in (out / METRICS_FILE, path, out / LEAKAGE_FILE):
+        if artifact.is_file():
+            tracker.log_artifact(artifact)
+    cov = scored.coverage
+    say("test: " + ", ".join(f"{k} {test_metrics[k]:.4f}" for k in ("accuracy", "f1", "roc_auc", "mcc"))
+        + f"; {cov['residues_scored']} of {cov['residues']} residues scored ({cfg.long})"
+        + f"; train {train_seconds:.1f} s, inference {infer_seconds:.2f} s; outputs in {out}")
+    return metrics
+
+
+def run_one(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> FinetuneResult:
+    """Train, predict, write and track one fine-tune; returns the test metrics (rank 0; other ranks get {})."""
+    say = echo or log.info
+    job = load(cfg)
+    spec, rank, world = job.spec, job.rank, job.world
+    inputs, train_set, valid, test = job.inputs, job.train, job.valid, job.test
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    link_tags = links.link_tags(provenance, cfg.tracking_uri) if rank == 0 else {}
+    link_tags = links.link_tags(job.provenance, cfg.tracking_uri) if rank == 0 else {}
     if rank == 0 and cfg.tracking:
         links.ensure_experiment(cfg.tracking_uri, cfg.experiment)
     tags = {
-        links.TAG_TASK: spec.name, links.TAG_DATASET: inputs.dataset.name, links.TAG_ROLE: role,
+        links.TAG_TASK: spec.name, links.TAG_DATASET: inputs.dataset.name, links.TAG_ROLE: job.role,
         "minprot.dataset_variant": inputs.dataset.variant, "minprot.dataset_label": inputs.dataset.label,
         "minprot.organism": inputs.dataset.organism, "minprot.test_dataset": inputs.test_dataset.label,
         "minprot.model": str(cfg.model), "minprot.job": "finetune", **link_tags,
@@ -230,83 +342,43 @@ def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> Fi
     tags = {k: v for k, v in tags.items() if v}
     tracker = Tracker.start(
         tracking_uri=cfg.tracking_uri, run_dir=out, experiment=cfg.experiment,
-        run_name=cfg.run_name or f"{spec.name}-{inputs.dataset.label}-{role}".replace(" ", "-"),
+        run_name=cfg.run_name or f"{spec.name}-{inputs.dataset.label}-{job.role}".replace(" ", "-"),
         resume_run_id=None, enabled=cfg.tracking and rank == 0, system_metrics=cfg.system_metrics,
     )
     with tracker:
         tracker.set_tags(tags)
-        layers = model.config.num_hidden_layers
+        model = job.model
+        layers = model.encoder.config.num_hidden_layers
         params = {
-            "task": spec.name, "model": str(cfg.model), "model_role": role, "train": str(cfg.train),
-            "valid": str(cfg.valid or ""), "test": str(cfg.test), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-            "lr": cfg.lr, "weight_decay": cfg.weight_decay, "grad_clip": cfg.grad_clip, "seed": cfg.seed,
-            "max_train_samples": cfg.max_train_samples or "", "max_eval_samples": cfg.max_eval_samples or "",
-            "deepspeed": str(cfg.deepspeed or ""), "world_size": world, "device": str(stepper.device),
-            "model.layers": layers, "model.hidden_size": model.config.hidden_size,
+            **{k: (str(v) if isinstance(v, Path) else ("" if v is None else v)) for k, v in asdict(cfg).items()
+               if k not in ("tracking", "system_metrics")},
+            "model_role": job.role, "world_size": world, "device": str(job.stepper.device),
+            "model.layers": layers, "model.hidden_size": model.info.hidden_size,
             "model.parameters": sum(p.numel() for p in model.parameters()),
-            "rows.train": len(train), "rows.valid": len(valid) if valid else 0, "rows.test": len(test),
-            "rows.truncated": train.truncated + test.truncated + (valid.truncated if valid else 0),
+            "rows.train": len(train_set), "rows.valid": len(valid) if valid else 0, "rows.test": len(test),
+            "rows.longer_than_window": train_set.longer_than(cfg.window) + test.longer_than(cfg.window)
+            + (valid.longer_than(cfg.window) if valid else 0),
             **environment_params(),
         }
         tracker.log_params(params)
-        say(f"fine-tuning {role} {cfg.model} ({layers} layers) on {spec.name}: {len(train)} train / "
-            f"{len(valid) if valid else 0} valid / {len(test)} test rows, {total_steps} steps")
+        leakage = leakage_summary(job)
+        if leakage is not None:
+            t = leakage["test"]
+            say(f"leakage: of {t['query_sequences']} test sequences, {t['exact']} occur verbatim in the training rows, "
+                f"{t['near_identical']} are near-identical and {t['homologs']} homologous to one")
+            tracker.log_metrics({f"leakage/test_{k}": t[k] for k in ("exact", "near_identical", "homologs")}, 0)
+        say(f"fine-tuning {job.role} {cfg.model} ({layers} layers) on {spec.name}: {len(train_set)} train / "
+            f"{len(valid) if valid else 0} valid / {len(test)} test rows, {job.total_steps} steps")
 
-        step, history = 0, []
-        log_every = max(1, total_steps // 50)
-        train_seconds = 0.0
-        for epoch in range(cfg.epochs):
-            batches = train_batches(train.lengths, cfg.batch_size, cfg.seed, epoch)[rank::world][:steps_per_epoch]
-            started, losses = time.perf_counter(), []
-            for rows in batches:
-                batch = {k: v.to(stepper.device) for k, v in collate(train, rows, spec).items()}
-                losses.append(stepper.train_step(batch))
-                step += 1
-                if step % log_every == 0 or step == total_steps:
-                    tracker.log_metrics({"train/loss": losses[-1], "train/lr": stepper.lr, "train/epoch": epoch + 1}, step)
-            train_seconds += time.perf_counter() - started
-            epoch_log = {"train/epoch_loss": float(np.mean(losses))}
-            if valid is not None:
-                pred, loss = predict(stepper.module, valid, spec, cfg.batch_size * 2, stepper.device)
-                valid_metrics = compute_metrics(pred, spec)
-                epoch_log |= flat_metrics(valid_metrics, "valid") | {"valid/loss": loss}
-            tracker.log_metrics(epoch_log, step)
-            history.append({"epoch": epoch + 1, "step": step, **epoch_log})
-            say(f"epoch {epoch + 1}/{cfg.epochs}: train loss {epoch_log['train/epoch_loss']:.4f}"
-                + (f", valid accuracy {epoch_log['valid/accuracy']:.4f}" if valid is not None else ""))
-
+        history, train_seconds, train_rows = train(job, tracker, say)
         started = time.perf_counter()
-        pred, test_loss = predict(stepper.module, test, spec, cfg.batch_size * 2, stepper.device)
+        scored = _score(job, test)
         infer_seconds = time.perf_counter() - started
-        model_dir = _save_model(stepper.module, out / MODEL_DIR, rank)
+        model.info.mlflow_run_id = tracker.run_id
+        model_dir = save_task_model(job.stepper.module, out / MODEL_DIR, rank)
         if rank != 0:
             return FinetuneResult(out, {}, None, None)
 
-        # Metrics from the file as written, so metrics.json always equals a recomputation from predictions.tsv.
-        path = write_predictions(pred, spec, out / PREDICTIONS_FILE)
-        test_metrics = compute_metrics(read_predictions(path, spec), spec) | {"loss": test_loss}
-        train_rows = len(train) if world == 1 else steps_per_epoch * world * cfg.batch_size  # approx. under DP
-        residues = int(test.lengths.sum())
-        runtime = {
-            "train_seconds": train_seconds,
-            "train_samples_per_second": train_rows * cfg.epochs / train_seconds if train_seconds else math.nan,
-            "inference_seconds": infer_seconds,
-            "inference_samples_per_second": len(test) / infer_seconds if infer_seconds else math.nan,
-            "inference_residues_per_second": residues / infer_seconds if infer_seconds else math.nan,
-        }
-        metrics = {
-            "task": spec.name, "classes": list(spec.classes), "model": str(cfg.model), "model_role": role,
-            "dataset": asdict(inputs.dataset), "test_dataset": asdict(inputs.test_dataset),
-            "mlflow_run_id": tracker.run_id, "distill_run_id": provenance.get("mlflow_run_id"),
-            "test": test_metrics, "valid": history[-1] if valid is not None else None, "history": history,
-            "runtime": runtime, "world_size": world, "device": str(stepper.device),
-            "rows": {"train": len(train), "valid": len(valid) if valid else 0, "test": len(test)},
-            "truncated_to_512": {"train": train.truncated, "valid": valid.truncated if valid else 0, "test": test.truncated},
-        }
-        (out / METRICS_FILE).write_text(json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
-        tracker.log_metrics(flat_metrics(test_metrics, "test") | {f"runtime/{k}": v for k, v in runtime.items()}, step)
-        tracker.log_artifact(out / METRICS_FILE)
-        tracker.log_artifact(path)
-        say("test: " + ", ".join(f"{k} {test_metrics[k]:.4f}" for k in ("accuracy", "f1", "roc_auc", "mcc"))
-            + f"; train {train_seconds:.1f} s, inference {infer_seconds:.2f} s; outputs in {out}")
+        metrics = write(job, tracker, scored, out, {"history": history, "train_seconds": train_seconds,
+                                                    "train_rows": train_rows, "inference_seconds": infer_seconds}, say)
         return FinetuneResult(out, metrics, tracker.run_id, model_dir, tags)

@@ -43,11 +43,14 @@ def _family_set() -> datasets.DatasetDict:
 def test_sub_keeps_one_per_family_and_cut_matches_its_size(tmp_path: Path) -> None:
     data = _family_set()
     sub = reduce(data, 0.85, threads=1)
-    ids = [i for ds in sub.values() for i in ds["id"]]
-    assert len(ids) == 8 and len({i.split("m")[0] for i in ids}) == 8
+    ids = sub["train"]["id"]
+    assert len(ids) == 8 and len({i.split("m")[0] for i in ids}) == 8  # one per family
     cut = random_subset(data, sub, seed=1)
-    assert {k: v.num_rows for k, v in cut.items()} == {k: v.num_rows for k, v in sub.items()}
     assert random_subset(data, sub, seed=1)["train"]["id"] == cut["train"]["id"]
+    # Full, SUB and CUT share one test split, and CUT has SUB's rows of each label.
+    assert data["test"]["id"] == sub["test"]["id"] == cut["test"]["id"] and data["test"].num_rows == 4
+    for split in sub:
+        assert sorted(cut[split]["label"]) == sorted(sub[split]["label"]), split
     # At 99.9% identity nothing clusters with anything but itself.
     assert sum(ds.num_rows for ds in reduce(data, 0.999, threads=1).values()) == 24
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from data_prep.tasks import load_task_data
-from data_prep.tasks.swissprot import build_swissprot, stratified_split
+from data_prep.tasks.swissprot import FRAGMENT, build_swissprot, cluster_split, is_fragment, stratified_split
 from minprot_ds.cli import app
 from minprot_ds.errors import UserError
 
@@ -34,10 +34,12 @@ def test_human_keeps_reviewed_20_to_512_and_labels_fos(dat_files: list[Path]) ->
 
 
 def test_bacteria_archaea_and_taxid(dat_files: list[Path]) -> None:
-    data, _ = build_swissprot(dat_files, "bacteria-archaea")
+    data, excluded = build_swissprot(dat_files, "bacteria-archaea")
+    assert excluded[FRAGMENT] == 1
     labels = _all(data)
     assert labels["Q51481"] == 1  # NIRQ_PSEAE
     assert "P0CK95" not in labels and "H2CNN8" not in labels  # 1,520 residues; unreviewed
+    assert "P56540" not in labels and "Q51858" in labels  # CbbQ: the entry flagged Fragment goes, the complete one stays
     mouse, _ = build_swissprot(dat_files, "10090")
     assert list(_all(mouse)) == ["P60904"]
 
@@ -56,6 +58,26 @@ def test_split_is_stratified_seeded_and_complete() -> None:
     assert sorted(i for rows in a.values() for i in rows) == list(range(440))
     assert {k: len(v) for k, v in a.items()} == {"train": 374, "valid": 33, "test": 33}
     assert [sum(labels[i] for i in a[k]) for k in ("train", "valid", "test")] == [34, 3, 3]
+
+
+def test_fragment_flag_is_read_from_the_description() -> None:
+    assert is_fragment("RecName: Full=Protein CbbQ; Flags: Fragment;")
+    assert is_fragment("RecName: Full=X; Flags: Precursor; Fragment;") and is_fragment("Flags: Fragments;")
+    assert not is_fragment("RecName: Full=Fragmentin; Flags: Precursor;") and not is_fragment("RecName: Full=Y;")
+
+
+def test_cluster_split_keeps_clusters_whole_and_labels_balanced() -> None:
+    rng = __import__("numpy").random.default_rng(0)
+    clusters = [int(c) for c in rng.integers(0, 150, size=600)]
+    labels = [int(c % 5 == 0) for c in clusters]  # label follows the cluster, 1 in 5 clusters positive
+    parts = cluster_split(labels, clusters, seed=1)
+    assert sorted(i for rows in parts.values() for i in rows) == list(range(600))
+    where = {c: {name for name, rows in parts.items() for i in rows if clusters[i] == c} for c in set(clusters)}
+    assert all(len(splits) == 1 for splits in where.values())  # no cluster spans two splits
+    for name, share in (("test", 0.075), ("valid", 0.075)):
+        pos = sum(labels[i] for i in parts[name])
+        assert abs(len(parts[name]) - share * 600) <= 12 and abs(pos - share * sum(labels)) <= 6
+    assert parts == cluster_split(labels, clusters, seed=1) != cluster_split(labels, clusters, seed=2)
 
 
 def test_cli_writes_a_task_folder_the_finetune_loads(dat_files: list[Path], tmp_path: Path) -> None:

@@ -21,6 +21,12 @@ def teacher_dir(tmp_path_factory) -> Path:
     return save_random_protbert(tmp_path_factory.mktemp("teacher") / "model", seed=0, **TINY)
 
 
+@pytest.fixture(scope="session")
+def student_dir(tmp_path_factory) -> Path:
+    """A student without a distillation run in any store (unit tests)."""
+    return make_student(tmp_path_factory.mktemp("student") / "model", "no-such-run")
+
+
 def make_student(folder: Path, distill_run_id: str, step: int = 10) -> Path:
     """A 1-layer random student with the minprot.json an exported student carries."""
     save_random_protbert(folder, seed=1, **(TINY | {"num_layers": 1}))
@@ -117,4 +123,8 @@ def runs(sets: dict[str, Path], teacher_dir: Path, tmp_path_factory) -> Runs:
                        test=sets["q3_test"], out=outs["q3_teacher"], tracking_uri=uri, **quick))
     run(FinetuneConfig(task="dna-binding", model=str(student), train=sets["dna_sub"], test=sets["dna_test"],
                        out=outs["sub_student"], tracking_uri=uri, **quick))
+    # Two seeds of one setting, in their own experiment (the report's mean ± std).
+    outs["seeds"] = root / "seeds"
+    run(FinetuneConfig(task="dna-binding", model=str(student), train=sets["dna_train"], test=sets["dna_test"],
+                       out=outs["seeds"], tracking_uri=uri, experiment="minprot-seeds", seeds="0,1", **quick))
     return Runs(root, uri, distill_id, student, outs)

@@ -1,28 +1,40 @@
-"""The DeepSpeed path: launch/finetune.py in one CPU process with ZeRO-2 (ds_configs/cpu_zero2.json)."""
+"""The DeepSpeed path: launch/finetune.py under the real deepspeed launcher, 2 CPU ranks, ZeRO-2
+(ds_configs/cpu_zero2.json); --batch-size is the global batch, split over the ranks."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from minprot_ds.demo import launcher_command
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_launch_script_under_deepspeed_zero2_on_cpu(sets: dict[str, Path], teacher_dir: Path, tmp_path: Path) -> None:
+def test_launch_script_under_deepspeed_zero2_two_ranks(sets: dict[str, Path], teacher_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "launch/finetune.py"), "--task", "membrane", "--model", str(teacher_dir),
-         "--train", str(sets["mem_train"]), "--test", str(sets["mem_test"]), "--out", str(out), "--epochs", "2",
-         "--batch-size", "4", "--lr", "1e-3", "--deepspeed", str(REPO / "ds_configs/cpu_zero2.json")],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    args = ["--task", "membrane", "--model", str(teacher_dir), "--train", str(sets["mem_train"]), "--test",
+            str(sets["mem_test"]), "--out", str(out), "--epochs", "2", "--batch-size", "4", "--lr", "1e-3",
+            "--deepspeed", str(REPO / "ds_configs/cpu_zero2.json")]
+    with subprocess.Popen(launcher_command(2, REPO / "launch/finetune.py", args), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, cwd=tmp_path, start_new_session=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}) as popen:
+        try:
+            output, _ = popen.communicate(timeout=900)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.communicate()
+            raise
+    assert popen.returncode == 0, output[-6000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["world_size"] == 1 and metrics["rows"] == {"train": 16, "valid": 0, "test": 10}
-    assert len(metrics["history"]) == 2 and metrics["history"][1]["step"] == 8  # 16 rows / 4 per step, 2 epochs
+    assert metrics["world_size"] == 2 and metrics["rows"] == {"train": 16, "valid": 0, "test": 10}
+    # 16 rows / a global batch of 4 = 4 steps per epoch, as on one rank (each rank takes 2 rows per step).
+    assert metrics["global_batch"] == 4 and len(metrics["history"]) == 2 and metrics["history"][1]["step"] == 8
+    assert metrics["leakage"]["test"]["query_sequences"] == 10 and metrics["coverage"]["residue_coverage"] == 1.0
     assert (out / "model" / "model.safetensors").is_file() and (out / "mlflow.db").is_file()
     assert not (tmp_path / "mlruns").exists()  # artifacts stay under --out

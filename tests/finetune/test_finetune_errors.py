@@ -57,3 +57,19 @@ def test_report_needs_a_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert str(result.exception).startswith("no MLflow store given; pass --tracking-uri")
     result = CliRunner().invoke(app, ["report", "--tracking-uri", str(tmp_path), "--out", str(tmp_path / "r")])
     assert f"--tracking-uri {tmp_path} is neither a URI nor a folder holding mlflow.db" in str(result.exception)
+
+
+def test_window_long_filter_and_seed_options(sets: dict[str, Path], teacher_dir: Path, tmp_path: Path) -> None:
+    common = ["--task", "dna-binding", "--model", str(teacher_dir), "--train", str(sets["dna_train"]),
+              "--test", str(sets["dna_test"]), "--out", str(tmp_path / "out")]
+    assert "unknown --long 'cut'; choose one of: window, truncate" in finetune(*common, "--long", "cut")
+    assert "unknown --test-filter 'all'; choose one of: none, near-identical, homologs" in finetune(
+        *common, "--test-filter", "all")
+    assert "--test-filter homologs needs the leakage search; drop --no-leakage" in finetune(
+        *common, "--test-filter", "homologs", "--no-leakage")
+    assert "--stride 600 must be between 1 and --window 512" in finetune(*common, "--stride", "600")
+    # The tiny model has 1024 positions: a 1100-residue window does not fit.
+    assert "--window 1100 needs 1102 positions with [CLS] and [SEP], but --model has 1024; pass --window 1022" in finetune(
+        *common, "--window", "1100", "--stride", "500")
+    assert "--seeds '0,x' must be comma-separated integers" in finetune(*common, "--seeds", "0,x")
+    assert "unknown --pooling 'max'" in finetune(*common, "--pooling", "max")

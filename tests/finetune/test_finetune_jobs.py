@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 from sklearn import metrics as skm
-from transformers import BertForSequenceClassification, BertForTokenClassification
 
+from minprot_ds.finetune.heads import load_task_model
 from minprot_ds.finetune.metrics import compute_metrics, json_safe, read_predictions
 from minprot_ds.finetune.tasks import task_spec
 
@@ -47,9 +47,10 @@ def test_dna_binding_metrics_equal_sklearn_on_predictions(runs) -> None:
     runtime = metrics["runtime"]
     assert runtime["train_seconds"] > 0 and runtime["inference_samples_per_second"] > 0
     assert metrics["rows"] == {"train": 20, "valid": 0, "test": 12} and metrics["model_role"] == "teacher"
-    # The model reloads through from_pretrained with its head and tokenizer files.
-    model = BertForSequenceClassification.from_pretrained(out / "model")
-    assert model.config.num_labels == 2 and model.config.id2label[1] == "DNA-binding"
+    # The model reloads with its head, its task description and the tokenizer files.
+    model = load_task_model(out / "model")
+    assert model.info.classes == ["non-binding", "DNA-binding"] and model.info.mlflow_run_id == metrics["mlflow_run_id"]
+    assert model.info.pooling == "cls" and model.info.threshold == 0.5 and model.head.out_features == 2
     assert (out / "model" / "vocab.txt").read_text().split()[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -59,8 +60,8 @@ def test_q3_predicts_every_residue_and_scores_labelled_ones(runs, sets) -> None:
     out = runs.outs["q3_teacher"]
     test = load_task_data(sets["q3_test"], "q3", split="test")
     table = rows(out / "predictions.tsv")
-    # One row per residue of each test chain, cut at 512 residues (CASP12's 563-residue chain).
-    assert len(table) == sum(min(len(s), 512) for s in test["sequence"])
+    # One row per residue of each test chain, CASP12's 563-residue chain too (overlapping windows).
+    assert len(table) == sum(len(s) for s in test["sequence"]) and max(len(s) for s in test["sequence"]) > 512
     first = test[0]
     mine = [r for r in table if r["id"] == first["id"]]
     assert [int(r["position"]) for r in mine] == list(range(1, len(first["sequence"]) + 1))
@@ -83,8 +84,11 @@ def test_q3_predicts_every_residue_and_scores_labelled_ones(runs, sets) -> None:
         assert q3["per_class"][c] == pytest.approx({"precision": p[i], "recall": r[i], "f1": f[i],
                                                     "support": int((y[keep] == i).sum())})
     assert q3["f1"] == pytest.approx(f.mean())
-    assert metrics["truncated_to_512"]["test"] == 1 and metrics["valid"]["valid/accuracy"] == pytest.approx(q3["accuracy"])
-    assert BertForTokenClassification.from_pretrained(out / "model").config.num_labels == 3
+    coverage = metrics["coverage"]
+    assert coverage["residue_coverage"] == 1.0 and coverage["sequences_longer_than_window"] == 1
+    assert coverage["labelled_residues_scored"] == coverage["labelled_residues"] == q3["n"]
+    assert metrics["valid"]["valid/accuracy"] == pytest.approx(q3["accuracy"])
+    assert load_task_model(out / "model").info.per_residue
 
 
 def test_metrics_json_is_the_function_of_predictions_tsv(runs) -> None:

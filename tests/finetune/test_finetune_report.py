@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from minprot_ds.cli import app
 from minprot_ds.errors import UserError
-from minprot_ds.finetune.report import build_report, build_tables, collect_runs
+from minprot_ds.finetune.report import METRICS, build_report, build_tables, collect_runs
 
 pytestmark = pytest.mark.slow  # uses the shared `runs` fixture
 
@@ -25,16 +25,21 @@ def test_report_from_two_stores(runs, tmp_path: Path) -> None:
     text = (out / "report.md").read_text()
     for title in ("Table A", "Table B", "Table C", "Table D"):
         assert f"### {title}" in text
-    assert "5 finished fine-tune runs" in text
-    assert "| dna-binding | PDB1075 | PDB186 | teacher | 1 |" in text
-    assert "| dna-binding | PDB1075 | PDB186 | student | 1 |" in text
+    assert "7 finished fine-tune runs" in text  # 5 + the two seeds
+    leakage = json.loads((runs.outs["dna_teacher"] / "metrics.json").read_text())["leakage"]["test"]
+    leak = f"{leakage['exact']}/{leakage['near_identical']}/{leakage['homologs']} of 12"
+    assert f"| dna-binding | PDB1075 | PDB186 | teacher | 1 | {leak} |" in text
+    assert f"| dna-binding | PDB1075 | PDB186 | student | 3 | {leak} |" in text  # one run + two seeds: mean ± std
+    for name in ("length", "homology"):
+        assert f"| dna-binding | PDB1075 | PDB186 | baseline: {name} | 4 | {leak} |" in text
     assert "| membrane | DeepLoc | DeepLoc | student | 1 |" in text and "| q3 | CASP12 | CASP12 | teacher | 1 |" in text
-    assert "| dna-binding | swissprot-human | SUB 85% | student | 12 | 1 |" in text  # Table C: 6 + 6 rows
-    assert "| human | SUB 85% | student | 1 |" in text  # Table D
+    # Table C names the test set (6 + 6 training rows of the SUB).
+    assert "| dna-binding | swissprot-human | SUB 85% | student | 12 | PDB186 |" in text
+    assert f"| human | SUB 85% | student | 1 | " in text  # Table D
     for chart in ("table_a_mcc", "table_a_accuracy", "table_b_runtime", "table_c_variants", "table_d_organisms"):
         assert (out / f"{chart}.png").read_bytes()[:8] == PNG and f"![{chart}]({chart}.png)" in text
     payload = json.loads((out / "report.json").read_text())
-    assert len(payload["runs"]) == 5 and len(payload["tables"]) == 4
+    assert len(payload["runs"]) == 7 and len(payload["tables"]) == 4
 
 
 def test_saving_is_one_minus_student_over_teacher(runs) -> None:
@@ -50,9 +55,25 @@ def test_saving_is_one_minus_student_over_teacher(runs) -> None:
     table_a = build_tables(rows)[0]
     (student_row,) = [r for r in table_a.rows if r[:4] == ["dna-binding", "PDB1075", "PDB186", "student"]]
     written = json.loads((runs.outs["dna_student"] / "metrics.json").read_text())["test"]
-    assert student_row[5:] == pytest.approx([written[k] if written[k] is not None else float("nan")
-                                             for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "mcc")],
-                                            nan_ok=True)
+    assert [s.mean for s in student_row[6:]] == pytest.approx(
+        [written[k] if written[k] is not None else float("nan") for k in METRICS], nan_ok=True)
+
+
+def test_seeds_give_mean_and_std(runs) -> None:
+    import numpy as np
+
+    out = runs.outs["seeds"]
+    per_seed = [json.loads((out / f"seed-{s}" / "metrics.json").read_text()) for s in (0, 1)]
+    assert [m["seed"] for m in per_seed] == [0, 1]
+    summary = json.loads((out / "seeds.json").read_text())
+    for key in ("accuracy", "mcc", "roc_auc", "pr_auc"):
+        values = [m["test"][key] for m in per_seed]
+        assert summary["test"][key]["mean"] == pytest.approx(np.mean(values))
+        assert summary["test"][key]["std"] == pytest.approx(np.std(values, ddof=1))
+    (row,) = [r for r in build_tables(collect_runs(runs.uri, ["minprot-seeds"]))[0].rows if r[3] == "student"]
+    accuracy = row[6 + METRICS.index("accuracy")]
+    assert row[4] == 2 and accuracy.n == 2 and accuracy.std == pytest.approx(
+        np.std([m["test"]["accuracy"] for m in per_seed], ddof=1))
 
 
 def test_report_filters_by_experiment(runs, tmp_path: Path) -> None:

@@ -1,0 +1,101 @@
+"""Scoring a split with the task model: every residue of every protein, through overlapping windows.
+
+A protein longer than the window is cut into windows of `window` residues every `stride` residues
+(`minprot_ds.windows`, the one rule for long proteins): a residue takes the prediction of the window where
+it sits most centrally, and a protein's class probabilities are the mean of its windows' probabilities
+weighted by the residues each window owns. `--long truncate` scores only the first window (the old
+behaviour), and the coverage figures say how much was left out.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from minprot_ds.errors import UserError
+from minprot_ds.finetune.metrics import Predictions
+from minprot_ds.finetune.tasks import Encoded, Piece, TaskSpec, collate, eval_batches
+from minprot_ds.windows import Window, combine_protein, plan_windows, stitch_residues
+
+LONG_MODES = ("window", "truncate")
+
+
+@dataclass
+class Scored:
+    predictions: Predictions
+    loss: float  # mean cross-entropy of the reported probabilities (labelled rows / residues)
+    coverage: dict
+    row_of: np.ndarray  # the split's row index of each prediction row
+
+
+def plan(length: int, window: int, stride: int, long: str) -> list[Window]:
+    if long not in LONG_MODES:
+        raise UserError(f"unknown --long {long!r}; choose one of: {', '.join(LONG_MODES)}")
+    return plan_windows(length, window, stride) if long == "window" else [Window(0, min(length, window))]
+
+
+def forward_pieces(module: torch.nn.Module, enc: Encoded, pieces: list[Piece], spec: TaskSpec, batch_size: int,
+                   device: torch.device) -> list[np.ndarray]:
+    """Class probabilities of each piece: [C] per protein piece, [residues, C] per residue."""
+    module.eval()
+    out: list[np.ndarray | None] = [None] * len(pieces)
+    lengths = np.array([end - start for _, start, end in pieces], dtype=np.int64)
+    with torch.no_grad():  # not inference_mode: ZeRO-3 gathers parameters in its forward hooks
+        for idx in eval_batches(lengths, batch_size):
+            batch = collate(enc, [pieces[k] for k in idx], spec)
+            logits = module(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            p = torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
+            for r, k in enumerate(idx):
+                out[k] = p[r, 1:lengths[k] + 1] if spec.per_residue else p[r]
+    return out  # type: ignore[return-value]
+
+
+def score(module: torch.nn.Module, enc: Encoded, spec: TaskSpec, *, batch_size: int, device: torch.device,
+          window: int, stride: int, long: str = "window") -> Scored:
+    """Predictions for every row (every covered residue for per-residue tasks), the loss and the coverage."""
+    plans = [plan(len(t), window, stride, long) for t in enc.tokens]
+    pieces = [(i, w.start, w.end) for i, ws in enumerate(plans) for w in ws]
+    outputs = forward_pieces(module, enc, pieces, spec, batch_size, device)
+    per_row: list[np.ndarray] = []
+    k = 0
+    for i, ws in enumerate(plans):
+        outs, k = outputs[k:k + len(ws)], k + len(ws)
+        n = ws[-1].end  # the covered length: the protein, or its first window under --long truncate
+        per_row.append(stitch_residues(n, ws, outs) if spec.per_residue else combine_protein(n, ws, outs))
+    lengths = enc.lengths
+    covered = np.array([ws[-1].end for ws in plans], dtype=np.int64)
+    coverage = {
+        "long": long, "window": window, "stride": stride, "windows": len(pieces),
+        "sequences": len(enc), "sequences_longer_than_window": int((lengths > window).sum()),
+        "sequences_fully_scored": int((covered == lengths).sum()),
+        "residues": int(lengths.sum()), "residues_scored": int(covered.sum()),
+    }
+    coverage["residue_coverage"] = coverage["residues_scored"] / coverage["residues"] if len(enc) else math.nan
+    coverage["sequence_coverage"] = coverage["sequences_fully_scored"] / len(enc) if len(enc) else math.nan
+    if not spec.per_residue:
+        probs = np.stack(per_row) if per_row else np.zeros((0, spec.num_labels))
+        labels = np.asarray(enc.labels, dtype=np.int64)
+        pred = Predictions(enc.ids, labels, probs, probs.argmax(axis=1))
+        return Scored(pred, _cross_entropy(probs, labels), coverage, np.arange(len(enc)))
+    ids, positions, residues, labels = [], [], [], []
+    for i, (rid, n) in enumerate(zip(enc.ids, covered)):
+        ids.extend([rid] * int(n))
+        positions.extend(range(1, int(n) + 1))
+        residues.extend(enc.sequences[i][:n])
+        labels.append(enc.labels[i][:n])
+    probs = np.concatenate(per_row) if per_row else np.zeros((0, spec.num_labels))
+    y = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+    everything = np.concatenate(enc.labels) if len(enc) else np.zeros(0, dtype=np.int64)
+    coverage["labelled_residues"] = int((everything != -100).sum())
+    coverage["labelled_residues_scored"] = int((y != -100).sum())
+    pred = Predictions(ids, y, probs, probs.argmax(axis=1), np.asarray(positions, dtype=np.int64), residues)
+    return Scored(pred, _cross_entropy(probs, y), coverage, np.repeat(np.arange(len(enc)), covered))
+
+
+def _cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
+    keep = labels != -100
+    if not keep.any():
+        return math.nan
+    return float(-np.log(np.clip(probs[keep, labels[keep]], 1e-12, None)).mean())
