@@ -123,8 +123,11 @@ def run(
     planned = planned_steps(config, stream)
     engine, student_config = build_engine(config, ds, planned_steps=planned, dtype=precision(ds))
     state = TrainState(world_size=world, grad_accum=grad_accum, model_affecting=config.model_affecting())
+    load_s = None
     if resume_from is not None:
+        t0 = time.monotonic()
         saved, loader_state = Checkpointer.load(engine.student, resume_from)
+        load_s = time.monotonic() - t0
         stream.load_state_dict(loader_state)
         state = dataclasses.replace(saved, world_size=world, grad_accum=grad_accum,
                                     model_affecting=config.model_affecting())
@@ -134,6 +137,8 @@ def run(
 
     tracker = build_tracker(config, run_dir, rank=rank, resume_run_id=state.mlflow_run_id)
     state.mlflow_run_id = tracker.run_id
+    if load_s is not None:  # what a resume costs at this size (the collective timeout must outlast saves and loads)
+        tracker.log_metrics({"checkpoint/load_s": load_s}, step=state.step)
     stop_at = planned if max_steps is None else min(planned, max_steps)
     teacher_checksum = engine.teacher_checksum()
     meter = StepMeter(engine, precision=str(precision(ds)).removeprefix("torch."))
@@ -177,8 +182,10 @@ def run(
                     and time.monotonic() - last_ckpt_time > 60 * config.checkpoint.every_minutes
                 )
                 if due or stopping or state.step == stop_at:
+                    t0 = time.monotonic()
                     last_saved = checkpointer.save(engine.student, state, stream.state_dict())
                     last_ckpt_time = time.monotonic()
+                    tracker.log_metrics({"checkpoint/save_s": last_ckpt_time - t0}, step=state.step)
                 if stopping:
                     waited = time.monotonic() - (stop_signal.received_at or time.monotonic())
                     tracker.log_metrics({"preempt/signal_to_checkpoint_s": waited}, step=state.step)

@@ -271,7 +271,13 @@ class RunInputs:
 
 def measure_setting(setting: Setting, inputs: RunInputs, between: Callable[[], Any] | None = None) -> Result:
     """Build stream + engine for `setting`, warm up, time `repeats` windows of `steps` engine steps,
-    calling `between()` after each window (the paired baseline's window, on rank 0)."""
+    calling `between()` after each window (the paired baseline's window, on rank 0). A setting the memory
+    plan says cannot fit the device is not run (status oom)."""
+    from minprot_ds.bench.memory import skip_reason
+
+    reason = skip_reason(setting, inputs, dist.get_world_size() if dist.is_initialized() else 1)
+    if reason is not None:
+        return Result(setting, status="oom", error=reason)
     try:
         return _measure(setting, inputs, between)
     except UserError:

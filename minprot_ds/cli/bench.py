@@ -1,6 +1,7 @@
-"""`minprot bench throughput`: what this box delivers for the distillation, and which settings to run.
+"""`minprot bench throughput | memory`: what this box delivers for the distillation, which settings to run,
+and the memory each setting needs per GPU (the plan: minprot_ds/bench/memory.py).
 
-One process (CPU, or the first GPU); for several GPUs run the script form under the launcher:
+Throughput runs in one process (CPU, or the first GPU); for several GPUs run the script form under the launcher:
 `deepspeed --num_gpus N benchmarks/throughput.py ...` (the same command and options).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from rich.table import Table
 from minprot_ds.cli.common import make_console
 from minprot_ds.errors import UserError
 
-bench_app = typer.Typer(help="Hardware throughput benchmarks of the distillation.", no_args_is_help=True)
+bench_app = typer.Typer(help="Hardware throughput benchmarks and the memory plan of the distillation.", no_args_is_help=True)
 
 
 def _split(text: str, kind, option: str) -> list:
@@ -121,3 +122,50 @@ def throughput(
     if mlflow:
         run_id = rp.log_to_mlflow(report, files, tracking_uri=tracking_uri, run_dir=out.resolve().parent)
         stdout.print(f"MLflow run {run_id}")
+
+
+@bench_app.command("memory")
+def memory(
+    preset: Annotated[str, typer.Option(help="Model shapes: tiny, cpu-small, protbert (ProtBert's 40,000-position table).")] = "protbert",
+    gpu: Annotated[str, typer.Option(help="v100-16gb, v100-32gb, a100-40gb, a100-80gb, h100-80gb.")] = "v100-32gb",
+    gpus: Annotated[int, typer.Option(min=1, help="Devices in the job (all nodes).")] = 8,
+    nodes: Annotated[int, typer.Option(min=1, help="Nodes the devices are spread over.")] = 1,
+    max_tokens: Annotated[int, typer.Option(min=520, help="Token budget per micro-batch the prediction is for.")] = 8192,
+    max_rows: Annotated[Optional[int], typer.Option(help="Rows per micro-batch (default: 64 per 8192 tokens).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the plan as JSON here.")] = None,
+) -> None:
+    """Predicted memory per GPU of the distillation, per ZeRO stage x precision x activation checkpointing,
+    and the largest token budget that fits with a margin (minprot_ds/bench/memory.py says how)."""
+    from minprot_ds.bench import memory as mem
+    from minprot_ds.bench.throughput import default_rows
+    from minprot_ds.models import MODEL_PRESETS
+
+    if preset not in MODEL_PRESETS:
+        raise UserError(f"--preset {preset!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}.")
+    if gpu not in mem.GPUS:
+        raise UserError(f"--gpu {gpu!r} is unknown; choose one of {', '.join(mem.GPUS)}.")
+    if gpus % nodes:
+        raise UserError(f"--gpus {gpus} is not a multiple of --nodes {nodes}; give the devices of all nodes.")
+    config = mem.preset_config(preset)
+    plan = mem.memory_plan(config, MODEL_PRESETS[preset].student_layers, gpu=gpu, gpus=gpus, nodes=nodes,
+                           max_tokens=max_tokens, max_rows=max_rows or default_rows(max_tokens))
+    stdout = make_console(width=max(make_console().width, 150))
+    table = Table(title=f"memory per GPU: {preset} on {gpus}x {gpu} ({nodes} node(s)), {max_tokens} tokens / "
+                        f"{plan['max_rows']} rows per micro-batch")
+    for name in ("precision", "ZeRO", "act. ckpt", "student states GB", "buckets GB", "teacher GB", "activations GB",
+                 "total GB", "fits", "largest budget that fits"):
+        table.add_column(name, justify="right")
+    for row in plan["settings"]:
+        gb = row["predicted_gb"]
+        table.add_row(row["precision"], str(row["stage"]), "on" if row["checkpointing"] else "off",
+                      f"{gb['student_states']:.2f}", f"{gb['grad_buckets']:.2f}",
+                      f"{gb['teacher_weights'] + gb['teacher_working']:.2f}", f"{gb['activations']:.2f}",
+                      f"{gb['total']:.2f}", "yes" if row["fits"] else "no",
+                      f"{row['largest_max_tokens']:,}" if row["largest_max_tokens"] else "none")
+    stdout.print(table)
+    stdout.print(f"fits = total <= {plan['device_gb']:g} GB x (1 - {mem.MARGIN:g}) - {mem.RESERVE_GB:g} GB (CUDA context, "
+                 "fragmentation); predicted = torch.cuda.max_memory_allocated of a step.")
+    if json_out is not None:
+        from minprot_ds.bench.report import write_benchmark_json
+
+        stdout.print(f"wrote {write_benchmark_json(json_out, 'memory_plan', plan)}")

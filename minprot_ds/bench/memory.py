@@ -1,0 +1,246 @@
+"""Memory plan of a distillation: predicted peak memory per device, and the largest token budget that fits.
+
+Per device, for a setting (ZeRO stage, precision, activation checkpointing, devices):
+- student model states: DeepSpeed's own estimators where they exist (ZeRO-2 and ZeRO-3, mixed precision:
+  `estimate_zero{2,3}_model_states_mem_needs`, no offload); for ZeRO-1 and for fp32 the same accounting
+  written out (weights and gradients at the run's precision, fp32 master copy + AdamW moments partitioned);
+- ZeRO-2/3 gradient buckets: DeepSpeed reduces gradients through a contiguous buffer of
+  `reduce_bucket_size` elements (default 5e8), touched only as far as the gradients fill it;
+- the frozen teacher: its full weights at the run's precision on every rank (never partitioned), and its
+  working set under inference mode (one layer's intermediates plus the last hidden states kept for the loss);
+- the student's activations, linear in the padded tokens of a micro-batch (rows x longest row), per layer
+  per token 8·H + 2·I values (layer input, Q, K, V, attention output, its projection, LayerNorm output,
+  FFN in and GELU out: what autograd keeps with SDPA's fused attention, which stores no T x T matrix);
+  with activation checkpointing only each layer's input is kept and one layer is recomputed at a time;
+  plus one layer's worth of activation gradients during backward, and the dense gradient autograd makes for
+  the embedding tables (40,000 x H for ProtBert's positions) before DeepSpeed's hook moves it into its bucket;
+- the optimizer step: DeepSpeed flattens the rank's fp32 gradient partition and torch's AdamW makes two
+  temporaries of that size (sqrt of the second moment, the denominator); the step's peak comes after backward has freed the activations, so the total takes the larger of the two.
+
+What it predicts is the memory the job allocates: `torch.cuda.max_memory_allocated` on a GPU, peak RSS
+above the bare process (Python, torch, DeepSpeed imported) on CPU. `fits` leaves a margin for the CUDA
+context and the allocator's fragmentation (`RESERVE_GB` + `MARGIN` of the device).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+GB = 2**30
+BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+RESERVE_GB = 1.0  # CUDA context + NCCL buffers, outside max_memory_allocated
+MARGIN = 0.10  # of the device's memory, for the caching allocator's fragmentation
+DEFAULT_BUCKET = 500_000_000  # DeepSpeed's default reduce_bucket_size (elements)
+GPUS: dict[str, float] = {  # usable memory per device, GiB (nvidia-smi's total)
+    "v100-16gb": 16.0, "v100-32gb": 32.0, "a100-40gb": 40.0, "a100-80gb": 80.0, "h100-80gb": 80.0,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """One setting of the sweep."""
+
+    stage: int
+    precision: str  # fp32 | fp16 | bf16
+    checkpointing: bool
+    gpus: int = 1  # devices in the job (nodes x per node)
+    nodes: int = 1
+    reduce_bucket_size: int = DEFAULT_BUCKET
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """Predicted peak bytes per device, by part."""
+
+    student_states: float
+    grad_buckets: float
+    teacher_weights: float
+    teacher_working: float
+    activations: float
+    optimizer_step: float  # in the step: the flattened fp32 gradient partition + AdamW's two temporaries on it
+
+    @property
+    def total(self) -> float:
+        """States and teacher weights all along; the peak of backward (buckets, activations) or of the step."""
+        backward = self.grad_buckets + self.teacher_working + self.activations
+        return self.student_states + self.teacher_weights + max(backward, self.optimizer_step)
+
+    def as_gb(self) -> dict[str, float]:
+        return {**{k: v / GB for k, v in dataclasses.asdict(self).items()}, "total": self.total / GB}
+
+
+def preset_config(name: str) -> Any:
+    """The BertConfig of a model preset's teacher (protbert: ProtBert's own, 40,000 positions)."""
+    from transformers import BertConfig
+
+    from minprot_ds.flops import PROTBERT_MAX_POSITIONS
+    from minprot_ds.models import MODEL_PRESETS
+    from minprot_ds.vocab import VOCAB_SIZE
+
+    p = MODEL_PRESETS[name]
+    return BertConfig(vocab_size=VOCAB_SIZE, hidden_size=p.hidden_size, num_hidden_layers=p.teacher_layers,
+                      num_attention_heads=p.num_heads, intermediate_size=p.intermediate_size, type_vocab_size=2,
+                      max_position_embeddings=PROTBERT_MAX_POSITIONS if name == "protbert" else 1024)
+
+
+def model_params(config: Any, num_layers: int) -> int:
+    """Parameters of a BertForMaskedLM with this config's widths and `num_layers` layers (tied decoder)."""
+    from minprot_ds.flops import bert_params
+
+    return bert_params(num_layers, config.hidden_size, config.intermediate_size, config.vocab_size,
+                       config.max_position_embeddings, config.type_vocab_size).total
+
+
+
+def student_states(params: int, largest_layer: int, plan: Plan) -> float:
+    """Bytes of the student's weights, gradients, master weights and AdamW moments per device."""
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    n = plan.gpus
+    per_node = n // plan.nodes
+    if plan.precision != "fp32" and plan.stage == 2:
+        return estimate_zero2_model_states_mem_needs(params, per_node, plan.nodes, cpu_offload=False)[1]
+    if plan.precision != "fp32" and plan.stage == 3:
+        return estimate_zero3_model_states_mem_needs(params, largest_layer, per_node, plan.nodes, cpu_offload=False,
+                                                     cpu_offload_params=False)[1]
+    w = BYTES[plan.precision]
+    master = 0 if plan.precision == "fp32" and plan.stage == 0 else 4  # ZeRO keeps an fp32 partition even in fp32
+    optimizer = (master + 8) * params / (n if plan.stage >= 1 else 1)
+    grads = w * params if plan.stage <= 1 else (4 + (w if plan.precision != "fp32" else 0)) * params / n
+    weights = w * params if plan.stage <= 2 else w * params / n + 4 * largest_layer
+    return weights + grads + optimizer
+
+
+def estimate(config: Any, student_layers: int, plan: Plan, *, max_tokens: int, max_rows: int, longest: int) -> Estimate:
+    """Predicted peak per device of a distillation step on micro-batches of at most `max_tokens` padded
+    tokens (`max_rows` rows, rows padded to at most `longest` tokens)."""
+    h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    w = BYTES[plan.precision]
+    tokens = min(max_tokens, max_rows * longest)
+    params = model_params(config, student_layers)
+    largest_layer = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * h  # embeddings
+    grads_w = 4 if plan.precision == "fp32" else w
+    buckets = grads_w * min(plan.reduce_bucket_size, params) if plan.stage >= 2 else 0
+    per_layer = (8 * h + 2 * i) * tokens * w
+    masked = math.ceil(0.15 * tokens)
+    head = masked * (2 * h + 3 * v) * 4  # MLM transform + logits (teacher and student), fp32 loss
+    if plan.checkpointing:
+        acts = student_layers * tokens * h * w + per_layer
+    else:
+        acts = student_layers * per_layer
+    acts += per_layer + 3 * tokens * h * w + head  # backward's working layer, embeddings, hidden states for L_cos
+    acts += grads_w * largest_layer  # autograd's dense gradient of the embedding tables, before DeepSpeed takes it
+    teacher_params = model_params(config, config.num_hidden_layers)
+    teacher_working = (2 * i + 4 * h) * tokens * w + 2 * tokens * h * w
+    step = 3 * 4 * params / (plan.gpus if plan.stage >= 1 else 1)
+    return Estimate(student_states(params, largest_layer, plan), buckets, teacher_params * w, teacher_working, acts, step)
+
+
+
+def fits(est: Estimate, device_gb: float) -> bool:
+    """Whether a predicted peak fits a device of `device_gb` GiB with the reserve and the margin."""
+    return est.total / GB <= device_gb * (1 - MARGIN) - RESERVE_GB
+
+
+def largest_budget(config: Any, student_layers: int, plan: Plan, device_gb: float, *, rows_per_8192: int = 64,
+                   longest: int = 514, step: int = 512) -> int | None:
+    """The largest token budget (a multiple of `step`, rows scaled as the run config's 8192 -> 64) that fits."""
+    best = None
+    budget = step * math.ceil(520 / step)  # one 512-residue row
+    while budget <= 262_144:
+        rows = max(1, round(rows_per_8192 * budget / 8192))
+        if not fits(estimate(config, student_layers, plan, max_tokens=budget, max_rows=rows, longest=longest), device_gb):
+            break
+        best, budget = budget, budget + step
+    return best
+
+
+def memory_plan(config: Any, student_layers: int, *, gpu: str, gpus: int, nodes: int = 1, max_tokens: int = 8192,
+                max_rows: int = 64) -> dict[str, Any]:
+    """Every ZeRO stage x precision x checkpointing setting: predicted GB per device at `max_tokens`, whether it
+    fits `gpu`, and the largest token budget that fits."""
+    device_gb = GPUS[gpu]
+    precisions = ["fp16", "fp32"] if gpu.startswith("v100") else ["bf16", "fp16", "fp32"]  # V100: no bf16
+    rows = []
+    for precision in precisions:
+        for stage in (1, 2, 3):
+            for ckpt in (False, True):
+                plan = Plan(stage, precision, ckpt, gpus, nodes)
+                est = estimate(config, student_layers, plan, max_tokens=max_tokens, max_rows=max_rows, longest=514)
+                rows.append({"stage": stage, "precision": precision, "checkpointing": ckpt,
+                             "predicted_gb": est.as_gb(), "fits": fits(est, device_gb),
+                             "largest_max_tokens": largest_budget(config, student_layers, plan, device_gb)})
+    return {"gpu": gpu, "device_gb": device_gb, "gpus": gpus, "nodes": nodes, "max_tokens": max_tokens,
+            "max_rows": max_rows, "student_layers": student_layers, "reserve_gb": RESERVE_GB, "margin": MARGIN,
+            "student_parameters": model_params(config, student_layers),
+            "teacher_parameters": model_params(config, config.num_hidden_layers), "settings": rows}
+
+
+def peak_rss(pid: int | str = "self") -> int:
+    """A process's peak resident set size in bytes (Linux: VmHWM of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"no VmHWM in /proc/{pid}/status")
+
+
+def measure(teacher: str, student_layers: int, plan: Plan, *, corpus: str, max_tokens: int, max_rows: int,
+            steps: int = 2) -> dict[str, Any]:
+    """What the plan predicts, measured: peak memory of `steps` distillation steps of this process (one rank).
+
+    GPU: `torch.cuda.max_memory_allocated`. CPU: peak RSS minus the peak before the models were built (the
+    interpreter, torch and DeepSpeed themselves). Run it in a fresh process: the CPU peak never goes down.
+    Returns measured bytes and the padded tokens of the largest micro-batch seen.
+    """
+    import torch
+
+    from minprot_ds.bench.throughput import RunInputs, Setting, build_setting
+    from minprot_ds.distill import init_distributed
+
+    init_distributed()
+    import deepspeed.runtime.zero.stage3  # noqa: F401  (code the build would import, so outside the baseline)
+    import deepspeed.runtime.zero.stage_1_and_2  # noqa: F401
+    import transformers.models.bert.modeling_bert  # noqa: F401
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    before = 0 if cuda else peak_rss()
+    setting = Setting(max_tokens, max_rows, plan.stage, plan.checkpointing, "eager", plan.precision)
+    inputs = RunInputs(teacher=teacher, student_layers=student_layers, corpus=corpus, steps=steps, warmup=0, repeats=1)
+    engine, stream = build_setting(setting, inputs, planned_steps=steps + 1)
+    batches, padded = iter(stream), 0
+    for _ in range(steps):
+        micro = next(batches)
+        padded = max([padded, *(int(b["input_ids"].numel()) for b in micro)])
+        engine.step(micro)
+    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss() - before
+    return {"measured_bytes": peak, "padded_tokens": padded, "scope": "max_memory_allocated" if cuda else "peak RSS - baseline"}
+
+
+def skip_reason(setting: Any, inputs: Any, world: int) -> str | None:
+    """Why a `minprot bench throughput` setting cannot fit its device, or None (unknown device size: None).
+
+    The device is the GPU's total memory, or --memory-limit-gb when given; the teacher's config gives the shapes.
+    """
+    import torch
+    from transformers import BertConfig
+
+    if inputs.memory_limit_gb is not None:
+        device_gb = inputs.memory_limit_gb
+    elif torch.cuda.is_available():
+        device_gb = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GB
+    else:
+        return None
+    zero = (inputs.ds_base or {}).get("zero_optimization", {})
+    plan = Plan(setting.zero_stage, setting.precision, setting.activation_checkpointing, world,
+                reduce_bucket_size=int(zero.get("reduce_bucket_size", DEFAULT_BUCKET)))
+    est = estimate(BertConfig.from_pretrained(inputs.teacher), inputs.student_layers, plan,
+                   max_tokens=setting.max_tokens, max_rows=setting.max_rows, longest=514)
+    if fits(est, device_gb):
+        return None
+    return (f"predicted {est.total / GB:.1f} GB per device exceeds {device_gb:g} GB less the margin "
+            f"({MARGIN:.0%} + {RESERVE_GB:g} GB; minprot bench memory); not run")

@@ -1,0 +1,137 @@
+"""The memory plan (minprot_ds/bench/memory.py, `minprot bench memory`): parameter counts, the plan's
+structure and CLI, the throughput benchmark's skipping, and the predicted peak against the measured peak
+on CPU at two ProtBert-width shapes (hidden 1024, FFN 4096, 40,000 positions, fewer layers) and two small
+ones, within 20%."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import BertConfig, BertForMaskedLM
+from typer.testing import CliRunner
+
+from minprot_ds.bench import memory as mem
+from minprot_ds.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_parameter_counts_are_the_models_and_protbert_s():
+    cfg = BertConfig(vocab_size=30, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                     max_position_embeddings=40_000)
+    assert mem.model_params(cfg, 3) == BertForMaskedLM(cfg).num_parameters()
+    protbert = mem.preset_config("protbert")
+    assert mem.model_params(protbert, 30) == 419_933_214
+    assert mem.model_params(protbert, 15) == 230_989_854
+
+
+def test_plan_orders_stages_and_checkpointing_and_its_budget_is_the_largest_that_fits():
+    cfg = mem.preset_config("protbert")
+    plan = mem.memory_plan(cfg, 15, gpu="v100-16gb", gpus=8)
+    rows = {(r["stage"], r["checkpointing"]): r for r in plan["settings"] if r["precision"] == "fp16"}
+    assert {r["precision"] for r in plan["settings"]} == {"fp16", "fp32"}  # V100: no bf16
+    states = [rows[(z, False)]["predicted_gb"]["student_states"] for z in (1, 2, 3)]
+    assert states[0] > states[1] > states[2]
+    for z in (1, 2, 3):
+        assert rows[(z, True)]["predicted_gb"]["activations"] < rows[(z, False)]["predicted_gb"]["activations"]
+        assert rows[(z, True)]["largest_max_tokens"] > rows[(z, False)]["largest_max_tokens"]
+    best = rows[(2, False)]["largest_max_tokens"]
+
+    def total(budget):
+        p = mem.Plan(2, "fp16", False, 8)
+        return mem.estimate(cfg, 15, p, max_tokens=budget, max_rows=max(1, round(64 * budget / 8192)), longest=514)
+
+    assert mem.fits(total(best), 16.0) and not mem.fits(total(best + 512), 16.0)
+    # More devices shard more of the student's states.
+    assert (mem.estimate(cfg, 15, mem.Plan(3, "fp16", False, 16), max_tokens=8192, max_rows=64, longest=514).student_states
+            < mem.estimate(cfg, 15, mem.Plan(3, "fp16", False, 8), max_tokens=8192, max_rows=64, longest=514).student_states)
+
+
+def test_cli_prints_and_writes_the_plan(tmp_path):
+    out = tmp_path / "plan.json"
+    result = CliRunner().invoke(app, ["bench", "memory", "--preset", "protbert", "--gpu", "a100-80gb", "--gpus", "16",
+                                      "--nodes", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(out.read_text())
+    assert plan["benchmark"] == "memory_plan" and plan["gpus"] == 16 and plan["nodes"] == 2
+    assert len(plan["settings"]) == 18  # bf16, fp16, fp32 x ZeRO-1/2/3 x checkpointing
+    assert plan["student_parameters"] == 230_989_854
+    assert "largest budget" in result.output
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--gpu", "v100-8gb"], "--gpu 'v100-8gb' is unknown"),
+    (["--gpus", "8", "--nodes", "3"], "--gpus 8 is not a multiple of --nodes 3"),
+    (["--preset", "huge"], "--preset 'huge' is unknown"),
+])
+def test_cli_errors_name_the_flag(args, words):
+    from minprot_ds.errors import UserError
+
+    result = CliRunner().invoke(app, ["bench", "memory", *args])  # `minprot` turns a UserError into one line
+    assert isinstance(result.exception, UserError) and words in str(result.exception)
+
+
+def test_throughput_skips_a_setting_the_plan_says_cannot_fit(tmp_path):
+    from minprot_ds.bench import throughput as tp
+    from minprot_ds.models import save_random_protbert
+
+    teacher = save_random_protbert(tmp_path / "t", num_layers=2, hidden_size=64, num_heads=4, intermediate_size=128)
+    small, big = tp.sweep_settings(max_tokens=[1024, 262_144], zero_stages=[2], checkpointing=[False],
+                                   loss_impls=["eager"], precisions=["fp32"])
+    inputs = tp.RunInputs(teacher=str(teacher), student_layers=1, corpus="unused", memory_limit_gb=2.0)
+    result = tp.measure_setting(big, inputs)
+    assert result.status == "oom" and "predicted" in result.error and "exceeds 2 GB" in result.error
+    assert mem.skip_reason(small, inputs, world=1) is None
+
+
+# --- predicted against measured (CPU: peak RSS above the bare process) ----------------------------------
+
+SHAPES = {  # name: (teacher shape, student layers, ZeRO stage, checkpointing, max tokens, rows)
+    "protbert-width-2l-z2": (dict(num_layers=2, hidden_size=1024, num_heads=16, intermediate_size=4096), 1, 2, False, 1040, 2),
+    "protbert-width-4l-z3": (dict(num_layers=4, hidden_size=1024, num_heads=16, intermediate_size=4096), 2, 3, False, 2080, 4),
+    "small-512-z2": (dict(num_layers=4, hidden_size=512, num_heads=8, intermediate_size=2048), 2, 2, False, 2080, 4),
+    "small-512-z1-ckpt": (dict(num_layers=4, hidden_size=512, num_heads=8, intermediate_size=2048), 2, 1, True, 4160, 8),
+}
+
+
+@pytest.fixture(scope="module")
+def long_corpus(tmp_path_factory) -> Path:
+    """Rows of 510 residues, so every micro-batch is full: the padded tokens are the budget's."""
+    import random
+
+    from data_prep.corpus import prepare_corpus
+
+    root = tmp_path_factory.mktemp("memcorpus")
+    rng = random.Random(0)
+    with open(root / "long.fasta", "w") as fh:
+        for i in range(120):
+            fh.write(f">L{i}\n" + "".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(510)) + "\n")
+    prepare_corpus([root / "long.fasta"], root / "corpus", valid_fraction=0.05, seed=0)
+    return root / "corpus"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_predicted_peak_is_within_20_percent_of_the_measured_one(name, long_corpus, tmp_path):
+    from minprot_ds.models import save_random_protbert
+
+    shape, student_layers, stage, ckpt, tokens, rows = SHAPES[name]
+    teacher = save_random_protbert(tmp_path / "teacher", **shape, max_position_embeddings=40_000)
+    plan = mem.Plan(stage, "fp32", ckpt, 1)
+    code = ("import json, sys; from minprot_ds.bench.memory import Plan, measure;"
+            f"print('RESULT', json.dumps(measure({str(teacher)!r}, {student_layers}, Plan({stage}, 'fp32', {ckpt}, 1), "
+            f"corpus={str(long_corpus)!r}, max_tokens={tokens}, max_rows={rows})))")
+    # A fresh process: a CPU's peak RSS never goes down, so each shape needs its own.
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    measured = json.loads(proc.stdout.split("RESULT", 1)[1])
+    est = mem.estimate(BertConfig.from_pretrained(teacher), student_layers, plan, max_tokens=measured["padded_tokens"],
+                       max_rows=rows, longest=measured["padded_tokens"])
+    ratio = est.total / measured["measured_bytes"]
+    print(f"{name}: predicted {est.total / 2**30:.3f} GB, measured {measured['measured_bytes'] / 2**30:.3f} GB, "
+          f"ratio {ratio:.2f}")
+    assert measured["padded_tokens"] > tokens // 2  # the batches were as full as planned
+    assert 0.8 <= ratio <= 1.2
