@@ -29,7 +29,6 @@ and that the naive path keeps exactly the records and ids ours does.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import sys
@@ -44,10 +43,11 @@ from Bio import SeqIO
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
-from common import Timing, fmt_rate, make_console, print_table, time_repeats, write_json
+from common import SHARED_LENGTHS, Timing, fmt_rate, make_console, print_table, time_repeats, write_json
 from data_prep.corpus import prepare_corpus
 from data_prep.fasta import encode_block, read_blocks
 from minprot_ds import vocab
+from minprot_ds.data.synthetic import sample_lengths as draw_lengths
 from minprot_ds.data.manifest import load_manifest
 from minprot_ds.bench.data_pipeline import measure_loader_throughput, measure_planning
 from minprot_ds.errors import UserError
@@ -55,15 +55,13 @@ from minprot_ds.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 DEFAULT_UNIREF50 = SHARED_DATA / "uniref50" / "uniref50_train_filt.fasta"
-DEFAULT_LENGTHS = SHARED_DATA / "lengths" / "uniref50_like_lengths.txt"
+DEFAULT_LENGTHS = SHARED_LENGTHS
 REFERENCE_VOCAB = REPO.parent / "shared" / "reference" / "prot_bert" / "vocab.txt"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "data_pipeline.json"
 
 PREP_GOAL_RATIO = 20.0
 LOADER_GOAL_RESIDUES_PER_S = 5e6
 MIN_LEN, MAX_LEN = 20, 512
-# Lengths when the UniRef50-like sample is absent: a log-normal with its median (166) and mean (193).
-FALLBACK_MEDIAN, FALLBACK_SIGMA = 166.0, math.sqrt(2 * math.log(193 / 166))
 
 console = make_console()
 
@@ -71,13 +69,9 @@ console = make_console()
 # --- inputs -------------------------------------------------------------------------------------------
 
 def sample_lengths(lengths_file: Path | None, count: int, seed: int) -> tuple[np.ndarray, str]:
-    """`count` lengths drawn with replacement from the file, or from the log-normal fallback."""
-    rng = np.random.default_rng(seed)
-    if lengths_file is not None and lengths_file.is_file():
-        pool = np.loadtxt(lengths_file, dtype=np.int64, ndmin=1)
-        return rng.choice(pool, count), str(lengths_file)
-    drawn = rng.lognormal(math.log(FALLBACK_MEDIAN), FALLBACK_SIGMA, count)
-    return np.clip(np.rint(drawn), MIN_LEN, MAX_LEN).astype(np.int64), "log-normal fallback (median 166, mean ~193)"
+    """`count` lengths drawn with replacement from the file, or from the log-normal fallback (the
+    package's one rule, minprot_ds.data.synthetic.sample_lengths)."""
+    return draw_lengths(count, seed, lengths_file)
 
 
 def write_synthetic_fasta(path: Path, lengths: np.ndarray, seed: int) -> Path:
@@ -393,7 +387,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     lengths, lengths_source = sample_lengths(args.lengths, args.records, args.seed)
     synthetic = write_synthetic_fasta(work / "synthetic.fasta", lengths, args.seed)
     inputs.append((f"synthetic {args.records:,}", synthetic))
-    if "fallback" in lengths_source:
+    if lengths_source.startswith("log-normal"):
         notes.append(f"lengths file {args.lengths} is absent: synthetic lengths from a {lengths_source}")
     for note in notes:
         console.print(f"[yellow]note:[/] {note}")

@@ -77,9 +77,9 @@ def throughput(
 
     Runs real DistillEngine steps (teacher + DeepSpeed student + loss + optimizer) on a synthetic corpus
     with UniRef50-like lengths or real shards (--corpus), with random models in a preset's shape or a
-    real teacher. The naive baseline (minprot_ds/bench/naive.py, at the compared setting's precision) runs a window after each
-    window of each precision's fastest setting; the ratio is the median of those pairs. Writes JSON, CSV
-    and PNG (and logs them to MLflow with --mlflow).
+    real teacher. The naive baseline (minprot_ds/bench/naive.py) runs at the compared setting's precision,
+    a window after each window of each precision's fastest setting; the ratio is the median of those
+    pairs. Writes JSON, CSV and PNG (and logs them to MLflow with --mlflow).
     """
     import torch
 
