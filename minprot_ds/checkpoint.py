@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from minprot_ds.distributed import barrier, rank, world_size
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import atomic_write
 
@@ -52,15 +53,6 @@ class TrainState:
     world_size: int = 1
     grad_accum: int = 1
     model_affecting: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def rng_state() -> dict[str, Any]:
@@ -113,22 +105,22 @@ class Checkpointer:
         """Every rank calls this. Returns the checkpoint folder once it is complete."""
         tag = f"global_step{state.step}"
         folder = self.dir / tag
-        if _rank() == 0 and folder.exists():  # a stale, incomplete save of the same step
+        if rank() == 0 and folder.exists():  # a stale, incomplete save of the same step
             shutil.rmtree(folder)
-        _barrier()
+        barrier()
         client_state = {"minprot": dataclasses.asdict(state), "universal_checkpoint_info": {}}
         engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
         _fault(state.step, "deepspeed")
         per_rank = {"rng": rng_state(), "loader": loader_state}
-        atomic_write(folder / f"minprot_rank{_rank()}.pt", _serialize(per_rank))
+        atomic_write(folder / f"minprot_rank{rank()}.pt", _serialize(per_rank))
         _fault(state.step, "rank_file")
-        _barrier()  # every rank has written everything
-        if _rank() == 0:
+        barrier()  # every rank has written everything
+        if rank() == 0:
             atomic_write(folder / MARKER, json.dumps(dataclasses.asdict(state), indent=2).encode())
             _fault(state.step, "marker")
             atomic_write(self.dir / LATEST, tag.encode())
             self._prune()
-        _barrier()
+        barrier()
         return folder
 
     def _prune(self) -> None:
@@ -153,8 +145,8 @@ class Checkpointer:
         load_path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name)
         if load_path is None:
             raise UserError(f"DeepSpeed could not load checkpoint {folder}; it may be corrupt: resume from an older one.")
-        per_rank_file = folder / f"minprot_rank{_rank()}.pt"
-        same_layout = per_rank_file.is_file() and state.world_size == (dist.get_world_size() if dist.is_initialized() else 1)
+        per_rank_file = folder / f"minprot_rank{rank()}.pt"
+        same_layout = per_rank_file.is_file() and state.world_size == world_size()
         # Our own file from our own run dir (see resolve_resume), hence weights_only=False for RNG objects.
         per_rank = torch.load(per_rank_file if same_layout else folder / "minprot_rank0.pt", map_location="cpu",
                               weights_only=False)
@@ -194,7 +186,7 @@ def to_universal(folder: Path) -> Path:
 
 def _fault(step: int, point: str) -> None:
     spec = os.environ.get(FAULT_ENV)
-    if spec and spec == f"{step}:{_rank()}:{point}":
+    if spec and spec == f"{step}:{rank()}:{point}":
         os.kill(os.getpid(), signal.SIGKILL)
 
 

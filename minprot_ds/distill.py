@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from minprot_ds.checkpoint import (
     universal_path,
 )
 from minprot_ds.config import DistillConfig
+from minprot_ds.distributed import init_distributed, rank as global_rank
 from minprot_ds.ds_config import precision, read_ds_config
 from minprot_ds.errors import UserError
 from minprot_ds.export import STUDENT_CONFIG, export_student, student_provenance
@@ -46,32 +45,6 @@ class RunResult:
     student_dir: Path | None
     valid: dict[str, float]
     teacher_unchanged: bool  # the teacher's weights hash the same after the run as before it
-
-
-def init_distributed() -> tuple[int, int]:
-    """Join the launcher's process group (gloo on CPU, NCCL on GPUs); a plain process is a group of one."""
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    if "RANK" not in os.environ:  # `python launch/distill.py`: one process, no launcher
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    deepspeed.init_distributed()
-    if get_accelerator().device_name() == "cpu":
-        _unlink_shm_buffer()
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _unlink_shm_buffer() -> None:
-    """On CPU, DeepSpeed maps a 69 MB /dev/shm buffer per rank and never unlinks it, so every run
-    (a crashed one too) would leave its buffers in RAM. Once every rank has mapped its peers' (init
-    returns only then; the barrier waits for all), the names can go: the mappings stay."""
-    dist.barrier()
-    name = "deepspeed_allreduce_buffer_{}_{}_{}_{}".format(
-        os.getuid(), os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"), dist.get_rank())
-    Path("/dev/shm", name).unlink(missing_ok=True)
 
 
 class StopSignal:
@@ -265,7 +238,7 @@ def main(*, config: str, overrides: list[str], ds_config: str, ds_config_dir: Pa
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if global_rank() == 0:
         write_summary(result)
     return 0
 

@@ -201,7 +201,7 @@ def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> Fi
     rank, world = 0, 1
     ds = None
     if cfg.deepspeed is not None:
-        from minprot_ds.distill import init_distributed
+        from minprot_ds.distributed import init_distributed
 
         ds = read_ds_config(cfg.deepspeed, flag="--deepspeed", micro_batch=cfg.batch_size,
                             owner="the fine-tune job's --lr and --weight-decay own the optimizer and its linear schedule")
