@@ -16,6 +16,13 @@ COMMON = ("--set", "run.log_every=1", "--set", "checkpoint.every_steps=4", "--se
 TRACE = ("--set", "run.trace_samples=true")  # rows per step written to RUN/trace; no effect on the numbers
 
 
+@pytest.fixture(scope="module")
+def launch(launch):
+    """Every run of this suite distills from the teacher with hidden dropout 0.1 (the student inherits it):
+    exact resume then also needs the training RNG carried over."""
+    return lambda *args, **kwargs: launch(*args, **{"teacher": "teacher_dropout", **kwargs})
+
+
 def losses_and_weights(run_dir: Path, mlflow_history) -> tuple[list[float], dict[str, torch.Tensor]]:
     summary = json.loads((run_dir / "summary.json").read_text())
     losses = mlflow_history(f"sqlite:///{run_dir / 'mlflow.db'}", summary["mlflow_run_id"], "train/loss")
@@ -165,45 +172,66 @@ def test_changed_global_batch_is_refused(launch, stopped_copy):
 
 def test_sigterm_checkpoints_and_exits_cleanly(assets, mlflow_history, reference, tmp_path):
     """What a scheduler does before preemption: SIGTERM to every rank. Each finishes its step, the job
-    checkpoints and exits 0; rerunning continues exactly as the uninterrupted run."""
+    checkpoints and exits 0; rerunning continues exactly as the uninterrupted run.
+
+    Event-driven, not timed: rank 0 stops itself (SIGSTOP) once the step-4 checkpoint is complete, the
+    signal is sent while it is stopped, then it continues: every rank sees the signal after step 5."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    import psutil
-
     from minprot_ds.demo import launcher_command
 
     repo = Path(__file__).resolve().parents[2]
     run = tmp_path / "preempted"
     args = ["--config", str(repo / "launch/configs/demo.toml"), "--deepspeed_config", str(repo / "ds_configs/cpu_zero2.json"),
-            "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher"]}"',
+            "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher_dropout"]}"',
             "--set", f'data.corpus="{assets["corpus"]}"', "--set", f"schedule.total_steps={STEPS}",
             "--set", "eval.every_steps=0", *COMMON]
     proc = subprocess.Popen(launcher_command(2, repo / "launch/distill.py", args), cwd=repo, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 300
-    while not (run / "ckpt" / "global_step4" / "COMPLETE").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:] if proc.poll() else "timeout"
-        time.sleep(0.1)
-    # Like SLURM: every process of the job step gets the signal (ranks and their DataLoader workers).
-    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank" in " ".join(p.cmdline())]
-    assert len(ranks) >= 2
-    signalled = time.monotonic()
-    for p in ranks:
-        p.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=300)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "MINPROT_FAULT_CHECKPOINT": "4:0:stop"})
+    try:
+        ranks = wait_for_stopped_rank(proc)
+        # Like SLURM: every process of the job step gets the signal (ranks and their DataLoader workers).
+        signalled = time.monotonic()
+        for p in ranks:
+            p.send_signal(signal.SIGTERM)
+        for p in ranks:
+            p.send_signal(signal.SIGCONT)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     exit_s = time.monotonic() - signalled
     assert proc.returncode == 0, out[-3000:]
-    assert "stop signal: checkpointed step" in out
-    stopped = json.loads((run / "summary.json").read_text())["step"]
-    assert 4 < stopped < STEPS
-    assert (run / "ckpt" / f"global_step{stopped}" / "COMPLETE").is_file()
-    print(f"SIGTERM to exit: {exit_s:.1f} s (stopped at step {stopped})", file=sys.stderr)
+    assert "stop signal: checkpointed step 5" in out
+    assert json.loads((run / "summary.json").read_text())["step"] == 5
+    assert (run / "ckpt" / "global_step5" / "COMPLETE").is_file()
+    print(f"SIGTERM to exit: {exit_s:.1f} s (stopped at step 5)", file=sys.stderr)
 
     resumed = subprocess.run(launcher_command(2, repo / "launch/distill.py", args), cwd=repo, capture_output=True,
                              text=True, timeout=420)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(reference, losses_and_weights(run, mlflow_history))
+
+
+def wait_for_stopped_rank(proc, timeout: float = 300):
+    """The rank processes of a launch once one of them has stopped itself (MINPROT_FAULT_CHECKPOINT=N:R:stop)."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no rank stopped itself in time"
+        try:
+            ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank" in " ".join(p.cmdline())]
+            if any(p.status() == psutil.STATUS_STOPPED for p in ranks):
+                return ranks
+        except psutil.NoSuchProcess:  # a DataLoader worker came or went
+            pass
+        time.sleep(0.1)
