@@ -37,8 +37,8 @@ from minprot_ds.fileio import atomic_write
 # Test-only fault injection: "STEP:RANK:POINT" kills that rank with SIGKILL at POINT of the save of STEP
 # (POINT: deepspeed = after DeepSpeed's files, rank_file = after this rank's file, marker = after the
 # COMPLETE marker, before the latest pointer), or stops it with SIGSTOP once that save is complete
-# (POINT: stop; the signal tests then know where the run is). The crash and signal tests use it; nothing
-# else should.
+# (POINT: stop; the signal tests then know where the run is). Several specs: comma-separated; a spec ending
+# in "@K" fires only in torchrun's restart attempt K. The crash and signal tests use it; nothing else should.
 FAULT_ENV = "MINPROT_FAULT_CHECKPOINT"
 MARKER = "COMPLETE"
 LATEST = "latest"
@@ -276,9 +276,12 @@ def to_universal(folder: Path) -> Path:
 
 
 def _fault(step: int, point: str) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if spec and spec == f"{step}:{rank()}:{point}":
-        os.kill(os.getpid(), signal.SIGSTOP if point == "stop" else signal.SIGKILL)
+    here = f"{step}:{rank()}:{point}"
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    for spec in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        where, _, only_attempt = spec.partition("@")  # "@K": only in torchrun's attempt K (restart count)
+        if where == here and (not only_attempt or only_attempt == attempt):
+            os.kill(os.getpid(), signal.SIGSTOP if point == "stop" else signal.SIGKILL)
 
 
 def _serialize(obj: Any) -> bytes:

@@ -61,11 +61,20 @@ def run(
     max_steps: int | None = None,
     resume: str = "auto",
 ) -> RunResult:
-    from minprot_ds.build import build_engine, build_stream, build_tracker, eval_stream
-
     rank, world = init_distributed()
     run_dir = Path(run_dir)
     check_shared_run_dir(run_dir, rank, world)
+    # From here on every rank beats and watches the others (engine build and checkpoint loading included).
+    with Watchdog(run_dir, config.run.collective_timeout_s, rank, world):
+        return train(config, ds_config=ds_config, run_dir=run_dir, max_steps=max_steps, resume=resume,
+                     rank=rank, world=world)
+
+
+def train(config: DistillConfig, *, ds_config: str | Path, run_dir: Path, max_steps: int | None, resume: str,
+          rank: int, world: int) -> RunResult:
+    """The job on joined ranks: build, resume or start, loop, export."""
+    from minprot_ds.build import build_engine, build_stream, build_tracker, eval_stream
+
     # Batches are token-budgeted, so rows per micro-batch vary: max_rows is what DeepSpeed books.
     ds = read_ds_config(ds_config, flag="DeepSpeed config", micro_batch=config.data.max_rows,
                         owner="the run config's [optimizer] and [schedule] own it (the schedule follows the planned run)")
@@ -87,7 +96,7 @@ def run(
     teacher_checksum = engine.teacher_checksum()
     meter = StepMeter(engine, precision=str(precision(ds)).removeprefix("torch."))
     valid: dict[str, float] = {}
-    with tracker, Watchdog(run_dir, config.run.collective_timeout_s, rank, world):
+    with tracker:
         if checkpointer.last_saved is None:
             tracker.log_params({"config": config.to_dict(), "deepspeed": ds, "run": {"planned_steps": planned,
                                 "world_size": world, "loss_impl": engine.loss.impl}})

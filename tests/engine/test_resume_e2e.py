@@ -235,3 +235,166 @@ def wait_for_stopped_rank(proc, timeout: float = 300):
         except psutil.NoSuchProcess:  # a DataLoader worker came or went
             pass
         time.sleep(0.1)
+
+
+# --- torchrun: automatic restart after a crash, and the hang watchdog ------------------------------
+
+
+def torchrun(assets, run: Path, *extra: str, env: dict | None = None, max_restarts: int = 5):
+    """`torchrun --standalone --nproc-per-node 2 --max-restarts K launch/distill.py ...` in its own process
+    group, with the reference run's settings (and the same intra-op threads as under DeepSpeed's launcher,
+    where torchrun would set 1: the numbers must be bitwise the reference's)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    repo = Path(__file__).resolve().parents[2]
+    args = ["--config", str(repo / "launch/configs/demo.toml"), "--deepspeed_config", str(repo / "ds_configs/cpu_zero2.json"),
+            "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher_dropout"]}"',
+            "--set", f'data.corpus="{assets["corpus"]}"', "--set", f"schedule.total_steps={STEPS}",
+            "--set", "eval.every_steps=0", *COMMON, *TRACE, *extra]
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
+           "--max-restarts", str(max_restarts), str(repo / "launch/distill.py"), *args]
+    return subprocess.Popen(cmd, cwd=repo, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                                         "OMP_NUM_THREADS": str(torch.get_num_threads()), **(env or {})})
+
+
+def workers(proc) -> list:
+    """torchrun's worker processes (its direct children running distill.py), oldest first."""
+    import psutil
+
+    try:
+        return [p for p in psutil.Process(proc.pid).children() if "distill.py" in " ".join(p.cmdline())]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def steps_done(run: Path) -> int:
+    """Steps rank 0 has finished so far, all attempts together (redone steps count again)."""
+    trace = run / "trace" / "rank0.jsonl"
+    return len(trace.read_text().splitlines()) if trace.is_file() else 0
+
+
+def wait_until(predicate, proc, what: str, timeout: float = 600):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"the job ended before {what}: {proc.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def finish(proc, timeout: float = 900) -> str:
+    import os
+    import signal
+
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return out
+
+
+def test_torchrun_restarts_after_kills_and_finishes_exactly(assets, mlflow_history, reference, tmp_path):
+    """Chaos: under torchrun with restarts, a rank is SIGKILLed at three seeded-random points (one while the
+    step-8 checkpoint is being written) and a DataLoader worker is killed; every restart resumes from the
+    newest complete checkpoint and the run finishes by itself with the uninterrupted run's student and
+    per-step losses, bitwise. Prints the kills, restarts and time lost per restart."""
+    import random
+    import signal
+    import sys
+    import time
+
+    import psutil
+    from mlflow import MlflowClient
+
+    rng = random.Random(12)
+    run = tmp_path / "chaos"
+    ckpt_victim = rng.randrange(2)
+    # Attempt 1 is killed by the fault hook inside the step-8 save (after DeepSpeed's files, before its own).
+    proc = torchrun(assets, run, env={"MINPROT_FAULT_CHECKPOINT": f"8:{ckpt_victim}:rank_file@1"})
+    events, lost = [], []
+    try:
+        def kill_after(extra_steps: int, what: str) -> None:
+            pids = {p.pid for p in workers(proc)}
+            target = steps_done(run) + extra_steps
+            wait_until(lambda: steps_done(run) >= target, proc, f"step {target}")
+            ranks = workers(proc)
+            victim = ranks[rng.randrange(len(ranks))]
+            if what == "worker":
+                victim = rng.choice(victim.children())  # one of that rank's 2 DataLoader workers
+            victim.send_signal(signal.SIGKILL)
+            killed_at, before = time.monotonic(), steps_done(run)
+            events.append(f"{what} {victim.pid} SIGKILLed after {before} steps")
+            wait_until(lambda: workers(proc) and not {p.pid for p in workers(proc)} & pids and steps_done(run) > before,
+                       proc, "the restarted attempt's first step")
+            lost.append(time.monotonic() - killed_at)
+
+        wait_until(lambda: (run / "ckpt" / "global_step4" / "COMPLETE").is_file(), proc, "the step-4 checkpoint")
+        kill_after(rng.randint(1, 3), "rank")  # attempt 0: a rank, somewhere in steps 5-7
+        wait_until(lambda: len(workers(proc)) == 2, proc, "attempt 1")
+        t_ckpt = time.monotonic()
+        pids = {p.pid for p in workers(proc)}
+        wait_until(lambda: workers(proc) and not {p.pid for p in workers(proc)} & pids, proc, "attempt 2")
+        events.append(f"rank {ckpt_victim} SIGKILLed while writing the step-8 checkpoint")
+        lost.append(time.monotonic() - t_ckpt)  # an upper bound: includes attempt 1's steps 5-8
+        kill_after(rng.randint(1, 3), "worker")  # attempt 2: a DataLoader worker
+        kill_after(rng.randint(1, 4), "rank")  # attempt 3: a rank
+        out = finish(proc)
+    finally:
+        if proc.poll() is None:
+            finish(proc, timeout=1)
+    assert proc.returncode == 0, out[-4000:]
+    assert_same_run(reference, losses_and_weights(run, mlflow_history))
+    summary = json.loads((run / "summary.json").read_text())
+    restarts = MlflowClient(f"sqlite:///{run / 'mlflow.db'}").get_metric_history(summary["mlflow_run_id"], "elastic/restarts")
+    assert sorted(m.value for m in restarts) == [0.0, 1.0, 2.0, 3.0, 4.0]  # one MLflow run across the restarts
+    print(f"chaos: {'; '.join(events)}; restarts {len(restarts) - 1}; kill to the next attempt's first step: "
+          + ", ".join(f"{s:.1f} s" for s in lost) + f"; {steps_done(run)} steps run for {STEPS}", file=sys.stderr)
+
+
+def test_watchdog_names_the_silent_rank_and_torchrun_resumes(assets, mlflow_history, reference, tmp_path):
+    """Rank 1 stops (SIGSTOP, the stand-in for a hang) after the step-4 checkpoint: rank 0, waiting for it
+    in a collective, exits within run.collective_timeout_s naming rank 1; torchrun restarts the job, which
+    resumes from step 4 and finishes with the uninterrupted run's student."""
+    import sys
+    import time
+
+    import psutil
+
+    run = tmp_path / "hung"
+    timeout_s = 10
+    proc = torchrun(assets, run, "--set", f"run.collective_timeout_s={timeout_s}",
+                    env={"MINPROT_FAULT_CHECKPOINT": "4:1:stop@0"})
+    try:
+        wait_until(lambda: any(p.status() == psutil.STATUS_STOPPED for p in workers(proc)), proc, "rank 1 to stop")
+        stopped_at = time.monotonic()
+        rank0 = workers(proc)[0]
+        wait_until(lambda: not rank0.is_running() or rank0.status() == psutil.STATUS_ZOMBIE, proc, "rank 0 to exit")
+        detected_s = time.monotonic() - stopped_at
+        out = finish(proc)
+    finally:
+        if proc.poll() is None:
+            finish(proc, timeout=1)
+    assert proc.returncode == 0, out[-4000:]
+    assert "error: rank 1 (host " in out and "stopped answering" in out
+    assert timeout_s <= detected_s < timeout_s * 3  # the bound: timeout + one check interval (+ a loaded machine)
+    assert_same_run(reference, losses_and_weights(run, mlflow_history))
+    print(f"watchdog: rank 1 stopped -> rank 0 exited after {detected_s:.1f} s "
+          f"(run.collective_timeout_s = {timeout_s})", file=sys.stderr)
+
+
+def test_user_error_under_torchrun_is_not_retried(assets, tmp_path):
+    """A deterministic failure (here a bad config value) ends the torchrun job at once, with its one-line
+    message, instead of failing again on each of the K restarts."""
+    proc = torchrun(assets, tmp_path / "bad", "--set", "run.collective_timeout_s=-1", max_restarts=3)
+    out = finish(proc, timeout=600)
+    assert proc.returncode != 0
+    assert 1 <= out.count("run.collective_timeout_s must be 0 (off) or more seconds") <= 2  # attempt 0 only
+    assert "will restart worker group" not in out
