@@ -398,3 +398,41 @@ def test_user_error_under_torchrun_is_not_retried(assets, tmp_path):
     assert proc.returncode != 0
     assert 1 <= out.count("run.collective_timeout_s must be 0 (off) or more seconds") <= 2  # attempt 0 only
     assert "will restart worker group" not in out
+
+
+def test_two_nodes_on_loopback_match_one_node_with_two_ranks(assets, mlflow_history, reference, tmp_path):
+    """2 nodes x 1 rank: two DeepSpeed launchers (`--hostfile --no_ssh --node_rank I --master_addr`) on
+    loopback, stopped after step 5 and resumed, train bitwise the reference's student (1 node x 2 ranks)
+    with the same per-step losses: the training RNG depends on the global rank only, not the topology."""
+    import os
+    import subprocess
+    import sys
+
+    from minprot_ds.distributed import free_port
+
+    repo = Path(__file__).resolve().parents[2]
+    run = tmp_path / "two_nodes"
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("nodeA slots=1\nnodeB slots=1\n")  # names are only keys with --no_ssh
+    args = ["--config", str(repo / "launch/configs/demo.toml"), "--deepspeed_config", str(repo / "ds_configs/cpu_zero2.json"),
+            "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher_dropout"]}"',
+            "--set", f'data.corpus="{assets["corpus"]}"', "--set", f"schedule.total_steps={STEPS}",
+            "--set", "eval.every_steps=0", *COMMON]
+    launcher = str(Path(sys.executable).with_name("deepspeed"))
+
+    def both_nodes(*extra: str) -> None:
+        port = str(free_port())
+        procs = [subprocess.Popen([launcher, "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(i),
+                                   "--master_addr", "127.0.0.1", "--master_port", port,
+                                   str(repo / "launch/distill.py"), *args, *extra],
+                                  cwd=repo, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  start_new_session=True,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1", "GLOO_SOCKET_IFNAME": "lo"})
+                 for i in range(2)]
+        outs = [finish(p, timeout=900) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+
+    both_nodes("--max-steps", "5")
+    assert json.loads((run / "summary.json").read_text())["step"] == 5
+    both_nodes()
+    assert_same_run(reference, losses_and_weights(run, mlflow_history))
