@@ -68,6 +68,8 @@ def init_distributed() -> tuple[int, int]:
     deepspeed.init_distributed()
     if get_accelerator().device_name() == "cpu":
         _unlink_shm_buffer()
+    else:  # this rank's GPU before any collective (NCCL works on the current device; DeepSpeed sets it later)
+        get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return rank(), world_size()
 
 
