@@ -26,6 +26,9 @@ def group():
 
     from minprot_ds.distributed import free_port
 
+    if dist.is_initialized():  # another in-process suite joined one already: use it, leave it
+        yield
+        return
     env = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
