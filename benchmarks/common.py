@@ -19,6 +19,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+# UniRef50-like lengths (4,173 real lengths within 20-512 aa) for synthetic corpora, when ../shared is there.
+SHARED_LENGTHS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lengths" / "uniref50_like_lengths.txt"
+
 
 @dataclasses.dataclass
 class Timing:
@@ -83,8 +86,8 @@ def machine_info() -> dict[str, Any]:
 
 def make_console() -> Console:
     """A console at least 120 columns wide, so tables stay on one line each in logs and pipes too."""
-    probe = Console()
-    return Console(width=max(probe.width, 120)) if not probe.is_terminal else probe
+    probe = Console(soft_wrap=True)  # soft_wrap: paths and commands printed stay on one line
+    return Console(width=max(probe.width, 120), soft_wrap=True) if not probe.is_terminal else probe
 
 
 def print_table(

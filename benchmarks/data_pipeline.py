@@ -12,7 +12,7 @@ UniRef50-like lengths written to a temporary folder):
                     against a map-style Dataset over datasets.Dataset.from_file(...)[i], a random sampler
                     and a torch collate (pad to the longest, torch.bernoulli masking 80/10/10).
                     Goal: >= 5M residues/s on one core.
-  epoch planning    minprot_ds.data.stream.measure_planning on 43M rows resampled from the UniRef50-like
+  epoch planning    minprot_ds.bench.data_pipeline.measure_planning on 43M rows resampled from the UniRef50-like
                     lengths: seconds, no baseline.
 
 Residues/s are per CPU-second of this process (plus its reaped worker processes): on one busy core that
@@ -49,7 +49,7 @@ from data_prep.corpus import prepare_corpus
 from data_prep.fasta import encode_block, read_blocks
 from minprot_ds import vocab
 from minprot_ds.data.manifest import load_manifest
-from minprot_ds.data.stream import measure_loader_throughput, measure_planning
+from minprot_ds.bench.data_pipeline import measure_loader_throughput, measure_planning
 from minprot_ds.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

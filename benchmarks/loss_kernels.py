@@ -157,7 +157,7 @@ def main() -> None:
         mask_frac=args.mask_frac, repeats=args.repeats, rows=rows,
     )
     args.out.write_text(json.dumps(report, indent=2))
-    Console().print(f"wrote {args.out}")
+    Console(soft_wrap=True).print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import make_console, print_table, write_json
+from common import SHARED_LENGTHS, make_console, print_table, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "step_profile.json"
@@ -36,6 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=6, help="profiled steps per loop (default 6)")
     parser.add_argument("--warmup", type=int, default=2, help="unprofiled steps first (default 2)")
     parser.add_argument("--max-tokens", type=int, default=8192, help="engine token budget per micro-batch (default 8192)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="both loops' precision (default fp32; fp16 needs a GPU)")
+    parser.add_argument("--lengths", type=Path, default=SHARED_LENGTHS,
+                        help="lengths file for the synthetic corpus (default ../shared's UniRef50-like sample)")
     parser.add_argument("--naive-batch-size", type=int, default=16, help="rows per naive batch (default 16)")
     parser.add_argument("--sequences", type=int, default=4000, help="rows of the synthetic corpus (default 4000)")
     parser.add_argument("--seed", type=int, default=0)
@@ -58,18 +62,19 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     init_distributed()
     teacher, layers, corpus, source = tp.prepare_inputs(
         work, preset=args.preset, teacher=None, corpus=None, sequences=args.sequences,
-        lengths_file=tp.DEFAULT_LENGTHS, seed=args.seed)
+        lengths_file=args.lengths, seed=args.seed)
     setting = tp.sweep_settings(max_tokens=[args.max_tokens], zero_stages=[2], checkpointing=[False],
-                                loss_impls=["eager"], precisions=["fp32"])[0]
+                                loss_impls=["eager"], precisions=[args.precision])[0]
     inputs = tp.RunInputs(teacher=teacher, student_layers=layers, corpus=corpus, seed=args.seed)
-    engine, stream, _ = tp.build_setting(setting, inputs, planned_steps=args.warmup + args.steps + 1)
+    engine, stream = tp.build_setting(setting, inputs, planned_steps=args.warmup + args.steps + 1)
     batches = iter(stream)
 
     def engine_step() -> tuple[int, int]:
         stats = engine.step(next(batches))
         return stats.tokens, stats.residues
 
-    naive = NaiveLoop(teacher, corpus, student_layers=layers, batch_size=args.naive_batch_size, seed=args.seed)
+    naive = NaiveLoop(teacher, corpus, student_layers=layers, batch_size=args.naive_batch_size, seed=args.seed,
+                      precision=args.precision)
 
     def naive_step() -> tuple[int, int]:
         batch = naive.step()
@@ -81,11 +86,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for loop in loops:
         top = loop.gemm_shapes[0] if loop.gemm_shapes else None
         operands = mm_operands(top["op"], ast.literal_eval(top["input_shapes"])) if top else None
-        bare.append({"loop": loop.label, "op": top and top["op"], "operands": operands,
-                     "gflops_per_s": bare_gemm_gflops(*operands, bias=top["op"] == "aten::addmm", device=str(engine.device))
+        bare.append({"loop": loop.label, "op": top and top["op"], "operands": operands, "precision": args.precision,
+                     "gflops_per_s": bare_gemm_gflops(*operands, bias=top["op"] == "aten::addmm", device=str(engine.device),
+                                                      dtype=tp.PRECISIONS[args.precision])
                      if operands else None})
-    return {"preset": args.preset, "lengths": source, "setting": setting.label, "loops": [p.as_dict() for p in loops],
-            "bare_gemm": bare}
+    return {"preset": args.preset, "precision": args.precision, "lengths": source, "setting": setting.label,
+            "loops": [p.as_dict() for p in loops], "bare_gemm": bare}
 
 
 def show(report: dict[str, Any]) -> None:
@@ -111,7 +117,7 @@ def show(report: dict[str, Any]) -> None:
     for loop, bare in zip((engine, naive), report["bare_gemm"]):
         lone = f"{bare['gflops_per_s']:.1f}" if bare["gflops_per_s"] else "—"
         console.print(f"GEMM rate {loop['label']}: {loop['gemm_gflops_per_s']:.1f} GFLOP/s in the step; a lone "
-                      f"{bare['op']} of its heaviest shape {bare['operands']}: {lone} GFLOP/s")
+                      f"{bare['precision']} {bare['op']} of its heaviest shape {bare['operands']}: {lone} GFLOP/s")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,12 @@ def build_stream(config: DistillConfig, split: str, *, rank: int, world_size: in
     )
 
 
+def planned_steps(config: DistillConfig, stream: DistillStream) -> int:
+    """Optimizer steps of the planned run (what the LR schedule and data order follow): schedule.total_steps
+    when set, else schedule.epochs over the training stream."""
+    return config.schedule.total_steps or stream.planned_steps(config.schedule.epochs)
+
+
 def eval_stream(config: DistillConfig, rank: int, world_size: int) -> Iterator[dict]:
     batches = eval_batches(
         config.data.corpus, "valid", seed=config.data.seed, batching=batching_options(config),
@@ -73,7 +79,9 @@ def build_engine(config: DistillConfig, ds: dict[str, Any], *, planned_steps: in
     engine, _, _, _ = deepspeed.initialize(
         model=StudentForLoss(student), optimizer=optimizer, lr_scheduler=scheduler, config=ds
     )
-    loss = loss_settings(config.loss.temperature, config.loss.weights, config.loss.impl, device)
+    l = config.loss
+    loss = loss_settings(l.temperature, l.weights, l.impl, device, kd_positions=l.kd_positions,
+                         kd_temperature_squared=l.kd_temperature_squared)
     return DistillEngine(teacher, engine, loss, teacher_layers=teacher.config.num_hidden_layers), student.config
 
 

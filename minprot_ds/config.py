@@ -7,15 +7,16 @@ impossible combinations fail before any work, with a message naming the key.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
+from minprot_ds.data.masking import MaskingOptions
+from minprot_ds.engine import KD_POSITIONS
 from minprot_ds.errors import UserError
+from minprot_ds.losses import IMPLS
 
 
 COMPILE_MODES = ("none", "teacher", "all")
@@ -48,7 +49,8 @@ class LossConfig:
     temperature: float = 2.0
     weights: list[float] = dataclasses.field(default_factory=lambda: [1 / 3, 1 / 3, 1 / 3])  # mlm, kd, cos
     kd_positions: str = "masked"  # masked | all (DistilBERT's default: every non-pad position)
-    impl: str = "auto"  # eager | triton | auto
+    kd_temperature_squared: bool = True  # L_kd times τ² (DistilBERT); false: MinProtBert's public loop
+    impl: str = "auto"  # auto | eager | compiled | triton
 
 
 @dataclasses.dataclass
@@ -135,9 +137,6 @@ class DistillConfig:
             "data.pad_to_multiple_of": d.pad_to_multiple_of,
             "data.mask_probability": d.mask_probability,
         }
-
-    def model_fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_affecting(), sort_keys=True).encode()).hexdigest()
 
 
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
@@ -246,16 +245,18 @@ def validate(c: DistillConfig, source: str = "config") -> None:
         fail("data.pad_to_multiple_of", "must be at least 1")
     if c.data.num_workers < 0:
         fail("data.num_workers", "must be 0 or more")
-    if not 0 < c.data.mask_probability < 1:
-        fail("data.mask_probability", "must be between 0 and 1")
+    try:  # the masking owns its range: one check, whoever builds the options
+        MaskingOptions(probability=c.data.mask_probability)
+    except UserError as err:
+        fail("data.mask_probability", f"is refused by the masking: {err}")
     if c.loss.temperature <= 0:
         fail("loss.temperature", "must be positive")
     if len(c.loss.weights) != 3 or any(w < 0 for w in c.loss.weights) or sum(c.loss.weights) == 0:
         fail("loss.weights", "must be three non-negative numbers (mlm, kd, cos), not all zero")
-    if c.loss.kd_positions not in ("masked", "all"):
-        fail("loss.kd_positions", f"must be masked or all, not {c.loss.kd_positions!r}")
-    if c.loss.impl not in ("eager", "triton", "auto"):
-        fail("loss.impl", f"must be eager, triton or auto, not {c.loss.impl!r}")
+    if c.loss.kd_positions not in KD_POSITIONS:
+        fail("loss.kd_positions", f"must be {' or '.join(KD_POSITIONS)}, not {c.loss.kd_positions!r}")
+    if c.loss.impl not in IMPLS:
+        fail("loss.impl", f"must be one of {', '.join(IMPLS)}, not {c.loss.impl!r}")
     if c.optimizer.lr <= 0:
         fail("optimizer.lr", "must be positive")
     if len(c.optimizer.betas) != 2 or not all(0 <= b < 1 for b in c.optimizer.betas):

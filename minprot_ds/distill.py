@@ -73,7 +73,7 @@ def run(
 def train(config: DistillConfig, *, ds_config: str | Path, run_dir: Path, max_steps: int | None, resume: str,
           rank: int, world: int) -> RunResult:
     """The job on joined ranks: build, resume or start, loop, export."""
-    from minprot_ds.build import build_engine, build_stream, build_tracker, eval_stream
+    from minprot_ds.build import build_engine, build_stream, build_tracker, eval_stream, planned_steps
 
     # Batches are token-budgeted, so rows per micro-batch vary: max_rows is what DeepSpeed books.
     ds = read_ds_config(ds_config, flag="DeepSpeed config", micro_batch=config.data.max_rows,
@@ -81,7 +81,7 @@ def train(config: DistillConfig, *, ds_config: str | Path, run_dir: Path, max_st
     grad_accum = int(ds["gradient_accumulation_steps"])
     stop_signal = StopSignal()
     stream = build_stream(config, "train", rank=rank, world_size=world, grad_accum=grad_accum)
-    planned = config.schedule.total_steps or stream.planned_steps(config.schedule.epochs)
+    planned = planned_steps(config, stream)
     engine, student_config = build_engine(config, ds, planned_steps=planned, dtype=precision(ds))
     checkpointer = Checkpointer(run_dir / "ckpt", config.checkpoint, engine=engine.student, stream=stream,
                                 seed=config.data.seed, model_affecting=config.model_affecting(), grad_accum=grad_accum)

@@ -23,10 +23,33 @@ def read_ds_config(path: str | Path, *, flag: str, owner: str, micro_batch: int)
     for key in ("optimizer", "scheduler"):
         if key in ds:
             raise UserError(f"{flag} {path} sets '{key}'; remove it: {owner}.")
+    return _book_micro_batch(ds, micro_batch)
+
+
+def _book_micro_batch(ds: dict[str, Any], micro_batch: int) -> dict[str, Any]:
+    # Batches are token-budgeted, so rows vary: the most rows a micro-batch may hold is what DeepSpeed books.
     ds["train_micro_batch_size_per_gpu"] = micro_batch
     ds.pop("train_batch_size", None)
     ds.setdefault("gradient_accumulation_steps", 1)
     return ds
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def for_setting(base: dict[str, Any] | None, *, zero_stage: int, precision: str, micro_batch: int) -> dict[str, Any]:
+    """A DeepSpeed config for one benchmark setting: `base` (a user's JSON, optional; its optimizer and
+    scheduler sections dropped, the run config owns them) with the ZeRO stage and precision set."""
+    ds = json.loads(json.dumps(base or {"gradient_clipping": 1.0, "steps_per_print": 10**9, "wall_clock_breakdown": False}))
+    for key in ("optimizer", "scheduler", "fp16", "bf16", "bfloat16"):
+        ds.pop(key, None)
+    ds.setdefault("zero_optimization", {})["stage"] = zero_stage
+    if precision == "fp16":
+        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    elif precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    ds["gradient_accumulation_steps"] = 1
+    return _book_micro_batch(ds, micro_batch)
 
 
 def precision(ds: dict[str, Any]) -> torch.dtype:

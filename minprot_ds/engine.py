@@ -3,21 +3,24 @@
 The teacher is a plain module beside the DeepSpeed engine: never in the optimizer, never receiving
 gradients, run under inference mode in the run's half precision. The student is wrapped so that the
 DeepSpeed engine's forward returns exactly what the loss needs (hidden states at non-pad positions,
-MLM logits at masked positions only).
+MLM logits at masked positions only, or at every non-pad position with loss.kd_positions = "all").
+A step is five phases, each a method the step calls in turn (teacher_forward, student_forward, loss_of,
+backward, optimizer_step); `step(..., phase_timer=...)` lets the throughput benchmark time each one.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+import contextlib
+from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from minprot_ds.distributed import world_size
-from minprot_ds.bench.flops import distill_step_flops
-from minprot_ds.losses import distill_loss, resolve_impl
-from minprot_ds.models import forward_for_loss
+from minprot_ds.flops import FlopBreakdown, distill_step_flops
+from minprot_ds.losses import LossOutput, distill_loss, resolve_impl
+from minprot_ds.models import ForLossOutputs, forward_for_loss
 from minprot_ds.vocab import CLS_ID, MASK_ID, SEP_ID, STANDARD_RESIDUE_IDS
 
 
@@ -28,9 +31,12 @@ class StudentForLoss(nn.Module):
         super().__init__()
         self.mlm = mlm
 
-    def forward(self, input_ids, attention_mask, labels):
-        out = forward_for_loss(self.mlm, input_ids, attention_mask, labels)
+    def forward(self, input_ids, attention_mask, labels, all_positions: bool = False):
+        out = forward_for_loss(self.mlm, input_ids, attention_mask, labels, all_positions=all_positions)
         return out.hidden, out.logits, out.labels
+
+
+KD_POSITIONS = ("masked", "all")
 
 
 @dataclasses.dataclass
@@ -38,6 +44,8 @@ class LossSettings:
     temperature: float
     weights: tuple[float, float, float]
     impl: str  # as resolved: eager | triton | compiled
+    kd_positions: str = "masked"  # masked | all: where the MLM head runs and L_kd is taken
+    kd_temperature_squared: bool = True  # L_kd times τ² (DistilBERT) or not (MinProtBert's public loop)
 
 
 @dataclasses.dataclass
@@ -53,8 +61,16 @@ class StepStats:
     residues: int
     tokens: int  # padded tokens the hardware processed
     masked: int
-    flops: float  # useful FLOPs (real tokens), see minprot_ds.bench.flops
+    flops: float  # useful FLOPs (real tokens), see minprot_ds.flops
     samples: list[int]  # global row ids this rank consumed in the step
+
+
+PhaseTimer = Callable[[str], ContextManager]
+"""phase_timer(name) wraps each phase of a step: teacher_forward, student_forward, loss, backward, optimizer."""
+
+
+def untimed(phase: str) -> ContextManager:
+    return contextlib.nullcontext()
 
 
 class DistillEngine:
@@ -64,7 +80,7 @@ class DistillEngine:
         self.loss = loss
         self.device = student.device
         cfg = student.module.mlm.config
-        self._shape = dict(
+        self.shape = dict(
             teacher_layers=teacher_layers,
             student_layers=cfg.num_hidden_layers,
             hidden=cfg.hidden_size,
@@ -82,19 +98,43 @@ class DistillEngine:
             digest.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
-    def _to_device(self, batch: dict) -> dict:
+    def to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
-    def _losses(self, batch: dict):
-        ids, att, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    # --- the phases of a step (step() and evaluate() call them; the throughput benchmark times them) ---
+
+    @property
+    def _all_positions(self) -> bool:
+        return self.loss.kd_positions == "all"
+
+    def teacher_forward(self, batch: dict) -> ForLossOutputs:
         with torch.inference_mode():
-            t = forward_for_loss(self.teacher, ids, att, labels)
-        s_hidden, s_logits, s_labels = self.student(ids, att, labels)
-        out = distill_loss(
-            s_logits, t.logits, s_labels, s_hidden, t.hidden,
+            return forward_for_loss(self.teacher, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                    all_positions=self._all_positions)
+
+    def student_forward(self, batch: dict) -> ForLossOutputs:
+        hidden, logits, labels = self.student(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                              all_positions=self._all_positions)
+        return ForLossOutputs(hidden=hidden, logits=logits, labels=labels)
+
+    def loss_of(self, student: ForLossOutputs, teacher: ForLossOutputs) -> LossOutput:
+        return distill_loss(
+            student.logits, teacher.logits, student.labels, student.hidden, teacher.hidden,
             temperature=self.loss.temperature, weights=self.loss.weights, impl=self.loss.impl,
+            kd_temperature_squared=self.loss.kd_temperature_squared,
         )
-        return out, t, s_hidden, s_logits
+
+    def backward(self, out: LossOutput, student: ForLossOutputs, finite: bool) -> None:
+        if finite:
+            self.student.backward(out.total)
+        else:
+            # A zero-weighted surrogate keeps DeepSpeed's collectives and micro-step count aligned
+            # while adding nothing to the gradients (nan_to_num has zero gradient where it replaced).
+            surrogate = (student.hidden.nan_to_num(0, 0, 0).sum() + student.logits.nan_to_num(0, 0, 0).sum()) * 0.0
+            self.student.backward(surrogate)
+
+    def optimizer_step(self) -> None:
+        self.student.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
 
     def _all_reduce(self, values: list[float], op=dist.ReduceOp.SUM) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
@@ -102,7 +142,7 @@ class DistillEngine:
             dist.all_reduce(t, op=op)
         return t.tolist()
 
-    def step(self, micro_batches: list[dict]) -> StepStats:
+    def step(self, micro_batches: list[dict], phase_timer: PhaseTimer = untimed) -> StepStats:
         """Forward/backward every micro-batch of this rank's share of one optimizer step, then step."""
         sums = [0.0] * 4  # total, mlm, kd, cos
         counts = [0.0] * 5  # sequences, residues, tokens, masked, flops
@@ -110,29 +150,30 @@ class DistillEngine:
         skipped_before = self.student.skipped_steps
         samples = [int(i) for batch in micro_batches for i in batch["sample_index"]]
         for batch in micro_batches:
-            batch = self._to_device(batch)
-            out, _, s_hidden, s_logits = self._losses(batch)
-            finite = bool(torch.isfinite(out.total))
+            batch = self.to_device(batch)
+            with phase_timer("teacher_forward"):
+                teacher = self.teacher_forward(batch)
+            with phase_timer("student_forward"):
+                student = self.student_forward(batch)
+            with phase_timer("loss"):
+                out = self.loss_of(student, teacher)
             # Every rank must agree before backward, so all of them take the same path.
-            bad = self._all_reduce([0.0 if finite else 1.0], dist.ReduceOp.MAX)[0] > 0
-            if bad:
-                # A zero-weighted surrogate keeps DeepSpeed's collectives and micro-step count aligned
-                # while adding nothing to the gradients (nan_to_num has zero gradient where it replaced).
-                surrogate = (s_hidden.nan_to_num(0, 0, 0).sum() + s_logits.nan_to_num(0, 0, 0).sum()) * 0.0
-                self.student.backward(surrogate)
-                nonfinite = 1.0
-            else:
-                self.student.backward(out.total)
+            finite = self._all_reduce([0.0 if bool(torch.isfinite(out.total)) else 1.0], dist.ReduceOp.MAX)[0] == 0
+            with phase_timer("backward"):
+                self.backward(out, student, finite)
+            if finite:
                 for i, v in enumerate((out.total, out.mlm, out.kd, out.cos)):
                     sums[i] += float(v.detach())
-            self.student.step()
-            masked = int((batch["labels"] != -100).sum())
+            else:
+                nonfinite = 1.0
+            with phase_timer("optimizer"):
+                self.optimizer_step()
             rows, padded_len = batch["input_ids"].shape
             counts[0] += rows
             counts[1] += batch["num_residues"]
             counts[2] += rows * padded_len
-            counts[3] += masked
-            counts[4] += self.step_flops(batch["attention_mask"], masked)
+            counts[3] += int((batch["labels"] != -100).sum())
+            counts[4] += self.micro_batch_flops(batch).useful
         n = len(micro_batches)
         reduced = self._all_reduce([s / n for s in sums] + counts + [nonfinite])
         world = world_size()
@@ -144,13 +185,14 @@ class DistillEngine:
             masked=int(reduced[7]), flops=reduced[8], samples=samples,
         )
 
-    def step_flops(self, attention_mask: torch.Tensor, masked: int) -> float:
-        """Useful FLOPs of one micro-batch: real tokens only ([CLS]/[SEP] included, padding not)."""
-        rows, padded_len = attention_mask.shape
-        return distill_step_flops(
-            **self._shape, seq_len=padded_len, batch=rows, masked_tokens=masked,
-            lengths=attention_mask.sum(1).tolist(),
-        ).useful
+    def micro_batch_flops(self, batch: dict) -> FlopBreakdown:
+        """FLOPs of one micro-batch: `useful` counts real tokens only ([CLS]/[SEP] included, padding not),
+        `executed` padded ones; the MLM head runs where the loss needs it (masked or all non-pad tokens)."""
+        att = batch["attention_mask"]
+        rows, padded_len = att.shape
+        lengths = att.sum(1).tolist()
+        head = sum(lengths) if self._all_positions else int((batch["labels"] != -100).sum())
+        return distill_step_flops(**self.shape, seq_len=padded_len, batch=rows, masked_tokens=head, lengths=lengths)
 
     @torch.no_grad()
     def evaluate(self, batches: Iterable[dict], with_teacher: bool = False) -> dict[str, float]:
@@ -163,7 +205,7 @@ class DistillEngine:
         """
         was_training = self.student.module.training
         self.student.module.eval()
-        sums = [0.0] * 5  # mlm loss sum, student correct, kd sum, masked count, teacher correct
+        sums = [0.0] * 6  # mlm loss sum, student correct, kd sum, masked count, teacher correct, kd rows
         iterator, last = iter(batches), None
         while True:
             batch = next(iterator, None)
@@ -171,28 +213,31 @@ class DistillEngine:
                 break
             counted = batch is not None
             if counted:
-                batch = self._to_device(batch)
+                batch = self.to_device(batch)
             else:  # ran out, or never had one (fewer eval batches than ranks): run something, uncounted
-                batch = last if last is not None else self._to_device(placeholder_batch())
+                batch = last if last is not None else self.to_device(placeholder_batch())
             last = batch
-            out, t, _, s_logits = self._losses(batch)
-            labels = batch["labels"][batch["labels"] != -100]
-            m = labels.numel()
+            teacher, student = self.teacher_forward(batch), self.student_forward(batch)
+            out = self.loss_of(student, teacher)
+            labelled = student.labels != -100
+            m = int(labelled.sum())
             if not counted or m == 0:
                 continue
+            labels = student.labels[labelled]
             sums[0] += float(out.mlm) * m
-            sums[1] += float((s_logits.argmax(-1) == labels).sum())
-            sums[2] += float(out.kd) * m
+            sums[1] += float((student.logits[labelled].argmax(-1) == labels).sum())
+            sums[2] += float(out.kd) * student.logits.shape[0]  # L_kd is a mean over the head's rows
             sums[3] += m
+            sums[5] += student.logits.shape[0]
             if with_teacher:
-                sums[4] += float((t.logits.argmax(-1) == labels).sum())
+                sums[4] += float((teacher.logits[labelled].argmax(-1) == labels).sum())
         self.student.module.train(was_training)
         total = self._all_reduce(sums)
         masked = max(total[3], 1.0)
         metrics = {
             "valid/student_mlm_loss": total[0] / masked,
             "valid/student_mlm_accuracy": total[1] / masked,
-            "valid/kd_loss": total[2] / masked,
+            "valid/kd_loss": total[2] / max(total[5], 1.0),
             "valid/masked_tokens": total[3],
         }
         if with_teacher:
@@ -209,5 +254,7 @@ def placeholder_batch() -> dict[str, torch.Tensor]:
     }
 
 
-def loss_settings(temperature: float, weights: list[float], impl: str, device: torch.device) -> LossSettings:
-    return LossSettings(temperature=temperature, weights=tuple(weights), impl=resolve_impl(impl, device))
+def loss_settings(temperature: float, weights: list[float], impl: str, device: torch.device, *,
+                  kd_positions: str = "masked", kd_temperature_squared: bool = True) -> LossSettings:
+    return LossSettings(temperature=temperature, weights=tuple(weights), impl=resolve_impl(impl, device),
+                        kd_positions=kd_positions, kd_temperature_squared=kd_temperature_squared)

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from minprot_ds.distributed import world_size
-from minprot_ds.bench.flops import mfu, peak_tflops
+from minprot_ds.flops import mfu, peak_tflops
 
 
 def peak_memory_gb() -> float:

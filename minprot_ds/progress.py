@@ -34,4 +34,4 @@ class TrainProgress:
 
     def note(self, text: str) -> None:
         if self.enabled:
-            self.console.print(text)
+            self.console.print(text, soft_wrap=True)  # paths in notes stay copyable

@@ -41,7 +41,9 @@ def test_overrides_parse_toml_values_and_bare_words():
         ("loss.weights=[1, 2]", "loss.weights must be three non-negative numbers"),
         ("model.layer_strategy='0,1,2'", "lists 3 layers but model.student_layers is 15"),
         ("model.layer_strategy=odd", "must be alternate, random or comma-separated"),
-        ("data.mask_probability=1.5", "data.mask_probability must be between 0 and 1"),
+        ("data.mask_probability=1.5", "data.mask_probability is refused by the masking: masking probability must lie in (0, 1]"),
+        ("data.mask_probability=0", "data.mask_probability is refused"),
+        ("loss.impl=fast", "loss.impl must be one of eager, compiled, triton, auto"),
         ("lr=1", "is not of the form section.key=value"),
     ],
 )
@@ -60,7 +62,9 @@ def test_missing_and_invalid_files(tmp_path):
         load_config(bad)
 
 
-def test_model_fingerprint_ignores_cadences():
-    base = load_config(None)
-    assert base.model_fingerprint() == load_config(None, ["checkpoint.every_steps=5", "run.log_every=1"]).model_fingerprint()
-    assert base.model_fingerprint() != load_config(None, ["data.seed=1"]).model_fingerprint()
+def test_config_accepts_what_the_components_accept():
+    # The losses take "compiled" (the V100 path), the masking takes probability 1.
+    c = load_config(None, ["loss.impl=compiled", "data.mask_probability=1.0", "loss.kd_positions=all",
+                           "loss.kd_temperature_squared=false"])
+    assert (c.loss.impl, c.data.mask_probability, c.loss.kd_positions, c.loss.kd_temperature_squared) == (
+        "compiled", 1.0, "all", False)

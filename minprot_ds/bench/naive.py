@@ -6,7 +6,10 @@ What makes it naive (each is something the engine does differently):
 - full teacher and student forwards with `output_hidden_states=True` (every layer's states kept);
 - the MLM head on every token (HF's `BertForMaskedLM` with `labels=`), KD over every non-pad token;
 - the eager DistilBERT loss (KLDivLoss "batchmean" · τ², CosineEmbeddingLoss on the last hidden states);
-- always fp32, plain `torch.optim.AdamW`, gradient clipping at 1.0, no DeepSpeed.
+- plain `torch.optim.AdamW`, gradient clipping at 1.0, no DeepSpeed.
+Its precision is the compared run's, so the ratio measures the engine, not the number format: fp32, or
+bf16/fp16 the way a plain PyTorch user (and MinProtBert's own loop) runs half precision: the teacher
+in that dtype, the fp32 student under `torch.autocast`, fp16 with a `GradScaler`.
 The losses are weighted as the engine's run config weighs them, so the two optimise comparable objectives.
 """
 from __future__ import annotations
@@ -25,8 +28,6 @@ from torch import nn
 from minprot_ds import vocab
 from minprot_ds.data.shards import ShardedCorpus
 
-NAIVE_PRECISION = "fp32"
-
 
 @dataclass
 class NaiveResult:
@@ -41,7 +42,7 @@ class NaiveResult:
     padding_fraction: float
     step_time_s: float
     residues_per_cpu_s: float
-    precision: str = NAIVE_PRECISION
+    precision: str = "fp32"  # fp32, or bf16/fp16 (teacher in that dtype, student under autocast)
     repeat_residues_per_s: list[float] = field(default_factory=list)
 
 
@@ -112,16 +113,20 @@ class NaiveLoop:
 
     def __init__(self, teacher_dir: str | Path, corpus_dir: str | Path, *, student_layers: int, batch_size: int = 16,
                  lr: float = 5e-5, temperature: float = 2.0,
-                 weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3), seed: int = 0):
+                 weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3), seed: int = 0, precision: str = "fp32"):
         from transformers import BertForMaskedLM
 
+        from minprot_ds.ds_config import PRECISIONS
         from minprot_ds.models import build_student
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.teacher = BertForMaskedLM.from_pretrained(str(teacher_dir), dtype=torch.float32).to(self.device).eval()
-        self.student = build_student(self.teacher, num_layers=student_layers, strategy="alternate", seed=seed)
+        self.precision, self.dtype = precision, PRECISIONS[precision]
+        teacher = BertForMaskedLM.from_pretrained(str(teacher_dir), dtype=torch.float32)
+        self.student = build_student(teacher, num_layers=student_layers, strategy="alternate", seed=seed)
         self.student.to(self.device).train()
+        self.teacher = teacher.to(self.device, self.dtype).eval()
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=lr, weight_decay=0.01)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.batches = iter(NaiveBatches(corpus_dir, batch_size, seed=seed))
         self.batch_size, self.temperature, self.weights = batch_size, temperature, weights
         self.windows: list[dict[str, float]] = []
@@ -129,13 +134,16 @@ class NaiveLoop:
     def step(self) -> dict[str, Any]:
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in next(self.batches).items()}
         ids, att = batch["input_ids"], batch["attention_mask"]
-        with torch.no_grad():
-            t_out = self.teacher(input_ids=ids, attention_mask=att, output_hidden_states=True)
-        s_out = self.student(input_ids=ids, attention_mask=att, labels=batch["labels"], output_hidden_states=True)
-        loss = distilbert_loss(s_out, t_out, batch, self.temperature, self.weights)
-        loss.backward()
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.precision != "fp32"):
+            with torch.no_grad():
+                t_out = self.teacher(input_ids=ids, attention_mask=att, output_hidden_states=True)
+            s_out = self.student(input_ids=ids, attention_mask=att, labels=batch["labels"], output_hidden_states=True)
+            loss = distilbert_loss(s_out, t_out, batch, self.temperature, self.weights)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
         nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return batch
 
@@ -171,5 +179,6 @@ class NaiveLoop:
             padding_fraction=1.0 - (med["residues"] + 2 * med["rows"]) / med["tokens"],
             step_time_s=med["wall"] / steps,
             residues_per_cpu_s=float(np.median([r["residues"] / r["cpu"] for r in runs])),
+            precision=self.precision,
             repeat_residues_per_s=[r["residues"] / r["wall"] for r in runs],
         )

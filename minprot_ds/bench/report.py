@@ -31,12 +31,18 @@ def table_rows(report: dict[str, Any]) -> list[list[Any]]:
             None if r["mfu"] is None else f"{100 * r['mfu']:.1f}", f"{r['peak_memory_gb']:.2f}",
             *(f"{100 * frac.get(p, math.nan):.0f}" for p in SPLIT_PHASES),
         ])
-    b = report.get("baseline")
-    if b:
-        rows.append([f"naive baseline (fp32, batch {b['batch_size']})", "ok", f"{b['sequences_per_s']:.1f}",
+    for b in baselines(report):
+        rows.append([f"naive baseline ({b['precision']}, batch {b['batch_size']})", "ok", f"{b['sequences_per_s']:.1f}",
                      f"{b['residues_per_s']:,.0f}", f"{b['tokens_per_s']:,.0f}", f"{100 * b['padding_fraction']:.1f}",
                      None, None, None, None, None, None, None])
     return rows
+
+
+def baselines(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The naive baselines of a report, one per precision (each at the precision it was compared with)."""
+    if "baselines" in report:
+        return [report["baselines"][p] for p in sorted(report["baselines"])]
+    return [report["baseline"]] if report.get("baseline") else []
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
@@ -46,7 +52,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"fastest setting that fits: {best['label']} — {best['residues_per_s']:,.0f} residues/s, "
                      f"{best['sequences_per_s']:.1f} sequences/s")
     for precision, r in report.get("ratios", {}).items():
-        lines.append(f"vs naive baseline (fp32): {precision} {r['residues_per_s_ratio']:.2f}x residues/s "
+        lines.append(f"vs naive baseline ({r.get('baseline_precision', 'fp32')}): {precision} "
+                     f"{r['residues_per_s_ratio']:.2f}x residues/s "
                      f"({r['residues_per_cpu_s_ratio']:.2f}x per CPU-second) with {r['setting']}; median of "
                      f"{len(r['pair_ratios'])} paired windows: {', '.join(f'{x:.2f}' for x in r['pair_ratios'])}")
     p = report.get("projection")
@@ -71,8 +78,7 @@ def write_csv(report: dict[str, Any], path: Path) -> Path:
         for phase in SPLIT_PHASES:
             flat[f"split_{phase}_frac"] = r["time_split_fraction"].get(phase, "")
         rows.append(flat)
-    b = report.get("baseline")
-    if b:
+    for b in baselines(report):
         rows.append({"label": "naive baseline", "precision": b["precision"], "status": "ok",
                      "sequences_per_s": b["sequences_per_s"], "residues_per_s": b["residues_per_s"],
                      "tokens_per_s": b["tokens_per_s"], "padding_fraction": b["padding_fraction"],
@@ -96,18 +102,19 @@ def write_plot(report: dict[str, Any], path: Path) -> Path:
     fitting = [r for r in report["results"] if r["fits"]]
     labels = [r["label"] for r in fitting]
     rates = [r["residues_per_s"] for r in fitting]
-    b = report.get("baseline")
-    if b:
-        labels.append("naive baseline (fp32)")
+    naive = baselines(report)
+    for b in naive:
+        labels.append(f"naive baseline ({b['precision']})")
         rates.append(b["residues_per_s"])
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(labels) + 3), 4.5))
     bottom = np.zeros(len(labels))
     for phase in SPLIT_PHASES:
-        part = [r["time_split_fraction"].get(phase, 0.0) * r["residues_per_s"] for r in fitting] + ([0.0] if b else [])
+        part = [r["time_split_fraction"].get(phase, 0.0) * r["residues_per_s"] for r in fitting] + [0.0] * len(naive)
         ax.bar(range(len(labels)), part, bottom=bottom, label=phase.replace("_", " "))
         bottom += np.asarray(part)
-    if b:
-        ax.bar([len(labels) - 1], [b["residues_per_s"]], color="grey", label="naive baseline")
+    if naive:
+        ax.bar(range(len(fitting), len(labels)), [b["residues_per_s"] for b in naive], color="grey",
+               label="naive baseline")
     ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=7)
     ax.set_ylabel("residues/s (bars split by time share)")
     ax.set_title(f"distillation throughput on {report['hardware']['device']}")
@@ -128,13 +135,14 @@ def log_to_mlflow(report: dict[str, Any], files: Sequence[Path], *, tracking_uri
     with Tracker.start(tracking_uri=tracking_uri, run_dir=run_dir, experiment=experiment, run_name="throughput",
                        resume_run_id=None, system_metrics=False) as tracker:
         tracker.log_params({"inputs": report["inputs"], "hardware": report["hardware"],
-                            "precisions": ",".join(report["precisions"]), "baseline_precision": "fp32"})
+                            "precisions": ",".join(report["precisions"]),
+                            "baseline_precisions": ",".join(b["precision"] for b in baselines(report))})
         for i, r in enumerate(report["results"]):
             if r["fits"]:
                 tracker.log_metrics({f"bench/{k}": r[k] for k in ("sequences_per_s", "residues_per_s", "tokens_per_s",
                                      "tflops_per_device", "padding_fraction", "peak_memory_gb")}, step=i)
-        if report.get("baseline"):
-            tracker.log_metrics({"bench/baseline_residues_per_s": report["baseline"]["residues_per_s"]}, step=0)
+        for b in baselines(report):
+            tracker.log_metrics({f"bench/baseline_{b['precision']}_residues_per_s": b["residues_per_s"]}, step=0)
         for precision, ratio in report.get("ratios", {}).items():
             tracker.log_metrics({f"bench/ratio_{precision}": ratio["residues_per_s_ratio"]}, step=0)
         for f in files:

@@ -4,9 +4,9 @@ and the projected wall time of a full run.
 Each setting (token budget, ZeRO stage, activation checkpointing, loss impl, precision) builds the run's
 own components (`build_stream`, `build_engine`) and times `DistillEngine.step` after warm-up: `repeats`
 timed windows of `steps` steps each, the median window reported. The time split comes from separate
-phase-timed steps that call the engine's pieces one at a time with a device sync between them (syncs
-would slow the headline steps, so those run unsynchronised). Every rank runs the same settings in the
-same order (DeepSpeed can be initialised repeatedly in one process); rank 0 reports.
+steps run with a phase timer (`DistillEngine.step(..., phase_timer=)`) that syncs the device around each
+phase (syncs would slow the headline steps, so those run unsynchronised). Every rank runs the same
+settings in the same order (DeepSpeed can be initialised repeatedly in one process); rank 0 reports.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import dataclasses
 import gc
 import itertools
 import math
+import contextlib
 import os
 import platform
 import statistics
@@ -23,23 +24,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from minprot_ds import distributed
-from minprot_ds.bench.flops import distill_step_flops, mfu, peak_tflops
 from minprot_ds.config import COMPILE_MODES
+from minprot_ds.data.synthetic import sample_lengths
+from minprot_ds.ds_config import PRECISIONS, for_setting
 from minprot_ds.errors import UserError
+from minprot_ds.flops import mfu, peak_tflops
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 LOSS_IMPLS = ("eager", "compiled", "triton")
 REFERENCE_MAX_TOKENS, REFERENCE_MAX_ROWS = 8192, 64  # the run config's defaults: rows scale with the budget
 SPLIT_PHASES = ("teacher_forward", "student_forward_backward", "loss", "optimizer")
-
-DEFAULT_LENGTHS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lengths" / "uniref50_like_lengths.txt"
-FALLBACK_MEDIAN, FALLBACK_MEAN = 166.0, 193.0  # UniRef50-like lengths when the sample file is absent
-MIN_LEN, MAX_LEN = 20, 512
+# The engine's step phases, as the report groups them (the loss's own backward is in the student's share).
+PHASE_GROUP = {"teacher_forward": "teacher_forward", "student_forward": "student_forward_backward",
+               "loss": "loss", "backward": "student_forward_backward", "optimizer": "optimizer"}
 
 
 # --- settings -----------------------------------------------------------------------------------------
@@ -105,26 +105,7 @@ def sweep_settings(
 
 def ds_config_for(setting: Setting, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """The DeepSpeed config of a setting: `base` (a user's JSON, optional) with stage and precision set."""
-    ds = json_copy(base or {"gradient_clipping": 1.0, "steps_per_print": 10**9, "wall_clock_breakdown": False})
-    for key in ("optimizer", "scheduler"):
-        ds.pop(key, None)
-    ds.setdefault("zero_optimization", {})["stage"] = setting.zero_stage
-    for key in ("fp16", "bf16", "bfloat16"):
-        ds.pop(key, None)
-    if setting.precision == "fp16":
-        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
-    elif setting.precision == "bf16":
-        ds["bf16"] = {"enabled": True}
-    ds["train_micro_batch_size_per_gpu"] = setting.max_rows
-    ds.pop("train_batch_size", None)
-    ds["gradient_accumulation_steps"] = 1
-    return ds
-
-
-def json_copy(value: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(value))
+    return for_setting(base, zero_stage=setting.zero_stage, precision=setting.precision, micro_batch=setting.max_rows)
 
 
 # --- hardware facts -----------------------------------------------------------------------------------
@@ -157,17 +138,6 @@ def hardware_info() -> dict[str, Any]:
 
 
 # --- inputs -------------------------------------------------------------------------------------------
-
-def sample_lengths(count: int, seed: int, lengths_file: Path | None = DEFAULT_LENGTHS) -> tuple[np.ndarray, str]:
-    """`count` UniRef50-like lengths: drawn from the sample file, else a log-normal (median 166, mean 193)."""
-    rng = np.random.default_rng(seed)
-    if lengths_file is not None and Path(lengths_file).is_file():
-        pool = np.loadtxt(lengths_file, dtype=np.int64, ndmin=1)
-        return np.clip(rng.choice(pool, count), MIN_LEN, MAX_LEN), str(lengths_file)
-    sigma = math.sqrt(2 * math.log(FALLBACK_MEAN / FALLBACK_MEDIAN))
-    drawn = rng.lognormal(math.log(FALLBACK_MEDIAN), sigma, count)
-    return np.clip(np.rint(drawn), MIN_LEN, MAX_LEN).astype(np.int64), "log-normal (median 166, mean 193)"
-
 
 def random_models(folder: Path, preset_name: str, seed: int = 0) -> tuple[Path, int]:
     """A random teacher in the preset's shape saved as a ProtBert folder; returns (folder, student layers)."""
@@ -238,53 +208,28 @@ def _peak_memory(device: torch.device) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process peak RSS (monotonic across settings)"
 
 
-def micro_batch_flops(shape: dict[str, int], batch: dict[str, Any]) -> tuple[float, float]:
-    """(useful, executed) FLOPs of one micro-batch, counted with the documented model in bench.flops."""
-    att = batch["attention_mask"]
-    rows, padded = att.shape
-    masked = int((batch["labels"] != -100).sum())
-    f = distill_step_flops(**shape, seq_len=padded, batch=rows, masked_tokens=masked, lengths=att.sum(1).tolist())
-    return f.useful, f.executed
+class PhaseClock:
+    """A phase timer for `DistillEngine.step`: syncs the device around each phase and adds its seconds
+    to the report's groups (SPLIT_PHASES)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds = dict.fromkeys(SPLIT_PHASES, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        _sync(self.device)
+        t0 = time.perf_counter()
+        yield
+        _sync(self.device)
+        self.seconds[PHASE_GROUP[phase]] += time.perf_counter() - t0
 
 
 def phase_timed_step(engine, micro_batches: list[dict]) -> dict[str, float]:
-    """One optimizer step through the engine's pieces with a sync after each phase: seconds per phase.
-
-    Mirrors DistillEngine.step (teacher forward under inference mode, the DeepSpeed student forward,
-    distill_loss, backward, step) minus the finite-loss agreement and the counters. The loss's own
-    backward is inside "student_forward_backward".
-    """
-    from minprot_ds.losses import distill_loss
-    from minprot_ds.models import forward_for_loss
-
-    dev = engine.device
-    split = dict.fromkeys(SPLIT_PHASES, 0.0)
-    for batch in micro_batches:
-        ids, att, labels = (batch[k].to(dev) for k in ("input_ids", "attention_mask", "labels"))
-        _sync(dev)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            t = forward_for_loss(engine.teacher, ids, att, labels)
-        _sync(dev)
-        t1 = time.perf_counter()
-        s_hidden, s_logits, s_labels = engine.student(ids, att, labels)
-        _sync(dev)
-        t2 = time.perf_counter()
-        out = distill_loss(s_logits, t.logits, s_labels, s_hidden, t.hidden, temperature=engine.loss.temperature,
-                           weights=engine.loss.weights, impl=engine.loss.impl)
-        _sync(dev)
-        t3 = time.perf_counter()
-        engine.student.backward(out.total)
-        _sync(dev)
-        t4 = time.perf_counter()
-        engine.student.step()
-        _sync(dev)
-        t5 = time.perf_counter()
-        split["teacher_forward"] += t1 - t0
-        split["student_forward_backward"] += (t2 - t1) + (t4 - t3)
-        split["loss"] += t3 - t2
-        split["optimizer"] += t5 - t4
-    return split
+    """One engine step with each phase synced and timed: seconds per SPLIT_PHASES group."""
+    clock = PhaseClock(engine.device)
+    engine.step(micro_batches, phase_timer=clock)
+    return clock.seconds
 
 
 def _compiled_graphs() -> int:
@@ -343,10 +288,10 @@ def measure_setting(setting: Setting, inputs: RunInputs, between: Callable[[], A
 
 
 def build_setting(setting: Setting, inputs: RunInputs, planned_steps: int):
-    """(engine, stream, FLOP-model shape) for one setting: the run config a user would write for it."""
+    """(engine, stream) for one setting: the run config a user would write for it."""
     from minprot_ds.build import build_engine, build_stream
     from minprot_ds.config import DistillConfig
-    from minprot_ds.engine import loss_settings
+    from minprot_ds.losses import resolve_impl
 
     rank = distributed.rank()
     world = distributed.world_size()
@@ -366,11 +311,8 @@ def build_setting(setting: Setting, inputs: RunInputs, planned_steps: int):
     stream = build_stream(config, "train", rank=rank, world_size=world, grad_accum=1)
     engine, _ = build_engine(config, ds_config_for(setting, inputs.ds_base), planned_steps=planned_steps,
                              dtype=PRECISIONS[setting.precision])
-    engine.loss = loss_settings(config.loss.temperature, config.loss.weights, setting.loss_impl, engine.device)
-    cfg = engine.student.module.mlm.config
-    shape = dict(teacher_layers=engine.teacher.config.num_hidden_layers, student_layers=cfg.num_hidden_layers,
-                 hidden=cfg.hidden_size, intermediate=cfg.intermediate_size, vocab=cfg.vocab_size)
-    return engine, stream, shape
+    engine.loss = dataclasses.replace(engine.loss, impl=resolve_impl(setting.loss_impl, engine.device))
+    return engine, stream
 
 
 def _measure(setting: Setting, inputs: RunInputs, between: Callable[[], Any] | None) -> Result:
@@ -378,7 +320,7 @@ def _measure(setting: Setting, inputs: RunInputs, between: Callable[[], Any] | N
     total = inputs.warmup + inputs.repeats * inputs.steps + inputs.split_steps
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    engine, stream, shape = build_setting(setting, inputs, planned_steps=total + 1)
+    engine, stream = build_setting(setting, inputs, planned_steps=total + 1)
     dev = engine.device
     batches = iter(stream)
     try:
@@ -401,9 +343,9 @@ def _measure(setting: Setting, inputs: RunInputs, between: Callable[[], Any] | N
                 micro = next(batches)
                 stats = engine.step(micro)
                 for b in micro:  # this rank's share; scaled to the run below (ranks get similar shares)
-                    u, e = micro_batch_flops(shape, b)
-                    useful += u
-                    executed += e
+                    flops = engine.micro_batch_flops(b)
+                    useful += flops.useful
+                    executed += flops.executed
                 engine_flops += stats.flops
                 seqs, residues, tokens = seqs + stats.sequences, residues + stats.residues, tokens + stats.tokens
                 skipped += int(stats.skipped)
@@ -484,8 +426,9 @@ def run_benchmark(
     """Measure every setting, then pair each precision's fastest with the naive baseline, and report.
 
     Pairing: the fastest setting of each precision is measured again (or, when it is the precision's
-    only setting, measured just once) with a naive window (rank 0 only, fp32) after each of its windows;
-    the ratio is the median of the per-pair ratios, so slow drift of a shared machine cancels out.
+    only setting, measured just once) with a naive window (rank 0 only, at the same precision: fp32, or
+    bf16/fp16 with the student under autocast) after each of its windows; the ratio is the median of the
+    per-pair ratios, so slow drift of a shared machine cancels out.
     """
     rank = distributed.rank()
     world = distributed.world_size()
@@ -501,7 +444,7 @@ def run_benchmark(
         "inputs": {k: v for k, v in dataclasses.asdict(inputs).items() if k != "ds_base"},
         "world_size": world,
         "precisions": sorted(counts),
-        "baseline_precision": "fp32",
+        "baseline_precision": min(counts) if baseline else None,  # of "baseline"; "baselines" has one per precision
     }
     if baseline:
         report.update(_paired_baseline(settings, results, inputs, counts, naive_batch_size=naive_batch_size,
@@ -530,14 +473,7 @@ def _paired_baseline(settings: Sequence[Setting], results: dict[Setting, Result]
 
     rank = distributed.rank()
     world = distributed.world_size()
-    naive = None
-    if rank == 0:
-        if log:
-            log(f"naive baseline: random batches of {naive_batch_size} padded to the longest, fp32, "
-                f"a window after each of the paired setting's windows")
-        naive = NaiveLoop(inputs.teacher, inputs.corpus, student_layers=inputs.student_layers,
-                          batch_size=naive_batch_size, lr=inputs.lr, seed=inputs.seed)
-        naive.step()  # warm-up
+    baselines: dict[str, Any] = {}
     ratios: dict[str, Any] = {}
     for precision in sorted(counts):
         # Timings differ per rank, so rank 0 decides which setting to pair and tells the others.
@@ -551,27 +487,40 @@ def _paired_baseline(settings: Sequence[Setting], results: dict[Setting, Result]
         setting = choice[0]
         if setting is None:
             continue
-        first = len(naive.windows) if naive else 0
+        naive = None
+        if rank == 0:  # the naive loop at the precision of the setting it is paired with
+            if log:
+                log(f"naive baseline: random batches of {naive_batch_size} padded to the longest, {precision}"
+                    f"{'' if precision == 'fp32' else ' (teacher in ' + precision + ', student under autocast)'}, "
+                    "a window after each of the paired setting's windows")
+            naive = NaiveLoop(inputs.teacher, inputs.corpus, student_layers=inputs.student_layers,
+                              batch_size=naive_batch_size, lr=inputs.lr, seed=inputs.seed, precision=precision)
+            naive.step()  # warm-up
         r = measure_setting(setting, inputs, between=(lambda: naive.window(naive_steps)) if naive else None)
         if counts[precision] == 1:
             results[setting] = r
         _log_result(log, "[paired]", r)
-        if naive is None or not r.fits:
+        if naive is None:
             continue
-        pairs = naive.windows[first:]
+        baselines[precision] = dataclasses.asdict(naive.result(naive_steps))
+        pairs = naive.windows
+        del naive  # its models go before the next precision's are built
+        if not r.fits:
+            continue
         wall = [ours / world / (w["residues"] / w["wall"]) for ours, w in zip(r.repeat_residues_per_s, pairs)]
         cpu = [ours / (w["residues"] / w["cpu"]) for ours, w in zip(r.repeat_residues_per_cpu_s, pairs)]
         # per device: the baseline runs on one device
         ratios[precision] = {
             "setting": setting.label,
+            "baseline_precision": precision,
             "residues_per_s_ratio": statistics.median(wall),
             "residues_per_cpu_s_ratio": statistics.median(cpu),
             "pair_ratios": wall,
             "residues_per_s": r.residues_per_s,
         }
-    if naive is None:
+    if not baselines:
         return {}
-    return {"baseline": dataclasses.asdict(naive.result(naive_steps)), "ratios": ratios}
+    return {"baseline": baselines[min(baselines)], "baselines": baselines, "ratios": ratios}
 
 
 def _result_dict(r: Result) -> dict[str, Any]:
@@ -587,7 +536,7 @@ def prepare_inputs(work: Path, *, preset: str, teacher: str | None, corpus: str 
                    lengths_file: Path | None, seed: int) -> tuple[str, int, str, str]:
     """(teacher folder, student layers, corpus folder, where the lengths came from), made in `work`
     where not given. Rank 0 writes; other ranks wait at a barrier and read the same folder."""
-    from minprot_ds.data.stream import write_synthetic_corpus
+    from minprot_ds.data.synthetic import write_synthetic_corpus
     from minprot_ds.models import MODEL_PRESETS
 
     if preset not in MODEL_PRESETS:
@@ -654,7 +603,7 @@ def benchmark(
     try:
         teacher_dir, layers, corpus_dir, source = prepare_inputs(
             work, preset=preset, teacher=teacher, corpus=corpus, sequences=synthetic_sequences,
-            lengths_file=lengths_file or DEFAULT_LENGTHS, seed=run_inputs.get("seed", 0))
+            lengths_file=lengths_file, seed=run_inputs.get("seed", 0))
         inputs = RunInputs(teacher=teacher_dir, student_layers=layers, corpus=corpus_dir, ds_base=ds_base, **run_inputs)
         report = run_benchmark(settings, inputs, baseline=baseline, naive_batch_size=naive_batch_size,
                                naive_steps=naive_steps, projection=projection, log=log if rank == 0 else (lambda _: None))

@@ -24,10 +24,16 @@ def demo(
 
     summary = run_demo(run_root, ranks=ranks, teacher_steps=teacher_steps, distill_steps=distill_steps,
                        ds_config=ds_config, console=console)
+    console.print(closing_note(summary))
+
+
+def closing_note(summary: dict) -> str:
+    """The demo's last lines: accuracies, where things are, and the MLflow UI command (printed unwrapped,
+    so it copies as one line)."""
     valid = summary["valid"]
     teacher, student = valid["valid/teacher_mlm_accuracy"], valid["valid/student_mlm_accuracy"]
     run_dir = Path(summary["run_dir"]).resolve()
-    console.print(
+    return (
         f"\n[bold]held-out MLM accuracy[/]: teacher {teacher:.3f}, student {student:.3f} "
         f"({student / max(teacher, 1e-9):.0%} of the teacher)\n"
         f"checkpoint: {summary['checkpoint']}\nstudent (Hugging Face folder): {summary['student']}\n"

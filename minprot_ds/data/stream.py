@@ -18,8 +18,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from minprot_ds.data.batching import BatchingOptions, EpochPlan, pad_batch, plan_epoch, plan_padding_fraction
+from minprot_ds.data.batching import BatchingOptions, EpochPlan, pad_batch, plan_epoch
 from minprot_ds.data.masking import MaskingOptions, loss_labels, mask_residues
 from minprot_ds.data.shards import ShardedCorpus
 from minprot_ds.errors import UserError
@@ -344,114 +342,3 @@ def eval_batches(
     plan = plan_epoch(corpus.lengths, batching, seed=seed, epoch=0, shuffle=False)
     for i in range(rank, len(plan), world_size):
         yield build_micro_batch(corpus, plan.batch(i), epoch=0, seed=seed, batching=batching, masking=masking)
-
-
-# --- measurement helpers (benchmarks/data_pipeline.py calls these) ---------------------------------
-
-
-def write_synthetic_corpus(
-    folder: str | Path, lengths: np.ndarray, *, rows_per_shard: int = 100_000, seed: int = 0
-) -> Path:
-    """A prepared corpus (train split only) of random standard residues with the given lengths."""
-    import datetime
-
-    from minprot_ds.data.manifest import FORMAT, FORMAT_VERSION, Manifest, SplitInfo, write_manifest, write_shard
-    from minprot_ds.vocab import STANDARD_RESIDUE_IDS
-
-    folder = Path(folder)
-    (folder / "train").mkdir(parents=True, exist_ok=True)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    shards = []
-    for s, first in enumerate(range(0, len(lengths), rows_per_shard)):
-        part = lengths[first : first + rows_per_shard]
-        flat = STANDARD_RESIDUE_IDS[rng.integers(0, len(STANDARD_RESIDUE_IDS), int(part.sum()))]
-        tokens = np.split(flat, np.cumsum(part)[:-1])
-        accessions = [f"SYN{first + i}" for i in range(len(part))]
-        shards.append(write_shard(folder / "train" / f"shard-{s:05d}.arrow", accessions, tokens, folder))
-    split = SplitInfo(
-        rows=len(lengths),
-        residues=int(lengths.sum()),
-        shards=shards,
-        length_histogram={"edges": [0, int(lengths.max()) + 1], "counts": [len(lengths)]},
-    )
-    manifest = Manifest(
-        format=FORMAT,
-        format_version=FORMAT_VERSION,
-        minprot_version="synthetic",
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        splits={"train": split},
-        drops={},
-        inputs=[],
-        options={"synthetic_seed": seed},
-        fingerprint="synthetic",
-    )
-    write_manifest(folder, manifest)
-    return folder
-
-
-def measure_loader_throughput(
-    corpus_dir: str | Path | None = None,
-    *,
-    lengths: np.ndarray | None = None,
-    seconds: float = 5.0,
-    batching: BatchingOptions | None = None,
-    masking: MaskingOptions | None = None,
-    num_workers: int = 0,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Residues/s that `DistillStream` hands out (padding + masking + tensors included) over `seconds`.
-
-    Without corpus_dir, a synthetic corpus with `lengths` (e.g. the UniRef50-like sample) is written to
-    a temporary folder first (not timed).
-    """
-    batching = batching or BatchingOptions()
-    masking = masking or MaskingOptions()
-    if corpus_dir is None:
-        if lengths is None:
-            raise ValueError("measure_loader_throughput needs corpus_dir or lengths")
-        with tempfile.TemporaryDirectory() as tmp:
-            write_synthetic_corpus(tmp, lengths, seed=seed)
-            return measure_loader_throughput(
-                tmp, seconds=seconds, batching=batching, masking=masking, num_workers=num_workers, seed=seed
-            )
-    stream = DistillStream(corpus_dir, seed=seed, batching=batching, masking=masking, num_workers=num_workers)
-    stream.planned_steps(1)  # plan outside the timed loop
-    iterator = iter(stream)
-    next(iterator)  # start workers outside the timed loop
-    residues = tokens = samples = batches = 0
-    start, start_cpu = time.perf_counter(), time.process_time()
-    while time.perf_counter() - start < seconds:
-        for batch in next(iterator):
-            residues += batch["num_residues"]
-            tokens += batch["num_tokens"]
-            samples += len(batch["sample_index"])
-            batches += 1
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    return {
-        "seconds": elapsed,
-        "residues_per_s": residues / elapsed,
-        # this process's CPU time: with workers=0 the one-core figure, robust to other load on the box
-        "residues_per_cpu_s": residues / cpu,
-        "samples_per_s": samples / elapsed,
-        "micro_batches_per_s": batches / elapsed,
-        "padding_fraction": 1.0 - (residues + 2 * samples) / tokens,
-        "num_workers": num_workers,
-    }
-
-
-def measure_planning(
-    lengths: np.ndarray, *, batching: BatchingOptions | None = None, seed: int = 0
-) -> dict[str, float]:
-    """Seconds to plan one epoch over `lengths` (e.g. 43M rows resampled from the UniRef50-like sample)."""
-    batching = batching or BatchingOptions()
-    start, start_cpu = time.perf_counter(), time.process_time()
-    plan = plan_epoch(lengths, batching, seed=seed, epoch=0)
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    return {
-        "rows": len(lengths),
-        "seconds": elapsed,
-        "cpu_seconds": cpu,
-        "micro_batches": len(plan),
-        "padding_fraction": plan_padding_fraction(plan, lengths, batching),
-    }

@@ -83,11 +83,14 @@ def distill_loss(
     temperature: float = 2.0,
     weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3),
     impl: str = "eager",
+    kd_temperature_squared: bool = True,
 ) -> LossOutput:
     """L = w_mlm·L_mlm + w_kd·L_kd + w_cos·L_cos.
 
     Logits [M, V] and labels [M]: L_mlm is the mean CE over rows whose label is not IGNORE_INDEX,
-    L_kd the mean over all M rows of −Σ softmax(z_T/τ)·log_softmax(z_S/τ), times τ². Hidden [N, H]:
+    L_kd the mean over all M rows of −Σ softmax(z_T/τ)·log_softmax(z_S/τ), times τ² (DistilBERT; it keeps
+    the KD gradient's size independent of τ) unless kd_temperature_squared is False (MinProtBert's public
+    loop). Hidden [N, H]:
     L_cos is the mean of 1 − cos(h_S, h_T). M = 0 or N = 0 gives 0 for its terms (zero gradient).
     M and N are independent (L_kd over every non-pad position passes M = N rows, labels −100 where
     unmasked). No gradient reaches teacher tensors.
@@ -107,6 +110,7 @@ def distill_loss(
         as_constant(teacher_hidden),
         float(temperature),
         weights,
+        float(temperature) ** 2 if kd_temperature_squared else 1.0,
     )
     if chosen == "triton":
         total, mlm, kd, cos = fused.loss_terms(*args)

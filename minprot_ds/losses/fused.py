@@ -85,7 +85,7 @@ class _LogitsLoss(torch.autograd.Function):
     """(w_mlm·L_mlm + w_kd·L_kd, L_mlm, L_kd); only the first output is differentiable."""
 
     @staticmethod
-    def forward(ctx, s_logits, t_logits, labels, temperature: float, w_mlm: float, w_kd: float):
+    def forward(ctx, s_logits, t_logits, labels, temperature: float, kd_scale: float, w_mlm: float, w_kd: float):
         s, t = _row_major(s_logits), _row_major(t_logits)
         m, v = s.shape
         grad = torch.empty((m, v), dtype=torch.float32, device=s.device)
@@ -94,14 +94,14 @@ class _LogitsLoss(torch.autograd.Function):
         n_labelled = (labels != IGNORE_INDEX).sum().clamp_min(1).to(torch.float32)
         if m > 0:
             block_m, block_v = _blocks(v)
-            kd_grad_coef = w_kd * temperature / m  # d(τ²·KD/M)/ds = (τ/M)·(q_S − p_T)
+            kd_grad_coef = w_kd * kd_scale / (temperature * m)  # d(c·KD/M)/ds = c/(τ·M)·(q_S − p_T); c = τ² or 1
             _kernels().logits_kernel[(_cdiv(m, block_m),)](
                 s, t, labels.contiguous(), grad, ce, kd_rows, n_labelled,
                 m, v, s.stride(0), t.stride(0), 1.0 / temperature, w_mlm, kd_grad_coef,
                 IGNORE=IGNORE_INDEX, BLOCK_M=block_m, BLOCK_V=block_v,
             )
         mlm = ce.sum() / n_labelled
-        kd = kd_rows.sum() * (temperature**2 / max(m, 1))
+        kd = kd_rows.sum() * (kd_scale / max(m, 1))
         ctx.save_for_backward(grad)
         ctx.student_dtype = s_logits.dtype
         ctx.mark_non_differentiable(mlm, kd)
@@ -110,7 +110,7 @@ class _LogitsLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_weighted, _grad_mlm, _grad_kd):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_weighted).to(ctx.student_dtype), None, None, None, None, None
+        return (grad * grad_weighted).to(ctx.student_dtype), None, None, None, None, None, None
 
 
 class _CosineLoss(torch.autograd.Function):
@@ -159,11 +159,13 @@ def loss_terms(
     teacher_hidden: torch.Tensor,
     temperature: float,
     weights: tuple[float, float, float],
+    kd_scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, mlm, kd, cos) from the fused kernels; same contract as reference.loss_terms."""
     _check_device(student_logits)
     _check_device(student_hidden)
     w_mlm, w_kd, w_cos = weights
-    logits_part, mlm, kd = _LogitsLoss.apply(student_logits, teacher_logits, labels, temperature, w_mlm, w_kd)
+    logits_part, mlm, kd = _LogitsLoss.apply(student_logits, teacher_logits, labels, temperature, kd_scale,
+                                             w_mlm, w_kd)
     hidden_part, cos = _CosineLoss.apply(student_hidden, teacher_hidden, w_cos)
     return logits_part + hidden_part, mlm, kd, cos

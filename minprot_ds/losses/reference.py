@@ -22,8 +22,10 @@ def loss_terms(
     teacher_hidden: torch.Tensor,
     temperature: float,
     weights: tuple[float, float, float],
+    kd_scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, mlm, kd, cos) as 0-dim fp32 tensors (float64 if the student is float64).
+    """(total, mlm, kd, cos) as 0-dim fp32 tensors (float64 if the student is float64); L_kd is
+    multiplied by `kd_scale` (τ² as in DistilBERT, or 1).
 
     Teacher tensors and labels must already be plain constants (see losses.as_constant): autograd saves
     them for the student's backward.
@@ -39,7 +41,7 @@ def loss_terms(
 
     p_teacher = F.softmax(t / temperature, dim=-1)
     log_q_student = F.log_softmax(s / temperature, dim=-1)
-    kd = -(p_teacher * log_q_student).sum() * temperature**2 / max(num_rows, 1)
+    kd = -(p_teacher * log_q_student).sum() * kd_scale / max(num_rows, 1)
 
     hs = student_hidden.to(acc)
     ht = teacher_hidden.to(acc)

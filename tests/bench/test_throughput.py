@@ -15,7 +15,6 @@ import pytest
 from typer.testing import CliRunner
 
 from minprot_ds.bench import throughput as tp
-from minprot_ds.bench.flops import distill_step_flops
 from minprot_ds.cli import app
 from minprot_ds.errors import UserError
 
@@ -75,22 +74,6 @@ def test_projection_by_hand():
     assert hours == pytest.approx(3 * 43e6 / (50 * 8) / 3600)
 
 
-def test_micro_batch_flops_count_real_tokens_as_useful_and_padding_as_executed():
-    import torch
-
-    shape = dict(teacher_layers=6, student_layers=3, hidden=256, intermediate=1024, vocab=30)
-    att = torch.tensor([[1] * 10 + [0] * 6, [1] * 16])
-    labels = torch.full((2, 16), -100)
-    labels[0, 3] = labels[1, 5] = labels[1, 9] = 7
-    useful, executed = tp.micro_batch_flops(shape, {"attention_mask": att, "labels": labels})
-    ref = distill_step_flops(**shape, seq_len=16, batch=2, masked_tokens=3, lengths=[10, 16])
-    assert (useful, executed) == (ref.useful, ref.executed)
-    # padding only adds executed work: 6 padded tokens' matmuls, forward (teacher) + 3x (student)
-    per_layer = 4 * 256 * 256 + 2 * 256 * 1024
-    attention_extra = 4 * 256 * (2 * 16 * 16 - (10 * 10 + 16 * 16))
-    assert executed - useful == (6 + 3 * 3) * (2 * per_layer * 6 + attention_extra)
-
-
 def test_cli_help_and_a_bad_option():
     runner = CliRunner()
     result = runner.invoke(app, ["bench", "throughput", "--help"])
@@ -105,20 +88,24 @@ def test_cli_help_and_a_bad_option():
 class _FakeNaive:
     """Stands in for NaiveLoop: each window runs at the next rate of `rates` (residues per wall/CPU second)."""
 
-    def __init__(self, *args, **kwargs):
-        self.windows, self.rates = [], iter([100.0, 200.0, 100.0, 50.0, 50.0, 50.0])
+    rates = iter(())  # shared by the loops of all precisions, in the order their windows run
+    made: list[str] = []
+
+    def __init__(self, *args, precision="fp32", **kwargs):
+        self.windows, self.precision = [], precision
+        _FakeNaive.made.append(precision)
 
     def step(self):
         pass
 
     def window(self, steps):
-        rate = next(self.rates)
+        rate = next(_FakeNaive.rates)
         self.windows.append(dict(wall=1.0, cpu=1.0, rows=10, residues=rate, tokens=2 * rate + 20))
 
     def result(self, steps):
         from minprot_ds.bench.naive import NaiveResult
 
-        return NaiveResult(4, steps, len(self.windows), 1.0, 1.0, 1.0, 0.5, 1.0, 1.0)
+        return NaiveResult(4, steps, len(self.windows), 1.0, 1.0, 1.0, 0.5, 1.0, 1.0, precision=self.precision)
 
 
 def test_baseline_is_paired_window_by_window_with_the_fastest_setting(monkeypatch):
@@ -140,6 +127,7 @@ def test_baseline_is_paired_window_by_window_with_the_fastest_setting(monkeypatc
 
     monkeypatch.setattr(tp, "measure_setting", fake_measure)
     monkeypatch.setattr(naive, "NaiveLoop", _FakeNaive)
+    _FakeNaive.rates, _FakeNaive.made = iter([100.0, 200.0, 100.0, 50.0, 50.0, 50.0]), []
     settings = [tp.Setting(8192, 64, 2, False, "eager", "fp32"),
                 tp.Setting(8192, 64, 1, False, "eager", "bf16"), tp.Setting(8192, 64, 2, False, "eager", "bf16")]
     report = tp.run_benchmark(settings, tp.RunInputs(teacher="t", student_layers=1, corpus="c"), log=lambda _: None)
@@ -150,6 +138,9 @@ def test_baseline_is_paired_window_by_window_with_the_fastest_setting(monkeypatc
     assert bf16["pair_ratios"] == [10.0, 4.5, 8.0] and bf16["residues_per_s_ratio"] == 8.0
     assert fp32["pair_ratios"] == [6.0, 8.0, 10.0] and fp32["residues_per_s_ratio"] == 8.0
     assert report["fastest"]["label"] == settings[1].label
+    # each precision's naive loop runs at that precision (a fair baseline), and the report says so
+    assert _FakeNaive.made == ["bf16", "fp32"] and bf16["baseline_precision"] == "bf16"
+    assert {p: b["precision"] for p, b in report["baselines"].items()} == {"bf16": "bf16", "fp32": "fp32"}
 
 
 # --- slow: a real short run of the script ----------------------------------------------------------

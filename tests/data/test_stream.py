@@ -16,8 +16,6 @@ from minprot_ds.data.stream import (
     MicroBatchKey,
     eval_batches,
     finish_micro_batch,
-    measure_loader_throughput,
-    write_synthetic_corpus,
 )
 from minprot_ds.errors import UserError
 from minprot_ds.vocab import CLS_ID, PAD_ID, SEP_ID
@@ -210,13 +208,6 @@ def test_missing_shard_and_too_small_budget_fail_at_construction(tiny_corpus):
     (tiny_corpus.path / "train" / "shard-00000.arrow").unlink()
     with pytest.raises(UserError, match="shard-00000.arrow listed in .* is missing"):
         _stream(tiny_corpus)
-
-
-def test_loader_throughput_measurement(tmp_path, uniref_lengths):
-    corpus = write_synthetic_corpus(tmp_path / "syn", uniref_lengths, rows_per_shard=1000)
-    result = measure_loader_throughput(corpus, seconds=0.5)
-    print(f"loader: {result['residues_per_s'] / 1e6:.2f}M residues/s, padding {result['padding_fraction']:.3f}")
-    assert result["residues_per_s"] > 0 and 0 < result["padding_fraction"] < 0.10
 
 
 def test_one_live_iterator_at_a_time(tiny_corpus):

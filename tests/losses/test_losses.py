@@ -29,7 +29,13 @@ from minprot_ds.losses import IGNORE_INDEX, distill_loss, resolve_impl
 
 triton = pytest.importorskip("triton", reason="the fused kernels need the triton package")
 
-TOL = {torch.float32: 1e-5, torch.float16: 1e-2}
+# Relative tolerances: fp16 keeps 11 significant bits, bf16 8 (its rounding alone is ~2e-3 per value).
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1.6e-2}
+# ProtBert at the run config's default budget: 8,192 non-pad tokens, 15% of them masked, H = 1024, V = 30.
+REAL_N, REAL_M, REAL_H, REAL_V = 8192, 1228, 1024, 30
+# DeepSpeed's initial fp16 loss scale (2^16, ds_configs and the throughput benchmark): unscaled, the cosine
+# gradient's entries at real shapes (~w/(N·|s|·√H) ≈ 4e-8) are fp16 subnormals, as they would be in training.
+FP16_LOSS_SCALE = 2.0**16
 
 
 @pytest.fixture
@@ -61,7 +67,7 @@ def make_inputs(gen, m, n, v=30, h=64, scale=3.0, dtype=torch.float32, ignore_so
     return rnd(m, v), rnd(m, v), labels, hs, ht
 
 
-def reference64(s_logits, t_logits, labels, s_hidden, t_hidden, tau, weights):
+def reference64(s_logits, t_logits, labels, s_hidden, t_hidden, tau, weights, tau_squared=True):
     """The maths in float64, written independently of minprot_ds (per-term, via autograd)."""
     s = s_logits.detach().double().requires_grad_()
     hs = s_hidden.detach().double().requires_grad_()
@@ -70,21 +76,27 @@ def reference64(s_logits, t_logits, labels, s_hidden, t_hidden, tau, weights):
     log_p = torch.log_softmax(s, dim=-1)
     mlm = -log_p[keep].gather(1, labels[keep].unsqueeze(1)).sum() / max(int(keep.sum()), 1)
     kd_rows = -(torch.softmax(t / tau, -1) * torch.log_softmax(s / tau, -1)).sum(-1)
-    kd = kd_rows.sum() / max(s.shape[0], 1) * tau**2
+    kd = kd_rows.sum() / max(s.shape[0], 1) * (tau**2 if tau_squared else 1.0)
     cos = (1 - F.cosine_similarity(hs, ht, dim=-1)).sum() / max(hs.shape[0], 1)
     total = weights[0] * mlm + weights[1] * kd + weights[2] * cos
     total.backward()
     return total.detach(), mlm.detach(), kd.detach(), cos.detach(), s.grad, hs.grad
 
 
-def run_impl(impl, s_logits, t_logits, labels, s_hidden, t_hidden, tau, weights):
-    """Runs on DEVICE (CUDA when present, else CPU with Triton's interpreter); results come back on CPU."""
+def run_impl(impl, s_logits, t_logits, labels, s_hidden, t_hidden, tau, weights, tau_squared=True, loss_scale=1.0):
+    """Runs on DEVICE (CUDA when present, else CPU with Triton's interpreter); results come back on CPU.
+    With a loss scale, backward starts from scale·total (as DeepSpeed's fp16 engine does) and the
+    gradients come back divided by it, in float64."""
     s = s_logits.to(DEVICE).requires_grad_()
     hs = s_hidden.to(DEVICE).requires_grad_()
     t_logits, labels, t_hidden = t_logits.to(DEVICE), labels.to(DEVICE), t_hidden.to(DEVICE)
-    out = distill_loss(s, t_logits, labels, hs, t_hidden, temperature=tau, weights=weights, impl=impl)
-    out.total.backward()
+    out = distill_loss(s, t_logits, labels, hs, t_hidden, temperature=tau, weights=weights, impl=impl,
+                       kd_temperature_squared=tau_squared)
+    (out.total * loss_scale if loss_scale != 1.0 else out.total).backward()
     out = type(out)(*(x.cpu() for x in (out.total, out.mlm, out.kd, out.cos)))
+    if loss_scale != 1.0:
+        assert s.grad.dtype == s_logits.dtype and hs.grad.dtype == s_hidden.dtype
+        return out, s.grad.cpu().double() / loss_scale, hs.grad.cpu().double() / loss_scale
     return out, s.grad.cpu(), hs.grad.cpu()
 
 
@@ -94,25 +106,38 @@ def assert_rel(actual, expected, tol, what):
     assert err <= tol, f"{what}: relative error {err:.3g} > {tol:g}"
 
 
-def check_against_reference(impl, inputs, tau=2.0, weights=(1 / 3, 1 / 3, 1 / 3)):
+def check_against_reference(impl, inputs, tau=2.0, weights=(1 / 3, 1 / 3, 1 / 3), tau_squared=True, loss_scale=1.0):
     dtype = inputs[0].dtype
     tol = TOL[dtype]
-    ref = reference64(*inputs, tau, weights)
-    out, g_logits, g_hidden = run_impl(impl, *inputs, tau, weights)
+    ref = reference64(*inputs, tau, weights, tau_squared)
+    out, g_logits, g_hidden = run_impl(impl, *inputs, tau, weights, tau_squared, loss_scale=loss_scale)
     for name, got, want in zip(("total", "mlm", "kd", "cos"), (out.total, out.mlm, out.kd, out.cos), ref[:4]):
         assert abs(got.item() - want.item()) <= tol * abs(want.item()) + 1e-12, f"{impl} {name}: {got.item()} vs {want.item()}"
-    assert g_logits.dtype == dtype and g_hidden.dtype == dtype
+    if loss_scale == 1.0:
+        assert g_logits.dtype == dtype and g_hidden.dtype == dtype
     assert_rel(g_logits, ref[4], tol, f"{impl} d/d(student logits)")
     assert_rel(g_hidden, ref[5], tol, f"{impl} d/d(student hidden)")
     return out, g_logits, g_hidden
 
 
 @pytest.mark.parametrize("impl", ["eager", "triton"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_matches_float64_reference(impl, dtype, gen, interpret):
     # Sizes straddle the kernels' row blocks (128 logits rows, 64 hidden rows per program at these widths).
     inputs = make_inputs(gen, m=141, n=203, h=64, dtype=dtype, ignore_some=False)
     check_against_reference(impl, inputs, weights=(0.5, 0.3, 0.2))
+
+
+@pytest.mark.parametrize("impl", ["eager", "triton", "compiled"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_real_shapes_match_float64_reference(impl, dtype, gen, interpret):
+    # What a training step feeds the loss; on a GPU this compiles the kernels for ProtBert's widths.
+    if DEVICE.type == "cpu" and impl != "eager":
+        pytest.skip(f"impl {impl!r} at real shapes needs a GPU (Triton's interpreter and CPU compiles are too slow "
+                    "here; benchmarks/gpu/run.sh runs these on one)")
+    inputs = make_inputs(gen, m=REAL_M, n=REAL_N, h=REAL_H, v=REAL_V, dtype=dtype)
+    scale = FP16_LOSS_SCALE if dtype == torch.float16 else 1.0
+    check_against_reference(impl, inputs, loss_scale=scale)
 
 
 @pytest.mark.parametrize("impl", ["eager", "triton"])
@@ -130,7 +155,16 @@ def test_temperature_one_and_other_weightings(impl, gen, interpret):
 
 
 @pytest.mark.parametrize("impl", ["eager", "triton"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_kd_without_temperature_squared(impl, gen, interpret):
+    # MinProtBert's public loop: weights 1 / 0.5 / 0.1 and no τ² on the KD term (loss.kd_temperature_squared).
+    inputs = make_inputs(gen, m=40, n=90, h=40)
+    out, g_logits, _ = check_against_reference(impl, inputs, tau=2.0, weights=(1.0, 0.5, 0.1), tau_squared=False)
+    scaled, g_scaled, _ = run_impl(impl, *inputs, 2.0, (1.0, 0.5, 0.1), True)
+    assert torch.allclose(scaled.kd, 4.0 * out.kd, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["eager", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_logits_of_magnitude_1e4_do_not_overflow(impl, dtype, gen, interpret):
     inputs = make_inputs(gen, m=33, n=17, scale=1e4, dtype=dtype)
     out, g_logits, g_hidden = check_against_reference(impl, inputs)
@@ -218,3 +252,4 @@ def test_bad_temperature_and_shapes(gen):
 def test_compiled_matches_float64_reference(gen):
     inputs = make_inputs(gen, m=64, n=100, h=32)
     check_against_reference("compiled", inputs)
+    check_against_reference("compiled", inputs, weights=(1.0, 0.5, 0.1), tau_squared=False)

@@ -146,9 +146,20 @@ def test_disabled_tracker_does_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_system_metrics_are_logged_and_their_thread_stops(run_dir: Path) -> None:
+def test_system_metrics_are_logged_and_their_thread_stops(run_dir: Path, monkeypatch) -> None:
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    published = threading.Event()
+    publish = SystemMetricsMonitor.publish_metrics
+
+    def publish_and_tell(self, metrics):
+        publish(self, metrics)
+        published.set()
+
+    monkeypatch.setattr(SystemMetricsMonitor, "publish_metrics", publish_and_tell)
     tracker = start(run_dir, system_metrics=True, system_metrics_interval_s=0.2)
-    time.sleep(1.0)
+    # Wait for the monitor's first sample, however slow the machine (the bound only stops a hung test).
+    assert published.wait(timeout=300), "the system-metrics monitor published nothing in 300 s"
     tracker.end()
     assert not any(t.name == "SystemMetricsMonitor" for t in threading.enumerate())
     metrics = MlflowClient(store_uri(run_dir, None)).get_run(tracker.run_id).data.metrics

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from minprot_ds.bench.flops import PEAK_TFLOPS, bert_params, device_key, distill_step_flops, mfu, peak_tflops
+from minprot_ds.flops import PEAK_TFLOPS, bert_params, device_key, distill_step_flops, mfu, peak_tflops
 
 
 def test_step_flops_match_a_hand_count() -> None:
