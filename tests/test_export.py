@@ -59,7 +59,9 @@ def test_export_checkpoint_gives_the_trained_student(teacher_dir, tmp_path):
     with pytest.raises(UserError, match="no complete checkpoint"):
         export_checkpoint(run_dir, tmp_path / "nothing")
     state = TrainState(step=1, consumed_samples=8, mlflow_run_id="r1")
-    folder = Checkpointer(run_dir / "ckpt").save(engine.student, state, stream.state_dict())
+    checkpointer = Checkpointer(run_dir / "ckpt", config.checkpoint, engine=engine.student, stream=stream,
+                                seed=0, model_affecting=config.model_affecting(), grad_accum=1)
+    folder = checkpointer.save(state, force=True)
     with pytest.raises(UserError, match=STUDENT_CONFIG):
         export_checkpoint(folder, tmp_path / "nothing")
     student_config.to_json_file(str(run_dir / STUDENT_CONFIG))

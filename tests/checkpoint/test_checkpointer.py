@@ -5,7 +5,6 @@ refuses, and that it restores weights, optimizer, data cursor and the training R
 the RNG from the data seed and the rank on a fresh start)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -19,31 +18,11 @@ from minprot_ds.errors import UserError
 
 @pytest.fixture(scope="module")
 def group():
-    """A gloo group of one in this process (what a plain `python launch/distill.py` gets), torn down after."""
-    import deepspeed
-    import deepspeed.comm.comm as ds_comm
-    import torch.distributed as dist
+    """A gloo group of one in this process, as `python launch/distill.py` makes (the in-process engine and
+    export suites join the same way; DeepSpeed caches its groups, so it stays for the session)."""
+    from minprot_ds.distributed import init_distributed
 
-    from minprot_ds.distributed import free_port
-
-    if dist.is_initialized():  # another in-process suite joined one already: use it, leave it
-        yield
-        return
-    env = dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
-        deepspeed.init_distributed(dist_backend="gloo")
-        yield
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        ds_comm.cdb = None
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    init_distributed()
 
 
 class Cursor:
