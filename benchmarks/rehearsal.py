@@ -319,7 +319,7 @@ def bare_process_gb() -> float:
     """Peak RSS of a rank before it builds anything (interpreter, torch, DeepSpeed, transformers, the process
     group): what a CPU rank's peak holds beyond the memory plan, which predicts what the job allocates."""
     code = ("import deepspeed.runtime.zero.stage3, deepspeed.runtime.zero.stage_1_and_2, transformers.models.bert.modeling_bert;"
-            "from minprot_ds.distill import init_distributed; init_distributed();"
+            "from minprot_ds.distributed import init_distributed; init_distributed();"
             "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
     return int(out.split()[-1]) * 1024 / GB

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from minprot_ds.bench import throughput as tp
     from minprot_ds.bench.naive import NaiveLoop
     from minprot_ds.bench.profile import bare_gemm_gflops, mm_operands, profile_loop
-    from minprot_ds.distill import init_distributed
+    from minprot_ds.distributed import init_distributed
 
     init_distributed()
     teacher, layers, corpus, source = tp.prepare_inputs(

@@ -21,20 +21,23 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from minprot_ds.distributed import any_rank, barrier, rank, world_size
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import atomic_write
 
 # Test-only fault injection: "STEP:RANK:POINT" kills that rank with SIGKILL at POINT of the save of STEP
 # (POINT: deepspeed = after DeepSpeed's files, rank_file = after this rank's file, marker = after the
-# COMPLETE marker, before the latest pointer). The crash tests use it; nothing else should.
+# COMPLETE marker, before the latest pointer), or stops it with SIGSTOP once that save is complete
+# (POINT: stop; the signal tests then know where the run is). Several specs: comma-separated; a spec ending
+# in "@K" fires only in torchrun's restart attempt K. The crash and signal tests use it; nothing else should.
 FAULT_ENV = "MINPROT_FAULT_CHECKPOINT"
 MARKER = "COMPLETE"
 LATEST = "latest"
@@ -54,13 +57,13 @@ class TrainState:
     model_affecting: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+def seed_rng(seed: int, global_rank: int, step: int = 0) -> None:
+    """Seed the training RNG (dropout; python and numpy for good measure) from the data seed and the rank,
+    so that it never depends on what ran before in the process (launcher, topology, restarts)."""
+    value = int(np.random.SeedSequence([seed, global_rank, step]).generate_state(1)[0])
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)  # every device's generator too
 
 
 def rng_state() -> dict[str, Any]:
@@ -102,40 +105,139 @@ def read_marker(folder: Path) -> TrainState:
 
 
 class Checkpointer:
-    """Saves and finds checkpoints under RUN/ckpt; the training loop only calls save() and latest()."""
+    """Owns resume and cadence (as torchtitan's CheckpointManager): the loop calls `load` once at the
+    start and `save(state, force=...)` after every step; this decides whether a save is due.
 
-    def __init__(self, ckpt_dir: str | Path, keep_last: int = 3, keep_every: int = 0):
+    `engine` is the DeepSpeed engine, `stream` the training stream (its cursor is saved per rank),
+    `seed` the data seed the training RNG (dropout) is seeded from on a fresh start.
+    """
+
+    def __init__(self, ckpt_dir: str | Path, options: Any, *, engine: Any, stream: Any, seed: int,
+                 model_affecting: dict[str, Any], grad_accum: int):
         self.dir = Path(ckpt_dir)
-        self.keep_last = keep_last
-        self.keep_every = keep_every
+        self.options = options  # config.checkpoint: every_steps, every_minutes, keep_last, keep_every
+        self.engine, self.stream, self.seed = engine, stream, seed
+        self.model_affecting, self.grad_accum = model_affecting, grad_accum
+        self.last_saved: Path | None = None
+        self.load_s: float | None = None  # seconds the resume took (None on a fresh start)
+        self.save_s: float | None = None  # seconds the last save took (what a collective timeout must outlast)
+        self._last_time = time.monotonic()
 
-    def save(self, engine: Any, state: TrainState, loader_state: dict[str, int]) -> Path:
+    # --- resume ----------------------------------------------------------------------------------
+    def load(self, resume: str = "auto") -> TrainState:
+        """Every rank calls this once, before the first step. `resume`: auto (the newest complete
+        checkpoint, if any), none (a fresh run; refused if the run dir has checkpoints) or a folder.
+        Restores DeepSpeed state, the data cursor and this rank's RNG, or seeds the RNG on a fresh start."""
+        fresh = TrainState(world_size=world_size(), grad_accum=self.grad_accum, model_affecting=self.model_affecting)
+        folder = self._resolve(resume)
+        if folder is None:
+            seed_rng(self.seed, rank())
+            return fresh
+        started = time.monotonic()
+        saved = read_marker(folder)
+        check_compatible(saved, self.model_affecting, folder)
+        same_layout = (saved.world_size, saved.grad_accum) == (world_size(), self.grad_accum)
+        if not same_layout:
+            folder = self._universal(folder, saved)
+        load_path, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name)
+        if load_path is None:
+            raise UserError(f"DeepSpeed could not load checkpoint {folder}; it may be corrupt: resume from an older one.")
+        # Our own file from our own run dir (see _resolve), hence weights_only=False for RNG objects.
+        per_rank = torch.load(folder / f"minprot_rank{rank() if same_layout else 0}.pt", map_location="cpu",
+                              weights_only=False)
+        self.stream.load_state_dict(per_rank["loader"])
+        if same_layout:
+            set_rng_state(per_rank["rng"])
+        else:  # the loader state is global; RNG streams of another layout cannot be carried over
+            warnings.warn(f"resuming {folder} on another world size: data order kept, RNG states reseeded")
+            seed_rng(self.seed, rank(), saved.step)
+        self.last_saved = folder
+        self.load_s = time.monotonic() - started
+        return dataclasses.replace(saved, world_size=fresh.world_size, grad_accum=self.grad_accum,
+                                   model_affecting=self.model_affecting)
+
+    def _resolve(self, resume: str) -> Path | None:
+        if resume == "none":
+            if self.latest() is not None:
+                raise UserError(f"run dir {self.dir.parent} already has checkpoints; resume it (--resume auto) "
+                                "or choose a new --run-dir.")
+            return None
+        if resume == "auto":
+            return self.latest()
+        folder = Path(resume)
+        if not (folder / MARKER).is_file():
+            raise UserError(f"--resume {resume}: not a complete checkpoint folder (no {MARKER} marker inside).")
+        return folder
+
+    def _universal(self, folder: Path, saved: TrainState) -> Path:
+        """Resume on another number of ranks: same global batch (ranks x accumulation), DeepSpeed's universal
+        checkpoint (converted once by rank 0), and the same global sample order from the saved cursor."""
+        world, grad_accum = world_size(), self.grad_accum
+        if saved.world_size * saved.grad_accum != world * grad_accum:
+            raise UserError(
+                f"checkpoint {folder} was written with {saved.world_size} ranks x {saved.grad_accum} accumulation "
+                f"steps (global batch of {saved.world_size * saved.grad_accum} micro-batches); this job has {world} x "
+                f"{grad_accum}. Keep ranks x gradient_accumulation_steps equal (set gradient_accumulation_steps in "
+                "the DeepSpeed config)."
+            )
+        error = ""
+        if rank() == 0:
+            try:
+                to_universal(folder)
+            except UserError as err:
+                error = str(err)
+        if any_rank(bool(error)):  # every rank waits for rank 0's conversion
+            raise UserError(error or f"rank 0 could not convert {folder} to a universal checkpoint; see its log.")
+        # DeepSpeed reads this switch of its config only when loading (engine.load_universal_checkpoint()).
+        self.engine._config.load_universal_checkpoint = True
+        return universal_path(folder)
+
+    # --- save --------------------------------------------------------------------------------------
+    def save(self, state: TrainState, *, force: bool = False) -> Path | None:
+        """Every rank calls this after every step. Saves when forced (the last step, a stop signal) or due
+        (checkpoint.every_steps, checkpoint.every_minutes: rank 0's clock decides for all); returns the
+        complete checkpoint folder, or None when no save was due."""
+        o = self.options
+        due = force or bool(o.every_steps and state.step % o.every_steps == 0)
+        if not due and o.every_minutes:
+            late = time.monotonic() - self._last_time > 60 * o.every_minutes
+            due = any_rank(late and rank() == 0)
+        if not due:
+            return None
+        started = time.monotonic()
+        self.last_saved = self.write(state)
+        self._last_time = time.monotonic()
+        self.save_s = self._last_time - started
+        return self.last_saved
+
+    def write(self, state: TrainState) -> Path:
         """Every rank calls this. Returns the checkpoint folder once it is complete."""
         tag = f"global_step{state.step}"
         folder = self.dir / tag
-        if _rank() == 0 and folder.exists():  # a stale, incomplete save of the same step
+        if rank() == 0 and folder.exists():  # a stale, incomplete save of the same step
             shutil.rmtree(folder)
-        _barrier()
+        barrier()
         client_state = {"minprot": dataclasses.asdict(state), "universal_checkpoint_info": {}}
-        engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
+        self.engine.save_checkpoint(str(self.dir), tag=tag, client_state=client_state, save_latest=False)
         _fault(state.step, "deepspeed")
-        per_rank = {"rng": rng_state(), "loader": loader_state}
-        atomic_write(folder / f"minprot_rank{_rank()}.pt", _serialize(per_rank))
+        per_rank = {"rng": rng_state(), "loader": self.stream.state_dict()}
+        atomic_write(folder / f"minprot_rank{rank()}.pt", _serialize(per_rank))
         _fault(state.step, "rank_file")
-        _barrier()  # every rank has written everything
-        if _rank() == 0:
+        barrier()  # every rank has written everything
+        if rank() == 0:
             atomic_write(folder / MARKER, json.dumps(dataclasses.asdict(state), indent=2).encode())
             _fault(state.step, "marker")
             atomic_write(self.dir / LATEST, tag.encode())
             self._prune()
-        _barrier()
+        barrier()
+        _fault(state.step, "stop")
         return folder
 
     def _prune(self) -> None:
         complete = complete_checkpoints(self.dir)
-        keep = {step for step, _ in complete[-self.keep_last:]}
-        if self.keep_every:
-            keep |= {step for step, _ in complete if step % self.keep_every == 0}
+        keep = {step for step, _ in complete[-self.options.keep_last:]}
+        if self.options.keep_every:
+            keep |= {step for step, _ in complete if step % self.options.keep_every == 0}
         for step, folder in complete:
             if step not in keep:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -143,26 +245,12 @@ class Checkpointer:
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint (what `--resume auto` takes), or None."""
-        complete = complete_checkpoints(self.dir)
-        return complete[-1][1] if complete else None
+        return latest_checkpoint(self.dir)
 
-    @staticmethod
-    def load(engine: Any, folder: Path) -> tuple[TrainState, dict[str, int]]:
-        """Every rank calls this: restores DeepSpeed state and this rank's RNG; returns state + loader state."""
-        state = read_marker(folder)
-        load_path, _ = engine.load_checkpoint(str(folder.parent), tag=folder.name)
-        if load_path is None:
-            raise UserError(f"DeepSpeed could not load checkpoint {folder}; it may be corrupt: resume from an older one.")
-        per_rank_file = folder / f"minprot_rank{_rank()}.pt"
-        same_layout = per_rank_file.is_file() and state.world_size == (dist.get_world_size() if dist.is_initialized() else 1)
-        # Our own file from our own run dir (see resolve_resume), hence weights_only=False for RNG objects.
-        per_rank = torch.load(per_rank_file if same_layout else folder / "minprot_rank0.pt", map_location="cpu",
-                              weights_only=False)
-        if same_layout:
-            set_rng_state(per_rank["rng"])
-        else:  # the loader state is global; RNG streams of another layout cannot be carried over
-            warnings.warn(f"resuming {folder} on another world size: data order kept, RNG states not restored")
-        return state, per_rank["loader"]
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    complete = complete_checkpoints(Path(ckpt_dir))
+    return complete[-1][1] if complete else None
 
 
 def universal_path(folder: Path) -> Path:
@@ -193,9 +281,12 @@ def to_universal(folder: Path) -> Path:
 
 
 def _fault(step: int, point: str) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if spec and spec == f"{step}:{_rank()}:{point}":
-        os.kill(os.getpid(), signal.SIGKILL)
+    here = f"{step}:{rank()}:{point}"
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    for spec in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+        where, _, only_attempt = spec.partition("@")  # "@K": only in torchrun's attempt K (restart count)
+        if where == here and (not only_attempt or only_attempt == attempt):
+            os.kill(os.getpid(), signal.SIGSTOP if point == "stop" else signal.SIGKILL)
 
 
 def _serialize(obj: Any) -> bytes:
@@ -214,15 +305,3 @@ def check_compatible(saved: TrainState, now: dict[str, Any], folder: Path) -> No
                 f"cannot resume from {folder}: {key} was {saved.model_affecting[key]!r} and is now {value!r}; "
                 f"restore it, or start a new run dir (or --resume none with a fresh --run-dir)."
             )
-
-
-def resolve_resume(resume: str, ckpt: Checkpointer) -> Path | None:
-    """`auto`: newest complete checkpoint in the run dir (or None); `none`: None; else the given folder."""
-    if resume == "none":
-        return None
-    if resume == "auto":
-        return ckpt.latest()
-    folder = Path(resume)
-    if not (folder / MARKER).is_file():
-        raise UserError(f"--resume {resume}: not a complete checkpoint folder (no {MARKER} marker inside).")
-    return folder

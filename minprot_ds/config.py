@@ -95,6 +95,9 @@ class RunConfig:
     log_every: int = 10
     max_consecutive_skips: int = 20  # non-finite losses / fp16 overflows in a row before the run stops
     trace_samples: bool = False  # append each step's sample indices to RUN/trace/rank{r}.jsonl (data audits)
+    # Hang watchdog: a rank whose heartbeat is silent this long ends (or, under torchrun, restarts) the job;
+    # 0 turns it off. Bounds DeepSpeed's 10-minute collective timeout; see minprot_ds/watchdog.py.
+    collective_timeout_s: float = 300.0
 
 
 @dataclasses.dataclass
@@ -270,3 +273,5 @@ def validate(c: DistillConfig, source: str = "config") -> None:
         fail("checkpoint.keep_last", "must be at least 1")
     if c.run.log_every < 1:
         fail("run.log_every", "must be at least 1")
+    if c.run.collective_timeout_s < 0:
+        fail("run.collective_timeout_s", "must be 0 (off) or more seconds")

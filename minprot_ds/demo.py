@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minprot_ds.distributed import free_port
 from minprot_ds.errors import UserError
 from minprot_ds.vocab import STANDARD_RESIDUES
 
@@ -55,15 +56,8 @@ def launcher_command(nprocs: int, script: Path, args: list[str]) -> list[str]:
             raise UserError("the deepspeed launcher is not on PATH; install the package (pip install deepspeed).")
         launcher = Path(found)
     # Fixed loopback master port per run avoids clashes between concurrent jobs on one machine.
-    return [str(launcher), "--num_gpus", str(nprocs), "--master_port", str(_free_port()), str(script), *args]
+    return [str(launcher), "--num_gpus", str(nprocs), "--master_port", str(free_port()), str(script), *args]
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def repo_file(relative: str) -> Path:

@@ -7,26 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import signal
-import socket
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from minprot_ds.checkpoint import (
-    Checkpointer,
-    TrainState,
-    check_compatible,
-    read_marker,
-    resolve_resume,
-    to_universal,
-    universal_path,
-)
+from minprot_ds.checkpoint import Checkpointer, TrainState
 from minprot_ds.config import DistillConfig
+from minprot_ds.distributed import any_rank, end_torchrun_job, init_distributed, rank as global_rank, restart_count
 from minprot_ds.ds_config import precision, read_ds_config
 from minprot_ds.errors import UserError
 from minprot_ds.export import STUDENT_CONFIG, export_student, save_gathered, student_provenance
@@ -34,6 +23,7 @@ from minprot_ds.fileio import write_json
 from minprot_ds.metrics import StepMeter
 from minprot_ds.progress import TrainProgress
 from minprot_ds.tracking import environment_params
+from minprot_ds.watchdog import Watchdog, check_shared_run_dir
 
 
 @dataclasses.dataclass
@@ -48,32 +38,6 @@ class RunResult:
     teacher_unchanged: bool  # the teacher's weights hash the same after the run as before it
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join the launcher's process group (gloo on CPU, NCCL on GPUs); a plain process is a group of one."""
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    if "RANK" not in os.environ:  # `python launch/distill.py`: one process, no launcher
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    deepspeed.init_distributed()
-    if get_accelerator().device_name() == "cpu":
-        _unlink_shm_buffer()
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _unlink_shm_buffer() -> None:
-    """On CPU, DeepSpeed maps a 69 MB /dev/shm buffer per rank and never unlinks it, so every run
-    (a crashed one too) would leave its buffers in RAM. Once every rank has mapped its peers' (init
-    returns only then; the barrier waits for all), the names can go: the mappings stay."""
-    dist.barrier()
-    name = "deepspeed_allreduce_buffer_{}_{}_{}_{}".format(
-        os.getuid(), os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"), dist.get_rank())
-    Path("/dev/shm", name).unlink(missing_ok=True)
-
-
 class StopSignal:
     """SIGTERM/SIGUSR1 (what schedulers send before preemption): finish the step, checkpoint, exit 0."""
 
@@ -85,11 +49,8 @@ class StopSignal:
     def _handle(self, signum, frame) -> None:
         self.received_at = self.received_at or time.monotonic()
 
-    def any_rank(self, device) -> bool:
-        flag = torch.tensor([1.0 if self.received_at else 0.0], device=device)
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+    def any_rank(self) -> bool:
+        return any_rank(self.received_at is not None)
 
 
 def run(
@@ -100,60 +61,54 @@ def run(
     max_steps: int | None = None,
     resume: str = "auto",
 ) -> RunResult:
-    from minprot_ds.build import build_engine, build_stream, build_tracker, eval_stream, planned_steps
-
     rank, world = init_distributed()
     run_dir = Path(run_dir)
+    check_shared_run_dir(run_dir, rank, world)
+    # From here on every rank beats and watches the others (engine build and checkpoint loading included).
+    with Watchdog(run_dir, config.run.collective_timeout_s, rank, world):
+        return train(config, ds_config=ds_config, run_dir=run_dir, max_steps=max_steps, resume=resume,
+                     rank=rank, world=world)
+
+
+def train(config: DistillConfig, *, ds_config: str | Path, run_dir: Path, max_steps: int | None, resume: str,
+          rank: int, world: int) -> RunResult:
+    """The job on joined ranks: build, resume or start, loop, export."""
+    from minprot_ds.build import build_engine, build_stream, build_tracker, eval_stream, planned_steps
+
     # Batches are token-budgeted, so rows per micro-batch vary: max_rows is what DeepSpeed books.
     ds = read_ds_config(ds_config, flag="DeepSpeed config", micro_batch=config.data.max_rows,
                         owner="the run config's [optimizer] and [schedule] own it (the schedule follows the planned run)")
     grad_accum = int(ds["gradient_accumulation_steps"])
-    checkpointer = Checkpointer(run_dir / "ckpt", config.checkpoint.keep_last, config.checkpoint.keep_every)
-    if resume == "none" and checkpointer.latest() is not None:
-        raise UserError(f"run dir {run_dir} already has checkpoints; resume it (--resume auto) or choose a new --run-dir.")
-    resume_from = resolve_resume(resume, checkpointer)
     stop_signal = StopSignal()
-
-    if resume_from is not None:
-        saved = read_marker(resume_from)
-        check_compatible(saved, config.model_affecting(), resume_from)
-        if (saved.world_size, saved.grad_accum) != (world, grad_accum):
-            resume_from = universal_resume(resume_from, saved, world, grad_accum, ds)
     stream = build_stream(config, "train", rank=rank, world_size=world, grad_accum=grad_accum)
     planned = planned_steps(config, stream)
     engine, student_config = build_engine(config, ds, planned_steps=planned, dtype=precision(ds))
-    state = TrainState(world_size=world, grad_accum=grad_accum, model_affecting=config.model_affecting())
-    load_s = None
-    if resume_from is not None:
-        t0 = time.monotonic()
-        saved, loader_state = Checkpointer.load(engine.student, resume_from)
-        load_s = time.monotonic() - t0
-        stream.load_state_dict(loader_state)
-        state = dataclasses.replace(saved, world_size=world, grad_accum=grad_accum,
-                                    model_affecting=config.model_affecting())
-    elif rank == 0:
+    checkpointer = Checkpointer(run_dir / "ckpt", config.checkpoint, engine=engine.student, stream=stream,
+                                seed=config.data.seed, model_affecting=config.model_affecting(), grad_accum=grad_accum)
+    state = checkpointer.load(resume)  # restores weights, optimizer, data cursor and RNG; or seeds the RNG
+    if state.step == 0 and rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         student_config.to_json_file(str(run_dir / STUDENT_CONFIG))
 
     tracker = build_tracker(config, run_dir, rank=rank, resume_run_id=state.mlflow_run_id)
     state.mlflow_run_id = tracker.run_id
-    if load_s is not None:  # what a resume costs at this size (the collective timeout must outlast saves and loads)
-        tracker.log_metrics({"checkpoint/load_s": load_s}, step=state.step)
     stop_at = planned if max_steps is None else min(planned, max_steps)
     teacher_checksum = engine.teacher_checksum()
     meter = StepMeter(engine, precision=str(precision(ds)).removeprefix("torch."))
     valid: dict[str, float] = {}
-    last_saved = None
     with tracker:
-        if resume_from is None:
+        if checkpointer.last_saved is None:
             tracker.log_params({"config": config.to_dict(), "deepspeed": ds, "run": {"planned_steps": planned,
                                 "world_size": world, "loss_impl": engine.loss.impl}})
             tracker.log_dict(ds, "deepspeed_config.json")
             tracker.log_dict(config.to_dict(), "run_config.json")
             tracker.log_artifact(Path(config.data.corpus) / "manifest.json", "data")
         tracker.log_params(environment_params())  # on resume, a changed commit or version becomes a tag
+        if restart_count() is not None:  # under torchrun: how often torch elastic has restarted the job
+            tracker.log_metrics({"elastic/restarts": float(restart_count())}, step=state.step)
+        if checkpointer.load_s is not None:
+            tracker.log_metrics({"checkpoint/load_s": checkpointer.load_s}, step=state.step)
         progress = TrainProgress(total=stop_at, start=state.step, enabled=rank == 0)
-        last_ckpt_time = time.monotonic()
         batches = iter(stream)
         with progress:
             while state.step < stop_at:
@@ -176,16 +131,9 @@ def run(
                 if config.eval.every_steps and state.step % config.eval.every_steps == 0:
                     valid = engine.evaluate(eval_stream(config, rank, world), with_teacher=not valid)
                     tracker.log_metrics(valid, step=state.step)
-                stopping = stop_signal.any_rank(engine.device)
-                due = (config.checkpoint.every_steps and state.step % config.checkpoint.every_steps == 0) or (
-                    config.checkpoint.every_minutes
-                    and time.monotonic() - last_ckpt_time > 60 * config.checkpoint.every_minutes
-                )
-                if due or stopping or state.step == stop_at:
-                    t0 = time.monotonic()
-                    last_saved = checkpointer.save(engine.student, state, stream.state_dict())
-                    last_ckpt_time = time.monotonic()
-                    tracker.log_metrics({"checkpoint/save_s": last_ckpt_time - t0}, step=state.step)
+                stopping = stop_signal.any_rank()
+                if checkpointer.save(state, force=stopping or state.step == stop_at) is not None:
+                    tracker.log_metrics({"checkpoint/save_s": checkpointer.save_s}, step=state.step)
                 if stopping:
                     waited = time.monotonic() - (stop_signal.received_at or time.monotonic())
                     tracker.log_metrics({"preempt/signal_to_checkpoint_s": waited}, step=state.step)
@@ -197,7 +145,7 @@ def run(
         student_dir = export_final(engine, run_dir, state, config, rank)
         if student_dir is not None:
             tracker.log_artifact(student_dir, "student")
-    return RunResult(run_dir, state.step, planned, state.mlflow_run_id, last_saved, student_dir, valid,
+    return RunResult(run_dir, state.step, planned, state.mlflow_run_id, checkpointer.last_saved, student_dir, valid,
                      teacher_unchanged=engine.teacher_checksum() == teacher_checksum)
 
 
@@ -207,32 +155,6 @@ def trace_samples(run_dir: Path, rank: int, step: int, samples: list[int]) -> No
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"rank{rank}.jsonl", "a") as fh:
         fh.write(json.dumps({"step": step, "samples": samples}) + "\n")
-
-
-def universal_resume(folder: Path, saved: TrainState, world: int, grad_accum: int, ds: dict[str, Any]) -> Path:
-    """Resume on another number of ranks: same global batch (ranks x accumulation), DeepSpeed's universal
-    checkpoint (converted once by rank 0), and the same global sample order from the saved cursor."""
-    if saved.world_size * saved.grad_accum != world * grad_accum:
-        raise UserError(
-            f"checkpoint {folder} was written with {saved.world_size} ranks x {saved.grad_accum} accumulation steps "
-            f"(global batch of {saved.world_size * saved.grad_accum} micro-batches); this job has {world} x {grad_accum}. "
-            "Keep ranks x gradient_accumulation_steps equal (set gradient_accumulation_steps in the DeepSpeed config)."
-        )
-    error = ""
-    if dist.get_rank() == 0:
-        try:
-            to_universal(folder)
-        except UserError as err:
-            error = str(err)
-    from deepspeed.accelerator import get_accelerator
-
-    # On the accelerator: NCCL reduces device tensors only (gloo on CPU takes either).
-    failed = torch.tensor([1.0 if error else 0.0], device=get_accelerator().current_device_name())
-    dist.all_reduce(failed)  # every rank learns whether rank 0's conversion worked (and waits for it)
-    if failed.item():
-        raise UserError(error or f"rank 0 could not convert {folder} to a universal checkpoint; see its log.")
-    ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
-    return universal_path(folder)
 
 
 def export_final(engine, run_dir: Path, state: TrainState, config: DistillConfig, rank: int) -> Path | None:
@@ -265,8 +187,9 @@ def main(*, config: str, overrides: list[str], ds_config: str, ds_config_dir: Pa
         result = run(cfg, ds_config=path, run_dir=run_dir, max_steps=max_steps, resume=resume)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        end_torchrun_job()  # not worth a restart: it would fail the same way
         return 1
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if global_rank() == 0:
         write_summary(result)
     return 0
 

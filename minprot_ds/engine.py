@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from minprot_ds.distributed import world_size
 from minprot_ds.flops import FlopBreakdown, distill_step_flops
 from minprot_ds.losses import LossOutput, distill_loss, resolve_impl
 from minprot_ds.models import ForLossOutputs, forward_for_loss
@@ -175,7 +176,7 @@ class DistillEngine:
             counts[4] += self.micro_batch_flops(batch).useful
         n = len(micro_batches)
         reduced = self._all_reduce([s / n for s in sums] + counts + [nonfinite])
-        world = dist.get_world_size() if dist.is_initialized() else 1
+        world = world_size()
         total, mlm, kd, cos = (v / world for v in reduced[:4])
         skipped = reduced[9] > 0 or self.student.skipped_steps > skipped_before
         return StepStats(

@@ -70,11 +70,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import BertConfig, BertForMaskedLM
 
-    from minprot_ds.checkpoint import Checkpointer, read_marker
+    from minprot_ds.checkpoint import latest_checkpoint, read_marker
 
     path = Path(checkpoint)
     if (path / "ckpt").is_dir():  # a run dir
-        folder = Checkpointer(path / "ckpt").latest()
+        folder = latest_checkpoint(path / "ckpt")
         if folder is None:
             raise UserError(f"run dir {path} has no complete checkpoint to export.")
     else:

@@ -9,6 +9,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from minprot_ds.distributed import world_size
 from minprot_ds.flops import mfu, peak_tflops
 
 
@@ -29,7 +30,7 @@ class StepMeter:
 
     def __init__(self, engine, precision: str, peak: float | None = None):
         self.engine = engine
-        self.world = dist.get_world_size() if dist.is_initialized() else 1
+        self.world = world_size()
         self.peak = peak if peak is not None else peak_tflops(device_name(), precision)
         self.skipped_total = 0
         self.consecutive_skips = 0

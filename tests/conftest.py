@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from minprot_ds.distributed import free_port  # torch.distributed only: imports nothing of triton
 
 # DeepSpeed JIT-builds its shm op into TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions). Its
 # build.ninja names this venv's paths, so two checkouts sharing that folder rebuild in turn, and a build
@@ -53,12 +54,6 @@ def shared_reference() -> Path:
 MLFLOW = Path(sys.executable).parent / "mlflow"
 # Tests never phone home (MLflow 3 sends usage telemetry by default).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

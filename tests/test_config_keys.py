@@ -53,7 +53,7 @@ def probe_planned(config: DistillConfig, tmp: Path):
 
 def _engine(config: DistillConfig):
     from minprot_ds.build import build_engine
-    from minprot_ds.distill import init_distributed
+    from minprot_ds.distributed import init_distributed
     from minprot_ds.ds_config import read_ds_config
 
     init_distributed()  # a process group of one (gloo), as `python launch/distill.py` makes
@@ -132,6 +132,15 @@ def probe_run(config: DistillConfig, tmp: Path):
             sorted(p.name for p in (run_dir / "trace").glob("*")))
 
 
+def probe_watchdog(config: DistillConfig, tmp: Path):
+    """The hang watchdog as distill.run builds it, for rank 0 of 2: whether it beats, and its bound."""
+    from minprot_ds.watchdog import Watchdog
+
+    run_dir = tmp / f"dog-{len(list(tmp.glob('dog-*')))}"
+    with Watchdog(run_dir, config.run.collective_timeout_s, rank=0, world=2) as dog:
+        return (run_dir / "heartbeat" / "rank0").is_file(), dog.timeout_s
+
+
 # --- the table -----------------------------------------------------------------------------------------
 
 RUN_BASE = ["schedule.total_steps=3", "schedule.warmup_steps=0", "checkpoint.every_steps=0",
@@ -179,6 +188,7 @@ KEYS: dict[str, tuple[str, list[str], typing.Callable]] = {
     "run.log_every": ("2", RUN_BASE, probe_run),
     "run.max_consecutive_skips": ("0", [*RUN_BASE, "optimizer.lr=1e30"], probe_run),
     "run.trace_samples": ("true", RUN_BASE, probe_run),
+    "run.collective_timeout_s": ("300", ["run.collective_timeout_s=0"], probe_watchdog),
 }
 SLOW_PROBES = {probe_run}
 

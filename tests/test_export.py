@@ -43,7 +43,7 @@ def test_export_checkpoint_gives_the_trained_student(teacher_dir, tmp_path):
     from minprot_ds.checkpoint import Checkpointer, TrainState
     from minprot_ds.config import load_config
     from minprot_ds.data.synthetic import write_synthetic_corpus
-    from minprot_ds.distill import init_distributed
+    from minprot_ds.distributed import init_distributed
     from minprot_ds.ds_config import read_ds_config
 
     corpus = write_synthetic_corpus(tmp_path / "corpus", torch.randint(20, 80, (60,)).numpy())
@@ -59,7 +59,9 @@ def test_export_checkpoint_gives_the_trained_student(teacher_dir, tmp_path):
     with pytest.raises(UserError, match="no complete checkpoint"):
         export_checkpoint(run_dir, tmp_path / "nothing")
     state = TrainState(step=1, consumed_samples=8, mlflow_run_id="r1")
-    folder = Checkpointer(run_dir / "ckpt").save(engine.student, state, stream.state_dict())
+    checkpointer = Checkpointer(run_dir / "ckpt", config.checkpoint, engine=engine.student, stream=stream,
+                                seed=0, model_affecting=config.model_affecting(), grad_accum=1)
+    folder = checkpointer.save(state, force=True)
     with pytest.raises(UserError, match=STUDENT_CONFIG):
         export_checkpoint(folder, tmp_path / "nothing")
     student_config.to_json_file(str(run_dir / STUDENT_CONFIG))

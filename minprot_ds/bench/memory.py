@@ -198,7 +198,7 @@ def measure(teacher: str, student_layers: int, plan: Plan, *, corpus: str, max_t
     import torch
 
     from minprot_ds.bench.throughput import RunInputs, Setting, build_setting
-    from minprot_ds.distill import init_distributed
+    from minprot_ds.distributed import init_distributed
 
     init_distributed()
     import deepspeed.runtime.zero.stage3  # noqa: F401  (code the build would import, so outside the baseline)

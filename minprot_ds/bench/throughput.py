@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from minprot_ds import distributed
 from minprot_ds.config import COMPILE_MODES
 from minprot_ds.data.synthetic import sample_lengths
 from minprot_ds.ds_config import PRECISIONS, for_setting
@@ -128,7 +129,7 @@ def hardware_info() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_bf16_native": cpu_bf16_native(),
-        "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+        "world_size": distributed.world_size(),
     }
     if torch.cuda.is_available():
         info["gpu_memory_gb"] = torch.cuda.get_device_properties(0).total_memory / 2**30
@@ -298,8 +299,8 @@ def build_setting(setting: Setting, inputs: RunInputs, planned_steps: int):
     from minprot_ds.config import DistillConfig
     from minprot_ds.losses import resolve_impl
 
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = distributed.rank()
+    world = distributed.world_size()
     config = DistillConfig()
     config.model.teacher = inputs.teacher
     config.model.student_layers = inputs.student_layers
@@ -321,7 +322,7 @@ def build_setting(setting: Setting, inputs: RunInputs, planned_steps: int):
 
 
 def _measure(setting: Setting, inputs: RunInputs, between: Callable[[], Any] | None) -> Result:
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    world = distributed.world_size()
     total = inputs.warmup + inputs.repeats * inputs.steps + inputs.split_steps
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -435,8 +436,8 @@ def run_benchmark(
     bf16/fp16 with the student under autocast) after each of its windows; the ratio is the median of the
     per-pair ratios, so slow drift of a shared machine cancels out.
     """
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = distributed.rank()
+    world = distributed.world_size()
     counts = {p: sum(s.precision == p for s in settings) for p in {s.precision for s in settings}}
     results: dict[Setting, Result] = {}
     for i, s in enumerate(settings):
@@ -476,8 +477,8 @@ def _paired_baseline(settings: Sequence[Setting], results: dict[Setting, Result]
     """The naive loop's figures and, per precision, the paired ratio of its fastest setting (see run_benchmark)."""
     from minprot_ds.bench.naive import NaiveLoop
 
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank = distributed.rank()
+    world = distributed.world_size()
     baselines: dict[str, Any] = {}
     ratios: dict[str, Any] = {}
     for precision in sorted(counts):
@@ -546,7 +547,7 @@ def prepare_inputs(work: Path, *, preset: str, teacher: str | None, corpus: str 
 
     if preset not in MODEL_PRESETS:
         raise UserError(f"--preset {preset!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}.")
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = distributed.rank()
     source = corpus or ""
     student_layers = MODEL_PRESETS[preset].student_layers
     if teacher is None:
@@ -574,8 +575,8 @@ def scratch_dir(work: Path | None) -> tuple[Path, bool]:
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)
         return work, False
-    name = [tempfile.mkdtemp(prefix="minprot-bench-")] if (not dist.is_initialized() or dist.get_rank() == 0) else [None]
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    name = [tempfile.mkdtemp(prefix="minprot-bench-")] if distributed.rank() == 0 else [None]
+    if distributed.world_size() > 1:
         dist.broadcast_object_list(name, src=0)
     return Path(name[0]), True
 
@@ -601,7 +602,7 @@ def benchmark(
     """The whole benchmark on every rank: inputs (made in a scratch folder where not given), the sweep,
     the baseline. `run_inputs` are RunInputs fields (steps, warmup, repeats, ...). Returns the report on
     rank 0, None elsewhere."""
-    from minprot_ds.distill import init_distributed
+    from minprot_ds.distributed import init_distributed
 
     rank, _ = init_distributed()
     work, temporary = scratch_dir(work_dir)

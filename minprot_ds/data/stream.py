@@ -310,6 +310,9 @@ class DistillStream:
             persistent_workers=False,
             prefetch_factor=4 if self.num_workers else None,
             worker_init_fn=_worker_signals,
+            # Its own generator for the workers' base seed: creating the iterator must not draw from the
+            # global RNG, which is the training RNG (dropout) and is saved/restored by the checkpoint.
+            generator=torch.Generator().manual_seed(self._plans.seed),
         )
         batches = iter(loader)
         while True:

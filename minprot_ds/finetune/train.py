@@ -127,7 +127,7 @@ def load(cfg: FinetuneConfig) -> Job:
                         f"has {positions}; pass --window {positions - 2} or less")
     rank, world, ds = 0, 1, None
     if cfg.deepspeed is not None:
-        from minprot_ds.distill import init_distributed
+        from minprot_ds.distributed import init_distributed
 
         ds = read_ds_config(cfg.deepspeed, flag="--deepspeed", micro_batch=cfg.batch_size,
                             owner="the fine-tune job's --lr and --weight-decay own the optimizer and its linear schedule")

@@ -82,7 +82,7 @@ def _distributed() -> tuple[int, int]:
     """This process's rank and the world size: the launcher's process group, or a group of one."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
-    from minprot_ds.distill import init_distributed
+    from minprot_ds.distributed import init_distributed
 
     return init_distributed()
 

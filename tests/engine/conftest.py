@@ -2,7 +2,9 @@
 `launch(run_dir, *args)` that runs launch/distill.py under the real deepspeed launcher."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,15 +29,21 @@ def assets(tmp_path_factory):
     prepare_corpus([synthetic_fasta(root / "syn.fasta", sequences=1200)], corpus, valid_fraction=0.05, seed=0)
     teacher = save_random_protbert(root / "teacher", **TEACHER_SHAPE, seed=0)
     pretrain_teacher(teacher, corpus, steps=120, seed=0, max_tokens=2048, log=lambda _: None)
-    return {"corpus": corpus, "teacher": Path(teacher)}
+    # The same teacher whose config asks for hidden dropout 0.1: the student inherits it, so the resume
+    # tests also check that the training RNG (dropout masks) is carried over exactly.
+    dropout = Path(shutil.copytree(teacher, root / "teacher_dropout"))
+    config = json.loads((dropout / "config.json").read_text())
+    (dropout / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.1}))
+    return {"corpus": corpus, "teacher": Path(teacher), "teacher_dropout": dropout}
 
 
 def _launch(assets, run_dir: Path, *extra: str, ranks: int = 2, ds: str = "cpu_zero2.json", steps: int = 30,
-           timeout: int = 420, show_failure: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+           timeout: int = 420, show_failure: bool = True, env: dict | None = None,
+           teacher: str = "teacher") -> subprocess.CompletedProcess:
     from minprot_ds.demo import launcher_command
 
     args = ["--config", str(DEMO_CONFIG), "--deepspeed_config", str(REPO / "ds_configs" / ds), "--run-dir", str(run_dir),
-            "--set", f'model.teacher="{assets["teacher"]}"', "--set", f'data.corpus="{assets["corpus"]}"',
+            "--set", f'model.teacher="{assets[teacher]}"', "--set", f'data.corpus="{assets["corpus"]}"',
             "--set", f"schedule.total_steps={steps}", "--set", "eval.every_steps=0", "--set", "checkpoint.every_steps=10",
             *extra]
     cmd = launcher_command(ranks, REPO / "launch" / "distill.py", args) if ranks else [
@@ -66,7 +74,8 @@ def _mlflow_history(tracking_uri: str, run_id: str, key: str) -> list[float]:
 
 @pytest.fixture(scope="session")
 def launch(assets):
-    """launch(run_dir, *args, ranks=2, ds="cpu_zero2.json", steps=30, env=None, ...) -> CompletedProcess"""
+    """launch(run_dir, *args, ranks=2, ds="cpu_zero2.json", steps=30, env=None, teacher="teacher"|"teacher_dropout",
+    ...) -> CompletedProcess"""
     return lambda *args, **kwargs: _launch(assets, *args, **kwargs)
 
 

@@ -30,7 +30,7 @@ def tiny(tmp_path_factory):
 def build(tiny, *overrides: str):
     """(engine, stream) as the distillation builds them, from the run config with `overrides`."""
     from minprot_ds.build import build_engine, build_stream
-    from minprot_ds.distill import init_distributed
+    from minprot_ds.distributed import init_distributed
     from minprot_ds.ds_config import read_ds_config
 
     config = load_config(None, [f'model.teacher="{tiny["teacher"]}"', "model.student_layers=2",

@@ -16,6 +16,13 @@ COMMON = ("--set", "run.log_every=1", "--set", "checkpoint.every_steps=4", "--se
 TRACE = ("--set", "run.trace_samples=true")  # rows per step written to RUN/trace; no effect on the numbers
 
 
+@pytest.fixture(scope="module")
+def launch(launch):
+    """Every run of this suite distills from the teacher with hidden dropout 0.1 (the student inherits it):
+    exact resume then also needs the training RNG carried over."""
+    return lambda *args, **kwargs: launch(*args, **{"teacher": "teacher_dropout", **kwargs})
+
+
 def losses_and_weights(run_dir: Path, mlflow_history) -> tuple[list[float], dict[str, torch.Tensor]]:
     summary = json.loads((run_dir / "summary.json").read_text())
     losses = mlflow_history(f"sqlite:///{run_dir / 'mlflow.db'}", summary["mlflow_run_id"], "train/loss")
@@ -165,45 +172,283 @@ def test_changed_global_batch_is_refused(launch, stopped_copy):
 
 def test_sigterm_checkpoints_and_exits_cleanly(assets, mlflow_history, reference, tmp_path):
     """What a scheduler does before preemption: SIGTERM to every rank. Each finishes its step, the job
-    checkpoints and exits 0; rerunning continues exactly as the uninterrupted run."""
+    checkpoints and exits 0; rerunning continues exactly as the uninterrupted run.
+
+    Event-driven, not timed: rank 0 stops itself (SIGSTOP) once the step-4 checkpoint is complete, the
+    signal is sent while it is stopped, then it continues: every rank sees the signal after step 5."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    import psutil
-
     from minprot_ds.demo import launcher_command
 
     repo = Path(__file__).resolve().parents[2]
     run = tmp_path / "preempted"
     args = ["--config", str(repo / "launch/configs/demo.toml"), "--deepspeed_config", str(repo / "ds_configs/cpu_zero2.json"),
-            "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher"]}"',
+            "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher_dropout"]}"',
             "--set", f'data.corpus="{assets["corpus"]}"', "--set", f"schedule.total_steps={STEPS}",
             "--set", "eval.every_steps=0", *COMMON]
     proc = subprocess.Popen(launcher_command(2, repo / "launch/distill.py", args), cwd=repo, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 300
-    while not (run / "ckpt" / "global_step4" / "COMPLETE").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:] if proc.poll() else "timeout"
-        time.sleep(0.1)
-    # Like SLURM: every process of the job step gets the signal (ranks and their DataLoader workers).
-    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank" in " ".join(p.cmdline())]
-    assert len(ranks) >= 2
-    signalled = time.monotonic()
-    for p in ranks:
-        p.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=300)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "MINPROT_FAULT_CHECKPOINT": "4:0:stop"})
+    try:
+        ranks = wait_for_stopped_rank(proc)
+        # Like SLURM: every process of the job step gets the signal (ranks and their DataLoader workers).
+        signalled = time.monotonic()
+        for p in ranks:
+            p.send_signal(signal.SIGTERM)
+        for p in ranks:
+            p.send_signal(signal.SIGCONT)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
     exit_s = time.monotonic() - signalled
     assert proc.returncode == 0, out[-3000:]
-    assert "stop signal: checkpointed step" in out
-    stopped = json.loads((run / "summary.json").read_text())["step"]
-    assert 4 < stopped < STEPS
-    assert (run / "ckpt" / f"global_step{stopped}" / "COMPLETE").is_file()
-    print(f"SIGTERM to exit: {exit_s:.1f} s (stopped at step {stopped})", file=sys.stderr)
+    assert "stop signal: checkpointed step 5" in out
+    assert json.loads((run / "summary.json").read_text())["step"] == 5
+    assert (run / "ckpt" / "global_step5" / "COMPLETE").is_file()
+    print(f"SIGTERM to exit: {exit_s:.1f} s (stopped at step 5)", file=sys.stderr)
 
     resumed = subprocess.run(launcher_command(2, repo / "launch/distill.py", args), cwd=repo, capture_output=True,
                              text=True, timeout=420)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(reference, losses_and_weights(run, mlflow_history))
+
+
+def wait_for_stopped_rank(proc, timeout: float = 300):
+    """The rank processes of a launch once one of them has stopped itself (MINPROT_FAULT_CHECKPOINT=N:R:stop)."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no rank stopped itself in time"
+        try:
+            ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank" in " ".join(p.cmdline())]
+            if any(p.status() == psutil.STATUS_STOPPED for p in ranks):
+                return ranks
+        except psutil.NoSuchProcess:  # a DataLoader worker came or went
+            pass
+        time.sleep(0.1)
+
+
+# --- torchrun: automatic restart after a crash, and the hang watchdog ------------------------------
+
+
+def torchrun(assets, run: Path, *extra: str, env: dict | None = None, max_restarts: int = 5):
+    """`torchrun --standalone --nproc-per-node 2 --max-restarts K launch/distill.py ...` in its own process
+    group, with the reference run's settings (and the same intra-op threads as under DeepSpeed's launcher,
+    where torchrun would set 1: the numbers must be bitwise the reference's)."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    repo = Path(__file__).resolve().parents[2]
+    args = ["--config", str(repo / "launch/configs/demo.toml"), "--deepspeed_config", str(repo / "ds_configs/cpu_zero2.json"),
+            "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher_dropout"]}"',
+            "--set", f'data.corpus="{assets["corpus"]}"', "--set", f"schedule.total_steps={STEPS}",
+            "--set", "eval.every_steps=0", *COMMON, *TRACE, *extra]
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
+           "--max-restarts", str(max_restarts), str(repo / "launch/distill.py"), *args]
+    # Output to a file, not a pipe: nobody reads a pipe while the test watches the run, and a full one
+    # would block the ranks.
+    log = open(run.parent / f"{run.name}.log", "w+")
+    proc = subprocess.Popen(cmd, cwd=repo, text=True, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()),
+                                 **(env or {})})
+    proc.log = log
+    return proc
+
+
+def workers(proc) -> list:
+    """torchrun's worker processes (its direct children running distill.py), oldest first."""
+    import psutil
+
+    try:
+        return [p for p in psutil.Process(proc.pid).children() if "distill.py" in " ".join(p.cmdline())]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def steps_done(run: Path) -> int:
+    """Steps rank 0 has finished so far, all attempts together (redone steps count again)."""
+    trace = run / "trace" / "rank0.jsonl"
+    return len(trace.read_text().splitlines()) if trace.is_file() else 0
+
+
+def wait_until(predicate, proc, what: str, timeout: float = 600):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"the job ended before {what}: {output(proc)[-3000:]}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def finish(proc, timeout: float = 900) -> str:
+    """Wait for the job (its whole process group is killed if it overruns); its output."""
+    import os
+    import signal
+
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return output(proc)
+
+
+def output(proc) -> str:
+    proc.log.seek(0)
+    return proc.log.read()
+
+
+def test_torchrun_restarts_after_kills_and_finishes_exactly(assets, mlflow_history, reference, tmp_path):
+    """Chaos: under torchrun with restarts, a rank is SIGKILLed at three seeded-random points (one while the
+    step-8 checkpoint is being written) and a DataLoader worker is killed; every restart resumes from the
+    newest complete checkpoint and the run finishes by itself with the uninterrupted run's student and
+    per-step losses, bitwise. Prints the kills, restarts and time lost per restart."""
+    import random
+    import signal
+    import sys
+    import time
+
+    import psutil
+    from mlflow import MlflowClient
+
+    rng = random.Random(12)
+    run = tmp_path / "chaos"
+    ckpt_victim = rng.randrange(2)
+    # Attempt 1 is killed by the fault hook inside the step-8 save (after DeepSpeed's files, before its own).
+    proc = torchrun(assets, run, env={"MINPROT_FAULT_CHECKPOINT": f"8:{ckpt_victim}:rank_file@1"})
+    events, lost = [], []
+    try:
+        def kill_after(extra_steps: int, what: str) -> None:
+            pids = {p.pid for p in workers(proc)}
+            target = steps_done(run) + extra_steps
+            wait_until(lambda: steps_done(run) >= target, proc, f"step {target}")
+            ranks = workers(proc)
+            victim = ranks[rng.randrange(len(ranks))]
+            if what == "worker":
+                victim = rng.choice(victim.children())  # one of that rank's 2 DataLoader workers
+            victim.send_signal(signal.SIGKILL)
+            killed_at, before = time.monotonic(), steps_done(run)
+            events.append(f"{what} {victim.pid} SIGKILLed after {before} steps")
+            wait_until(lambda: workers(proc) and not {p.pid for p in workers(proc)} & pids and steps_done(run) > before,
+                       proc, "the restarted attempt's first step")
+            lost.append(time.monotonic() - killed_at)
+
+        wait_until(lambda: (run / "ckpt" / "global_step4" / "COMPLETE").is_file(), proc, "the step-4 checkpoint")
+        kill_after(rng.randint(1, 3), "rank")  # attempt 0: a rank, somewhere in steps 5-7
+        wait_until(lambda: len(workers(proc)) == 2, proc, "attempt 1")
+        t_ckpt = time.monotonic()
+        pids = {p.pid for p in workers(proc)}
+        wait_until(lambda: workers(proc) and not {p.pid for p in workers(proc)} & pids, proc, "attempt 2")
+        events.append(f"rank {ckpt_victim} SIGKILLed while writing the step-8 checkpoint")
+        lost.append(time.monotonic() - t_ckpt)  # an upper bound: includes attempt 1's steps 5-8
+        kill_after(rng.randint(1, 3), "worker")  # attempt 2: a DataLoader worker
+        kill_after(rng.randint(1, 4), "rank")  # attempt 3: a rank
+        out = finish(proc)
+    finally:
+        if proc.poll() is None:
+            finish(proc, timeout=1)
+    assert proc.returncode == 0, out[-4000:]
+    assert_same_run(reference, losses_and_weights(run, mlflow_history))
+    summary = json.loads((run / "summary.json").read_text())
+    restarts = MlflowClient(f"sqlite:///{run / 'mlflow.db'}").get_metric_history(summary["mlflow_run_id"], "elastic/restarts")
+    assert sorted(m.value for m in restarts) == [0.0, 1.0, 2.0, 3.0, 4.0]  # one MLflow run across the restarts
+    print(f"chaos: {'; '.join(events)}; restarts {len(restarts) - 1}; kill to the next attempt's first step: "
+          + ", ".join(f"{s:.1f} s" for s in lost) + f"; {steps_done(run)} steps run for {STEPS}", file=sys.stderr)
+
+
+def test_watchdog_names_the_silent_rank_and_torchrun_resumes(assets, mlflow_history, reference, tmp_path):
+    """Rank 1 stops (SIGSTOP, the stand-in for a hang) after the step-4 checkpoint: rank 0, waiting for it
+    in a collective, exits within run.collective_timeout_s naming rank 1; torchrun restarts the job, which
+    resumes from step 4 and finishes with the uninterrupted run's student."""
+    import sys
+    import time
+
+    import psutil
+
+    run = tmp_path / "hung"
+    timeout_s = 10
+    proc = torchrun(assets, run, "--set", f"run.collective_timeout_s={timeout_s}",
+                    env={"MINPROT_FAULT_CHECKPOINT": "4:1:stop@0"})
+    try:
+        wait_until(lambda: any(p.status() == psutil.STATUS_STOPPED for p in workers(proc)), proc, "rank 1 to stop")
+        stopped_at = time.monotonic()
+        rank0 = workers(proc)[0]
+        wait_until(lambda: not rank0.is_running() or rank0.status() == psutil.STATUS_ZOMBIE, proc, "rank 0 to exit")
+        detected_s = time.monotonic() - stopped_at
+        out = finish(proc)
+    finally:
+        if proc.poll() is None:
+            finish(proc, timeout=1)
+    assert proc.returncode == 0, out[-4000:]
+    assert "error: rank 1 (host " in out and "stopped answering" in out
+    # Silence counts from rank 1's last beat (up to timeout/4 before it stopped); the bound is the timeout plus
+    # one check interval, with room for a loaded machine.
+    assert detected_s < timeout_s * 3
+    assert_same_run(reference, losses_and_weights(run, mlflow_history))
+    print(f"watchdog: rank 1 stopped -> rank 0 exited after {detected_s:.1f} s "
+          f"(run.collective_timeout_s = {timeout_s})", file=sys.stderr)
+
+
+def test_user_error_under_torchrun_is_not_retried(assets, tmp_path):
+    """A deterministic failure (here a bad config value) ends the torchrun job at once, with its one-line
+    message, instead of failing again on each of the K restarts."""
+    proc = torchrun(assets, tmp_path / "bad", "--set", "run.collective_timeout_s=-1", max_restarts=3)
+    out = finish(proc, timeout=600)
+    assert proc.returncode != 0
+    assert 1 <= out.count("run.collective_timeout_s must be 0 (off) or more seconds") <= 2  # attempt 0 only
+    assert "will restart worker group" not in out
+
+
+def test_two_nodes_on_loopback_match_one_node_with_two_ranks(assets, mlflow_history, reference, tmp_path):
+    """2 nodes x 1 rank: two DeepSpeed launchers (`--hostfile --no_ssh --node_rank I --master_addr`) on
+    loopback, stopped after step 5 and resumed, train bitwise the reference's student (1 node x 2 ranks)
+    with the same per-step losses: the training RNG depends on the global rank only, not the topology."""
+    import os
+    import subprocess
+    import sys
+
+    from minprot_ds.distributed import free_port
+
+    repo = Path(__file__).resolve().parents[2]
+    run = tmp_path / "two_nodes"
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("nodeA slots=1\nnodeB slots=1\n")  # names are only keys with --no_ssh
+    args = ["--config", str(repo / "launch/configs/demo.toml"), "--deepspeed_config", str(repo / "ds_configs/cpu_zero2.json"),
+            "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher_dropout"]}"',
+            "--set", f'data.corpus="{assets["corpus"]}"', "--set", f"schedule.total_steps={STEPS}",
+            "--set", "eval.every_steps=0", *COMMON]
+    launcher = str(Path(sys.executable).with_name("deepspeed"))
+
+    def both_nodes(*extra: str) -> None:
+        port = str(free_port())
+        procs = []
+        for i in range(2):
+            log = open(tmp_path / f"node{i}.{len(extra)}.log", "w+")
+            procs.append(subprocess.Popen([launcher, "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(i),
+                                           "--master_addr", "127.0.0.1", "--master_port", port,
+                                           str(repo / "launch/distill.py"), *args, *extra],
+                                          cwd=repo, text=True, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True,
+                                          env={**os.environ, "PYTHONUNBUFFERED": "1", "GLOO_SOCKET_IFNAME": "lo"}))
+            procs[-1].log = log
+        outs = [finish(p, timeout=900) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+
+    both_nodes("--max-steps", "5")
+    assert json.loads((run / "summary.json").read_text())["step"] == 5
+    both_nodes()
     assert_same_run(reference, losses_and_weights(run, mlflow_history))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import socket
 import subprocess
 import threading
 import time
@@ -13,15 +12,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from minprot_ds.distributed import free_port
 from minprot_ds.errors import UserError
 from minprot_ds.tracking import Tracker, _git_state, environment_params, flatten
 
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(run_dir: Path, uri: str | None = None, **kwargs) -> Tracker:
