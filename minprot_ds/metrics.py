@@ -7,7 +7,6 @@ import sys
 import time
 
 import torch
-import torch.distributed as dist
 
 from minprot_ds.distributed import world_size
 from minprot_ds.flops import mfu, peak_tflops
