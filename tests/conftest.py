@@ -28,6 +28,26 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# What a launcher exports to its ranks. In-process tests join a one-rank group through init_distributed,
+# which exports these into this process; a child process started later (a plain `python launch/distill.py`,
+# a CLI) would take them for a launcher's and try to join this process's group. After each test they are as
+# the session found them (LOCAL_RANK stays: DeepSpeed reads it whenever an in-process engine is built, and
+# alone it makes no child join anything); an in-process test that needs them calls init_distributed again.
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+_SESSION_LAUNCHER_ENV = {key: os.environ.get(key) for key in LAUNCHER_VARS}
+
+
+@pytest.fixture(autouse=True)
+def _launcher_variables_do_not_leak():
+    yield
+    for key, value in _SESSION_LAUNCHER_ENV.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 SHARED = REPO.parent / "shared"
 
 
