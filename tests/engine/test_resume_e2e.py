@@ -452,3 +452,81 @@ def test_two_nodes_on_loopback_match_one_node_with_two_ranks(assets, mlflow_hist
     assert json.loads((run / "summary.json").read_text())["step"] == 5
     both_nodes()
     assert_same_run(reference, losses_and_weights(run, mlflow_history))
+
+
+# --- Slurm: preemption notice, checkpoint, requeue, resume ---------------------------------------------
+
+
+def test_slurm_job_signalled_before_its_limit_requeues_and_finishes_exactly(assets, mlflow_history, reference,
+                                                                            slurm_cluster, tmp_path):
+    """launch/slurm/distill.sbatch on a real one-node Slurm cluster: Slurm signals the batch shell (USR1,
+    `--signal=B:USR1@120`) before the job's time limit, the trap forwards it to the ranks, they checkpoint
+    and exit 0, the job requeues itself, resumes and ends with the uninterrupted run's student, bitwise.
+
+    Event-driven, not timed: the job starts with a long limit; once rank 0 has stopped itself after the step-4
+    checkpoint, the test shortens the limit so that fewer than 120 s remain: Slurm's own time-limit check
+    sends the signal, and rank 0 is continued once the trap has forwarded it (every rank sees it after
+    step 5). The requeued job gets its long limit back before it starts again."""
+    import os
+    import re
+    import sys
+    import time
+
+    import psutil
+    from mlflow import MlflowClient
+
+    repo = Path(__file__).resolve().parents[2]
+    run, out = tmp_path / "slurm_run", tmp_path / "job.out"
+    args = ["--config", str(repo / "launch/configs/demo.toml"), "--deepspeed_config", str(repo / "ds_configs/cpu_zero2.json"),
+            "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher_dropout"]}"',
+            "--set", f'data.corpus="{assets["corpus"]}"', "--set", f"schedule.total_steps={STEPS}",
+            "--set", "eval.every_steps=0", *COMMON]
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1",
+           "MINPROT_PROCS_PER_NODE": "2", "MINPROT_FAULT_CHECKPOINT": "4:0:stop"}
+    job = slurm_cluster.run("sbatch", "--parsable", "--time=10", f"--output={out}", str(repo / "launch/slurm/distill.sbatch"),
+                            *args, env=env, cwd=repo).stdout.strip().split(";")[0]
+
+    def log() -> str:
+        return out.read_text() if out.exists() else ""
+
+    def wait(predicate, what: str, timeout: float = 600):
+        deadline = time.monotonic() + timeout
+        while not (found := predicate()):
+            state = slurm_cluster.job(job).get("JobState", "gone")
+            assert state in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING"), f"job {state} before {what}:\n{log()[-4000:]}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log()[-4000:]}"
+            time.sleep(0.2)
+        return found
+
+    def stopped_rank():
+        for p in psutil.process_iter(["cmdline", "status"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if str(run) in cmd and "--local_rank" in cmd and p.info["status"] == psutil.STATUS_STOPPED:
+                return p
+        return None
+
+    rank0 = wait(stopped_rank, "rank 0 to stop after the step-4 checkpoint")
+    h, m, s = (int(x) for x in slurm_cluster.job(job)["RunTime"].split(":")[-3:])
+    minutes = (h * 3600 + m * 60 + s) // 60 + 2  # leaves 60-120 s: inside the 120 s notice
+    slurm_cluster.run("scontrol", "update", f"JobId={job}", f"TimeLimit={minutes}")
+    limited = time.monotonic()
+    wait(lambda: "USR1: forwarding it to every rank" in log(), "Slurm's signal to reach the trap")
+    signalled = time.monotonic()
+    rank0.resume()
+    wait(lambda: "requeueing job" in log(), "the requeue")
+    requeued = time.monotonic()
+    slurm_cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=10")
+    wait(lambda: "restart count 1" in log(), "the requeued job to start")
+    restarted = time.monotonic()
+    wait(lambda: slurm_cluster.job(job).get("JobState") == "COMPLETED", "the requeued job to finish")
+    text = log()
+    assert "stop signal: checkpointed step 5" in text and f"step 5/{STEPS}; checkpoint {run / 'ckpt' / 'global_step5'}" in text
+    assert json.loads((run / "summary.json").read_text())["step"] == STEPS
+    summary = json.loads((run / "summary.json").read_text())
+    history = MlflowClient(f"sqlite:///{run / 'mlflow.db'}").get_metric_history(summary["mlflow_run_id"], "train/loss")
+    assert sorted(m.step for m in history) == list(range(1, STEPS + 1))  # resumed after step 5: nothing redone
+    assert_same_run(reference, losses_and_weights(run, mlflow_history))
+    to_ckpt = re.search(r"checkpointed step 5 ([0-9.]+)s after the signal", text).group(1)
+    print(f"slurm: limit shortened -> signal at the trap {signalled - limited:.1f} s; rank 0 continued -> step-5 "
+          f"checkpoint {to_ckpt} s (the run's own figure), -> requeue {requeued - signalled:.1f} s; requeue -> job "
+          f"running again {restarted - requeued:.1f} s", file=sys.stderr)
