@@ -240,7 +240,7 @@ def wait_for_stopped_rank(proc, timeout: float = 300):
 # --- torchrun: automatic restart after a crash, and the hang watchdog ------------------------------
 
 
-def torchrun(assets, run: Path, *extra: str, env: dict | None = None, max_restarts: int = 5):
+def torchrun(assets, run: Path, *extra: str, env: dict | None = None, max_restarts: int = 5, prefix: tuple = ()):
     """`torchrun --standalone --nproc-per-node 2 --max-restarts K launch/distill.py ...` in its own process
     group, with the reference run's settings (and the same intra-op threads as under DeepSpeed's launcher,
     where torchrun would set 1: the numbers must be bitwise the reference's)."""
@@ -255,7 +255,7 @@ def torchrun(assets, run: Path, *extra: str, env: dict | None = None, max_restar
             "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher_dropout"]}"',
             "--set", f'data.corpus="{assets["corpus"]}"', "--set", f"schedule.total_steps={STEPS}",
             "--set", "eval.every_steps=0", *COMMON, *TRACE, *extra]
-    cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
+    cmd = [*prefix, str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
            "--max-restarts", str(max_restarts), str(repo / "launch/distill.py"), *args]
     # Output to a file, not a pipe: nobody reads a pipe while the test watches the run, and a full one
     # would block the ranks.
@@ -530,3 +530,71 @@ def test_slurm_job_signalled_before_its_limit_requeues_and_finishes_exactly(asse
     print(f"slurm: limit shortened -> signal at the trap {signalled - limited:.1f} s; rank 0 continued -> step-5 "
           f"checkpoint {to_ckpt} s (the run's own figure), -> requeue {requeued - signalled:.1f} s; requeue -> job "
           f"running again {restarted - requeued:.1f} s", file=sys.stderr)
+
+
+@pytest.mark.parametrize("launcher,sig", [("deepspeed", "SIGTERM"), ("torchrun", "SIGUSR1")])
+def test_signal_to_the_launcher_alone_checkpoints_and_resumes_exactly(assets, mlflow_history, reference, tmp_path,
+                                                                       launcher, sig):
+    """What people and schedulers do: one signal to the launcher process only (started through
+    `python -m minprot_ds.preempt`), not to the ranks. Every rank finishes its step, the job checkpoints,
+    everything exits 0, and a plain rerun continues exactly as the uninterrupted run.
+
+    Event-driven: rank 0 stops itself after the step-4 checkpoint, the signal is sent, rank 0 is continued once
+    the signal was forwarded: every rank sees it after step 5."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from minprot_ds.demo import launcher_command
+
+    repo = Path(__file__).resolve().parents[2]
+    run = tmp_path / "signalled"
+    prefix = (sys.executable, "-m", "minprot_ds.preempt")
+    env = {"MINPROT_FAULT_CHECKPOINT": "4:0:stop"}
+    if launcher == "torchrun":
+        proc = torchrun(assets, run, env=env, max_restarts=0, prefix=prefix)
+    else:
+        args = ["--config", str(repo / "launch/configs/demo.toml"), "--deepspeed_config",
+                str(repo / "ds_configs/cpu_zero2.json"), "--run-dir", str(run),
+                "--set", f'model.teacher="{assets["teacher_dropout"]}"', "--set", f'data.corpus="{assets["corpus"]}"',
+                "--set", f"schedule.total_steps={STEPS}", "--set", "eval.every_steps=0", *COMMON, *TRACE]
+        log = open(tmp_path / "signalled.log", "w+")
+        proc = subprocess.Popen([*prefix, *launcher_command(2, repo / "launch/distill.py", args)], cwd=repo, text=True,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+        proc.log = log
+
+    def stopped_rank():
+        try:
+            for p in psutil.Process(proc.pid).children(recursive=True):
+                if "distill.py" in " ".join(p.cmdline()) and p.status() == psutil.STATUS_STOPPED:
+                    return p
+        except psutil.NoSuchProcess:
+            pass
+        return None
+
+    try:
+        wait_until(lambda: stopped_rank() is not None, proc, "rank 0 to stop after the step-4 checkpoint")
+        rank0 = stopped_rank()
+        proc.send_signal(getattr(signal, sig))  # the launcher's process alone
+        wait_until(lambda: "forwarding SIGUSR1 to the ranks" in output(proc), proc, "the signal to be forwarded")
+        rank0.resume()
+        out = finish(proc, timeout=600)
+    finally:
+        if proc.poll() is None:
+            finish(proc, timeout=1)
+    assert proc.returncode == 0, out[-4000:]
+    assert "stop signal: checkpointed step 5" in out
+    assert json.loads((run / "summary.json").read_text())["step"] == 5
+    rerun = torchrun(assets, run, max_restarts=0) if launcher == "torchrun" else None
+    if rerun is not None:
+        out = finish(rerun, timeout=600)
+        assert rerun.returncode == 0, out[-4000:]
+    else:
+        again = subprocess.run(launcher_command(2, repo / "launch/distill.py", args), cwd=repo, capture_output=True,
+                               text=True, timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+    assert_same_run(reference, losses_and_weights(run, mlflow_history))
