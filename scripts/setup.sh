@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # Sets up .venv with minprot-ds and what its tests need, on a machine with only Python 3.11 and pip.
 # Safe to rerun: what is already installed is kept.
-# --with-mmseqs also installs MMseqs2 (Debian package mmseqs2), which the task-dataset tests use.
+# --with-mmseqs also installs MMseqs2 (Debian package mmseqs2), which the task-dataset tests use;
+# --with-slurm also installs Slurm and MUNGE (slurm-wlm, munge), which the Slurm test starts on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [[ "${1:-}" == "--with-mmseqs" ]] && ! command -v mmseqs >/dev/null 2>&1; then
+apt_packages=()
+for flag in "$@"; do
+  case "$flag" in
+    --with-mmseqs) command -v mmseqs >/dev/null 2>&1 || apt_packages+=(mmseqs2) ;;
+    --with-slurm) { command -v slurmctld && command -v munged; } >/dev/null 2>&1 || apt_packages+=(slurm-wlm munge) ;;
+    *) echo "setup: unknown flag $flag (known: --with-mmseqs, --with-slurm)" >&2; exit 2 ;;
+  esac
+done
+if [[ ${#apt_packages[@]} -gt 0 ]]; then
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=$([ "$(id -u)" -eq 0 ] && echo "" || echo sudo)
-    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq mmseqs2 >/dev/null
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_packages[@]}" >/dev/null
   else
-    echo "setup: no apt-get here; install MMseqs2 yourself (https://github.com/soedinglab/MMseqs2) for the task tests" >&2
+    echo "setup: no apt-get here; install ${apt_packages[*]} yourself (MMseqs2: https://github.com/soedinglab/MMseqs2; Slurm: https://slurm.schedmd.com) for the tests that need them" >&2
   fi
 fi
 PY=${PYTHON:-python3}

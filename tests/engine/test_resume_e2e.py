@@ -240,7 +240,7 @@ def wait_for_stopped_rank(proc, timeout: float = 300):
 # --- torchrun: automatic restart after a crash, and the hang watchdog ------------------------------
 
 
-def torchrun(assets, run: Path, *extra: str, env: dict | None = None, max_restarts: int = 5):
+def torchrun(assets, run: Path, *extra: str, env: dict | None = None, max_restarts: int = 5, prefix: tuple = ()):
     """`torchrun --standalone --nproc-per-node 2 --max-restarts K launch/distill.py ...` in its own process
     group, with the reference run's settings (and the same intra-op threads as under DeepSpeed's launcher,
     where torchrun would set 1: the numbers must be bitwise the reference's)."""
@@ -255,7 +255,7 @@ def torchrun(assets, run: Path, *extra: str, env: dict | None = None, max_restar
             "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher_dropout"]}"',
             "--set", f'data.corpus="{assets["corpus"]}"', "--set", f"schedule.total_steps={STEPS}",
             "--set", "eval.every_steps=0", *COMMON, *TRACE, *extra]
-    cmd = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
+    cmd = [*prefix, str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
            "--max-restarts", str(max_restarts), str(repo / "launch/distill.py"), *args]
     # Output to a file, not a pipe: nobody reads a pipe while the test watches the run, and a full one
     # would block the ranks.
@@ -451,4 +451,150 @@ def test_two_nodes_on_loopback_match_one_node_with_two_ranks(assets, mlflow_hist
     both_nodes("--max-steps", "5")
     assert json.loads((run / "summary.json").read_text())["step"] == 5
     both_nodes()
+    assert_same_run(reference, losses_and_weights(run, mlflow_history))
+
+
+# --- Slurm: preemption notice, checkpoint, requeue, resume ---------------------------------------------
+
+
+def test_slurm_job_signalled_before_its_limit_requeues_and_finishes_exactly(assets, mlflow_history, reference,
+                                                                            slurm_cluster, tmp_path):
+    """launch/slurm/distill.sbatch on a real one-node Slurm cluster: Slurm signals the batch shell (USR1,
+    `--signal=B:USR1@120`) before the job's time limit, the trap forwards it to the ranks, they checkpoint
+    and exit 0, the job requeues itself, resumes and ends with the uninterrupted run's student, bitwise.
+
+    Event-driven, not timed: the job starts with a long limit; once rank 0 has stopped itself after the step-4
+    checkpoint, the test shortens the limit so that fewer than 120 s remain: Slurm's own time-limit check
+    sends the signal, and rank 0 is continued once the trap has forwarded it (every rank sees it after
+    step 5). The requeued job gets its long limit back before it starts again."""
+    import os
+    import re
+    import sys
+    import time
+
+    import psutil
+    from mlflow import MlflowClient
+
+    repo = Path(__file__).resolve().parents[2]
+    run, out = tmp_path / "slurm_run", tmp_path / "job.out"
+    args = ["--config", str(repo / "launch/configs/demo.toml"), "--deepspeed_config", str(repo / "ds_configs/cpu_zero2.json"),
+            "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher_dropout"]}"',
+            "--set", f'data.corpus="{assets["corpus"]}"', "--set", f"schedule.total_steps={STEPS}",
+            "--set", "eval.every_steps=0", *COMMON]
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1",
+           "MINPROT_PROCS_PER_NODE": "2", "MINPROT_FAULT_CHECKPOINT": "4:0:stop"}
+    job = slurm_cluster.run("sbatch", "--parsable", "--time=10", f"--output={out}", str(repo / "launch/slurm/distill.sbatch"),
+                            *args, env=env, cwd=repo).stdout.strip().split(";")[0]
+
+    def log() -> str:
+        return out.read_text() if out.exists() else ""
+
+    def wait(predicate, what: str, timeout: float = 600):
+        deadline = time.monotonic() + timeout
+        while not (found := predicate()):
+            state = slurm_cluster.job(job).get("JobState", "gone")
+            assert state in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING"), f"job {state} before {what}:\n{log()[-4000:]}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log()[-4000:]}"
+            time.sleep(0.2)
+        return found
+
+    def stopped_rank():
+        for p in psutil.process_iter(["cmdline", "status"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if str(run) in cmd and "--local_rank" in cmd and p.info["status"] == psutil.STATUS_STOPPED:
+                return p
+        return None
+
+    rank0 = wait(stopped_rank, "rank 0 to stop after the step-4 checkpoint")
+    h, m, s = (int(x) for x in slurm_cluster.job(job)["RunTime"].split(":")[-3:])
+    minutes = (h * 3600 + m * 60 + s) // 60 + 2  # leaves 60-120 s: inside the 120 s notice
+    slurm_cluster.run("scontrol", "update", f"JobId={job}", f"TimeLimit={minutes}")
+    limited = time.monotonic()
+    wait(lambda: "USR1: forwarding it to every rank" in log(), "Slurm's signal to reach the trap")
+    signalled = time.monotonic()
+    rank0.resume()
+    wait(lambda: "requeueing job" in log(), "the requeue")
+    requeued = time.monotonic()
+    slurm_cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=10")
+    wait(lambda: "restart count 1" in log(), "the requeued job to start")
+    restarted = time.monotonic()
+    wait(lambda: slurm_cluster.job(job).get("JobState") == "COMPLETED", "the requeued job to finish")
+    text = log()
+    assert "stop signal: checkpointed step 5" in text and f"step 5/{STEPS}; checkpoint {run / 'ckpt' / 'global_step5'}" in text
+    assert json.loads((run / "summary.json").read_text())["step"] == STEPS
+    summary = json.loads((run / "summary.json").read_text())
+    history = MlflowClient(f"sqlite:///{run / 'mlflow.db'}").get_metric_history(summary["mlflow_run_id"], "train/loss")
+    assert sorted(m.step for m in history) == list(range(1, STEPS + 1))  # resumed after step 5: nothing redone
+    assert_same_run(reference, losses_and_weights(run, mlflow_history))
+    to_ckpt = re.search(r"checkpointed step 5 ([0-9.]+)s after the signal", text).group(1)
+    print(f"slurm: limit shortened -> signal at the trap {signalled - limited:.1f} s; rank 0 continued -> step-5 "
+          f"checkpoint {to_ckpt} s (the run's own figure), -> requeue {requeued - signalled:.1f} s; requeue -> job "
+          f"running again {restarted - requeued:.1f} s", file=sys.stderr)
+
+
+@pytest.mark.parametrize("launcher,sig", [("deepspeed", "SIGTERM"), ("torchrun", "SIGUSR1")])
+def test_signal_to_the_launcher_alone_checkpoints_and_resumes_exactly(assets, mlflow_history, reference, tmp_path,
+                                                                       launcher, sig):
+    """What people and schedulers do: one signal to the launcher process only (started through
+    `python -m minprot_ds.preempt`), not to the ranks. Every rank finishes its step, the job checkpoints,
+    everything exits 0, and a plain rerun continues exactly as the uninterrupted run.
+
+    Event-driven: rank 0 stops itself after the step-4 checkpoint, the signal is sent, rank 0 is continued once
+    the signal was forwarded: every rank sees it after step 5."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from minprot_ds.demo import launcher_command
+
+    repo = Path(__file__).resolve().parents[2]
+    run = tmp_path / "signalled"
+    prefix = (sys.executable, "-m", "minprot_ds.preempt")
+    env = {"MINPROT_FAULT_CHECKPOINT": "4:0:stop"}
+    if launcher == "torchrun":
+        proc = torchrun(assets, run, env=env, max_restarts=0, prefix=prefix)
+    else:
+        args = ["--config", str(repo / "launch/configs/demo.toml"), "--deepspeed_config",
+                str(repo / "ds_configs/cpu_zero2.json"), "--run-dir", str(run),
+                "--set", f'model.teacher="{assets["teacher_dropout"]}"', "--set", f'data.corpus="{assets["corpus"]}"',
+                "--set", f"schedule.total_steps={STEPS}", "--set", "eval.every_steps=0", *COMMON, *TRACE]
+        log = open(tmp_path / "signalled.log", "w+")
+        proc = subprocess.Popen([*prefix, *launcher_command(2, repo / "launch/distill.py", args)], cwd=repo, text=True,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+        proc.log = log
+
+    def stopped_rank():
+        try:
+            for p in psutil.Process(proc.pid).children(recursive=True):
+                if "distill.py" in " ".join(p.cmdline()) and p.status() == psutil.STATUS_STOPPED:
+                    return p
+        except psutil.NoSuchProcess:
+            pass
+        return None
+
+    try:
+        wait_until(lambda: stopped_rank() is not None, proc, "rank 0 to stop after the step-4 checkpoint")
+        rank0 = stopped_rank()
+        proc.send_signal(getattr(signal, sig))  # the launcher's process alone
+        wait_until(lambda: "forwarding SIGUSR1 to the ranks" in output(proc), proc, "the signal to be forwarded")
+        rank0.resume()
+        out = finish(proc, timeout=600)
+    finally:
+        if proc.poll() is None:
+            finish(proc, timeout=1)
+    assert proc.returncode == 0, out[-4000:]
+    assert "stop signal: checkpointed step 5" in out
+    assert json.loads((run / "summary.json").read_text())["step"] == 5
+    rerun = torchrun(assets, run, max_restarts=0) if launcher == "torchrun" else None
+    if rerun is not None:
+        out = finish(rerun, timeout=600)
+        assert rerun.returncode == 0, out[-4000:]
+    else:
+        again = subprocess.run(launcher_command(2, repo / "launch/distill.py", args), cwd=repo, capture_output=True,
+                               text=True, timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
     assert_same_run(reference, losses_and_weights(run, mlflow_history))
