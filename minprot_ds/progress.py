@@ -1,22 +1,25 @@
-"""The rank-0 progress bar of a training run: step, ETA, loss and throughput (rich)."""
+"""Rank-0 progress bars (rich): a training run's steps, and a predict/embed run's proteins and residues."""
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
-class TrainProgress:
-    def __init__(self, total: int, start: int = 0, enabled: bool = True):
+class _Bar:
+    """One rich bar on stderr, shown only where `enabled` (rank 0): `label`, the bar, `columns`, elapsed, ETA, info."""
+
+    def __init__(self, label: str, columns: list[ProgressColumn], *, total: int, completed: int = 0,
+                 enabled: bool = True, **fields: str):
         self.enabled = enabled
         self.console = Console(stderr=True)
         self._progress = Progress(
-            TextColumn("[bold]distill"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn(f"[bold]{label}"), BarColumn(), *columns, TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
             console=self.console, disable=not enabled, transient=False,
         )
-        self._task = self._progress.add_task("steps", total=total, completed=start, info="")
+        self._task = self._progress.add_task(label, total=total, completed=completed, info="", **fields)
 
-    def __enter__(self) -> "TrainProgress":
+    def __enter__(self):
         if self.enabled:
             self._progress.start()
         return self
@@ -24,6 +27,11 @@ class TrainProgress:
     def __exit__(self, *exc) -> None:
         if self.enabled:
             self._progress.stop()
+
+
+class TrainProgress(_Bar):
+    def __init__(self, total: int, start: int = 0, enabled: bool = True):
+        super().__init__("distill", [MofNCompleteColumn()], total=total, completed=start, enabled=enabled)
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:

@@ -3,32 +3,19 @@ from __future__ import annotations
 
 import time
 
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import TextColumn
+
+from minprot_ds.progress import _Bar
 
 
-class InferenceProgress:
+class InferenceProgress(_Bar):
     """Advances by residues (what the time goes with), shows proteins; the ETA is on residues."""
 
     def __init__(self, proteins: int, residues: int, enabled: bool = True, label: str = "predict"):
-        self.enabled = enabled
+        super().__init__(label, [TextColumn("{task.fields[prot]}")], total=max(residues, 1), enabled=enabled,
+                         prot=f"0/{proteins}")
         self.proteins, self.done_proteins, self.done_residues = proteins, 0, 0
         self._start = time.perf_counter()
-        self._progress = Progress(
-            TextColumn(f"[bold]{label}"), BarColumn(), TextColumn("{task.fields[prot]}"), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-            console=Console(stderr=True), disable=not enabled, transient=False,
-        )
-        self._task = self._progress.add_task(label, total=max(residues, 1), prot=f"0/{proteins}", info="")
-
-    def __enter__(self) -> "InferenceProgress":
-        if self.enabled:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self._progress.stop()
 
     def update(self, proteins: int, residues: int) -> None:
         self.done_proteins += proteins
