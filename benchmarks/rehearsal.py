@@ -9,9 +9,12 @@ hidden 1024, 16 heads, FFN 4096, 40,000 positions) saved in ProtBert's format, d
   3. world-size change: a copy resumed from step K on 1 rank x 2 accumulation steps through DeepSpeed's
      universal checkpoint (same global batch): losses within float reduction order;
 then `minprot export` of the last checkpoint, a reload with AutoModelForMaskedLM (parameter count checked
-against the FLOP model, masks filled) and two fine-tune steps of the exported student.
+against the FLOP model, masks filled), two fine-tune steps of the exported student, and `minprot predict`
+(the fine-tuned model) and `minprot embed` (the exported student) over a few DeepLoc proteins, one of them
+longer than a window.
 
-Measured: per-rank peak RSS (VmHWM of each rank, polled), step time (MLflow's perf/step_time_s), checkpoint
+Measured: per-rank peak RSS (VmHWM of each rank, polled; every process runs with glibc giving freed blocks
+back at once, `LIVE_ALLOCATIONS_ENV`, so that the peak is what the ranks allocated), step time (MLflow's perf/step_time_s), checkpoint
 size and save seconds (from the checkpoint folder's appearance to its COMPLETE marker, polled), resume
 load seconds (checkpoint/load_s), universal conversion seconds and its converter's peak RSS, export size
 and seconds. Each is set beside the memory plan's prediction (minprot_ds/bench/memory.py).
@@ -40,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 PRESET = REPO / "launch" / "configs" / "protbert.toml"
 PROTBERT_CONFIG = REPO.parent / "shared" / "reference" / "prot_bert" / "config.json"
 DNA_BINDING = REPO.parent / "shared" / "data" / "dna_binding" / "pdb1075_pdb186"
+DEEPLOC = REPO.parent / "shared" / "data" / "deeploc" / "deeploc_test_set.fasta"
 GB = 2**30
 TITLE = "rehearsal at ProtBert's size (CPU, 2 ranks, fp32)"
 
@@ -94,6 +98,13 @@ class Watcher(threading.Thread):
         return self.seen[end] - self.seen[start] if start in self.seen and end in self.seen else None
 
 
+def run_env() -> dict[str, str]:
+    """Every process of the rehearsal: unbuffered, and its RSS following what it allocates."""
+    from minprot_ds.bench.memory import LIVE_ALLOCATIONS_ENV
+
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_DISABLE_TELEMETRY": "true", **LIVE_ALLOCATIONS_ENV}
+
+
 def launch(run_dir: Path, args: list[str], ranks: int, timeout_s: float, log_dir: Path) -> dict[str, Any]:
     """launch/distill.py under the real deepspeed launcher, watched; raises with the log's tail if it fails."""
     from minprot_ds.demo import launcher_command
@@ -103,7 +114,7 @@ def launch(run_dir: Path, args: list[str], ranks: int, timeout_s: float, log_dir
     log = log_dir / f"{run_dir.name}-{int(time.time())}.log"
     t0 = time.monotonic()
     with open(log, "w") as fh, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-                                                env={**os.environ, "PYTHONUNBUFFERED": "1"}) as proc:
+                                                env=run_env()) as proc:
         watcher = Watcher(proc.pid, run_dir / "ckpt")
         watcher.start()
         try:
@@ -221,6 +232,7 @@ def stage_run(stage: int, work: Path, common: list[str], steps: int, keep: int, 
         "losses_equal": all(resumed[s] == losses[s] for s in range(keep + 1, steps + 1)),
         "weights_equal": same_weights(run / "student", again / "student"),
     }
+    shutil.rmtree(again / "ckpt")  # multi-GB at full size; the figures are taken
 
     out["_run_dir"] = str(run)
     if not universal:
@@ -243,6 +255,7 @@ def stage_run(stage: int, work: Path, common: list[str], steps: int, keep: int, 
         "peak_rss_gb": max(w3.rank_peak.values(), default=0) / GB,
         "max_rel_loss_diff": max(abs(moved[s] - losses[s]) / abs(losses[s]) for s in range(keep + 1, steps + 1)),
     }
+    shutil.rmtree(one / "ckpt")
     return out
 
 
@@ -256,7 +269,7 @@ def export_and_reload(run: Path, work: Path, console) -> dict[str, Any]:
     cmd = [str(Path(sys.executable).with_name("minprot")), "export", str(run), "--out", str(out)]
     console.print("export: " + " ".join(cmd))
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=run_env())
     export_s = time.monotonic() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"minprot export failed: {proc.stderr[-3000:]}")
@@ -286,12 +299,66 @@ def finetune_two_steps(student: Path, work: Path, console) -> dict[str, Any]:
            "--epochs", "1", "--batch-size", "8", "--max-train-samples", "16", "--max-eval-samples", "8"]
     console.print("fine-tune: " + " ".join(cmd))
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=run_env())
     if proc.returncode != 0:
         raise RuntimeError(f"minprot finetune failed: {proc.stdout[-2000:]} {proc.stderr[-3000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
-    return {"wall_s": time.monotonic() - t0, "metrics": metrics}
+    return {"wall_s": time.monotonic() - t0, "metrics": metrics, "model": str(out / "model")}
+
+
+def few_proteins(path: Path, count: int = 8, window: int = 512) -> dict[str, Any]:
+    """The first `count` - 1 DeepLoc test proteins up to `window` long, and the first one longer (and at
+    most twice as long)."""
+    from Bio import SeqIO
+
+    records, long_one = [], None
+    for rec in SeqIO.parse(DEEPLOC, "fasta"):
+        if window < len(rec.seq) <= 2 * window and long_one is None:
+            long_one = rec
+        elif len(rec.seq) <= window and len(records) < count - 1:
+            records.append(rec)
+        if long_one is not None and len(records) == count - 1:
+            break
+    chosen = [*records, long_one]
+    with open(path, "w") as fh:
+        for rec in chosen:
+            fh.write(f">{rec.id}\n{rec.seq}\n")
+    return {"fasta": str(path), "proteins": len(chosen), "residues": sum(len(r.seq) for r in chosen),
+            "longest": max(len(r.seq) for r in chosen)}
+
+
+def predict_and_embed(finetuned: Path, student: Path, work: Path, console) -> dict[str, Any]:
+    """`minprot predict` with the fine-tuned model and `minprot embed` with the exported student, timed."""
+    if not DEEPLOC.is_file():
+        return {"skipped": f"{DEEPLOC} is absent"}
+    proteins = few_proteins(work / "few.fasta")
+    out: dict[str, Any] = {"input": proteins}
+    minprot = str(Path(sys.executable).with_name("minprot"))
+    for name, cmd, result in (
+        ("predict", [minprot, "predict", "--model", str(finetuned), "--out", str(work / "few.predictions.tsv")],
+         work / "few.predictions.tsv"),
+        ("embed", [minprot, "embed", "--model", str(student), "--out", str(work / "few.embeddings.h5")],
+         work / "few.embeddings.h5"),
+    ):
+        for stale in work.glob(f"{result.name}*"):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        cmd += ["--fasta", proteins["fasta"]]
+        console.print(f"{name}: " + " ".join(cmd))
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=run_env())
+        if proc.returncode != 0:
+            raise RuntimeError(f"minprot {name} failed: {proc.stdout[-2000:]} {proc.stderr[-3000:]}")
+        out[name] = {"wall_s": time.monotonic() - t0, "output": str(result), "bytes": result.stat().st_size}
+    import h5py
+    import pandas as pd
+
+    rows = pd.read_csv(work / "few.predictions.tsv", sep="\t", comment="#")
+    with h5py.File(work / "few.embeddings.h5") as h5:
+        shapes = {h5[k].attrs.get("original_id", k): h5[k].shape for k in h5}
+    out["predict"]["rows"] = len(rows)
+    out["embed"]["proteins"] = len(shapes)
+    out["embed"]["dims"] = sorted({s[-1] for s in shapes.values()})
+    return out
 
 
 def parameter_counts(teacher: Path, student_layers: int) -> dict[str, Any]:
@@ -321,7 +388,8 @@ def bare_process_gb() -> float:
     code = ("import deepspeed.runtime.zero.stage3, deepspeed.runtime.zero.stage_1_and_2, transformers.models.bert.modeling_bert;"
             "from minprot_ds.distributed import init_distributed; init_distributed();"
             "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+                         env=run_env()).stdout
     return int(out.split()[-1]) * 1024 / GB
 
 
@@ -350,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
             teacher = results["teacher"].get("folder") or Path(c["work"]) / f"teacher-{results['teacher']['teacher_layers']}l"
             s["predicted_gb_per_rank"] = predicted(s["stage"], Path(teacher), results["student_layers"],
                                                    c["max_tokens"], c["max_rows"], 2)
+            if "universal" in s:
+                s["universal"]["predicted_gb"] = predicted(s["stage"], Path(teacher), results["student_layers"],
+                                                           c["max_tokens"], c["max_rows"], 1)
         write_json(args.report, "rehearsal", {k: v for k, v in results.items() if k not in ("benchmark", "created", "machine")})
         print_table(TITLE, ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])], table_rows(results), make_console())
         return 0
@@ -375,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
         figures = stage_run(stage, args.work, common, args.steps, args.keep, args.timeout, console,
                             universal="universal" not in args.skip.split(","))
         figures["predicted_gb_per_rank"] = predicted(stage, teacher, student_layers, args.max_tokens, args.max_rows, 2)
+        if "universal" in figures:
+            figures["universal"]["predicted_gb"] = predicted(stage, teacher, student_layers, args.max_tokens, args.max_rows, 1)
+        if results["stages"]:  # only the last stage's checkpoints are exported
+            shutil.rmtree(Path(results["stages"][-1]["_run_dir"]) / "ckpt")
         results["stages"].append(figures)
         write_json(args.out, "rehearsal", {**results, "partial": True})  # what a later failure leaves
     last_run = Path(results["stages"][-1].pop("_run_dir"))
@@ -384,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     results["export"]["parameters_match_flop_model"] = results["export"]["parameters"] == counts["student"]
     if "finetune" not in args.skip.split(","):
         results["finetune"] = finetune_two_steps(Path(results["export"]["folder"]), args.work, console)
+        if "model" in results["finetune"]:
+            results["inference"] = predict_and_embed(Path(results["finetune"]["model"]), Path(results["export"]["folder"]),
+                                                     args.work, console)
     path = write_json(args.out, "rehearsal", results)
     print_table(TITLE, ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])],
                 table_rows(results), console)
@@ -422,13 +500,32 @@ def table_rows(results: dict[str, Any]) -> list[list[Any]]:
         row("universal conversion, s", lambda s: _s(s.get("universal", {}).get("convert_s"))),
         row("converter peak RSS, GB", lambda s: _gb(s.get("universal", {}).get("converter_peak_rss_gb"))),
         row("1-rank resume peak RSS, GB", lambda s: _gb(s.get("universal", {}).get("peak_rss_gb"))),
+        row("1-rank resume peak, GB (memory plan + bare process)",
+            lambda s: _gb(s["universal"]["predicted_gb"]["total"] + results["bare_process_gb"]) if "universal" in s else None),
         row("1-rank resume max rel. loss diff",
             lambda s: f"{s['universal']['max_rel_loss_diff']:.1e}" if "universal" in s else None),
         once("teacher parameters", f"{results['teacher']['parameters']:,}"),
         once("student parameters (reloaded / FLOP model)",
              f"{ex['parameters']:,} / {results['student_parameters_flop_model']:,}"),
         once("export of the last checkpoint: GB, s", f"{ex['export_gb']:.2f}, {ex['export_s']:.1f}"),
+        *inference_rows(results, once),
     ]
+
+
+def inference_rows(results: dict[str, Any], once) -> list[list[Any]]:
+    """Rows for the fine-tune, predict and embed of the exported student (when they ran)."""
+    rows = []
+    ft = results.get("finetune", {})
+    if "wall_s" in ft:
+        rows.append(once("fine-tune 2 steps (dna-binding): s", _s(ft["wall_s"])))
+    inf = results.get("inference", {})
+    if "predict" in inf:
+        few = inf["input"]
+        what = f"{few['proteins']} DeepLoc proteins, {few['residues']:,} residues, longest {few['longest']}"
+        rows.append(once(f"predict ({what}): rows, s", f"{inf['predict']['rows']}, {_s(inf['predict']['wall_s'])}"))
+        rows.append(once("embed (same proteins, .h5): proteins, dim, s",
+                         f"{inf['embed']['proteins']}, {inf['embed']['dims']}, {_s(inf['embed']['wall_s'])}"))
+    return rows
 
 
 if __name__ == "__main__":

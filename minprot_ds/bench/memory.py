@@ -18,8 +18,12 @@ Per device, for a setting (ZeRO stage, precision, activation checkpointing, devi
   temporaries of that size (sqrt of the second moment, the denominator); the step's peak comes after backward has freed the activations, so the total takes the larger of the two.
 
 What it predicts is the memory the job allocates: `torch.cuda.max_memory_allocated` on a GPU, peak RSS
-above the bare process (Python, torch, DeepSpeed imported) on CPU. `fits` leaves a margin for the CUDA
-context and the allocator's fragmentation (`RESERVE_GB` + `MARGIN` of the device).
+above the bare process (Python, torch, DeepSpeed imported) on CPU, measured with glibc told to give every
+block of 128 KiB or more back at once (`LIVE_ALLOCATIONS_ENV`). With glibc's default, freed tensors of up
+to 32 MiB (one of ProtBert's weight matrices is 16 MiB) stay in the process's heap, and the peak RSS holds
+memory nothing uses any more: 2 GB of a 2-rank ZeRO-3 rank's 8.6 GB at ProtBert's size, which is the
+caching a GPU allocator does too and what `fits` leaves room for (`RESERVE_GB` for the CUDA context and
+`MARGIN` of the device for the allocator's fragmentation).
 """
 from __future__ import annotations
 
@@ -32,6 +36,10 @@ BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 RESERVE_GB = 1.0  # CUDA context + NCCL buffers, outside max_memory_allocated
 MARGIN = 0.10  # of the device's memory, for the caching allocator's fragmentation
 DEFAULT_BUCKET = 500_000_000  # DeepSpeed's default reduce_bucket_size (elements)
+MMAP_THRESHOLD = 128 * 1024
+# glibc: blocks from MMAP_THRESHOLD bytes up are mapped and unmapped on free (a fixed threshold also stops
+# glibc from raising it as blocks are freed), so a process's RSS follows the memory it has allocated.
+LIVE_ALLOCATIONS_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
 GPUS: dict[str, float] = {  # usable memory per device, GiB (nvidia-smi's total)
     "v100-16gb": 16.0, "v100-32gb": 32.0, "a100-40gb": 40.0, "a100-80gb": 80.0, "h100-80gb": 80.0,
 }
@@ -187,12 +195,23 @@ def peak_rss(pid: int | str = "self") -> int:
     raise OSError(f"no VmHWM in /proc/{pid}/status")
 
 
+def live_allocations() -> None:
+    """From now on, this process's RSS follows what it allocates: glibc maps blocks of `MMAP_THRESHOLD` bytes
+    and more and unmaps them when freed (`LIVE_ALLOCATIONS_ENV` does the same for a process started with it)."""
+    import ctypes
+
+    m_mmap_threshold = -3  # malloc.h
+    if ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, MMAP_THRESHOLD) != 1:
+        raise OSError("glibc refused mallopt(M_MMAP_THRESHOLD)")
+
+
 def measure(teacher: str, student_layers: int, plan: Plan, *, corpus: str, max_tokens: int, max_rows: int,
             steps: int = 2) -> dict[str, Any]:
     """What the plan predicts, measured: peak memory of `steps` distillation steps of this process (one rank).
 
     GPU: `torch.cuda.max_memory_allocated`. CPU: peak RSS minus the peak before the models were built (the
-    interpreter, torch and DeepSpeed themselves). Run it in a fresh process: the CPU peak never goes down.
+    interpreter, torch and DeepSpeed themselves), with freed blocks given back at once (`live_allocations`).
+    Run it in a fresh process: the CPU peak never goes down.
     Returns measured bytes and the padded tokens of the largest micro-batch seen.
     """
     import torch
@@ -208,6 +227,8 @@ def measure(teacher: str, student_layers: int, plan: Plan, *, corpus: str, max_t
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    else:
+        live_allocations()
     before = 0 if cuda else peak_rss()
     setting = Setting(max_tokens, max_rows, plan.stage, plan.checkpointing, "eager", plan.precision)
     inputs = RunInputs(teacher=teacher, student_layers=student_layers, corpus=corpus, steps=steps, warmup=0, repeats=1)
@@ -218,7 +239,7 @@ def measure(teacher: str, student_layers: int, plan: Plan, *, corpus: str, max_t
         padded = max([padded, *(int(b["input_ids"].numel()) for b in micro)])
         engine.step(micro)
     peak = torch.cuda.max_memory_allocated() if cuda else peak_rss() - before
-    return {"measured_bytes": peak, "padded_tokens": padded, "scope": "max_memory_allocated" if cuda else "peak RSS - baseline"}
+    return {"measured_bytes": peak, "padded_tokens": padded, "scope": "max_memory_allocated" if cuda else "peak RSS - baseline, freed blocks unmapped"}
 
 
 def skip_reason(setting: Any, inputs: Any, world: int) -> str | None:
