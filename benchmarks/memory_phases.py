@@ -1,0 +1,139 @@
+"""Where a distillation step's peak memory comes from, on CPU: each phase's peak RSS, with glibc's default
+allocator and with freed blocks unmapped at once, beside the memory plan's parts.
+
+One process per allocator setting (a peak RSS never goes down): it builds the engine for a random teacher
+in ProtBert's format at ProtBert's width (hidden 1024, FFN 4096, 40,000 positions; `--teacher-layers`),
+runs `--steps` steps, and around each phase (teacher_forward, student_forward, loss, backward, optimizer;
+`DistillEngine.step(phase_timer=)`) resets the kernel's peak (`/proc/self/clear_refs`) and reads it back.
+Figures are GB above the process before the models were built.
+
+    .venv/bin/python benchmarks/memory_phases.py --teacher-layers 8 --student-layers 6 --stage 3
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from common import make_console, print_table, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+GB = 2**30
+ALLOCATORS = ("glibc-default", "unmap-freed")
+
+
+def rss() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    """One process: build, step, record each phase's (entry, peak, exit) above the bare process."""
+    from transformers import BertConfig
+
+    from minprot_ds.bench import memory as mem
+    from minprot_ds.bench.throughput import RunInputs, Setting, build_setting
+    from minprot_ds.distributed import init_distributed
+
+    if args.allocator == "unmap-freed":
+        mem.live_allocations()
+    init_distributed()
+    import deepspeed.runtime.zero.stage3  # noqa: F401  (imported by the build; outside the baseline)
+    import deepspeed.runtime.zero.stage_1_and_2  # noqa: F401
+    import transformers.models.bert.modeling_bert  # noqa: F401
+
+    before = mem.peak_rss()
+    setting = Setting(args.max_tokens, args.max_rows, args.stage, False, "eager", "fp32")
+    inputs = RunInputs(teacher=args.teacher, student_layers=args.student_layers, corpus=args.corpus,
+                       steps=args.steps, warmup=0, repeats=1)
+    engine, stream = build_setting(setting, inputs, planned_steps=args.steps + 1)
+    phases: list[dict[str, Any]] = [{"step": 0, "phase": "build", "entry": 0.0, "peak": (mem.peak_rss() - before) / GB,
+                                     "exit": (rss() - before) / GB}]
+    step = 0
+
+    @contextlib.contextmanager
+    def phase(name: str):
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM to the current RSS
+        entry = rss()
+        yield
+        phases.append({"step": step, "phase": name, "entry": (entry - before) / GB,
+                       "peak": (mem.peak_rss() - before) / GB, "exit": (rss() - before) / GB})
+
+    batches, padded = iter(stream), 0
+    for step in range(1, args.steps + 1):
+        micro = next(batches)
+        padded = max([padded, *(int(b["input_ids"].numel()) for b in micro)])
+        engine.step(micro, phase_timer=phase)
+    plan = mem.estimate(BertConfig.from_pretrained(args.teacher), args.student_layers,
+                        mem.Plan(args.stage, "fp32", False, 1), max_tokens=padded, max_rows=args.max_rows, longest=padded)
+    return {"allocator": args.allocator, "padded_tokens": padded, "phases": phases,
+            "peak_gb": max(p["peak"] for p in phases), "plan_gb": plan.as_gb()}
+
+
+def make_inputs(work: Path, teacher_layers: int) -> tuple[Path, Path]:
+    """A random teacher at ProtBert's width and a corpus of 510-residue rows (every micro-batch full)."""
+    from data_prep.corpus import prepare_corpus
+    from minprot_ds.models import save_random_protbert
+
+    teacher = work / f"teacher-{teacher_layers}l"
+    if not (teacher / "model.safetensors").is_file():
+        save_random_protbert(teacher, num_layers=teacher_layers, hidden_size=1024, num_heads=16, intermediate_size=4096,
+                             max_position_embeddings=40_000)
+    corpus = work / "corpus"
+    if not (corpus / "manifest.json").is_file():
+        rng = random.Random(0)
+        with open(work / "long.fasta", "w") as fh:
+            for i in range(120):
+                fh.write(f">L{i}\n" + "".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(510)) + "\n")
+        prepare_corpus([work / "long.fasta"], corpus, valid_fraction=0.05, seed=0)
+    return teacher, corpus
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--teacher-layers", type=int, default=8)
+    p.add_argument("--student-layers", type=int, default=6)
+    p.add_argument("--stage", type=int, default=3, choices=(1, 2, 3), help="ZeRO stage (1 rank, fp32)")
+    p.add_argument("--max-tokens", type=int, default=2080)
+    p.add_argument("--max-rows", type=int, default=4)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--work", type=Path, default=REPO / "runs" / "memory_phases", help="teacher and corpus are kept here")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "memory_phases.json")
+    p.add_argument("--allocator", choices=ALLOCATORS, help=argparse.SUPPRESS)  # the child process's
+    p.add_argument("--teacher", help=argparse.SUPPRESS)
+    p.add_argument("--corpus", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.allocator:
+        print("RESULT " + json.dumps(child(args)))
+        return 0
+    args.work.mkdir(parents=True, exist_ok=True)
+    teacher, corpus = make_inputs(args.work, args.teacher_layers)
+    runs = []
+    for allocator in ALLOCATORS:
+        cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--allocator", allocator,
+               "--teacher", str(teacher), "--corpus", str(corpus)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            return 1
+        runs.append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
+    rows = [[f"{ph['step']}", ph["phase"], *(f"{r['phases'][i][k]:.2f}" for r in runs for k in ("entry", "peak"))]
+            for i, ph in enumerate(runs[0]["phases"])]
+    plan = runs[0]["plan_gb"]
+    rows.append(["", f"step peak (memory plan: {plan['total']:.2f})", *(x for r in runs for x in ("", f"{r['peak_gb']:.2f}"))])
+    print_table(f"peak RSS by phase, GB above the bare process (ZeRO-{args.stage}, 1 rank, fp32, "
+                f"{args.teacher_layers}-layer teacher, {args.student_layers}-layer student, {runs[0]['padded_tokens']} tokens)",
+                ["step", "phase", *(f"{r['allocator']}: {k}" for r in runs for k in ("entry", "peak"))], rows, make_console())
+    print("memory plan parts, GB: " + ", ".join(f"{k} {v:.2f}" for k, v in plan.items()))
+    write_json(args.out, "memory_phases", {"config": {k: str(v) for k, v in vars(args).items()}, "runs": runs})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
