@@ -31,3 +31,52 @@ def test_off_when_zero_or_alone(tmp_path: Path):
         with Watchdog(tmp_path, timeout_s, rank=0, world=world) as dog:
             assert not dog._thread.is_alive()
     assert not (tmp_path / "heartbeat").exists()
+
+
+SHARED_CHECK = """
+import sys
+from pathlib import Path
+
+import torch.distributed
+
+from minprot_ds.distributed import init_distributed
+from minprot_ds.errors import UserError
+from minprot_ds.watchdog import check_shared_run_dir
+
+rank, world = init_distributed()
+root = Path(sys.argv[1])
+run_dir = root / f"node{rank}" if sys.argv[2] == "split" else root  # "split": each rank its own filesystem
+run_dir.mkdir(parents=True, exist_ok=True)
+try:
+    check_shared_run_dir(run_dir, rank, world)
+    print(f"rank {rank} ok", flush=True)
+    status = 0
+except UserError as err:
+    print(f"rank {rank} refused: {err}", flush=True)
+    status = 1
+torch.distributed.destroy_process_group()  # gloo's threads, left running at exit, may abort the process
+sys.exit(status)
+"""
+
+
+def test_ranks_that_do_not_see_one_run_dir_refuse_to_start(tmp_path: Path):
+    """Two ranks under torchrun, as if on two nodes whose --run-dir is not one shared filesystem: both
+    refuse, naming the run dir and the fix; with one folder both go on."""
+    from minprot_ds.distributed import free_port
+
+    script = tmp_path / "check.py"
+    script.write_text(SHARED_CHECK)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    for mode in ("split", "shared"):
+        cmd = [str(torchrun), "--nnodes", "1", "--nproc-per-node", "2", "--master-port", str(free_port()),
+               str(script), str(tmp_path / mode), mode]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if mode == "split":
+            assert proc.returncode != 0
+            for rank in (0, 1):
+                assert f"rank {rank} refused: not every rank sees the same run dir" in proc.stdout, proc.stdout + proc.stderr
+            assert "put --run-dir on a filesystem shared by all nodes" in proc.stdout
+            assert f"rank 1 on " in proc.stdout and "does not)" in proc.stdout  # the rank that cannot see it says so
+        else:
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert "rank 0 ok" in proc.stdout and "rank 1 ok" in proc.stdout
