@@ -15,14 +15,10 @@ from minprot_ds.demo import launcher_command
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-def test_launch_script_under_deepspeed_zero2_two_ranks(sets: dict[str, Path], teacher_dir: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    args = ["--task", "membrane", "--model", str(teacher_dir), "--train", str(sets["mem_train"]), "--test",
-            str(sets["mem_test"]), "--out", str(out), "--epochs", "2", "--batch-size", "4", "--lr", "1e-3",
-            "--deepspeed", str(REPO / "ds_configs/cpu_zero2.json")]
+def launch_two_ranks(args: list[str], cwd: Path) -> tuple[int, str]:
+    """launch/finetune.py under the deepspeed launcher on 2 CPU ranks: (exit status, output)."""
     with subprocess.Popen(launcher_command(2, REPO / "launch/finetune.py", args), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, cwd=tmp_path, start_new_session=True,
+                          stderr=subprocess.STDOUT, text=True, cwd=cwd, start_new_session=True,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"}) as popen:
         try:
             output, _ = popen.communicate(timeout=900)
@@ -30,7 +26,17 @@ def test_launch_script_under_deepspeed_zero2_two_ranks(sets: dict[str, Path], te
             os.killpg(popen.pid, signal.SIGKILL)
             popen.communicate()
             raise
-    assert popen.returncode == 0, output[-6000:]
+    return popen.returncode, output
+
+
+@pytest.mark.slow
+def test_launch_script_under_deepspeed_zero2_two_ranks(sets: dict[str, Path], teacher_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["--task", "membrane", "--model", str(teacher_dir), "--train", str(sets["mem_train"]), "--test",
+            str(sets["mem_test"]), "--out", str(out), "--epochs", "2", "--batch-size", "4", "--lr", "1e-3",
+            "--deepspeed", str(REPO / "ds_configs/cpu_zero2.json")]
+    status, output = launch_two_ranks(args, tmp_path)
+    assert status == 0, output[-6000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["rows"] == {"train": 16, "valid": 0, "test": 10}
     # 16 rows / a global batch of 4 = 4 steps per epoch, as on one rank (each rank takes 2 rows per step).
@@ -38,3 +44,16 @@ def test_launch_script_under_deepspeed_zero2_two_ranks(sets: dict[str, Path], te
     assert metrics["leakage"]["test"]["query_sequences"] == 10 and metrics["coverage"]["residue_coverage"] == 1.0
     assert (out / "model" / "model.safetensors").is_file() and (out / "mlflow.db").is_file()
     assert not (tmp_path / "mlruns").exists()  # artifacts stay under --out
+
+
+@pytest.mark.slow
+def test_a_global_batch_that_does_not_split_over_the_ranks_is_refused(sets: dict[str, Path], teacher_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    args = ["--task", "membrane", "--model", str(teacher_dir), "--train", str(sets["mem_train"]), "--test",
+            str(sets["mem_test"]), "--out", str(tmp_path / "out"), "--batch-size", "5",
+            "--deepspeed", str(REPO / "ds_configs/cpu_zero2.json")]
+    status, output = launch_two_ranks(args, tmp_path)
+    assert status != 0
+    assert ("error: --batch-size 5 is the global batch and must split evenly over the 2 ranks; pass a multiple of 2"
+            in output), output[-4000:]
+    assert "Traceback" not in output and not (tmp_path / "out" / "metrics.json").exists()
