@@ -443,13 +443,13 @@ def main(argv: list[str] | None = None) -> int:
                                "student_parameters_flop_model": counts["student"], "stages": []}
     results["bare_process_gb"] = bare_process_gb()
     for stage in [int(s) for s in args.stages.split(",")]:
+        if results["stages"]:  # only the last stage's checkpoints are exported: free the disk before the next stage
+            shutil.rmtree(Path(results["stages"][-1]["_run_dir"]) / "ckpt")
         figures = stage_run(stage, args.work, common, args.steps, args.keep, args.timeout, console,
                             universal="universal" not in args.skip.split(","))
         figures["predicted_gb_per_rank"] = predicted(stage, teacher, student_layers, args.max_tokens, args.max_rows, 2)
         if "universal" in figures:
             figures["universal"]["predicted_gb"] = predicted(stage, teacher, student_layers, args.max_tokens, args.max_rows, 1)
-        if results["stages"]:  # only the last stage's checkpoints are exported
-            shutil.rmtree(Path(results["stages"][-1]["_run_dir"]) / "ckpt")
         results["stages"].append(figures)
         write_json(args.out, "rehearsal", {**results, "partial": True})  # what a later failure leaves
     last_run = Path(results["stages"][-1].pop("_run_dir"))
