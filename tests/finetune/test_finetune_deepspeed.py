@@ -1,5 +1,6 @@
 """The DeepSpeed path: launch/finetune.py under the real deepspeed launcher, 2 CPU ranks, ZeRO-2
-(ds_configs/cpu_zero2.json); --batch-size is the global batch, split over the ranks."""
+(ds_configs/cpu_zero2.json); --batch-size is the global batch, split over the ranks; --seeds runs one
+fine-tune per seed in the same ranks."""
 from __future__ import annotations
 
 import json
@@ -34,16 +35,22 @@ def test_launch_script_under_deepspeed_zero2_two_ranks(sets: dict[str, Path], te
     out = tmp_path / "out"
     args = ["--task", "membrane", "--model", str(teacher_dir), "--train", str(sets["mem_train"]), "--test",
             str(sets["mem_test"]), "--out", str(out), "--epochs", "2", "--batch-size", "4", "--lr", "1e-3",
-            "--deepspeed", str(REPO / "ds_configs/cpu_zero2.json")]
+            "--seeds", "0,1", "--deepspeed", str(REPO / "ds_configs/cpu_zero2.json")]
     status, output = launch_two_ranks(args, tmp_path)
     assert status == 0, output[-6000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["rows"] == {"train": 16, "valid": 0, "test": 10}
-    # 16 rows / a global batch of 4 = 4 steps per epoch, as on one rank (each rank takes 2 rows per step).
-    assert metrics["global_batch"] == 4 and len(metrics["history"]) == 2 and metrics["history"][1]["step"] == 8
-    assert metrics["leakage"]["test"]["query_sequences"] == 10 and metrics["coverage"]["residue_coverage"] == 1.0
-    assert (out / "model" / "model.safetensors").is_file() and (out / "mlflow.db").is_file()
-    assert not (tmp_path / "mlruns").exists()  # artifacts stay under --out
+    runs = [json.loads((out / f"seed-{seed}" / "metrics.json").read_text()) for seed in (0, 1)]
+    for seed, metrics in enumerate(runs):  # one DeepSpeed engine after the other in the same ranks
+        assert metrics["seed"] == seed
+        assert metrics["world_size"] == 2 and metrics["rows"] == {"train": 16, "valid": 0, "test": 10}
+        # 16 rows / a global batch of 4 = 4 steps per epoch, as on one rank (each rank takes 2 rows per step).
+        assert metrics["global_batch"] == 4 and len(metrics["history"]) == 2 and metrics["history"][1]["step"] == 8
+        assert metrics["leakage"]["test"]["query_sequences"] == 10 and metrics["coverage"]["residue_coverage"] == 1.0
+        assert (out / f"seed-{seed}" / "model" / "model.safetensors").is_file()
+    assert runs[0]["history"] != runs[1]["history"]  # the seed reached the head's initial weights and the order
+    summary = json.loads((out / "seeds.json").read_text())
+    assert summary["seeds"] == [0, 1] and len(set(summary["mlflow_run_ids"])) == 2
+    assert summary["test"]["accuracy"]["mean"] == pytest.approx((runs[0]["test"]["accuracy"] + runs[1]["test"]["accuracy"]) / 2)
+    assert list(out.rglob("mlflow.db")) and not (tmp_path / "mlruns").exists()  # artifacts stay under --out
 
 
 @pytest.mark.slow
