@@ -33,7 +33,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,7 @@ from data_prep.fasta import encode_block, read_blocks
 from minprot_ds import vocab
 from minprot_ds.data.synthetic import sample_lengths as draw_lengths
 from minprot_ds.data.manifest import load_manifest
-from minprot_ds.bench.data_pipeline import measure_loader_throughput, measure_planning
+from minprot_ds.bench.data_pipeline import measure_loader_throughput, measure_planning, time_batches
 from minprot_ds.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -215,22 +214,12 @@ def naive_loader_throughput(shard_paths: list[Path], *, seconds: float, batch_si
 
     batches = forever()
     next(batches)  # build the iterator and sampler outside the timed loop, as ours does
-    residues = tokens = samples = 0
-    start, start_cpu = time.perf_counter(), time.process_time()
-    while time.perf_counter() - start < seconds:
+
+    def pull() -> list[tuple[int, int, int]]:
         batch = next(batches)
-        residues += batch["num_residues"]
-        tokens += batch["input_ids"].numel()
-        samples += batch["input_ids"].shape[0]
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    return {
-        "seconds": elapsed,
-        "residues_per_s": residues / elapsed,
-        "residues_per_cpu_s": residues / cpu,
-        "samples_per_s": samples / elapsed,
-        "padding_fraction": 1.0 - (residues + 2 * samples) / tokens,
-        "batch_size": batch_size,
-    }
+        return [(batch["num_residues"], batch["input_ids"].numel(), batch["input_ids"].shape[0])]
+
+    return {**time_batches(pull, seconds), "batch_size": batch_size}
 
 
 def median_of(runs: list[dict[str, float]], key: str) -> float:

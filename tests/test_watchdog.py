@@ -76,7 +76,7 @@ def test_ranks_that_do_not_see_one_run_dir_refuse_to_start(tmp_path: Path):
             for rank in (0, 1):
                 assert f"rank {rank} refused: not every rank sees the same run dir" in proc.stdout, proc.stdout + proc.stderr
             assert "put --run-dir on a filesystem shared by all nodes" in proc.stdout
-            assert f"rank 1 on " in proc.stdout and "does not)" in proc.stdout  # the rank that cannot see it says so
+            assert "rank 1 on " in proc.stdout and "does not)" in proc.stdout  # the rank that cannot see it says so
         else:
             assert proc.returncode == 0, proc.stdout + proc.stderr
             assert "rank 0 ok" in proc.stdout and "rank 1 ok" in proc.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -43,14 +44,19 @@ def measure_loader_throughput(
     stream.planned_steps(1)  # plan outside the timed loop
     iterator = iter(stream)
     next(iterator)  # start workers outside the timed loop
+    counts = time_batches(lambda: ((b["num_residues"], b["num_tokens"], len(b["sample_index"])) for b in next(iterator)),
+                          seconds)
+    return {**counts, "num_workers": num_workers}
+
+
+def time_batches(pull: Callable[[], Iterable[tuple[int, int, int]]], seconds: float) -> dict[str, float]:
+    """Call `pull()` for `seconds`; each call gives (residues, padded tokens, rows) per micro-batch it loaded.
+    Rates per second of wall time and of this process's CPU time, and the padding fraction."""
     residues = tokens = samples = batches = 0
     start, start_cpu = time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
-        for batch in next(iterator):
-            residues += batch["num_residues"]
-            tokens += batch["num_tokens"]
-            samples += len(batch["sample_index"])
-            batches += 1
+        for r, t, s in pull():
+            residues, tokens, samples, batches = residues + r, tokens + t, samples + s, batches + 1
     elapsed, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     return {
         "seconds": elapsed,
@@ -60,7 +66,6 @@ def measure_loader_throughput(
         "samples_per_s": samples / elapsed,
         "micro_batches_per_s": batches / elapsed,
         "padding_fraction": 1.0 - (residues + 2 * samples) / tokens,
-        "num_workers": num_workers,
     }
 
 
