@@ -21,9 +21,9 @@ What it predicts is the memory the job allocates: `torch.cuda.max_memory_allocat
 above the bare process (Python, torch, DeepSpeed imported) on CPU, measured with glibc told to give every
 block of 128 KiB or more back at once (`LIVE_ALLOCATIONS_ENV`). With glibc's default, freed tensors of up
 to 32 MiB (one of ProtBert's weight matrices is 16 MiB) stay in the process's heap, and the peak RSS holds
-memory nothing uses any more: 2 GB of a 2-rank ZeRO-3 rank's 8.6 GB at ProtBert's size, which is the
-caching a GPU allocator does too and what `fits` leaves room for (`RESERVE_GB` for the CUDA context and
-`MARGIN` of the device for the allocator's fragmentation).
+memory nothing uses any more (1.0 GB of a 5.6 GB step peak at ProtBert's width, 8-layer teacher, 6-layer
+student, ZeRO-3: benchmarks/memory_phases.py). A GPU's caching allocator holds such memory too; `fits`
+leaves room for it (`RESERVE_GB` for the CUDA context and `MARGIN` of the device for fragmentation).
 """
 from __future__ import annotations
 
