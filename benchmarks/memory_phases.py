@@ -27,53 +27,36 @@ GB = 2**30
 ALLOCATORS = ("glibc-default", "unmap-freed")
 
 
-def rss() -> int:
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
-
-
 def child(args: argparse.Namespace) -> dict[str, Any]:
-    """One process: build, step, record each phase's (entry, peak, exit) above the bare process."""
+    """One process: `memory.measure` with each phase's (entry, peak, exit) recorded, above the bare process."""
     from transformers import BertConfig
 
     from minprot_ds.bench import memory as mem
-    from minprot_ds.bench.throughput import RunInputs, Setting, build_setting
-    from minprot_ds.distributed import init_distributed
 
-    if args.allocator == "unmap-freed":
-        mem.live_allocations()
-    init_distributed()
-    import deepspeed.runtime.zero.stage3  # noqa: F401  (imported by the build; outside the baseline)
-    import deepspeed.runtime.zero.stage_1_and_2  # noqa: F401
-    import transformers.models.bert.modeling_bert  # noqa: F401
-
-    before = mem.peak_rss()
-    setting = Setting(args.max_tokens, args.max_rows, args.stage, False, "eager", "fp32")
-    inputs = RunInputs(teacher=args.teacher, student_layers=args.student_layers, corpus=args.corpus,
-                       steps=args.steps, warmup=0, repeats=1)
-    engine, stream = build_setting(setting, inputs, planned_steps=args.steps + 1)
-    phases: list[dict[str, Any]] = [{"step": 0, "phase": "build", "entry": 0.0, "peak": (mem.peak_rss() - before) / GB,
-                                     "exit": (rss() - before) / GB}]
+    phases: list[dict[str, Any]] = []
     step = 0
 
     @contextlib.contextmanager
     def phase(name: str):
+        nonlocal step
+        step += name == "teacher_forward"  # one micro-batch per step: each step begins with the teacher
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")  # reset VmHWM to the current RSS
-        entry = rss()
+        entry = mem.rss()
         yield
-        phases.append({"step": step, "phase": name, "entry": (entry - before) / GB,
-                       "peak": (mem.peak_rss() - before) / GB, "exit": (rss() - before) / GB})
+        phases.append({"step": step, "phase": name, "entry": entry, "peak": mem.peak_rss(), "exit": mem.rss()})
 
-    batches, padded = iter(stream), 0
-    for step in range(1, args.steps + 1):
-        micro = next(batches)
-        padded = max([padded, *(int(b["input_ids"].numel()) for b in micro)])
-        engine.step(micro, phase_timer=phase)
-    plan = mem.estimate(BertConfig.from_pretrained(args.teacher), args.student_layers,
-                        mem.Plan(args.stage, "fp32", False, 1), max_tokens=padded, max_rows=args.max_rows, longest=padded)
+    plan = mem.Plan(args.stage, "fp32", False, 1)
+    measured = mem.measure(args.teacher, args.student_layers, plan, corpus=args.corpus, max_tokens=args.max_tokens,
+                           max_rows=args.max_rows, steps=args.steps, phase_timer=phase,
+                           unmap_freed=args.allocator == "unmap-freed")
+    before, padded = measured["baseline_bytes"], measured["padded_tokens"]
+    for p in phases:
+        p.update({k: (p[k] - before) / GB for k in ("entry", "peak", "exit")})
+    est = mem.estimate(BertConfig.from_pretrained(args.teacher), args.student_layers, plan, max_tokens=padded,
+                       max_rows=args.max_rows, longest=padded)
     return {"allocator": args.allocator, "padded_tokens": padded, "phases": phases,
-            "peak_gb": max(p["peak"] for p in phases), "plan_gb": plan.as_gb()}
+            "peak_gb": max(p["peak"] for p in phases), "plan_gb": est.as_gb()}
 
 
 def make_inputs(work: Path, teacher_layers: int) -> tuple[Path, Path]:

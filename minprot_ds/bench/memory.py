@@ -186,13 +186,22 @@ def memory_plan(config: Any, student_layers: int, *, gpu: str, gpus: int, nodes:
             "teacher_parameters": model_params(config, config.num_hidden_layers), "settings": rows}
 
 
-def peak_rss(pid: int | str = "self") -> int:
-    """A process's peak resident set size in bytes (Linux: VmHWM of /proc/PID/status)."""
+def _status_bytes(pid: int | str, field: str) -> int:
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise OSError(f"no VmHWM in /proc/{pid}/status")
+    raise OSError(f"no {field} in /proc/{pid}/status")
+
+
+def peak_rss(pid: int | str = "self") -> int:
+    """A process's peak resident set size in bytes (Linux: VmHWM of /proc/PID/status)."""
+    return _status_bytes(pid, "VmHWM")
+
+
+def rss(pid: int | str = "self") -> int:
+    """A process's resident set size now, in bytes (VmRSS)."""
+    return _status_bytes(pid, "VmRSS")
 
 
 def live_allocations() -> None:
@@ -206,18 +215,24 @@ def live_allocations() -> None:
 
 
 def measure(teacher: str, student_layers: int, plan: Plan, *, corpus: str, max_tokens: int, max_rows: int,
-            steps: int = 2) -> dict[str, Any]:
+            steps: int = 2, phase_timer: Any = None, unmap_freed: bool = True) -> dict[str, Any]:
     """What the plan predicts, measured: peak memory of `steps` distillation steps of this process (one rank).
 
     GPU: `torch.cuda.max_memory_allocated`. CPU: peak RSS minus the peak before the models were built (the
-    interpreter, torch and DeepSpeed themselves), with freed blocks given back at once (`live_allocations`).
-    Run it in a fresh process: the CPU peak never goes down.
-    Returns measured bytes and the padded tokens of the largest micro-batch seen.
+    interpreter, torch and DeepSpeed themselves), with freed blocks given back at once (`live_allocations`;
+    `unmap_freed=False` keeps glibc's default). Run it in a fresh process: the CPU peak never goes down.
+    `phase_timer(name)` wraps the build ("build") and each phase of every step (`DistillEngine.step`); a timer
+    that resets the kernel's peak (/proc/self/clear_refs) leaves in measured_bytes only the peak since its
+    last reset, so it must keep the peaks it reads itself (benchmarks/memory_phases.py does).
+    Returns measured bytes, the baseline it is above and the padded tokens of the largest micro-batch seen.
     """
     import torch
 
     from minprot_ds.bench.throughput import RunInputs, Setting, build_setting
     from minprot_ds.distributed import init_distributed
+    from minprot_ds.engine import untimed
+
+    phase_timer = phase_timer or untimed
 
     init_distributed()
     import deepspeed.runtime.zero.stage3  # noqa: F401  (code the build would import, so outside the baseline)
@@ -227,19 +242,21 @@ def measure(teacher: str, student_layers: int, plan: Plan, *, corpus: str, max_t
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    else:
+    elif unmap_freed:
         live_allocations()
     before = 0 if cuda else peak_rss()
     setting = Setting(max_tokens, max_rows, plan.stage, plan.checkpointing, "eager", plan.precision)
     inputs = RunInputs(teacher=teacher, student_layers=student_layers, corpus=corpus, steps=steps, warmup=0, repeats=1)
-    engine, stream = build_setting(setting, inputs, planned_steps=steps + 1)
+    with phase_timer("build"):
+        engine, stream = build_setting(setting, inputs, planned_steps=steps + 1)
     batches, padded = iter(stream), 0
     for _ in range(steps):
         micro = next(batches)
         padded = max([padded, *(int(b["input_ids"].numel()) for b in micro)])
-        engine.step(micro)
+        engine.step(micro, phase_timer=phase_timer)
     peak = torch.cuda.max_memory_allocated() if cuda else peak_rss() - before
-    return {"measured_bytes": peak, "padded_tokens": padded, "scope": "max_memory_allocated" if cuda else "peak RSS - baseline, freed blocks unmapped"}
+    scope = "max_memory_allocated" if cuda else "peak RSS - baseline" + (", freed blocks unmapped" if unmap_freed else "")
+    return {"measured_bytes": peak, "baseline_bytes": before, "padded_tokens": padded, "scope": scope}
 
 
 def skip_reason(setting: Any, inputs: Any, world: int) -> str | None:
