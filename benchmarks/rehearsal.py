@@ -382,6 +382,14 @@ def predicted(stage: int, teacher: Path, student_layers: int, max_tokens: int, m
     return estimate(cfg, student_layers, plan, max_tokens=max_tokens, max_rows=max_rows, longest=min(max_tokens, 514)).as_gb()
 
 
+def add_predictions(figures: dict[str, Any], teacher: Path, student_layers: int, max_tokens: int, max_rows: int) -> None:
+    """The memory plan's figures beside a stage's measured ones: per rank of the 2-rank run, and for the
+    1-rank resume when it ran."""
+    figures["predicted_gb_per_rank"] = predicted(figures["stage"], teacher, student_layers, max_tokens, max_rows, 2)
+    if "universal" in figures:
+        figures["universal"]["predicted_gb"] = predicted(figures["stage"], teacher, student_layers, max_tokens, max_rows, 1)
+
+
 def bare_process_gb() -> float:
     """Peak RSS of a rank before it builds anything (interpreter, torch, DeepSpeed, transformers, the process
     group): what a CPU rank's peak holds beyond the memory plan, which predicts what the job allocates."""
@@ -416,11 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in results["stages"]:
             c = results["config"]
             teacher = results["teacher"].get("folder") or Path(c["work"]) / f"teacher-{results['teacher']['teacher_layers']}l"
-            s["predicted_gb_per_rank"] = predicted(s["stage"], Path(teacher), results["student_layers"],
-                                                   c["max_tokens"], c["max_rows"], 2)
-            if "universal" in s:
-                s["universal"]["predicted_gb"] = predicted(s["stage"], Path(teacher), results["student_layers"],
-                                                           c["max_tokens"], c["max_rows"], 1)
+            add_predictions(s, Path(teacher), results["student_layers"], c["max_tokens"], c["max_rows"])
         write_json(args.report, "rehearsal", {k: v for k, v in results.items() if k not in ("benchmark", "created", "machine")})
         print_table(TITLE, ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])], table_rows(results), make_console())
         return 0
@@ -447,9 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(Path(results["stages"][-1]["_run_dir"]) / "ckpt")
         figures = stage_run(stage, args.work, common, args.steps, args.keep, args.timeout, console,
                             universal="universal" not in args.skip.split(","))
-        figures["predicted_gb_per_rank"] = predicted(stage, teacher, student_layers, args.max_tokens, args.max_rows, 2)
-        if "universal" in figures:
-            figures["universal"]["predicted_gb"] = predicted(stage, teacher, student_layers, args.max_tokens, args.max_rows, 1)
+        add_predictions(figures, teacher, student_layers, args.max_tokens, args.max_rows)
         results["stages"].append(figures)
         write_json(args.out, "rehearsal", {**results, "partial": True})  # what a later failure leaves
     last_run = Path(results["stages"][-1].pop("_run_dir"))
