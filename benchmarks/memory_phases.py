@@ -55,7 +55,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         p.update({k: (p[k] - before) / GB for k in ("entry", "peak", "exit")})
     est = mem.estimate(BertConfig.from_pretrained(args.teacher), args.student_layers, plan, max_tokens=padded,
                        max_rows=args.max_rows, longest=padded)
-    return {"allocator": args.allocator, "padded_tokens": padded, "phases": phases,
+    return {"allocator": args.allocator, "scope": measured["scope"], "padded_tokens": padded, "phases": phases,
             "peak_gb": max(p["peak"] for p in phases), "plan_gb": est.as_gb()}
 
 

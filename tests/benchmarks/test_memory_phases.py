@@ -22,6 +22,8 @@ def test_memory_phases_reports_each_phase_for_both_allocators(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert [r["allocator"] for r in result["runs"]] == ["glibc-default", "unmap-freed"]
+    # the setting reached memory.measure: only the second process unmapped freed blocks
+    assert [r["scope"] for r in result["runs"]] == ["peak RSS - baseline", "peak RSS - baseline, freed blocks unmapped"]
     for run in result["runs"]:
         assert [(p["step"], p["phase"]) for p in run["phases"]] == [(0, "build")] + [
             (s, ph) for s in (1, 2) for ph in ("teacher_forward", "student_forward", "loss", "backward", "optimizer")]
