@@ -33,9 +33,9 @@ def make_inputs(folder: Path, preset: str, proteins: int, seed: int) -> dict[str
     """Random teacher and student encoders in the preset's shape, a dna-binding head on each, a FASTA."""
     from minprot_ds.bench.throughput import random_models
     from minprot_ds.data.synthetic import sample_lengths
-    from minprot_ds.finetune.heads import build_task_model, save_task_model
+    from minprot_ds.scoring.heads import build_task_model, save_task_model
     from minprot_ds.finetune.tasks import task_spec
-    from minprot_ds.models import MODEL_PRESETS, save_random_protbert
+    from minprot_ds.models.masked_lm import MODEL_PRESETS, save_random_protbert
 
     teacher, student_layers = random_models(folder, preset, seed)
     p = MODEL_PRESETS[preset]
@@ -61,7 +61,7 @@ def naive(model_dir: Path, fasta: Path, mode: str) -> np.ndarray:
     from transformers import AutoModel, BertTokenizer
     from transformers.utils import logging as hf_logging
 
-    from minprot_ds.finetune.heads import load_task_model
+    from minprot_ds.scoring.heads import load_task_model
 
     hf_logging.set_verbosity_error()  # the MLM head's unused weights are expected
     tokenizer = BertTokenizer.from_pretrained(str(model_dir), do_lower_case=False)
@@ -100,7 +100,7 @@ def read_minprot(out: Path, mode: str) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", default="cpu-small", help="model shapes (minprot_ds.models.MODEL_PRESETS); random weights")
+    p.add_argument("--preset", default="cpu-small", help="model shapes (minprot_ds.models.masked_lm.MODEL_PRESETS); random weights")
     p.add_argument("--proteins", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=8192)

@@ -32,6 +32,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import BertConfig
 
     from minprot_ds.bench import memory as mem
+    from minprot_ds.bench import memory_measure as measured_mem
 
     phases: list[dict[str, Any]] = []
     step = 0
@@ -42,12 +43,12 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         step += name == "teacher_forward"  # one micro-batch per step: each step begins with the teacher
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")  # reset VmHWM to the current RSS
-        entry = mem.rss()
+        entry = measured_mem.rss()
         yield
-        phases.append({"step": step, "phase": name, "entry": entry, "peak": mem.peak_rss(), "exit": mem.rss()})
+        phases.append({"step": step, "phase": name, "entry": entry, "peak": measured_mem.peak_rss(), "exit": measured_mem.rss()})
 
     plan = mem.Plan(args.stage, "fp32", False, 1)
-    measured = mem.measure(args.teacher, args.student_layers, plan, corpus=args.corpus, max_tokens=args.max_tokens,
+    measured = measured_mem.measure(args.teacher, args.student_layers, plan, corpus=args.corpus, max_tokens=args.max_tokens,
                            max_rows=args.max_rows, steps=args.steps, phase_timer=phase,
                            unmap_freed=args.allocator == "unmap-freed")
     before, padded = measured["baseline_bytes"], measured["padded_tokens"]
@@ -62,7 +63,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 def make_inputs(work: Path, teacher_layers: int) -> tuple[Path, Path]:
     """A random teacher at ProtBert's width and a corpus of 510-residue rows (every micro-batch full)."""
     from data_prep.corpus import prepare_corpus
-    from minprot_ds.models import save_random_protbert
+    from minprot_ds.models.masked_lm import save_random_protbert
 
     teacher = work / f"teacher-{teacher_layers}l"
     if not (teacher / "model.safetensors").is_file():

@@ -65,7 +65,7 @@ class Watcher(threading.Thread):
     def run(self) -> None:
         import psutil
 
-        from minprot_ds.bench.memory import peak_rss
+        from minprot_ds.bench.memory_measure import peak_rss
 
         while not self.stop.is_set():
             try:
@@ -107,7 +107,7 @@ def run_env() -> dict[str, str]:
 
 def launch(run_dir: Path, args: list[str], ranks: int, timeout_s: float, log_dir: Path) -> dict[str, Any]:
     """launch/distill.py under the real deepspeed launcher, watched; raises with the log's tail if it fails."""
-    from minprot_ds.demo import launcher_command
+    from minprot_ds.distill.demo import launcher_command
 
     cmd = launcher_command(ranks, REPO / "launch" / "distill.py", ["--run-dir", str(run_dir), *args])
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -178,8 +178,8 @@ def same_weights(a: Path, b: Path) -> bool:
 def make_assets(work: Path, teacher_layers: int | None, sequences: int) -> tuple[Path, Path, dict]:
     """The random teacher in ProtBert's config (optionally fewer layers) and a small synthetic corpus."""
     from data_prep.corpus import prepare_corpus
-    from minprot_ds.demo import synthetic_fasta
-    from minprot_ds.models import save_random_protbert
+    from minprot_ds.distill.demo import synthetic_fasta
+    from minprot_ds.models.masked_lm import save_random_protbert
 
     cfg = json.loads(PROTBERT_CONFIG.read_text())
     layers = teacher_layers or cfg["num_hidden_layers"]

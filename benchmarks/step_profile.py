@@ -32,7 +32,7 @@ DEFAULT_OUT = REPO / "benchmarks" / "results" / "step_profile.json"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu-small", help="model shapes (minprot_ds.models.MODEL_PRESETS; default cpu-small)")
+    parser.add_argument("--preset", default="cpu-small", help="model shapes (minprot_ds.models.masked_lm.MODEL_PRESETS; default cpu-small)")
     parser.add_argument("--steps", type=int, default=6, help="profiled steps per loop (default 6)")
     parser.add_argument("--warmup", type=int, default=2, help="unprofiled steps first (default 2)")
     parser.add_argument("--max-tokens", type=int, default=8192, help="engine token budget per micro-batch (default 8192)")

@@ -1,6 +1,6 @@
 """`deepspeed [--num_gpus N | --hostfile H] launch/distill.py --config ...` (or plain `python launch/distill.py`).
 
-Only argument parsing lives here; the job itself is `minprot_ds.distill.run`.
+Only argument parsing lives here; the job itself is `minprot_ds.distill.job.run`.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from minprot_ds.distill import main as distill_main
+    from minprot_ds.distill.job import main as distill_main
 
     args = parse_args(argv)
     overrides = list(args.overrides)

@@ -1,6 +1,7 @@
 """Fixtures every test area shares."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -49,6 +50,49 @@ def _launcher_variables_do_not_leak():
 
 
 SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_dir(tmp_path_factory) -> Path:
+    """A 6-layer, 32-wide random teacher saved in ProtBert's format (config.json, model.safetensors, vocab and
+    tokenizer files), loaded through the same from_pretrained path users use."""
+    from minprot_ds.models.masked_lm import save_random_protbert
+
+    return save_random_protbert(
+        tmp_path_factory.mktemp("tiny_teacher"), num_layers=6, hidden_size=32, num_heads=4, intermediate_size=64, seed=1
+    )
+
+
+TINY = dict(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64)
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide random teacher in ProtBert's format (fine-tune and scoring tests)."""
+    from minprot_ds.models.masked_lm import save_random_protbert
+
+    return save_random_protbert(tmp_path_factory.mktemp("teacher") / "model", seed=0, **TINY)
+
+
+@pytest.fixture(scope="session")
+def student_dir(tmp_path_factory) -> Path:
+    """A student without a distillation run in any store (unit tests)."""
+    return make_student(tmp_path_factory.mktemp("student") / "model", "no-such-run")
+
+
+@pytest.fixture(name="make_student", scope="session")
+def _make_student():
+    """make_student(folder, distill_run_id, step=10) for tests that build students of their own."""
+    return make_student
+
+
+def make_student(folder: Path, distill_run_id: str, step: int = 10) -> Path:
+    """A 1-layer random student with the minprot.json an exported student carries."""
+    from minprot_ds.models.masked_lm import save_random_protbert
+
+    save_random_protbert(folder, seed=1, **(TINY | {"num_layers": 1}))
+    (folder / "minprot.json").write_text(json.dumps({"mlflow_run_id": distill_run_id, "step": step, "teacher": "tiny"}))
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ def _version(module: str) -> str:
 def env() -> dict:
     import torch
 
-    from minprot_ds.flops import peak_tflops
+    from minprot_ds.distill.flops import peak_tflops
 
     info = {
         "python": platform.python_version(),

@@ -9,7 +9,7 @@ from pathlib import Path
 import datasets
 
 from data_prep.tasks import readers
-from data_prep.tasks.records import Level, Records
+from minprot_ds.data.task_records import Level, Records
 from minprot_ds.errors import UserError
 
 TASKS: dict[str, Level] = {"dna-binding": "sequence", "membrane": "sequence", "q3": "residue"}

@@ -6,8 +6,8 @@ from pathlib import Path
 import datasets
 
 from data_prep.tasks.formats import check_task, is_dataset_folder, read_inputs
-from data_prep.tasks.records import label_column
-from data_prep.tasks.store import load_task_folder
+from minprot_ds.data.task_records import label_column
+from minprot_ds.data.task_store import load_task_folder
 from minprot_ds.errors import UserError
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from data_prep.tasks.fasta import read_fasta
-from data_prep.tasks.records import (
+from minprot_ds.data.task_records import (
     EMPTY,
     IGNORE_INDEX,
     LENGTH_MISMATCH,

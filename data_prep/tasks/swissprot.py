@@ -17,7 +17,7 @@ import datasets
 import numpy as np
 from Bio import SwissProt
 
-from data_prep.tasks.records import SEQUENCE_FEATURES, clean_sequence
+from minprot_ds.data.task_records import SEQUENCE_FEATURES, clean_sequence
 from minprot_ds.errors import UserError
 from minprot_ds.vocab import MAX_RESIDUES
 

@@ -82,8 +82,8 @@ def preset_config(name: str) -> Any:
     """The BertConfig of a model preset's teacher (protbert: ProtBert's own, 40,000 positions)."""
     from transformers import BertConfig
 
-    from minprot_ds.flops import PROTBERT_MAX_POSITIONS
-    from minprot_ds.models import MODEL_PRESETS
+    from minprot_ds.distill.flops import PROTBERT_MAX_POSITIONS
+    from minprot_ds.models.masked_lm import MODEL_PRESETS
     from minprot_ds.vocab import VOCAB_SIZE
 
     p = MODEL_PRESETS[name]
@@ -94,7 +94,7 @@ def preset_config(name: str) -> Any:
 
 def model_params(config: Any, num_layers: int) -> int:
     """Parameters of a BertForMaskedLM with this config's widths and `num_layers` layers (tied decoder)."""
-    from minprot_ds.flops import bert_params
+    from minprot_ds.distill.flops import bert_params
 
     return bert_params(num_layers, config.hidden_size, config.intermediate_size, config.vocab_size,
                        config.max_position_embeddings, config.type_vocab_size).total
@@ -184,79 +184,6 @@ def memory_plan(config: Any, student_layers: int, *, gpu: str, gpus: int, nodes:
             "max_rows": max_rows, "student_layers": student_layers, "reserve_gb": RESERVE_GB, "margin": MARGIN,
             "student_parameters": model_params(config, student_layers),
             "teacher_parameters": model_params(config, config.num_hidden_layers), "settings": rows}
-
-
-def _status_bytes(pid: int | str, field: str) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise OSError(f"no {field} in /proc/{pid}/status")
-
-
-def peak_rss(pid: int | str = "self") -> int:
-    """A process's peak resident set size in bytes (Linux: VmHWM of /proc/PID/status)."""
-    return _status_bytes(pid, "VmHWM")
-
-
-def rss(pid: int | str = "self") -> int:
-    """A process's resident set size now, in bytes (VmRSS)."""
-    return _status_bytes(pid, "VmRSS")
-
-
-def live_allocations() -> None:
-    """From now on, this process's RSS follows what it allocates: glibc maps blocks of `MMAP_THRESHOLD` bytes
-    and more and unmaps them when freed (`LIVE_ALLOCATIONS_ENV` does the same for a process started with it)."""
-    import ctypes
-
-    m_mmap_threshold = -3  # malloc.h
-    if ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, MMAP_THRESHOLD) != 1:
-        raise OSError("glibc refused mallopt(M_MMAP_THRESHOLD)")
-
-
-def measure(teacher: str, student_layers: int, plan: Plan, *, corpus: str, max_tokens: int, max_rows: int,
-            steps: int = 2, phase_timer: Any = None, unmap_freed: bool = True) -> dict[str, Any]:
-    """What the plan predicts, measured: peak memory of `steps` distillation steps of this process (one rank).
-
-    GPU: `torch.cuda.max_memory_allocated`. CPU: peak RSS minus the peak before the models were built (the
-    interpreter, torch and DeepSpeed themselves), with freed blocks given back at once (`live_allocations`;
-    `unmap_freed=False` keeps glibc's default). Run it in a fresh process: the CPU peak never goes down.
-    `phase_timer(name)` wraps the build ("build") and each phase of every step (`DistillEngine.step`); a timer
-    that resets the kernel's peak (/proc/self/clear_refs) leaves in measured_bytes only the peak since its
-    last reset, so it must keep the peaks it reads itself (benchmarks/memory_phases.py does).
-    Returns measured bytes, the baseline it is above and the padded tokens of the largest micro-batch seen.
-    """
-    import torch
-
-    from minprot_ds.bench.throughput import RunInputs, Setting, build_setting
-    from minprot_ds.distributed import init_distributed
-    from minprot_ds.engine import untimed
-
-    phase_timer = phase_timer or untimed
-
-    init_distributed()
-    import deepspeed.runtime.zero.stage3  # noqa: F401  (code the build would import, so outside the baseline)
-    import deepspeed.runtime.zero.stage_1_and_2  # noqa: F401
-    import transformers.models.bert.modeling_bert  # noqa: F401
-
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    elif unmap_freed:
-        live_allocations()
-    before = 0 if cuda else peak_rss()
-    setting = Setting(max_tokens, max_rows, plan.stage, plan.checkpointing, "eager", plan.precision)
-    inputs = RunInputs(teacher=teacher, student_layers=student_layers, corpus=corpus, steps=steps, warmup=0, repeats=1)
-    with phase_timer("build"):
-        engine, stream = build_setting(setting, inputs, planned_steps=steps + 1)
-    batches, padded = iter(stream), 0
-    for _ in range(steps):
-        micro = next(batches)
-        padded = max([padded, *(int(b["input_ids"].numel()) for b in micro)])
-        engine.step(micro, phase_timer=phase_timer)
-    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss() - before
-    scope = "max_memory_allocated" if cuda else "peak RSS - baseline" + (", freed blocks unmapped" if unmap_freed else "")
-    return {"measured_bytes": peak, "baseline_bytes": before, "padded_tokens": padded, "scope": scope}
 
 
 def skip_reason(setting: Any, inputs: Any, world: int) -> str | None:

@@ -117,7 +117,7 @@ class NaiveLoop:
         from transformers import BertForMaskedLM
 
         from minprot_ds.ds_config import PRECISIONS
-        from minprot_ds.models import build_student
+        from minprot_ds.models.masked_lm import build_student
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.precision, self.dtype = precision, PRECISIONS[precision]

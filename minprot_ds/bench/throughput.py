@@ -28,11 +28,12 @@ import torch
 import torch.distributed as dist
 
 from minprot_ds import distributed
-from minprot_ds.config import COMPILE_MODES
+from minprot_ds.distill.config import COMPILE_MODES
 from minprot_ds.data.synthetic import sample_lengths
 from minprot_ds.ds_config import PRECISIONS, for_setting
 from minprot_ds.errors import UserError
-from minprot_ds.flops import mfu, peak_tflops
+from minprot_ds.bench.memory import skip_reason
+from minprot_ds.distill.flops import mfu, peak_tflops
 
 LOSS_IMPLS = ("eager", "compiled", "triton")
 REFERENCE_MAX_TOKENS, REFERENCE_MAX_ROWS = 8192, 64  # the run config's defaults: rows scale with the budget
@@ -141,7 +142,7 @@ def hardware_info() -> dict[str, Any]:
 
 def random_models(folder: Path, preset_name: str, seed: int = 0) -> tuple[Path, int]:
     """A random teacher in the preset's shape saved as a ProtBert folder; returns (folder, student layers)."""
-    from minprot_ds.models import MODEL_PRESETS, save_random_protbert
+    from minprot_ds.models.masked_lm import MODEL_PRESETS, save_random_protbert
 
     if preset_name not in MODEL_PRESETS:
         raise UserError(f"--preset {preset_name!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}.")
@@ -274,8 +275,6 @@ def measure_setting(setting: Setting, inputs: RunInputs, between: Callable[[], A
     """Build stream + engine for `setting`, warm up, time `repeats` windows of `steps` engine steps,
     calling `between()` after each window (the paired baseline's window, on rank 0). A setting the memory
     plan says cannot fit the device is not run (status oom)."""
-    from minprot_ds.bench.memory import skip_reason
-
     reason = skip_reason(setting, inputs, dist.get_world_size() if dist.is_initialized() else 1)
     if reason is not None:
         return Result(setting, status="oom", error=reason)
@@ -295,9 +294,9 @@ def measure_setting(setting: Setting, inputs: RunInputs, between: Callable[[], A
 
 def build_setting(setting: Setting, inputs: RunInputs, planned_steps: int):
     """(engine, stream) for one setting: the run config a user would write for it."""
-    from minprot_ds.build import build_engine, build_stream
-    from minprot_ds.config import DistillConfig
-    from minprot_ds.losses import resolve_impl
+    from minprot_ds.distill.build import build_engine, build_stream
+    from minprot_ds.distill.config import DistillConfig
+    from minprot_ds.distill.losses import resolve_impl
 
     rank = distributed.rank()
     world = distributed.world_size()
@@ -543,7 +542,7 @@ def prepare_inputs(work: Path, *, preset: str, teacher: str | None, corpus: str 
     """(teacher folder, student layers, corpus folder, where the lengths came from), made in `work`
     where not given. Rank 0 writes; other ranks wait at a barrier and read the same folder."""
     from minprot_ds.data.synthetic import write_synthetic_corpus
-    from minprot_ds.models import MODEL_PRESETS
+    from minprot_ds.models.masked_lm import MODEL_PRESETS
 
     if preset not in MODEL_PRESETS:
         raise UserError(f"--preset {preset!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}.")

@@ -138,7 +138,7 @@ def memory(
     and the largest token budget that fits with a margin (minprot_ds/bench/memory.py says how)."""
     from minprot_ds.bench import memory as mem
     from minprot_ds.bench.throughput import default_rows
-    from minprot_ds.models import MODEL_PRESETS
+    from minprot_ds.models.masked_lm import MODEL_PRESETS
 
     if preset not in MODEL_PRESETS:
         raise UserError(f"--preset {preset!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}.")

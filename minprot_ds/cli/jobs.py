@@ -20,7 +20,7 @@ def demo(
 
     Ends with a checkpoint, an MLflow run, an exported student, and teacher vs student MLM accuracy.
     """
-    from minprot_ds.demo import run_demo
+    from minprot_ds.distill.demo import run_demo
 
     summary = run_demo(run_root, ranks=ranks, teacher_steps=teacher_steps, distill_steps=distill_steps,
                        ds_config=ds_config, console=console)
@@ -50,7 +50,7 @@ def pretrain_teacher(
     seed: int = typer.Option(0),
 ) -> None:
     """Pre-train a small teacher briefly by MLM (for demos and tests; the real teacher is ProtBert)."""
-    from minprot_ds.pretrain import pretrain_teacher as run
+    from minprot_ds.distill.pretrain import pretrain_teacher as run
 
     acc = run(folder, corpus, steps=steps, lr=lr, seed=seed, log=console.print)
     console.print(f"teacher saved in {folder}; valid MLM accuracy {acc:.3f}")
@@ -61,7 +61,7 @@ def export(
     out: Path = typer.Option(..., "--out", help="folder for the Hugging Face student"),
 ) -> None:
     """Export a checkpoint's student as a Hugging Face folder (safetensors, tokenizer, minprot.json)."""
-    from minprot_ds.export import export_checkpoint
+    from minprot_ds.distill.export import export_checkpoint
 
     folder = export_checkpoint(source, out)
     console.print(f"student exported to {folder} (load with AutoModelForMaskedLM.from_pretrained)")

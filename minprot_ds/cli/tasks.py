@@ -14,7 +14,7 @@ _FORMATS = "auto|netsurfp-csv|flip|deeploc-fasta|deeploc-csv|dna-fasta|labelled-
 
 
 def _print_summary(title: str, data, level: str, dropped: dict[str, dict[str, int]], long: int | None = None) -> None:
-    from data_prep.tasks.store import split_table
+    from minprot_ds.data.task_store import split_table
 
     rows = split_table(data, level)
     table = Table(title=title)
@@ -38,7 +38,7 @@ def _print_summary(title: str, data, level: str, dropped: dict[str, dict[str, in
 def _save(data, out: Path, meta) -> None:
     import datasets
 
-    from data_prep.tasks.store import save_task
+    from minprot_ds.data.task_store import save_task
 
     datasets.disable_progress_bars()  # the summary table above says what was written
     save_task(data, out, meta)
@@ -57,7 +57,7 @@ def swissprot(
     threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
 ) -> None:
     """DNA-binding task from reviewed, complete (no Fragment flag) Swiss-Prot entries of 20-512 residues: label 1 iff keyword DNA-binding (KW-0238); split by MMseqs2 cluster."""
-    from data_prep.tasks.store import TaskMeta
+    from minprot_ds.data.task_store import TaskMeta
     from data_prep.tasks.swissprot import build_swissprot
 
     data, excluded = build_swissprot(files, organism, seed, identity=identity, coverage=coverage, threads=threads)
@@ -84,7 +84,7 @@ def task(
     The DNA-binding benchmark PDB14189 -> PDB2272: put PDB2272_P.txt and PDB2272_N.txt (from github.com/diaodiao1/DNA-binding-proteins, data/) in one folder, then `minprot data task ../shared/data/dna_binding/pdb14189 --out tasks/pdb14189` and `minprot data task PDB2272_DIR --out tasks/pdb2272` (or pass those folders to `minprot finetune`). 
     """
     from data_prep.tasks.formats import FORMATS, read_inputs
-    from data_prep.tasks.store import TaskMeta
+    from minprot_ds.data.task_store import TaskMeta
 
     report = read_inputs(files, fmt, task=task_name, strict=strict)
     title = name or files[0].stem
@@ -109,7 +109,7 @@ def reduce_cmd(
 ) -> None:
     """SUB: cluster the train and valid splits with `mmseqs easy-cluster` and keep one representative per cluster; the test split is kept unchanged."""
     from data_prep.tasks.mmseqs import reduce
-    from data_prep.tasks.store import load_task_folder
+    from minprot_ds.data.task_store import load_task_folder
 
     data, meta = load_task_folder(folder)
     level = meta.level if meta else ("sequence" if "label" in _columns(data) else "residue")
@@ -127,7 +127,7 @@ def random_subset_cmd(
 ) -> None:
     """CUT: a seeded random subset with, per split and label, as many rows as --like (the control for SUB); the test split is kept unchanged."""
     from data_prep.tasks.mmseqs import random_subset
-    from data_prep.tasks.store import load_task_folder
+    from minprot_ds.data.task_store import load_task_folder
 
     data, meta = load_task_folder(folder)
     model, _ = load_task_folder(like)
@@ -148,7 +148,7 @@ def conflicts_cmd(
 ) -> None:
     """Pairs of near-identical sequences with different labels (MMseqs2 all-vs-all search)."""
     from data_prep.tasks.conflicts import find_conflicts, write_report
-    from data_prep.tasks.store import load_task_folder
+    from minprot_ds.data.task_store import load_task_folder
 
     data, _ = load_task_folder(folder)
     found = find_conflicts(data, identity, coverage=coverage, threads=threads)
@@ -194,7 +194,7 @@ def _sequences(path: Path, split: str, task: str | None):
     """One split of a task folder or a data file: the columns id and sequence."""
     from data_prep.tasks.formats import is_dataset_folder, read_inputs
     from data_prep.tasks.load import pick_split
-    from data_prep.tasks.store import load_task_folder
+    from minprot_ds.data.task_store import load_task_folder
     from minprot_ds.errors import UserError
 
     if not path.exists():
@@ -208,7 +208,7 @@ def _columns(data) -> list[str]:
 
 
 def _derived(meta, level: str, folder: Path, variant: str, options: dict):
-    from data_prep.tasks.store import TaskMeta
+    from minprot_ds.data.task_store import TaskMeta
 
     if meta is None:
         return TaskMeta(None, level, folder.name, variant, [str(folder)], options=options)

@@ -1,7 +1,7 @@
 """Scoring a split with the task model: every residue of every protein, through overlapping windows.
 
 A protein longer than the window is cut into windows of `window` residues every `stride` residues
-(`minprot_ds.windows`, the one rule for long proteins): a residue takes the prediction of the window where
+(`minprot_ds.scoring.windows`, the one rule for long proteins): a residue takes the prediction of the window where
 it sits most centrally, and a protein's class probabilities are the mean of its windows' probabilities
 weighted by the residues each window owns. `--long truncate` scores only the first window (the old
 behaviour), and the coverage figures say how much was left out.
@@ -17,7 +17,7 @@ import torch
 from minprot_ds.errors import UserError
 from minprot_ds.finetune.metrics import Predictions
 from minprot_ds.finetune.tasks import Encoded, TaskSpec
-from minprot_ds.windows import Window, plan_windows
+from minprot_ds.scoring.windows import Window, plan_windows
 
 LONG_MODES = ("window", "truncate")
 
@@ -41,11 +41,11 @@ def score(module: torch.nn.Module, enc: Encoded, spec: TaskSpec, *, batch_size: 
     """Predictions for every row (every covered residue for per-residue tasks), the loss and the coverage.
 
     The forward is `minprot predict`'s (inference.forward.score, one code path): windows sorted by length in
-    batches of at most `batch_size` full windows' tokens, stitched by minprot_ds.windows. Every rank runs the
+    batches of at most `batch_size` full windows' tokens, stitched by minprot_ds.scoring.windows. Every rank runs the
     same batches, so ZeRO-3's gathers stay in step.
     """
-    from minprot_ds.inference.forward import WindowSettings, score as forward
-    from minprot_ds.inference.models import TaskScorer
+    from minprot_ds.scoring.forward import WindowSettings, score as forward
+    from minprot_ds.scoring.models import TaskScorer
 
     plans = [plan(len(t), window, stride, long) for t in enc.tokens]
     pieces = sum(len(ws) for ws in plans)

@@ -8,7 +8,7 @@ import datasets
 
 from data_prep.tasks import load_task_data
 from data_prep.tasks.load import pick_split
-from data_prep.tasks.store import read_meta
+from minprot_ds.data.task_store import read_meta
 from minprot_ds.errors import UserError
 
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from minprot_ds.errors import UserError
-from minprot_ds.finetune import links
+from minprot_ds.models import provenance as links
 from minprot_ds.finetune.metrics import json_safe
 
 METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "positive_rate", "mcc")

@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from minprot_ds.finetune.heads import task_loss
+from minprot_ds.scoring.heads import task_loss
 from minprot_ds.optim import build_optimizer, warmup_linear_schedule
 
 

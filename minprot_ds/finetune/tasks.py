@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from minprot_ds.errors import UserError
-from data_prep.tasks.records import Q3_CLASSES
+from minprot_ds.data.task_records import Q3_CLASSES
 from minprot_ds.vocab import CLS_ID, IGNORE_INDEX, INVALID, PAD_ID, SEP_ID, UNK_ID, encode
 
 

@@ -25,9 +25,9 @@ from data_prep.tasks.overlap import Overlap, Thresholds, measure
 from minprot_ds.ds_config import read_ds_config
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import atomic_write
-from minprot_ds.finetune import links
+from minprot_ds.models import provenance as links
 from minprot_ds.finetune.evaluate import LONG_MODES, Scored, score
-from minprot_ds.finetune.heads import TaskModel, build_task_model, save_task_model
+from minprot_ds.scoring.heads import TaskModel, build_task_model, save_task_model
 from minprot_ds.finetune.inputs import TaskInputs, load_inputs
 from minprot_ds.finetune.metrics import Predictions, compute_metrics, flat_metrics, json_safe, read_predictions, write_predictions
 from minprot_ds.finetune.options import FinetuneConfig

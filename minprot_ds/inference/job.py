@@ -22,7 +22,8 @@ import torch
 from minprot_ds import __version__
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import atomic_write, write_json
-from minprot_ds.inference import forward, models, records
+from minprot_ds.inference import records
+from minprot_ds.scoring import forward, models
 from minprot_ds.inference.parts import FORMAT, Chunk, Parts, check_same, parts_dir
 from minprot_ds.inference.progress import InferenceProgress
 from minprot_ds.inference.writers import EMBED, PREDICT_PROTEIN, PREDICT_RESIDUE, Row, check_suffix, open_writer
@@ -197,7 +198,7 @@ def run(cfg: JobConfig, *, echo: Callable[[str], None] | None = None) -> JobResu
 
 
 def _tracker(cfg: JobConfig, out: Path, rank: int, finetune_run: str | None, manifest: dict[str, Any]):
-    from minprot_ds.finetune import links
+    from minprot_ds.models import provenance as links
     from minprot_ds.tracking import Tracker, environment_params
 
     tracker = Tracker.start(tracking_uri=cfg.tracking_uri, run_dir=Path(out).parent, experiment=cfg.experiment,

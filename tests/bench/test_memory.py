@@ -77,7 +77,7 @@ def test_cli_errors_name_the_flag(args, words):
 
 def test_throughput_skips_a_setting_the_plan_says_cannot_fit(tmp_path):
     from minprot_ds.bench import throughput as tp
-    from minprot_ds.models import save_random_protbert
+    from minprot_ds.models.masked_lm import save_random_protbert
 
     teacher = save_random_protbert(tmp_path / "t", num_layers=2, hidden_size=64, num_heads=4, intermediate_size=128)
     small, big = tp.sweep_settings(max_tokens=[1024, 262_144], zero_stages=[2], checkpointing=[False],
@@ -120,12 +120,12 @@ def long_corpus(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.rehearsal] if n.startswith("protbert-full") else [])
                                   for n in SHAPES])
 def test_predicted_peak_is_within_20_percent_of_the_measured_one(name, long_corpus, tmp_path):
-    from minprot_ds.models import save_random_protbert
+    from minprot_ds.models.masked_lm import save_random_protbert
 
     shape, student_layers, stage, ckpt, tokens, rows = SHAPES[name]
     teacher = save_random_protbert(tmp_path / "teacher", **shape, max_position_embeddings=40_000)
     plan = mem.Plan(stage, "fp32", ckpt, 1)
-    code = ("import json, sys; from minprot_ds.bench.memory import Plan, measure;"
+    code = ("import json, sys; from minprot_ds.bench.memory import Plan; from minprot_ds.bench.memory_measure import measure;"
             f"print('RESULT', json.dumps(measure({str(teacher)!r}, {student_layers}, Plan({stage}, 'fp32', {ckpt}, 1), "
             f"corpus={str(long_corpus)!r}, max_tokens={tokens}, max_rows={rows})))")
     # A fresh process: a CPU's peak RSS never goes down, so each shape needs its own.

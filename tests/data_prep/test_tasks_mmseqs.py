@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from data_prep.tasks.conflicts import find_conflicts, to_markdown
 from data_prep.tasks.mmseqs import random_subset, reduce
-from data_prep.tasks.records import SEQUENCE_FEATURES
-from data_prep.tasks.store import TaskMeta, save_task
+from minprot_ds.data.task_records import SEQUENCE_FEATURES
+from minprot_ds.data.task_store import TaskMeta, save_task
 from minprot_ds.cli import app
 from minprot_ds.errors import UserError
 

@@ -1,7 +1,6 @@
 """Tiny models and tiny task sets cut from the real benchmark files in ../shared/data."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -9,29 +8,9 @@ import datasets
 import pytest
 
 from data_prep.tasks import load_task_data
-from data_prep.tasks.store import TaskMeta, save_task
-from minprot_ds.models import save_random_protbert
+from minprot_ds.data.task_store import TaskMeta, save_task
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-TINY = dict(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64)
-
-
-@pytest.fixture(scope="session")
-def teacher_dir(tmp_path_factory) -> Path:
-    return save_random_protbert(tmp_path_factory.mktemp("teacher") / "model", seed=0, **TINY)
-
-
-@pytest.fixture(scope="session")
-def student_dir(tmp_path_factory) -> Path:
-    """A student without a distillation run in any store (unit tests)."""
-    return make_student(tmp_path_factory.mktemp("student") / "model", "no-such-run")
-
-
-def make_student(folder: Path, distill_run_id: str, step: int = 10) -> Path:
-    """A 1-layer random student with the minprot.json an exported student carries."""
-    save_random_protbert(folder, seed=1, **(TINY | {"num_layers": 1}))
-    (folder / "minprot.json").write_text(json.dumps({"mlflow_run_id": distill_run_id, "step": step, "teacher": "tiny"}))
-    return folder
 
 
 def balanced(data: datasets.Dataset, per_class: int, max_len: int, skip: int = 0) -> datasets.Dataset:
@@ -94,7 +73,7 @@ def fake_distillation_run(uri: str, artifacts: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def runs(sets: dict[str, Path], teacher_dir: Path, tmp_path_factory) -> Runs:
+def runs(sets: dict[str, Path], teacher_dir: Path, make_student, tmp_path_factory) -> Runs:
     from typer.testing import CliRunner
 
     from minprot_ds.cli import app

@@ -10,7 +10,7 @@ import torch
 
 from data_prep.tasks import load_task_data
 from minprot_ds.finetune.evaluate import score
-from minprot_ds.finetune.heads import build_task_model
+from minprot_ds.scoring.heads import build_task_model
 from minprot_ds.finetune.tasks import collate, encode_split, task_spec, whole
 
 CPU = torch.device("cpu")

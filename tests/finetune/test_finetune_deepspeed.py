@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from minprot_ds.demo import launcher_command
+from minprot_ds.distill.demo import launcher_command
 
 REPO = Path(__file__).resolve().parents[2]
 

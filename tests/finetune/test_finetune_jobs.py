@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 from sklearn import metrics as skm
 
-from minprot_ds.finetune.heads import load_task_model
+from minprot_ds.scoring.heads import load_task_model
 from minprot_ds.finetune.metrics import compute_metrics, json_safe, read_predictions
 from minprot_ds.finetune.tasks import task_spec
 

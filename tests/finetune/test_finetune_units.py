@@ -9,7 +9,7 @@ from transformers import BertTokenizer
 
 from data_prep.tasks import load_task_data
 from minprot_ds.errors import UserError
-from minprot_ds.finetune.heads import build_task_model
+from minprot_ds.scoring.heads import build_task_model
 from minprot_ds.finetune.tasks import collate, crop_pieces, encode_split, sample_rows, task_spec, train_batches, whole
 from minprot_ds.vocab import CLS_ID, PAD_ID, SEP_ID
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from minprot_ds.models import save_random_protbert
+from minprot_ds.models.masked_lm import save_random_protbert
 
 TINY = dict(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64)
 RESIDUES = list("LAGVESIKRDTPNQFYMHCW")
@@ -40,7 +40,7 @@ def encoder_dir(tmp_path_factory) -> Path:
 
 def save_task_model(encoder: Path, task: str, folder: Path, seed: int = 0, pooling: str = "cls") -> Path:
     """A fine-tuned model folder as `minprot finetune` saves it (untrained head, so the test needs no training)."""
-    from minprot_ds.finetune.heads import build_task_model, save_task_model as save
+    from minprot_ds.scoring.heads import build_task_model, save_task_model as save
     from minprot_ds.finetune.tasks import task_spec
 
     spec = task_spec(task)

@@ -81,7 +81,7 @@ def test_the_token_budget_does_not_change_the_probabilities(dna_model, proteome,
 
 def _direct(model_dir: Path, seq: str, per_residue: bool) -> np.ndarray:
     """The model's own single forward pass on [CLS] seq [SEP], no batching, no windows."""
-    from minprot_ds.finetune.heads import load_task_model
+    from minprot_ds.scoring.heads import load_task_model
     from minprot_ds.vocab import CLS_ID, SEP_ID, encode
 
     model = load_task_model(model_dir)
@@ -204,8 +204,8 @@ def test_cli_errors_are_one_line(encoder_dir, dna_model, proteome, tmp_path, cap
 
 def test_out_of_memory_halves_the_batch_and_a_lone_window_that_fails_is_a_failure(dna_model, random_sequences):
     """CPUs have no device memory to exhaust: a scorer that raises torch's OOM error above a batch size stands in."""
-    from minprot_ds.inference.forward import WindowSettings, score
-    from minprot_ds.inference.models import TaskScorer, load_task
+    from minprot_ds.scoring.forward import WindowSettings, score
+    from minprot_ds.scoring.models import TaskScorer, load_task
 
     model, info = load_task(dna_model, torch.float32, torch.device("cpu"))
     real = TaskScorer(model, False)

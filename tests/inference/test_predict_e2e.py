@@ -15,7 +15,7 @@ import pytest
 
 from minprot_ds.inference.job import JobConfig, run
 from minprot_ds.inference.parts import parts_dir
-from minprot_ds.models import save_random_protbert
+from minprot_ds.models.masked_lm import save_random_protbert
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from minprot_ds.errors import UserError
-from minprot_ds.losses import distill_loss
-from minprot_ds.models import build_student, forward_for_loss, load_student, load_teacher, select_layers
+from minprot_ds.distill.losses import distill_loss
+from minprot_ds.models.masked_lm import build_student, forward_for_loss, load_student, load_teacher, select_layers
 from minprot_ds.vocab import CLS_ID, PAD_ID, SEP_ID, TOKENS
 
 
@@ -111,7 +111,7 @@ def test_missing_paths_are_named(tmp_path):
 
 def test_hub_id_offline_message():
     # A fresh process, as users set HF_HUB_OFFLINE before starting a job.
-    code = "from minprot_ds.models import load_teacher; load_teacher('Rostlab/prot_bert_not_cached')"
+    code = "from minprot_ds.models.masked_lm import load_teacher; load_teacher('Rostlab/prot_bert_not_cached')"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=os.environ.get("HF_HOME", "/nonexistent-hf-home"))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
