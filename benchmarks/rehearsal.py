@@ -480,7 +480,7 @@ def _s(x: float | None) -> str | None:
 
 
 def table_rows(results: dict[str, Any]) -> list[list[Any]]:
-    """Figure x stage rows of the table (README's "A real run")."""
+    """Figure x stage rows of the table (docs/rehearsal-and-memory.md)."""
     stages = results["stages"]
 
     def row(name, fn):

@@ -26,7 +26,7 @@ PY=${PYTHON:-python3}
 PIP=(.venv/bin/python -m pip install --disable-pip-version-check -q)
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
-    # GPU machines: the CUDA build pip picks by default (V100 users: see README, "GPUs").
+    # GPU machines: the CUDA build pip picks by default (V100 users: see docs/gpu.md).
     "${PIP[@]}" "torch>=2.4,<2.15"
   else
     # No GPU: the CPU build (a plain `torch` would pull a multi-GB CUDA build).

@@ -1,5 +1,5 @@
 """`python -m minprot_ds.preempt`: usage and a missing launcher are one clear line, not a traceback (the
-signal path itself is tested end to end in tests/engine/test_resume_e2e.py)."""
+signal path itself is tested end to end in tests/distill/e2e/test_resume_e2e.py)."""
 import subprocess
 import sys
 

@@ -9,7 +9,7 @@ and gpu_run.log (every step's output). Steps, in order of priority:
   install          the carried wheels (benchmarks/gpu/carry/wheels, see build_carry.py) into a target folder
   environment      Python, torch, CUDA, Triton, transformers, DeepSpeed, datasets; the device
   matmul-peak      the bf16 and fp16 matmul rate reached here: MFU is taken against it
-  loss-tests       pytest tests/losses: the compiled kernels against float64, at real shapes, fp16 and bf16
+  loss-tests       pytest tests/distill/losses: the compiled kernels against float64, at real shapes, fp16 and bf16
   loss-kernels-*   benchmarks/loss_kernels.py: eager vs fused vs compiled, time and peak memory, real shapes
   throughput-*     the throughput benchmark, protbert preset (random weights), 1 GPU, ZeRO-2: bf16 and fp16,
                    two token budgets, checkpointing off/on, the fused loss, the naive baseline paired,
@@ -264,7 +264,7 @@ def measured_peak(run: Run, precision: str) -> list[str]:
 
 
 def loss_test_commands(run: Run) -> list[list[str]]:
-    cmd = py(run, "-m", "pytest", "tests/losses", "-q", "-p", "no:cacheprovider", "-o", "addopts=--import-mode=importlib",
+    cmd = py(run, "-m", "pytest", "tests/distill/losses", "-q", "-p", "no:cacheprovider", "-o", "addopts=--import-mode=importlib",
              f"--junitxml={run.file('loss_tests.xml')}")
     if run.dry:  # the interpreter is slow; the real-shape cases skip on CPU but are collected and reported
         cmd += ["-k", "real_shapes or single_row"]
@@ -454,7 +454,7 @@ def plan() -> list[Step]:
         Step("environment", "software and device", 40,
              lambda run: [py(run, "benchmarks/gpu/probe.py", "env", "--out", str(run.file("env.json")))], read_env),
         Step("matmul-peak", "matmul rate reached here (MFU's denominator)", 30, matmul_commands, read_matmul),
-        Step("loss-tests", "pytest tests/losses: kernels vs float64, real shapes, fp16 and bf16", 100,
+        Step("loss-tests", "pytest tests/distill/losses: kernels vs float64, real shapes, fp16 and bf16", 100,
              loss_test_commands, read_junit),
         loss_kernel_step("bf16"),
         loss_kernel_step("fp16"),
@@ -467,7 +467,7 @@ def plan() -> list[Step]:
              read_profile),
         throughput_step("throughput-compile", "bf16, --compile none,teacher on the same batches", "bf16", "bf16",
                         ["--max-tokens", "16384", "--checkpointing", "off", "--compile", "none,teacher"],
-                        # CPU: compiling takes minutes there (tests/models/test_compile.py covers it); the flags still run
+                        # CPU: compiling takes minutes there (tests/distill/test_compile.py covers it); the flags still run
                         ["--max-tokens", "1024", "--checkpointing", "off", "--compile", "none"], 110, baseline=False),
     ]
 

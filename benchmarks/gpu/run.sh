@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 15's GPU measurements in one command, on a bare offline GPU machine (see README, "GPU figures"):
+# Issue 15's GPU measurements in one command, on a bare offline GPU machine (see docs/gpu.md):
 #
 #   OUT=/path/to/results bash benchmarks/gpu/run.sh [--dry-run] [run.py options, see --help]
 #

@@ -1,7 +1,7 @@
 """benchmarks/rehearsal.py in its reduced form: ProtBert's width (hidden 1024, FFN 4096, 16 heads, 40,000
 positions) with 2 teacher layers, ZeRO-2 on 2 CPU ranks under the real launcher, 2 steps, an exact resume
 from step 1, `minprot export`, a reload with AutoModelForMaskedLM, two fine-tune steps, `minprot predict` and
-`minprot embed` of a few DeepLoc proteins. The full-size run is README's command."""
+`minprot embed` of a few DeepLoc proteins. The full-size run is the command in docs/rehearsal-and-memory.md."""
 from __future__ import annotations
 
 import json

@@ -203,7 +203,7 @@ def config_keys() -> list[str]:
 def test_every_config_key_has_a_probe():
     missing = [k for k in config_keys() if k not in KEYS]
     unknown = [k for k in KEYS if k not in config_keys()]
-    assert not missing, f"config keys without a probe in tests/test_config_keys.py KEYS: {missing}"
+    assert not missing, f"config keys without a probe in tests/distill/test_config_keys.py KEYS: {missing}"
     assert not unknown, f"KEYS names keys the config does not have: {unknown}"
 
 

@@ -4,7 +4,7 @@ Triton 3.9 reads TRITON_INTERPRET when `@triton.jit` decorates a function, and d
 tl.max/tl.sum when triton.language is first imported; so on a machine without CUDA this module sets
 TRITON_INTERPRET=1 before anything imports triton (pytest imports test modules before running any test;
 nothing in minprot_ds imports triton at import time). If triton was already imported in compiled mode by
-something else in the process, the Triton tests skip saying so; `TRITON_INTERPRET=1 pytest tests/losses`
+something else in the process, the Triton tests skip saying so; `TRITON_INTERPRET=1 pytest tests/distill/losses`
 always works. Inputs are fresh random each run; the seed is printed (pytest shows it on failure) and
 MINPROT_TEST_SEED=<seed> replays it.
 """
