@@ -7,7 +7,6 @@ Throughput runs in one process (CPU, or the first GPU); for several GPUs run the
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from rich.table import Table
 
