@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from minprot_ds.data.batching import DEFAULT_MAX_TOKENS  # noqa: E402
 from common import SHARED_LENGTHS, make_console, print_table, time_repeats, write_json  # noqa: E402
 
 RESIDUES = list("LAGVESIKRDTPNQFYMHCW")
@@ -83,9 +84,11 @@ def naive(model_dir: Path, fasta: Path, mode: str) -> np.ndarray:
 
 
 def minprot(model_dir: Path, fasta: Path, mode: str, out: Path, max_tokens: int) -> None:
-    from minprot_ds.inference.job import JobConfig, run
+    from minprot_ds.inference.job import run
+    from minprot_ds.inference.options import EmbedOptions, PredictOptions
 
-    run(JobConfig(mode, model_dir, fasta, out, max_tokens=max_tokens, progress=False))
+    options = PredictOptions if mode == "predict" else EmbedOptions
+    run(options(model=model_dir, fasta=fasta, out=out, max_tokens=max_tokens, progress=False))
 
 
 def read_minprot(out: Path, mode: str) -> np.ndarray:
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="cpu-small", help="model shapes (minprot_ds.models.masked_lm.MODEL_PRESETS); random weights")
     p.add_argument("--proteins", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--max-tokens", type=int, default=8192)
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/inference.json"))
     args = p.parse_args(argv)

@@ -27,6 +27,9 @@ from typing import Any
 from common import SHARED_LENGTHS, make_console, print_table, write_json
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from minprot_ds.data.batching import DEFAULT_MAX_TOKENS  # noqa: E402
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "step_profile.json"
 
 
@@ -35,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--preset", default="cpu-small", help="model shapes (minprot_ds.models.masked_lm.MODEL_PRESETS; default cpu-small)")
     parser.add_argument("--steps", type=int, default=6, help="profiled steps per loop (default 6)")
     parser.add_argument("--warmup", type=int, default=2, help="unprofiled steps first (default 2)")
-    parser.add_argument("--max-tokens", type=int, default=8192, help="engine token budget per micro-batch (default 8192)")
+    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                        help=f"engine token budget per micro-batch (default {DEFAULT_MAX_TOKENS})")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="both loops' precision (default fp32; fp16 needs a GPU)")
     parser.add_argument("--lengths", type=Path, default=SHARED_LENGTHS,

@@ -31,6 +31,8 @@ import dataclasses
 import math
 from typing import Any
 
+from minprot_ds.data.batching import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS
+
 GB = 2**30
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 RESERVE_GB = 1.0  # CUDA context + NCCL buffers, outside max_memory_allocated
@@ -152,21 +154,22 @@ def fits(est: Estimate, device_gb: float) -> bool:
     return est.total / GB <= device_gb * (1 - MARGIN) - RESERVE_GB
 
 
-def largest_budget(config: Any, student_layers: int, plan: Plan, device_gb: float, *, rows_per_8192: int = 64,
+def largest_budget(config: Any, student_layers: int, plan: Plan, device_gb: float, *,
                    longest: int = 514, step: int = 512) -> int | None:
-    """The largest token budget (a multiple of `step`, rows scaled as the run config's 8192 -> 64) that fits."""
+    """The largest token budget (a multiple of `step`, rows scaled as the run config's
+    DEFAULT_MAX_TOKENS -> DEFAULT_MAX_ROWS) that fits."""
     best = None
     budget = step * math.ceil(520 / step)  # one 512-residue row
     while budget <= 262_144:
-        rows = max(1, round(rows_per_8192 * budget / 8192))
+        rows = max(1, round(DEFAULT_MAX_ROWS * budget / DEFAULT_MAX_TOKENS))
         if not fits(estimate(config, student_layers, plan, max_tokens=budget, max_rows=rows, longest=longest), device_gb):
             break
         best, budget = budget, budget + step
     return best
 
 
-def memory_plan(config: Any, student_layers: int, *, gpu: str, gpus: int, nodes: int = 1, max_tokens: int = 8192,
-                max_rows: int = 64) -> dict[str, Any]:
+def memory_plan(config: Any, student_layers: int, *, gpu: str, gpus: int, nodes: int = 1, max_tokens: int = DEFAULT_MAX_TOKENS,
+                max_rows: int = DEFAULT_MAX_ROWS) -> dict[str, Any]:
     """Every ZeRO stage x precision x checkpointing setting: predicted GB per device at `max_tokens`, whether it
     fits `gpu`, and the largest token budget that fits."""
     device_gb = GPUS[gpu]

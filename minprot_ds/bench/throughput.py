@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from minprot_ds import distributed
 from minprot_ds.distill.config import COMPILE_MODES
+from minprot_ds.data.batching import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS
 from minprot_ds.data.synthetic import sample_lengths
 from minprot_ds.ds_config import PRECISIONS, for_setting
 from minprot_ds.errors import UserError
@@ -36,7 +37,8 @@ from minprot_ds.bench.memory import skip_reason
 from minprot_ds.distill.flops import mfu, peak_tflops
 
 LOSS_IMPLS = ("eager", "compiled", "triton")
-REFERENCE_MAX_TOKENS, REFERENCE_MAX_ROWS = 8192, 64  # the run config's defaults: rows scale with the budget
+# The run config's defaults: rows scale with the budget.
+REFERENCE_MAX_TOKENS, REFERENCE_MAX_ROWS = DEFAULT_MAX_TOKENS, DEFAULT_MAX_ROWS
 SPLIT_PHASES = ("teacher_forward", "student_forward_backward", "loss", "optimizer")
 # The engine's step phases, as the report groups them (the loss's own backward is in the student's share).
 PHASE_GROUP = {"teacher_forward": "teacher_forward", "student_forward": "student_forward_backward",
@@ -65,7 +67,8 @@ class Setting:
 
 
 def default_rows(max_tokens: int) -> int:
-    """Rows per micro-batch scaled with the token budget, at the run config's default ratio (8192 → 64)."""
+    """Rows per micro-batch scaled with the token budget, at the run config's default ratio
+    (DEFAULT_MAX_TOKENS → DEFAULT_MAX_ROWS: 8192 → 64)."""
     return max(1, round(REFERENCE_MAX_ROWS * max_tokens / REFERENCE_MAX_TOKENS))
 
 

@@ -1,25 +1,38 @@
-"""The `minprot` command: one typer app with a sub-app per area (data, ...)."""
+"""The `minprot` command: one typer app. Every cli module lists its commands the same way, as
+`COMMANDS = [("name", function), ...]`, a name of two words ("data prepare") placing a command in a group."""
 from __future__ import annotations
 
 import typer
 
+from minprot_ds.cli import bench, data, finetune, jobs, predict, tasks
 from minprot_ds.cli.common import run_cli
-from minprot_ds.cli import tasks as _tasks  # noqa: F401  (registers task-dataset commands on data_app)
-from minprot_ds.cli import bench, finetune, jobs, predict
-from minprot_ds.cli.data import data_app
 
-app = typer.Typer(
-    name="minprot",
-    help="Distil ProtBert into a smaller student on DeepSpeed, and measure it downstream.",
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    pretty_exceptions_enable=False,
-)
-app.add_typer(data_app, name="data")
-app.add_typer(bench.bench_app, name="bench")
-jobs.register(app)
-finetune.register(app)
-predict.register(app)
+GROUPS = {
+    "data": "Prepare and inspect corpora and task datasets.",
+    "bench": "Hardware throughput benchmarks and the memory plan of the distillation.",
+}
+MODULES = (data, tasks, bench, jobs, finetune, predict)
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="minprot",
+        help="Distil ProtBert into a smaller student on DeepSpeed, and measure it downstream.",
+        no_args_is_help=True,
+        rich_markup_mode="rich",
+        pretty_exceptions_enable=False,
+    )
+    groups = {name: typer.Typer(help=help, no_args_is_help=True) for name, help in GROUPS.items()}
+    for name, group in groups.items():
+        app.add_typer(group, name=name)
+    for module in MODULES:
+        for name, function in module.COMMANDS:
+            *group, command = name.split()
+            (groups[group[0]] if group else app).command(command)(function)
+    return app
+
+
+app = build_app()
 
 
 def main() -> None:

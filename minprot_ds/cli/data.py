@@ -1,4 +1,4 @@
-"""`minprot data ...`: corpus preparation and inspection (task-set commands register here too)."""
+"""`minprot data prepare | inspect`: corpus preparation and inspection (task datasets: cli/tasks.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,12 +9,9 @@ from rich.table import Table
 
 from minprot_ds.cli.common import console
 
-data_app = typer.Typer(help="Prepare and inspect corpora and task datasets.", no_args_is_help=True)
-
 PERCENTS = (0, 5, 25, 50, 75, 95, 100)
 
 
-@data_app.command("prepare")
 def prepare(
     inputs: Annotated[
         list[Path],
@@ -63,7 +60,6 @@ def prepare(
     _print_summary(out, manifest)
 
 
-@data_app.command("inspect")
 def inspect(
     folder: Annotated[Path, typer.Argument(help="A corpus folder made by `minprot data prepare`.")],
     verify: Annotated[bool, typer.Option(help="Also check every shard's size and sha256 against the manifest.")] = False,
@@ -105,3 +101,6 @@ def _print_summary(folder: Path, manifest) -> None:
     for reason, count in manifest.drops.items():
         drops.add_row(reason, f"{count:,}")
     console.print(drops)
+
+
+COMMANDS = [("data prepare", prepare), ("data inspect", inspect)]

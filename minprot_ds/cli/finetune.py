@@ -7,18 +7,19 @@ from typing import Optional
 import typer
 
 from minprot_ds.cli.common import console
-from minprot_ds.finetune.options import typer_command
+from minprot_ds.finetune.options import FinetuneConfig
+from minprot_ds.options import typer_command
 
 
-def _finetune(cfg) -> None:
-    from minprot_ds.finetune import run
+def _finetune(cfg: FinetuneConfig) -> int:
+    from minprot_ds.finetune.train import start
 
-    result = run(cfg, echo=console.print)
-    console.print(f"MLflow run {result.mlflow_run_id}; metrics in {result.out / 'metrics.json'}", soft_wrap=True)
+    return start(cfg, echo=console.print)
 
 
-# The options come from FinetuneConfig (minprot_ds.finetune.options), as launch/finetune.py's do.
-finetune = typer_command(_finetune, "Fine-tune a ProtBert-format model on one downstream task and record the run in MLflow.")
+# The options come from FinetuneConfig (minprot_ds/finetune/options.py), as launch/finetune.py's do.
+finetune = typer_command(FinetuneConfig, _finetune, "Fine-tune a ProtBert-format "
+                         "model on one downstream task and record the run in MLflow.", "finetune", launcher=True)
 
 
 def report(
@@ -34,6 +35,4 @@ def report(
     console.print(f"report written to {path}")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("finetune")(finetune)
-    app.command("report")(report)
+COMMANDS = [("finetune", finetune), ("report", report)]

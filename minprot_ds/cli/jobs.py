@@ -1,5 +1,7 @@
-"""`minprot demo | pretrain-teacher | export`: the jobs around a distillation (the distillation itself
-runs under the deepspeed launcher: `deepspeed launch/distill.py`)."""
+"""`minprot distill | demo | pretrain-teacher | export`: the distillation and the jobs around it.
+
+`minprot distill` is the job `deepspeed launch/distill.py` runs (the same options, DistillOptions): in one
+process, or under any launcher."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +9,20 @@ from pathlib import Path
 import typer
 
 from minprot_ds.cli.common import console
+from minprot_ds.distill.options import DistillOptions
+from minprot_ds.options import typer_command
+
+
+def _distill(opts: DistillOptions) -> int:
+    from minprot_ds.distill.job import start
+
+    return start(opts)
+
+
+distill = typer_command(DistillOptions, _distill, "Distil a ProtBert teacher into a smaller student with DeepSpeed "
+                        "(one process here; for several, `deepspeed --num_gpus N launch/distill.py` with the same "
+                        "options).\n\nThe run config (--config, --set) says what the run does; presets are in "
+                        "launch/configs/.", "distill", launcher=True)
 
 
 def demo(
@@ -67,7 +83,4 @@ def export(
     console.print(f"student exported to {folder} (load with AutoModelForMaskedLM.from_pretrained)")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
-    app.command("pretrain-teacher")(pretrain_teacher)
-    app.command("export")(export)
+COMMANDS = [("distill", distill), ("demo", demo), ("pretrain-teacher", pretrain_teacher), ("export", export)]

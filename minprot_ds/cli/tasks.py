@@ -1,4 +1,4 @@
-"""`minprot data swissprot|task|reduce|random-subset|conflicts`: downstream task datasets (registered on data_app)."""
+"""`minprot data swissprot|task|reduce|random-subset|conflicts|overlap`: downstream task datasets."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from minprot_ds.cli.common import console
-from minprot_ds.cli.data import data_app
 
 _FORMATS = "auto|netsurfp-csv|flip|deeploc-fasta|deeploc-csv|dna-fasta|labelled-csv"
 
@@ -45,7 +44,6 @@ def _save(data, out: Path, meta) -> None:
     console.print(f"wrote {out}")
 
 
-@data_app.command("swissprot")
 def swissprot(
     files: list[Path] = typer.Argument(..., help="UniProt flat file(s): uniprot_sprot.dat or .dat.gz"),
     organism: str = typer.Option(..., help="human | c-elegans | bacteria-archaea | an NCBI taxid (e.g. 10090)"),
@@ -68,7 +66,6 @@ def swissprot(
     _save(data, out, meta)
 
 
-@data_app.command("task")
 def task(
     files: list[Path] = typer.Argument(..., help="data file(s) of one format, a folder of them (e.g. PDB14189_P/_N), or a FLIP split folder"),
     out: Path = typer.Option(..., help="task folder to write"),
@@ -99,7 +96,6 @@ def task(
     _save(report.data, out, meta)
 
 
-@data_app.command("reduce")
 def reduce_cmd(
     folder: Path = typer.Argument(..., help="task folder to reduce"),
     out: Path = typer.Option(..., help="folder for the reduced set (SUB)"),
@@ -118,7 +114,6 @@ def reduce_cmd(
     _save(sub, out, _derived(meta, level, folder, "sub", {"identity": identity, "coverage": coverage}))
 
 
-@data_app.command("random-subset")
 def random_subset_cmd(
     folder: Path = typer.Argument(..., help="task folder to sample from"),
     like: Path = typer.Option(..., help="folder whose split sizes to copy (the SUB made from FOLDER)"),
@@ -137,7 +132,6 @@ def random_subset_cmd(
     _save(cut, out, _derived(meta, level, folder, "cut", {"like": str(like), "seed": seed}))
 
 
-@data_app.command("conflicts")
 def conflicts_cmd(
     folder: Path = typer.Argument(..., help="task folder (dna-binding or membrane)"),
     identity: float = typer.Option(0.9, help="minimum sequence identity of a pair (mmseqs --min-seq-id)"),
@@ -162,7 +156,6 @@ def conflicts_cmd(
         console.print(f"wrote {write_report(found, out, str(folder), identity)}")
 
 
-@data_app.command("overlap")
 def overlap_cmd(
     query: Path = typer.Argument(..., help="the test side: a task folder (its test split, if it has one) or any data file"),
     target: Path = typer.Argument(..., help="the training side: a task folder (its train split, if it has one) or any data file"),
@@ -213,3 +206,7 @@ def _derived(meta, level: str, folder: Path, variant: str, options: dict):
     if meta is None:
         return TaskMeta(None, level, folder.name, variant, [str(folder)], options=options)
     return TaskMeta(meta.task, meta.level, meta.name, variant, [str(folder)], options=meta.options | {variant: options})
+
+
+COMMANDS = [("data swissprot", swissprot), ("data task", task), ("data reduce", reduce_cmd),
+            ("data random-subset", random_subset_cmd), ("data conflicts", conflicts_cmd), ("data overlap", overlap_cmd)]

@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from minprot_ds.data.batching import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS
 from minprot_ds.data.masking import MaskingOptions
 from minprot_ds.distill.engine import KD_POSITIONS
 from minprot_ds.errors import UserError
@@ -37,8 +38,8 @@ class ModelConfig:
 class DataConfig:
     corpus: str = "data/uniref50"  # a folder made by `minprot data prepare`
     seed: int = 0  # seeds the sample order and the masking
-    max_tokens: int = 8192  # padded tokens per micro-batch (rows x padded length)
-    max_rows: int = 64
+    max_tokens: int = DEFAULT_MAX_TOKENS  # padded tokens per micro-batch (rows x padded length)
+    max_rows: int = DEFAULT_MAX_ROWS
     pad_to_multiple_of: int = 8
     num_workers: int = 2
     mask_probability: float = 0.15

@@ -15,16 +15,20 @@ import torch
 
 from minprot_ds.distill.checkpoint import Checkpointer, TrainState
 from minprot_ds.distill.config import DistillConfig
+from minprot_ds.distill.options import DistillOptions
 from minprot_ds.distributed import any_rank, end_torchrun_job, init_distributed, rank as global_rank, restart_count
 from minprot_ds.ds_config import precision, read_ds_config
 from minprot_ds.errors import UserError
 from minprot_ds.distill.export import STUDENT_CONFIG, export_student, student_provenance
 from minprot_ds.models.folders import save_gathered
 from minprot_ds.fileio import write_json
+from minprot_ds.options import launch
 from minprot_ds.distill.metrics import StepMeter
 from minprot_ds.progress import TrainProgress
 from minprot_ds.tracking import environment_params
 from minprot_ds.distill.watchdog import Watchdog, check_shared_run_dir
+
+REPO = Path(__file__).resolve().parents[2]  # a checkout: ds_configs/ lives beside the package
 
 
 @dataclasses.dataclass
@@ -175,17 +179,21 @@ def default_ds_config(ds_config_dir: Path) -> Path:
     return ds_config_dir / name
 
 
-def main(*, config: str, overrides: list[str], ds_config: str, ds_config_dir: Path, run_dir: str,
-         max_steps: int | None, resume: str) -> int:
-    """What launch/distill.py calls: a UserError becomes one line on stderr and exit status 1."""
+def start(opts: DistillOptions) -> int:
+    """The job from its options (what `minprot distill` and launch/distill.py run): a UserError becomes one
+    line on stderr and exit status 1."""
     import sys
 
     from minprot_ds.distill.config import load_config
 
+    overrides = list(opts.set)
+    if opts.tracking_uri:
+        overrides.append(f'tracking.tracking_uri="{opts.tracking_uri}"')
+    run_dir = opts.run_dir or Path("runs") / Path(opts.config).stem
     try:
-        cfg = load_config(config, overrides)
-        path = default_ds_config(ds_config_dir) if ds_config == "auto" else Path(ds_config)
-        result = run(cfg, ds_config=path, run_dir=run_dir, max_steps=max_steps, resume=resume)
+        cfg = load_config(opts.config, overrides)
+        ds_config = default_ds_config(REPO / "ds_configs") if opts.deepspeed_config == "auto" else opts.deepspeed_config
+        result = run(cfg, ds_config=ds_config, run_dir=run_dir, max_steps=opts.max_steps, resume=opts.resume)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         end_torchrun_job()  # not worth a restart: it would fail the same way
@@ -193,6 +201,11 @@ def main(*, config: str, overrides: list[str], ds_config: str, ds_config_dir: Pa
     if global_rank() == 0:
         write_summary(result)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """launch/distill.py: every rank parses the same options (DistillOptions) and runs the job."""
+    return launch({"distill": (DistillOptions, start)}, argv=argv, description=DistillOptions.__doc__)
 
 
 def write_summary(result: RunResult) -> None:

@@ -1,26 +1,17 @@
-"""The fine-tune job's options, defined once: `FinetuneConfig`'s fields with their help in field metadata.
-
-Both front doors are derived from it: `add_arguments` builds launch/finetune.py's argparse parser (what the
-deepspeed launcher runs) and `typer_command` builds `minprot finetune`. Values with a fixed set of choices are
-validated by the component that reads them (one UserError naming the flag), not by either parser.
+"""The fine-tune job's options, defined once: `FinetuneConfig`'s fields with their help (minprot_ds/options.py
+says how `minprot finetune`, launch/finetune.py's parser and the MLflow params are generated from it).
+Values with a fixed set of choices are validated by the component that reads them (one UserError naming the
+flag), not by either parser.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import inspect
-import types
-import typing
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
+
+from minprot_ds.options import option
 
 DEFAULT_EXPERIMENT = "minprot-finetune"
-
-
-def option(default: Any = dataclasses.MISSING, help: str = "", *, cli: bool = True, aliases: tuple[str, ...] = ()) -> Any:
-    """A dataclass field carrying its command-line help (cli=False: settable from Python only)."""
-    return dataclasses.field(default=default, metadata={"help": help, "cli": cli, "aliases": aliases})
 
 
 @dataclasses.dataclass
@@ -43,7 +34,8 @@ class FinetuneConfig:
     seeds: Optional[str] = option(None, "comma-separated seeds (e.g. 0,1,2): one run per seed under OUT/seed-N, "
                                         "then OUT/seeds.json with mean ± std; the report averages them too")
     pooling: str = option("cls", "what a sequence-level head reads: cls (the [CLS] hidden state) | mean (the mean "
-                                 "over residues); per-residue tasks read every residue")
+                                 "over residues); per-residue tasks read every residue. The default is cls here and "
+                                 "mean for `minprot embed --pooling`")
     long: str = option("window", "proteins longer than --window: window (score every residue through overlapping "
                                  "windows; training crops them at a seeded random offset each epoch) | truncate "
                                  "(score and train on the first --window residues only, the old behaviour)")
@@ -70,59 +62,3 @@ class FinetuneConfig:
     strict: bool = option(False, "fail on the first malformed record instead of skipping it")
     tracking: bool = option(True, cli=False)
     system_metrics: bool = option(False, cli=False)
-
-
-def cli_fields() -> list[tuple[dataclasses.Field, type, bool]]:
-    """(field, its type without Optional, whether None is allowed) for every command-line option, in order."""
-    hints = typing.get_type_hints(FinetuneConfig)
-    out = []
-    for f in dataclasses.fields(FinetuneConfig):
-        if not f.metadata["cli"]:
-            continue
-        hint, optional = hints[f.name], False
-        if typing.get_origin(hint) in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(hint) if a is not type(None)]
-            hint, optional = args[0], True
-        out.append((f, hint, optional))
-    return out
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Every option of FinetuneConfig as an argparse flag (dest = the field name)."""
-    for f, hint, _ in cli_fields():
-        names = [flag(f.name), *f.metadata["aliases"]]
-        if hint is bool:
-            parser.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default,
-                                help=f.metadata["help"])
-        elif f.default is dataclasses.MISSING:
-            parser.add_argument(*names, dest=f.name, type=hint, required=True, help=f.metadata["help"])
-        else:
-            parser.add_argument(*names, dest=f.name, type=hint, default=f.default, help=f.metadata["help"])
-    return parser
-
-
-def typer_command(body: Callable[[FinetuneConfig], None], doc: str) -> Callable[..., None]:
-    """A function whose signature typer reads as `minprot finetune`'s options; it calls body(FinetuneConfig(...))."""
-    import typer
-
-    params = []
-    for f, hint, optional in cli_fields():
-        default = ... if f.default is dataclasses.MISSING else f.default
-        info = typer.Option(default, flag(f.name), *f.metadata["aliases"], help=f.metadata["help"], show_default=True)
-        if hint is bool:
-            info = typer.Option(default, f"{flag(f.name)}/--no-{f.name.replace('_', '-')}", help=f.metadata["help"])
-        annotation = Optional[hint] if optional else hint
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation))
-
-    def command(**values: Any) -> None:
-        body(FinetuneConfig(**values))
-
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    command.__doc__ = doc
-    command.__name__ = "finetune"
-    return command

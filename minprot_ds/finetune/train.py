@@ -31,6 +31,7 @@ from minprot_ds.scoring.heads import TaskModel, build_task_model, save_task_mode
 from minprot_ds.finetune.inputs import TaskInputs, load_inputs
 from minprot_ds.finetune.metrics import Predictions, compute_metrics, flat_metrics, json_safe, read_predictions, write_predictions
 from minprot_ds.finetune.options import FinetuneConfig
+from minprot_ds.options import launch, mlflow_params
 from minprot_ds.finetune.steppers import DeepSpeedStepper, PlainStepper
 from minprot_ds.finetune.tasks import Encoded, TaskSpec, collate, crop_pieces, encode_split, task_spec, train_batches
 from minprot_ds.tracking import Tracker, environment_params
@@ -350,8 +351,7 @@ def run_one(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -
         model = job.model
         layers = model.encoder.config.num_hidden_layers
         params = {
-            **{k: (str(v) if isinstance(v, Path) else ("" if v is None else v)) for k, v in asdict(cfg).items()
-               if k not in ("tracking", "system_metrics")},
+            **mlflow_params(cfg),
             "model_role": job.role, "world_size": world, "device": str(job.stepper.device),
             "model.layers": layers, "model.hidden_size": model.info.hidden_size,
             "model.parameters": sum(p.numel() for p in model.parameters()),
@@ -382,3 +382,17 @@ def run_one(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -
         metrics = write(job, tracker, scored, out, {"history": history, "train_seconds": train_seconds,
                                                     "train_rows": train_rows, "inference_seconds": infer_seconds}, say)
         return FinetuneResult(out, metrics, tracker.run_id, model_dir, tags)
+
+
+def start(cfg: FinetuneConfig, echo: Callable[..., None] = print) -> int:
+    """The job from its options (what `minprot finetune` and launch/finetune.py run)."""
+    result = run(cfg, echo=echo)
+    if result.mlflow_run_id:
+        echo(f"MLflow run {result.mlflow_run_id}; metrics in {result.out / 'metrics.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """launch/finetune.py: every rank parses the same options (FinetuneConfig) and runs the job."""
+    return launch({"finetune": (FinetuneConfig, start)}, argv=argv, description="Fine-tune a ProtBert-format model "
+                  "(teacher or student) on a downstream task. Every rank runs this script.")

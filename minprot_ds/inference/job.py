@@ -24,41 +24,14 @@ from minprot_ds.errors import UserError
 from minprot_ds.fileio import atomic_write, write_json
 from minprot_ds.inference import records
 from minprot_ds.scoring import forward, models
+from minprot_ds.inference.options import (DEFAULT_CHUNK, DEFAULT_CHUNK_PER_RESIDUE, EmbedOptions, InferenceOptions,
+                                         PredictOptions)
 from minprot_ds.inference.parts import FORMAT, Chunk, Parts, check_same, parts_dir
 from minprot_ds.inference.progress import InferenceProgress
+from minprot_ds.options import launch
 from minprot_ds.inference.writers import EMBED, PREDICT_PROTEIN, PREDICT_RESIDUE, Row, check_suffix, open_writer
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_TOKENS = 8192
-DEFAULT_CHUNK = 1000
-DEFAULT_CHUNK_PER_RESIDUE = 100  # L x H matrices: a chunk of 1000 ProtBert proteins would hold ~1.6 GB
-
-
-@dataclass
-class JobConfig:
-    command: str  # "predict" | "embed"
-    model: Path
-    fasta: Path
-    out: Path
-    max_tokens: int = DEFAULT_MAX_TOKENS
-    window: int | None = None  # default: the fine-tuned model's, else 512
-    stride: int | None = None
-    long: str = "window"
-    precision: str = "auto"
-    threshold: float | None = None  # predict: default the model's stored threshold
-    pool: str = "mean"
-    layers: tuple[int, ...] = (-1,)
-    per_residue: bool = False
-    half: bool = False
-    dedupe_ids: bool = False
-    chunk_records: int | None = None  # default DEFAULT_CHUNK, DEFAULT_CHUNK_PER_RESIDUE for per-residue outputs
-    shard: str | None = None  # "i/N"
-    mlflow: bool = False
-    tracking_uri: str | None = None
-    experiment: str = "minprot-predict"
-    progress: bool = True
-
 
 @dataclass
 class JobResult:
@@ -103,10 +76,21 @@ def failures_path(out: Path) -> Path:
     return Path(str(out) + ".failures.tsv")
 
 
-def run(cfg: JobConfig, *, echo: Callable[[str], None] | None = None) -> JobResult:
+def parse_layers(layers: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in layers.split(","))
+    except ValueError:
+        raise UserError(f"--layers {layers!r} is not a comma-separated list of integers (e.g. -1 or -1,-2)") from None
+
+
+def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | None = None) -> JobResult:
+    """The job, its options as `minprot predict` / `minprot embed` take them (minprot_ds/inference/options.py)."""
     say = echo or log.info
     if cfg.command not in ("predict", "embed"):
         raise ValueError(cfg.command)
+    layers = parse_layers(cfg.layers) if cfg.command == "embed" else ()
+    if cfg.command == "embed" and cfg.pooling not in models.POOLS:
+        raise UserError(f"--pooling {cfg.pooling!r} is unknown; choose one of: {', '.join(models.POOLS)}")
     if cfg.max_tokens < 1 or (cfg.chunk_records is not None and cfg.chunk_records < 1):
         raise UserError("--max-tokens and --chunk-records must be at least 1")
     shard_i, shards = parse_shard(cfg.shard)
@@ -128,7 +112,7 @@ def run(cfg: JobConfig, *, echo: Callable[[str], None] | None = None) -> JobResu
     model_dir = models.check_model_folder(Path(cfg.model))
     if cfg.command == "embed":
         encoder = models.load_encoder(model_dir, dtype, device)
-        scorer: forward.Scorer = models.EmbedScorer(encoder, cfg.pool, cfg.layers, cfg.per_residue)
+        scorer: forward.Scorer = models.EmbedScorer(encoder, cfg.pooling, layers, cfg.per_residue)
         info: dict[str, Any] = {"per_residue": cfg.per_residue, "dim": scorer.dim}
         window, stride = cfg.window or 512, cfg.stride or 256
         finetune_run = None
@@ -160,7 +144,7 @@ def run(cfg: JobConfig, *, echo: Callable[[str], None] | None = None) -> JobResu
         "input": {"path": str(fasta), "sha256": index.fingerprint, "records": index.records},
         "settings": {"window": window, "stride": stride, "long": cfg.long, "precision": precision,
                      "chunk_records": cfg.chunk_records, "dedupe_ids": cfg.dedupe_ids,
-                     **({"pool": cfg.pool, "layers": list(cfg.layers), "per_residue": cfg.per_residue,
+                     **({"pool": cfg.pooling, "layers": list(layers), "per_residue": cfg.per_residue,
                          "half": cfg.half} if cfg.command == "embed" else {})},
         "info": info, "chunks": chunks,
     }
@@ -197,7 +181,20 @@ def run(cfg: JobConfig, *, echo: Callable[[str], None] | None = None) -> JobResu
     return JobResult(out, summary, len(mine))
 
 
-def _tracker(cfg: JobConfig, out: Path, rank: int, finetune_run: str | None, manifest: dict[str, Any]):
+def start(opts: InferenceOptions, echo: Callable[..., None] = print) -> int:
+    """The job from its options (what `minprot predict|embed` and launch/predict.py run)."""
+    run(opts, echo=echo)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """launch/predict.py: every rank parses the same options; without a command, predict."""
+    return launch({"predict": (PredictOptions, start), "embed": (EmbedOptions, start)}, argv=argv, default="predict",
+                  description="Predict or embed a whole FASTA; every rank computes its share of the chunks, rank 0 "
+                              "writes the output.")
+
+
+def _tracker(cfg: InferenceOptions, out: Path, rank: int, finetune_run: str | None, manifest: dict[str, Any]):
     from minprot_ds.models import provenance as links
     from minprot_ds.tracking import Tracker, environment_params
 
@@ -225,7 +222,7 @@ def _count_metrics(summary: dict[str, Any]) -> dict[str, float]:
             "failures": sum(c["failures"].values()), "truncated": c["truncated"], "windowed": c["windowed"]}
 
 
-def _compute(cfg: JobConfig, scorer: forward.Scorer, settings: forward.WindowSettings, index: records.InputIndex,
+def _compute(cfg: InferenceOptions, scorer: forward.Scorer, settings: forward.WindowSettings, index: records.InputIndex,
              parts: Parts, mine: set[int], device: torch.device, rank: int, world: int) -> tuple[int, int]:
     """Compute and write this rank's missing chunks; returns (proteins, residues) computed."""
     todo = np.zeros(index.records, dtype=bool)
@@ -259,7 +256,7 @@ def _compute(cfg: JobConfig, scorer: forward.Scorer, settings: forward.WindowSet
 
 
 def _write_chunk(k: int, recs: list[records.Record], scorer: forward.Scorer, settings: forward.WindowSettings,
-                 cfg: JobConfig, index: records.InputIndex, parts: Parts, device: torch.device, on_batch) -> None:
+                 cfg: InferenceOptions, index: records.InputIndex, parts: Parts, device: torch.device, on_batch) -> None:
     proteins = {r.index: r.sequence for r in recs if index.status[r.index] == records.OK}
     scored = forward.score(scorer, proteins, settings, cfg.max_tokens, device, on_batch)
     status = index.status[[r.index for r in recs]].copy()
@@ -269,7 +266,7 @@ def _write_chunk(k: int, recs: list[records.Record], scorer: forward.Scorer, set
         if reason:
             status[j] = records.FAILED
         value = scored.outputs.get(r.index)
-        values.append(None if value is None else models.as_float(value, cfg.half and cfg.command == "embed"))
+        values.append(None if value is None else models.as_float(value, cfg.command == "embed" and cfg.half))
         failures.append(reason)
         windows.append(scored.windows.get(r.index, 0))
         truncated.append(r.index in scored.truncated)

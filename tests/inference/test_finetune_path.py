@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from minprot_ds.finetune import FinetuneConfig, run as finetune
-from minprot_ds.inference.job import JobConfig, run as predict
+from minprot_ds.inference.job import run as predict
+from minprot_ds.inference.options import PredictOptions
 
 
 def _tsv(path: Path) -> list[dict[str, str]]:
@@ -45,7 +46,7 @@ def test_predict_on_the_test_set_gives_the_finetune_probabilities(task, suffix, 
                             test=labelled[f"{key}_test"], out=ft, epochs=1, batch_size=4, lr=1e-3, tracking=False))
     expected = _tsv(ft / "predictions.tsv")
     out = tmp_path / f"pred{suffix}"
-    predict(JobConfig("predict", ft / "model", labelled["fasta"], out, max_tokens=1500, progress=False))
+    predict(PredictOptions(model=ft / "model", fasta=labelled["fasta"], out=out, max_tokens=1500, progress=False))
     if task == "dna-binding":
         got = _tsv(out)
         assert [r["id"] for r in got] == [r["id"] for r in expected]

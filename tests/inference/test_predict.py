@@ -14,7 +14,8 @@ import torch
 
 from minprot_ds.cli import app
 from minprot_ds.errors import UserError
-from minprot_ds.inference.job import JobConfig, merge, run
+from minprot_ds.inference.job import merge, run
+from minprot_ds.inference.options import EmbedOptions, PredictOptions
 from minprot_ds.inference.records import clean
 
 
@@ -32,11 +33,11 @@ def fasta_titles(path: Path) -> list[tuple[str, str]]:
 
 
 def predict(model, fasta, out, **kw):
-    return run(JobConfig("predict", model, fasta, out, progress=False, **kw))
+    return run(PredictOptions(model=model, fasta=fasta, out=out, progress=False, **kw))
 
 
 def embed(model, fasta, out, **kw):
-    return run(JobConfig("embed", model, fasta, out, progress=False, **kw))
+    return run(EmbedOptions(model=model, fasta=fasta, out=out, progress=False, **kw))
 
 
 def test_rows_follow_the_input_with_duplicates_and_bad_records_handled(dna_model, proteome, tmp_path):
@@ -147,11 +148,11 @@ def test_embeddings_equal_a_hand_written_mean_of_the_last_hidden_state(encoder_d
 def test_embed_formats_layers_and_per_residue(encoder_dir, tmp_path, random_sequences, write_fasta):
     seqs = random_sequences(5, 20, 80, seed=2)
     fasta = write_fasta(tmp_path / "e.fasta", [(f"a/{i}", s) for i, s in enumerate(seqs)])
-    embed(encoder_dir, fasta, tmp_path / "r.npz", per_residue=True, layers=(-1, 0), half=True)
+    embed(encoder_dir, fasta, tmp_path / "r.npz", per_residue=True, layers="-1,0", half=True)
     with np.load(tmp_path / "r.npz") as z:
         assert list(z.keys()) == [f"a/{i}" for i in range(5)]
         assert z["a/0"].shape == (len(seqs[0]), 64) and z["a/0"].dtype == np.float16
-    embed(encoder_dir, fasta, tmp_path / "c.parquet", pool="cls")
+    embed(encoder_dir, fasta, tmp_path / "c.parquet", pooling="cls")
     table = pq.read_table(tmp_path / "c.parquet")
     assert table.column("id").to_pylist() == [f"a/{i}" for i in range(5)]
     assert len(table.column("embedding")[0]) == 32 and b"minprot" in table.schema.metadata
@@ -177,7 +178,7 @@ def test_a_changed_model_input_or_setting_is_refused_by_name(encoder_dir, dna_mo
     res = embed(encoder_dir, proteome, out)  # a rerun resumes: nothing left to compute
     assert res.computed_chunks == 0 and out.is_file()
     with pytest.raises(UserError, match="--pool mean, not cls"):
-        embed(encoder_dir, proteome, out, pool="cls")
+        embed(encoder_dir, proteome, out, pooling="cls")
     with pytest.raises(UserError, match="another model"):
         embed(dna_model.parent / "model", proteome, out)
     other = write_fasta(tmp_path / "o.fasta", [("x", "MKTAYIAKQR")])

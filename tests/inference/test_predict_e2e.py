@@ -13,7 +13,8 @@ import h5py
 import numpy as np
 import pytest
 
-from minprot_ds.inference.job import JobConfig, run
+from minprot_ds.inference.job import run
+from minprot_ds.inference.options import EmbedOptions, PredictOptions
 from minprot_ds.inference.parts import parts_dir
 from minprot_ds.models.masked_lm import save_random_protbert
 
@@ -40,7 +41,7 @@ def _tsv(path: Path) -> list[list[str]]:
 
 def test_two_ranks_under_the_deepspeed_launcher_equal_one_process(dna_model, proteome, tmp_path):
     one = tmp_path / "one.tsv"
-    run(JobConfig("predict", dna_model, proteome, one, chunk_records=4, progress=False))
+    run(PredictOptions(model=dna_model, fasta=proteome, out=one, chunk_records=4, progress=False))
     two = tmp_path / "two.tsv"
     result = _run([str(BIN / "deepspeed"), "--num_gpus", "2", "launch/predict.py", "--model", str(dna_model),
                    "--fasta", str(proteome), "--out", str(two), "--chunk-records", "4"])
@@ -73,10 +74,10 @@ def test_a_killed_run_resumed_equals_an_uninterrupted_one(tmp_path, random_seque
     done = len(list(parts.glob("chunk-*.npz")))
     assert 0 < done < chunks and not out.exists(), f"the kill landed after {done} of {chunks} chunks"
 
-    resumed = run(JobConfig("embed", model, fasta, out, chunk_records=4, progress=False))
+    resumed = run(EmbedOptions(model=model, fasta=fasta, out=out, chunk_records=4, progress=False))
     assert resumed.computed_chunks == chunks - done
     whole = tmp_path / "whole.h5"
-    run(JobConfig("embed", model, fasta, whole, chunk_records=4, progress=False))
+    run(EmbedOptions(model=model, fasta=fasta, out=whole, chunk_records=4, progress=False))
     with h5py.File(out) as a, h5py.File(whole) as b:
         assert list(a) == list(b) == [f"p{i}" for i in range(80)]
         for k in a:
