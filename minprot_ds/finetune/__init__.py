@@ -1,10 +1,7 @@
 """Downstream fine-tuning of teacher and student (DNA-binding, membrane Q2, secondary structure Q3) and the
 report that compares them from MLflow.
 
-`run(FinetuneConfig(...))` is the job (`minprot finetune`, `launch/finetune.py`); `build_report` reads the
-runs back (`minprot report`).
+`train.run(FinetuneConfig(...))` is the job (`minprot finetune`, `launch/finetune.py`), its options are
+`options.FinetuneConfig`; `report.build_report` reads the runs back (`minprot report`). This file imports
+nothing, so that reading the options (`minprot --help`) does not load torch.
 """
-from minprot_ds.finetune.options import DEFAULT_EXPERIMENT, FinetuneConfig
-from minprot_ds.finetune.train import FinetuneResult, run
-
-__all__ = ["DEFAULT_EXPERIMENT", "FinetuneConfig", "FinetuneResult", "run"]

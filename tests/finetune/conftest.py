@@ -77,7 +77,8 @@ def runs(sets: dict[str, Path], teacher_dir: Path, make_student, tmp_path_factor
     from typer.testing import CliRunner
 
     from minprot_ds.cli import app
-    from minprot_ds.finetune import FinetuneConfig, run
+    from minprot_ds.finetune.options import FinetuneConfig
+    from minprot_ds.finetune.train import run
 
     root = tmp_path_factory.mktemp("runs")
     uri = f"sqlite:///{root / 'store' / 'mlflow.db'}"

@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from minprot_ds.finetune import FinetuneConfig, run as finetune
+from minprot_ds.finetune.options import FinetuneConfig
+from minprot_ds.finetune.train import run as finetune
 from minprot_ds.inference.job import run as predict
 from minprot_ds.inference.options import PredictOptions
 
