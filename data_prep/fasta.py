@@ -29,11 +29,6 @@ KEEP = 0
 DROP_REASONS = ("empty", "too_short", "too_long", "invalid_letter")
 EMPTY, TOO_SHORT, TOO_LONG, INVALID_LETTER = range(1, 5)
 
-# ProtBert ids → corpus ids: U, Z, O, B become X (as in ProtBert's pretraining); 255 stays invalid.
-_TO_CORPUS = np.arange(256, dtype=np.uint8)
-for _rare in "UZOB":
-    _TO_CORPUS[vocab.TOKENS.index(_rare)] = vocab.TOKENS.index("X")
-
 
 @dataclasses.dataclass
 class Block:
@@ -213,7 +208,7 @@ def encode_block(block: Block, min_len: int, max_len: int, seed: int) -> Encoded
     np.cumsum(lengths, out=offsets[1:])
     # One table lookup for the whole block; non-ASCII characters become '?' (one byte each, so the
     # offsets above still hold) and are then invalid like any other unknown letter.
-    ids = _TO_CORPUS[vocab.encode("".join(seqs).encode("ascii", "replace"))]
+    ids = vocab.rare_ids_to_x(vocab.encode("".join(seqs).encode("ascii", "replace")))
     bad = ids == vocab.INVALID
     if bad.any():  # rare: only then is the per-record count worth a cumulative sum
         invalid_cum = np.zeros(len(ids) + 1, dtype=np.int64)

@@ -19,6 +19,11 @@ IGNORE_INDEX = -100  # label of positions a loss skips (PyTorch's cross-entropy 
 MAX_RESIDUES = 512  # ProtBert's inputs: 512 residues + [CLS] + [SEP] = 514 tokens
 FIRST_RESIDUE_ID = len(SPECIAL_TOKENS)
 
+# The rare residues (selenocysteine U, pyrrolysine O, ambiguous B and Z) are read as X everywhere (corpus,
+# task datasets, predict/embed input, the overlap search), as ProtBert's pretraining did.
+RARE_RESIDUES = "UZOB"
+_RARE_TO_X = str.maketrans(RARE_RESIDUES, "X" * len(RARE_RESIDUES))
+
 # The 20 standard residues plus X: what masking's "random residue" draws from (never a special token,
 # never the rare U/B/Z/O, which the corpus maps to X anyway).
 STANDARD_RESIDUES = "LAGVESIKRDTPNQFYMHCWX"
@@ -30,12 +35,25 @@ for _id, _tok in enumerate(RESIDUE_TOKENS, start=FIRST_RESIDUE_ID):
     _LUT[ord(_tok)] = _id
     _LUT[ord(_tok.lower())] = _id
 _DECODE = np.array([t if len(t) == 1 else "?" for t in TOKENS])
+_RARE_IDS_TO_X = np.arange(256, dtype=np.uint8)  # token ids -> the same ids with U/Z/O/B's replaced by X's
+for _tok in RARE_RESIDUES:
+    _RARE_IDS_TO_X[TOKENS.index(_tok)] = TOKENS.index("X")
 
 
 def encode(sequence: str | bytes) -> np.ndarray:
     """Residue token ids (uint8, no [CLS]/[SEP]) of a sequence; letters outside the vocabulary give 255."""
     raw = sequence.encode("ascii", "replace") if isinstance(sequence, str) else sequence
     return _LUT[np.frombuffer(raw, dtype=np.uint8)]
+
+
+def rare_to_x(sequence: str) -> str:
+    """The sequence with U, Z, O and B read as X (upper-case letters; others pass unchanged)."""
+    return sequence.translate(_RARE_TO_X)
+
+
+def rare_ids_to_x(ids: np.ndarray) -> np.ndarray:
+    """`rare_to_x` on token ids (uint8, as `encode` returns; INVALID stays INVALID)."""
+    return _RARE_IDS_TO_X[ids]
 
 
 def decode(ids: np.ndarray) -> str:

@@ -54,3 +54,10 @@ def test_write_vocab_equals_reference(shared_reference, tmp_path):
     reloaded = BertTokenizer(vocab=str(written), do_lower_case=False) if int(transformers.__version__.split(".")[0]) >= 5 \
         else BertTokenizer(vocab_file=str(written), do_lower_case=False)
     assert reloaded(" ".join("LAGVO"), add_special_tokens=False)["input_ids"] == vocab.encode("LAGVO").tolist()
+
+
+def test_rare_residues_read_as_x_on_letters_and_ids():
+    seq = "MKUZOBXAcuz"
+    assert vocab.rare_to_x(seq) == "MKXXXXXAcuz"  # upper case only: callers upper-case first
+    assert vocab.rare_ids_to_x(vocab.encode(seq)).tolist() == vocab.encode("MKXXXXXAcXX").tolist()
+    assert vocab.rare_ids_to_x(vocab.encode("MJ"))[1] == vocab.INVALID

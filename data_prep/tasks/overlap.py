@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data_prep.tasks.mmseqs import _check_fraction, run_mmseqs, write_fasta
+from minprot_ds.vocab import rare_to_x
 
 HITS_COLUMNS = ("query", "target", "identity", "query_coverage", "target_coverage", "evalue", "bits")
-_NORMALISE = str.maketrans({"U": "X", "Z": "X", "O": "X", "B": "X"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +75,7 @@ class Overlap:
 
 
 def normalise(sequence: str) -> str:
-    return "".join(sequence.split()).upper().translate(_NORMALISE)
+    return rare_to_x("".join(sequence.split()).upper())
 
 
 def search(queries: Sequence[str], targets: Sequence[str], *, threads: int | None = None) -> list[Hit]:

@@ -13,7 +13,7 @@ from typing import Literal
 import datasets
 
 from minprot_ds.errors import UserError
-from minprot_ds.vocab import IGNORE_INDEX, MAX_RESIDUES  # noqa: F401  (IGNORE_INDEX is re-exported)
+from minprot_ds.vocab import IGNORE_INDEX, MAX_RESIDUES, rare_to_x  # noqa: F401  (IGNORE_INDEX is re-exported)
 
 Q3_CLASSES = ("H", "E", "C")  # label id == index: helix, strand, coil
 
@@ -39,7 +39,6 @@ UNKNOWN_LABEL = "unknown label"
 MISSING_LABEL = "missing label"
 
 _NOT_VOCAB = re.compile(r"[^LAGVESIKRDTPNQFYMHCWXUBZO]")
-_RARE = str.maketrans("UZOB", "XXXX")
 _NUCLEOTIDES = frozenset("ACGTUN")
 
 
@@ -62,7 +61,7 @@ def clean_sequence(raw: str) -> tuple[str, str | None]:
         return "", NUCLEOTIDE
     if _NOT_VOCAB.search(seq):
         return "", INVALID_RESIDUES
-    return seq.translate(_RARE), None
+    return rare_to_x(seq), None
 
 
 @dataclasses.dataclass

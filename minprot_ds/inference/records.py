@@ -22,7 +22,6 @@ from data_prep.fasta import read_blocks
 from minprot_ds import vocab
 from minprot_ds.errors import UserError
 
-_RARE_TO_X = str.maketrans("UZOB", "XXXX")
 OK, DUPLICATE, FAILED = 0, 1, 2  # a record's status: computed, same sequence as an earlier record, failure
 
 
@@ -37,7 +36,7 @@ class Record:
 
 def clean(raw: str) -> tuple[str, str]:
     """(cleaned sequence, "" or the reason it is refused)."""
-    seq = raw.strip().upper().rstrip("*").translate(_RARE_TO_X)
+    seq = vocab.rare_to_x(raw.strip().upper().rstrip("*"))
     if not seq:
         return "", "no residues"
     ids = vocab.encode(seq.encode("ascii", "replace"))
