@@ -68,16 +68,20 @@ def write_vocab(folder: str | Path) -> Path:
     return path
 
 
+# ProtBert's tokenizer files as Rostlab/prot_bert has them (byte for byte). Without a tokenizer_class,
+# AutoTokenizer picks BertTokenizer from config.json's model_type ("bert"), as it does for ProtBert itself.
+TOKENIZER_CONFIG = {"do_lower_case": False, "special_tokens_map_file": None, "full_tokenizer_file": None}
+SPECIAL_TOKENS_MAP = {
+    "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
+}
+
+
 def write_tokenizer_files(folder: str | Path) -> None:
-    """ProtBert's tokenizer files (vocab.txt, tokenizer_config.json, special_tokens_map.json), so a model
-    folder loads with AutoTokenizer and works in `pipeline("fill-mask")` on space-separated residues."""
+    """ProtBert's tokenizer files (vocab.txt, tokenizer_config.json, special_tokens_map.json) into a model
+    folder, so it loads with AutoTokenizer and works in `pipeline("fill-mask")` on space-separated residues."""
     import json
 
     folder = Path(folder)
     write_vocab(folder)
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps({"do_lower_case": False, "tokenizer_class": "BertTokenizer", "model_max_length": 40000}) + "\n"
-    )
-    specials = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
-                "mask_token": "[MASK]"}
-    (folder / "special_tokens_map.json").write_text(json.dumps(specials) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG))
+    (folder / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS_MAP))

@@ -6,7 +6,6 @@ teacher layers it was made from in its config (`minprot_teacher_layers`, `minpro
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +15,9 @@ import torch
 from transformers import BertConfig, BertForMaskedLM
 
 from minprot_ds.errors import UserError
-from minprot_ds.vocab import IGNORE_INDEX, VOCAB_SIZE, write_vocab
+from minprot_ds.vocab import IGNORE_INDEX, VOCAB_SIZE, write_tokenizer_files
 
 STRATEGIES = ("alternate", "random")
-
-# ProtBert's tokenizer files (../shared/reference/prot_bert), written beside every saved model.
-_TOKENIZER_CONFIG = {"do_lower_case": False, "special_tokens_map_file": None, "full_tokenizer_file": None}
-_SPECIAL_TOKENS_MAP = {
-    "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
-}
 
 
 @dataclass(frozen=True)
@@ -286,7 +279,5 @@ def save_random_protbert(
         torch.manual_seed(seed)
         model = BertForMaskedLM(config)
     model.save_pretrained(folder)
-    write_vocab(folder)
-    (folder / "tokenizer_config.json").write_text(json.dumps(_TOKENIZER_CONFIG))
-    (folder / "special_tokens_map.json").write_text(json.dumps(_SPECIAL_TOKENS_MAP))
+    write_tokenizer_files(folder)
     return folder

@@ -43,6 +43,22 @@ def test_saved_folder_has_protbert_files(tiny_teacher_dir, shared_reference):
     assert len(TOKENS) == config["vocab_size"]
 
 
+def test_saved_folder_tokenizes_as_protbert_through_autotokenizer(tiny_teacher_dir, shared_reference, tmp_path):
+    """Our one tokenizer writer (vocab.write_tokenizer_files) writes ProtBert's files byte for byte, and
+    AutoTokenizer on a saved model gives ProtBert's ids (the same as our byte table)."""
+    from transformers import AutoTokenizer
+
+    from minprot_ds.vocab import encode, write_tokenizer_files
+
+    write_tokenizer_files(tmp_path)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        assert (tmp_path / name).read_bytes() == (shared_reference / "prot_bert" / name).read_bytes()
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_teacher_dir))
+    seq = "MKUBZOXLAGVW"
+    assert tokenizer(" ".join(seq))["input_ids"] == [CLS_ID, *encode(seq).tolist(), SEP_ID]
+    assert tokenizer.mask_token_id == TOKENS.index("[MASK]") and tokenizer.pad_token_id == PAD_ID
+
+
 def test_teacher_is_frozen_sdpa_in_requested_dtype(tiny_teacher_dir):
     teacher = load_teacher(str(tiny_teacher_dir), dtype=torch.float16)
     assert not teacher.training
