@@ -23,7 +23,7 @@ from minprot_ds import __version__
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import atomic_write, write_json
 from minprot_ds.inference import records
-from minprot_ds.scoring import forward, models
+from minprot_ds.scoring import forward, heads, models
 from minprot_ds.inference.options import (DEFAULT_CHUNK, DEFAULT_CHUNK_PER_RESIDUE, EmbedOptions, InferenceOptions,
                                          PredictOptions)
 from minprot_ds.inference.parts import FORMAT, Chunk, Parts, check_same, parts_dir
@@ -111,7 +111,7 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
 
     model_dir = models.check_model_folder(Path(cfg.model))
     if cfg.command == "embed":
-        encoder = models.load_encoder(model_dir, dtype, device)
+        encoder = heads.load_encoder(model_dir, "--model", dtype=dtype).to(device)
         scorer: forward.Scorer = models.EmbedScorer(encoder, cfg.pooling, layers, cfg.per_residue)
         info: dict[str, Any] = {"per_residue": cfg.per_residue, "dim": scorer.dim}
         window, stride = cfg.window or 512, cfg.stride or 256

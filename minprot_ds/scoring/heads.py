@@ -105,7 +105,12 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
 
 
-def _load_encoder(name_or_path: str, what: str) -> nn.Module:
+def load_encoder(name_or_path: str | Path, what: str = "--model", *, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The BERT encoder (no pooler) of a ProtBert-format folder or hub id, SDPA attention, in `dtype`, eval mode.
+
+    The one encoder loader: a fine-tune's `--model`, a fine-tuned model folder, and `embed`'s `--model`. Heads in
+    the folder (MLM, task) are ignored; missing encoder weights are refused in one sentence naming `what`.
+    """
     from transformers import BertModel
     from transformers.utils import logging as hf_logging
 
@@ -114,16 +119,17 @@ def _load_encoder(name_or_path: str, what: str) -> nn.Module:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # an MLM checkpoint's unused `cls.*` weights are expected
     try:
-        encoder, loading = load_pretrained(BertModel, name_or_path, what, add_pooling_layer=False, dtype=torch.float32)
+        encoder, loading = load_pretrained(BertModel, str(name_or_path), what, add_pooling_layer=False,
+                                           attn_implementation="sdpa", dtype=dtype)
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = sorted(loading.get("missing_keys", []))
     if missing:
         raise UserError(
-            f"{what} {name_or_path!r} lacks encoder weights ({', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}); "
+            f"{what} {str(name_or_path)!r} lacks encoder weights ({', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}); "
             "it must be a BERT checkpoint in ProtBert's layout"
         )
-    return encoder
+    return encoder.eval()
 
 
 def build_task_model(name_or_path: str, *, task: str, classes: tuple[str, ...], per_residue: bool, seed: int,
@@ -132,7 +138,7 @@ def build_task_model(name_or_path: str, *, task: str, classes: tuple[str, ...], 
     """A ProtBert-format encoder (teacher or student folder, or a hub id) + a fresh head, fp32, all trainable."""
     if pooling not in POOLINGS:
         raise UserError(f"unknown --pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
-    encoder = _load_encoder(name_or_path, "--model")
+    encoder = load_encoder(name_or_path, "--model")
     hidden = encoder.config.hidden_size
     info = TaskModelInfo(
         task=task, classes=list(classes), per_residue=per_residue, pooling=pooling,
@@ -169,7 +175,7 @@ def load_task_model(folder: str | Path) -> TaskModel:
     info = TaskModelInfo.read(folder)
     if not (folder / HEAD_FILE).is_file():
         raise UserError(f"{folder} has no {HEAD_FILE}; pass the model/ folder of a `minprot finetune` output")
-    encoder = _load_encoder(str(folder), "fine-tuned model folder")
+    encoder = load_encoder(folder, "fine-tuned model folder")
     head = nn.Linear(info.hidden_size, len(info.classes))
     head.load_state_dict(load_file(str(folder / HEAD_FILE)))
     model = TaskModel(encoder, head, info)

@@ -60,28 +60,6 @@ def check_model_folder(folder: Path, flag: str = "--model") -> Path:
     return folder
 
 
-def load_encoder(folder: Path, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
-    """Any Hugging Face BERT folder's encoder (BertModel via AutoModel), SDPA attention, eval mode."""
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
-
-    from minprot_ds.models.masked_lm import load_pretrained
-
-    folder = check_model_folder(folder)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # MLM / classification heads in the folder are unused here, as expected
-    try:
-        model, loading = load_pretrained(AutoModel, str(folder), "--model", attn_implementation="sdpa", dtype=dtype,
-                                         add_pooling_layer=False)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    missing = sorted(loading.get("missing_keys", []))
-    if missing:
-        raise UserError(f"--model {folder} lacks encoder weights ({', '.join(missing[:3])}"
-                        f"{' …' if len(missing) > 3 else ''}); it must be a BERT checkpoint in ProtBert's layout")
-    return model.eval().to(device)
-
-
 class EmbedScorer(Scorer):
     """Hidden states of an encoder: per residue, or pooled per protein (mean over residues, or [CLS]).
 
