@@ -17,9 +17,7 @@ import torch
 from minprot_ds.errors import UserError
 from minprot_ds.finetune.metrics import Predictions
 from minprot_ds.finetune.tasks import Encoded, TaskSpec
-from minprot_ds.scoring.windows import Window, plan_windows
-
-LONG_MODES = ("window", "truncate")
+from minprot_ds.scoring.windows import FINETUNE_LONG_MODES, check_window, plan_protein
 
 
 @dataclass
@@ -28,12 +26,6 @@ class Scored:
     loss: float  # mean cross-entropy of the reported probabilities (labelled rows / residues)
     coverage: dict
     row_of: np.ndarray  # the split's row index of each prediction row
-
-
-def plan(length: int, window: int, stride: int, long: str) -> list[Window]:
-    if long not in LONG_MODES:
-        raise UserError(f"unknown --long {long!r}; choose one of: {', '.join(LONG_MODES)}")
-    return plan_windows(length, window, stride) if long == "window" else [Window(0, min(length, window))]
 
 
 def score(module: torch.nn.Module, enc: Encoded, spec: TaskSpec, *, batch_size: int, device: torch.device,
@@ -47,7 +39,8 @@ def score(module: torch.nn.Module, enc: Encoded, spec: TaskSpec, *, batch_size: 
     from minprot_ds.scoring.forward import WindowSettings, score as forward
     from minprot_ds.scoring.models import TaskScorer
 
-    plans = [plan(len(t), window, stride, long) for t in enc.tokens]
+    check_window(window, stride, long=long, long_modes=FINETUNE_LONG_MODES)
+    plans = [plan_protein(len(t), window, stride, long) for t in enc.tokens]
     pieces = sum(len(ws) for ws in plans)
     module.eval()
     with torch.no_grad():  # not inference_mode: ZeRO-3 gathers parameters in its forward hooks

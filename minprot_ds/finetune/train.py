@@ -26,8 +26,9 @@ from minprot_ds.ds_config import read_ds_config
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import atomic_write
 from minprot_ds.models import provenance as links
-from minprot_ds.finetune.evaluate import LONG_MODES, Scored, score
+from minprot_ds.finetune.evaluate import Scored, score
 from minprot_ds.scoring.heads import TaskModel, build_task_model, save_task_model
+from minprot_ds.scoring.windows import FINETUNE_LONG_MODES, check_positions, check_window
 from minprot_ds.finetune.inputs import TaskInputs, load_inputs
 from minprot_ds.finetune.metrics import Predictions, compute_metrics, flat_metrics, json_safe, read_predictions, write_predictions
 from minprot_ds.finetune.options import FinetuneConfig
@@ -89,15 +90,11 @@ def _check(cfg: FinetuneConfig) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
-    if cfg.long not in LONG_MODES:
-        raise UserError(f"unknown --long {cfg.long!r}; choose one of: {', '.join(LONG_MODES)}")
+    check_window(cfg.window, cfg.stride, long=cfg.long, long_modes=FINETUNE_LONG_MODES)
     if cfg.test_filter not in TEST_FILTERS:
         raise UserError(f"unknown --test-filter {cfg.test_filter!r}; choose one of: {', '.join(TEST_FILTERS)}")
     if cfg.test_filter != "none" and not cfg.leakage:
         raise UserError(f"--test-filter {cfg.test_filter} needs the leakage search; drop --no-leakage")
-    if cfg.window < 1 or not 0 < cfg.stride <= cfg.window:
-        raise UserError(f"--stride {cfg.stride} must be between 1 and --window {cfg.window} (and --window at least 1); "
-                        "a stride larger than the window would leave residues unscored")
 
 
 def _overlap(split: Encoded, train: Encoded, cfg: FinetuneConfig) -> Overlap:
@@ -122,10 +119,7 @@ def load(cfg: FinetuneConfig) -> Job:
     model = build_task_model(cfg.model, task=spec.name, classes=spec.classes, per_residue=spec.per_residue,
                              seed=cfg.seed, pooling=cfg.pooling, window=cfg.window, stride=cfg.stride,
                              provenance=provenance)
-    positions = model.encoder.config.max_position_embeddings
-    if cfg.window + 2 > positions:
-        raise UserError(f"--window {cfg.window} needs {cfg.window + 2} positions with [CLS] and [SEP], but --model "
-                        f"has {positions}; pass --window {positions - 2} or less")
+    check_positions(cfg.window, model.encoder.config.max_position_embeddings, "--model")
     rank, world, ds = 0, 1, None
     if cfg.deepspeed is not None:
         from minprot_ds.distributed import init_distributed

@@ -26,6 +26,7 @@ from minprot_ds.inference import records
 from minprot_ds.scoring import forward, heads, models
 from minprot_ds.inference.options import (DEFAULT_CHUNK, DEFAULT_CHUNK_PER_RESIDUE, EmbedOptions, InferenceOptions,
                                          PredictOptions)
+from minprot_ds.scoring.windows import DEFAULT_STRIDE, DEFAULT_WINDOW, check_positions
 from minprot_ds.inference.parts import FORMAT, Chunk, Parts, check_same, parts_dir
 from minprot_ds.inference.progress import InferenceProgress
 from minprot_ds.options import launch
@@ -114,7 +115,7 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
         encoder = heads.load_encoder(model_dir, "--model", dtype=dtype).to(device)
         scorer: forward.Scorer = models.EmbedScorer(encoder, cfg.pooling, layers, cfg.per_residue)
         info: dict[str, Any] = {"per_residue": cfg.per_residue, "dim": scorer.dim}
-        window, stride = cfg.window or 512, cfg.stride or 256
+        window, stride = cfg.window or DEFAULT_WINDOW, cfg.stride or DEFAULT_STRIDE
         finetune_run = None
     else:
         task_model, task_info = models.load_task(model_dir, dtype, device)
@@ -130,9 +131,7 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
     settings = forward.WindowSettings(window, stride, cfg.long)
     settings.check(cfg.max_tokens)
     positions = (encoder if cfg.command == "embed" else task_model.encoder).config.max_position_embeddings
-    if window + 2 > positions:
-        raise UserError(f"--window {window} needs {window + 2} positions but --model {model_dir} has "
-                        f"{positions}; pass --window {positions - 2} or less")
+    check_positions(window, positions, f"--model {model_dir}")
     if cfg.chunk_records is None:
         cfg = replace(cfg, chunk_records=DEFAULT_CHUNK_PER_RESIDUE if info["per_residue"] else DEFAULT_CHUNK)
 

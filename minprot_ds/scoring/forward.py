@@ -18,34 +18,26 @@ import torch
 
 from minprot_ds.errors import UserError
 from minprot_ds.vocab import CLS_ID, INVALID, PAD_ID, SEP_ID, UNK_ID, encode
-from minprot_ds.scoring.windows import Window, combine_protein, plan_windows, stitch_residues
+from minprot_ds.scoring.windows import (DEFAULT_STRIDE, DEFAULT_WINDOW, Window, check_window, combine_protein,
+                                        plan_protein, stitch_residues)
 
 log = logging.getLogger(__name__)
 
-LONG_MODES = ("window", "truncate", "skip")
-
-
 @dataclass(frozen=True)
 class WindowSettings:
-    window: int = 512
-    stride: int = 256
-    long: str = "window"  # what happens to proteins longer than `window`
+    window: int = DEFAULT_WINDOW
+    stride: int = DEFAULT_STRIDE
+    long: str = "window"  # what happens to proteins longer than `window` (windows.LONG_MODES)
 
     def check(self, max_tokens: int) -> None:
-        if self.long not in LONG_MODES:
-            raise UserError(f"unknown --long {self.long!r}; choose one of: {', '.join(LONG_MODES)}")
-        plan_windows(1, self.window, self.stride)  # validates window and stride
+        check_window(self.window, self.stride, long=self.long)
         if max_tokens < self.window + 2:
             raise UserError(f"--max-tokens {max_tokens} cannot hold one window of {self.window} residues plus [CLS] "
                             f"and [SEP]; pass --max-tokens {self.window + 2} or more (or a smaller --window)")
 
     def plan(self, length: int) -> list[Window] | None:
         """The windows of a protein; None when --long skip refuses it."""
-        if length <= self.window or self.long == "window":
-            return plan_windows(length, self.window, self.stride)
-        if self.long == "truncate":
-            return [Window(0, self.window)]
-        return None
+        return plan_protein(length, self.window, self.stride, self.long)
 
 
 class Scorer:

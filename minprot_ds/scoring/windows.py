@@ -9,10 +9,13 @@ same way wherever it is scored. The rules:
 - per-protein outputs (class probabilities, pooled embeddings): the mean over windows weighted by the
   number of residues each window owns under the rule above, i.e. every residue counts once.
 A protein no longer than `window` is one window, and stitching it returns the single pass unchanged.
+A protein longer than the window follows `--long`: window (the rules above), truncate (its first window only)
+or skip (not scored; predict and embed only). The checks of --window, --stride and --long live here too.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,12 +35,27 @@ class Window:
         return self.end - self.start
 
 
-def check_window(window: int, stride: int) -> None:
+LONG_MODES = ("window", "truncate", "skip")  # what happens to a protein longer than the window
+FINETUNE_LONG_MODES = ("window", "truncate")  # a fine-tune scores every row of its splits: no skip
+
+
+def check_window(window: int, stride: int, *, long: str = "window", long_modes: Sequence[str] = LONG_MODES) -> None:
+    """Refuse, naming the flag, a --long outside `long_modes`, a --window under 1 residue or a --stride outside
+    1..window."""
+    if long not in long_modes:
+        raise UserError(f"unknown --long {long!r}; choose one of: {', '.join(long_modes)}")
     if window < 1:
-        raise UserError(f"the window must hold at least 1 residue, not {window}.")
+        raise UserError(f"--window {window} must be at least 1 residue.")
     if not 0 < stride <= window:
-        raise UserError(f"the window stride must be between 1 and the window ({window}), not {stride}; "
+        raise UserError(f"--stride {stride} must be between 1 and --window {window}; "
                         "a stride larger than the window would skip residues.")
+
+
+def check_positions(window: int, positions: int, model: str) -> None:
+    """Refuse a window the model cannot hold: `window` residues plus [CLS] and [SEP] in `positions` positions."""
+    if window + 2 > positions:
+        raise UserError(f"--window {window} needs {window + 2} positions with [CLS] and [SEP], but {model} has "
+                        f"{positions}; pass --window {positions - 2} or less")
 
 
 def plan_windows(length: int, window: int = DEFAULT_WINDOW, stride: int = DEFAULT_STRIDE) -> list[Window]:
@@ -47,6 +65,16 @@ def plan_windows(length: int, window: int = DEFAULT_WINDOW, stride: int = DEFAUL
         return [Window(0, length)]
     starts = list(range(0, length - window, stride)) + [length - window]
     return [Window(s, s + window) for s in starts]
+
+
+def plan_protein(length: int, window: int, stride: int, long: str = "window") -> list[Window] | None:
+    """The windows a protein is scored through under `long`: all of them (window), the first (truncate), or
+    None (skip) when it is longer than the window."""
+    if length <= window or long == "window":
+        return plan_windows(length, window, stride)
+    if long == "truncate":
+        return [Window(0, window)]
+    return None
 
 
 def owners(length: int, windows: list[Window]) -> np.ndarray:
