@@ -1,4 +1,5 @@
-"""DeepSpeed JSON configs as our jobs read them: validated, with the fields our batching owns filled in."""
+"""DeepSpeed JSON configs as our jobs read them: validated, with the fields our batching owns filled in; the
+precisions (and what "auto" picks on this machine)."""
 from __future__ import annotations
 
 import json
@@ -35,6 +36,16 @@ def _book_micro_batch(ds: dict[str, Any], micro_batch: int) -> dict[str, Any]:
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def auto_precision(device_type: str | None = None) -> str:
+    """What precision "auto" means on a device ("cuda" or "cpu"; None: this machine's, a GPU when there is one):
+    bf16 on GPUs that have it (A100, H100), fp16 on older GPUs (V100), fp32 on CPU."""
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
 
 
 def for_setting(base: dict[str, Any] | None, *, zero_stage: int, precision: str, micro_batch: int) -> dict[str, Any]:

@@ -11,13 +11,11 @@ import signal
 import time
 from pathlib import Path
 
-import torch
-
 from minprot_ds.distill.checkpoint import Checkpointer, TrainState
 from minprot_ds.distill.config import DistillConfig
 from minprot_ds.distill.options import DistillOptions
 from minprot_ds.distributed import any_rank, end_torchrun_job, init_distributed, rank as global_rank, restart_count
-from minprot_ds.ds_config import precision, read_ds_config
+from minprot_ds.ds_config import auto_precision, precision, read_ds_config
 from minprot_ds.errors import UserError
 from minprot_ds.distill.export import STUDENT_CONFIG, export_student, student_provenance
 from minprot_ds.models.folders import save_gathered
@@ -172,11 +170,8 @@ def export_final(engine, run_dir: Path, state: TrainState, config: DistillConfig
 
 def default_ds_config(ds_config_dir: Path) -> Path:
     """bf16 ZeRO-2 where the GPU has bf16 (A100/H100), fp16 ZeRO-2 on older GPUs (V100), fp32 on CPU."""
-    if torch.cuda.is_available():
-        name = "zero2_bf16.json" if torch.cuda.is_bf16_supported() else "zero2_v100_fp16.json"
-    else:
-        name = "cpu_zero2.json"
-    return ds_config_dir / name
+    names = {"bf16": "zero2_bf16.json", "fp16": "zero2_v100_fp16.json", "fp32": "cpu_zero2.json"}
+    return ds_config_dir / names[auto_precision()]
 
 
 def start(opts: DistillOptions) -> int:

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minprot_ds.ds_config import PRECISIONS as DTYPES, auto_precision
 from minprot_ds.errors import UserError
 from minprot_ds.scoring.forward import Scorer
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 POOLS = ("mean", "cls")
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def pick_device(local_rank: int = 0) -> torch.device:
@@ -32,9 +32,7 @@ def pick_precision(precision: str, device: torch.device) -> str:
             raise UserError("--precision fp16 needs a GPU (CPUs compute fp16 matrix products slowly or not at all); "
                             "use fp32 or bf16 on CPU")
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    return auto_precision(device.type)
 
 
 def model_fingerprint(folder: Path) -> str:
@@ -112,7 +110,7 @@ def load_task(folder: Path, dtype: torch.dtype, device: torch.device):
 
 
 def dtype_of(precision: str) -> torch.dtype:
-    return _DTYPES[precision]
+    return DTYPES[precision]
 
 
 def as_float(arr: np.ndarray, half: bool) -> np.ndarray:
