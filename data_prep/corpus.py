@@ -39,6 +39,7 @@ from minprot_ds.data.manifest import (
     write_shard,
 )
 from minprot_ds.errors import UserError
+from minprot_ds.fileio import sha256_file
 
 DEFAULT_SHARD_BYTES = 64 << 20  # ~64 MiB of Arrow data per shard: few files, cheap to checksum one
 ROW_OVERHEAD_BYTES = 12  # per row in a shard: token and accession list offsets (int32) + length (int32)
@@ -525,14 +526,6 @@ def length_percentiles(histogram: dict[str, list[int]], percents: Sequence[float
     return result
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_corpus(folder: str | Path) -> Manifest:
     """Check every shard's size and sha256 against the manifest; a UserError names each bad shard."""
     folder = Path(folder)
@@ -545,7 +538,7 @@ def verify_corpus(folder: str | Path) -> Manifest:
             path = folder / shard.path
             if not path.is_file():
                 problems.append(f"{shard.path} (missing)")
-            elif path.stat().st_size != shard.bytes or _sha256(path) != shard.sha256:
+            elif path.stat().st_size != shard.bytes or sha256_file(path) != shard.sha256:
                 problems.append(f"{shard.path} (checksum mismatch)")
     if problems:
         raise UserError(

@@ -1,7 +1,9 @@
-"""Atomic file writes: a reader (or a crash) never sees half a file, only the old one or the new one."""
+"""Atomic file writes (a reader, or a crash, never sees half a file, only the old one or the new one), and a
+file's sha256."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,6 +25,16 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def sha256_file(path: str | Path, digest: Any = None) -> str:
+    """The sha256 of a file's bytes, read in 16 MiB blocks; `digest` given: the file's bytes are added to it
+    (to hash several files as one) and its hex digest so far is returned."""
+    digest = hashlib.sha256() if digest is None else digest
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(path: str | Path, document: Any) -> Path:

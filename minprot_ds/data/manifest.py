@@ -17,7 +17,7 @@ from typing import Any
 import datasets
 
 from minprot_ds.errors import UserError
-from minprot_ds.fileio import atomic_write
+from minprot_ds.fileio import atomic_write, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "minprot-shards"
@@ -110,8 +110,6 @@ def write_shard(path: str | Path, accessions: list[str], tokens: list, root: str
     `tokens` is a list of uint8 arrays (residue ids). Built column-wise from numpy buffers, so writing
     costs no Python work per residue. Returns its ShardInfo, with `path` relative to `root`.
     """
-    import hashlib
-
     import numpy as np
     import pyarrow as pa
 
@@ -131,14 +129,10 @@ def write_shard(path: str | Path, accessions: list[str], tokens: list, root: str
     path = Path(path)
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         writer.write_table(table, max_chunksize=max(1, len(tokens)))
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
     return ShardInfo(
         path=path.relative_to(root).as_posix(),
         rows=len(tokens),
         residues=int(lengths.sum()),
         bytes=path.stat().st_size,
-        sha256=digest.hexdigest(),
+        sha256=sha256_file(path),
     )

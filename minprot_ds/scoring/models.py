@@ -11,6 +11,7 @@ import torch
 
 from minprot_ds.ds_config import PRECISIONS as DTYPES, auto_precision
 from minprot_ds.errors import UserError
+from minprot_ds.fileio import sha256_file
 from minprot_ds.scoring.forward import Scorer
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -42,9 +43,7 @@ def model_fingerprint(folder: Path) -> str:
     files = sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix in (".json", ".safetensors", ".bin", ".pt")))
     for path in files:
         digest.update(path.name.encode() + b"\0")
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 24), b""):
-                digest.update(chunk)
+        sha256_file(path, digest)
     return digest.hexdigest()
 
 
