@@ -13,6 +13,7 @@ where PDB2272_DIR holds PDB2272_P.txt and PDB2272_N.txt from github.com/diaodiao
 """
 from data_prep.tasks.formats import FORMATS, TASKS, ReadReport, detect_format, read_inputs
 from data_prep.tasks.load import load_task_data
-from minprot_ds.data.task_records import IGNORE_INDEX, Q3_CLASSES
+from minprot_ds.data.task_records import Q3_CLASSES
+from minprot_ds.vocab import IGNORE_INDEX
 
 __all__ = ["FORMATS", "IGNORE_INDEX", "Q3_CLASSES", "TASKS", "ReadReport", "detect_format", "load_task_data", "read_inputs"]

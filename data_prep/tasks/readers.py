@@ -20,7 +20,6 @@ from pathlib import Path
 from data_prep.tasks.fasta import read_fasta
 from minprot_ds.data.task_records import (
     EMPTY,
-    IGNORE_INDEX,
     LENGTH_MISMATCH,
     MISSING_LABEL,
     Q3_CLASSES,
@@ -28,6 +27,7 @@ from minprot_ds.data.task_records import (
     Records,
     clean_sequence,
 )
+from minprot_ds.vocab import IGNORE_INDEX
 from minprot_ds.errors import UserError
 
 # NetSurfP-2.0 mask columns: a residue is scored only where each present column is 1. `disorder` 0.0

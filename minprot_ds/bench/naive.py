@@ -72,7 +72,7 @@ class NaiveBatches:
         g = self.generator
         chance = torch.full(ids.shape, self.mask_probability).masked_fill_(special, 0.0)
         selected = torch.bernoulli(chance, generator=g).bool()
-        labels = ids.masked_fill(~selected, -100)
+        labels = ids.masked_fill(~selected, vocab.IGNORE_INDEX)
         to_mask = torch.bernoulli(torch.full(ids.shape, 0.8), generator=g).bool() & selected
         ids = ids.masked_fill(to_mask, vocab.MASK_ID)
         to_random = torch.bernoulli(torch.full(ids.shape, 0.5), generator=g).bool() & selected & ~to_mask

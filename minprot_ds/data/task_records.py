@@ -13,7 +13,7 @@ from typing import Literal
 import datasets
 
 from minprot_ds.errors import UserError
-from minprot_ds.vocab import IGNORE_INDEX, MAX_RESIDUES, rare_to_x  # noqa: F401  (IGNORE_INDEX is re-exported)
+from minprot_ds.vocab import MAX_RESIDUES, rare_to_x
 
 Q3_CLASSES = ("H", "E", "C")  # label id == index: helix, strand, coil
 

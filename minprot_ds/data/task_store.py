@@ -16,6 +16,7 @@ import datasets
 
 from minprot_ds.data.task_records import Level, label_column
 from minprot_ds.errors import UserError
+from minprot_ds.vocab import IGNORE_INDEX
 
 META_NAME = "minprot_task.json"
 
@@ -45,7 +46,7 @@ def split_table(data: datasets.Dataset | datasets.DatasetDict, level: Level) -> 
         else:
             flat = [x for row in labels for x in row]
             rows.append({"split": name, "rows": ds.num_rows, "residues": len(flat),
-                         "H": flat.count(0), "E": flat.count(1), "C": flat.count(2), "masked": flat.count(-100)})
+                         "H": flat.count(0), "E": flat.count(1), "C": flat.count(2), "masked": flat.count(IGNORE_INDEX)})
     return rows
 
 

@@ -21,7 +21,7 @@ from minprot_ds.distributed import world_size
 from minprot_ds.distill.flops import FlopBreakdown, distill_step_flops
 from minprot_ds.distill.losses import LossOutput, distill_loss, resolve_impl
 from minprot_ds.models.masked_lm import ForLossOutputs, forward_for_loss
-from minprot_ds.vocab import CLS_ID, MASK_ID, SEP_ID, STANDARD_RESIDUE_IDS
+from minprot_ds.vocab import CLS_ID, IGNORE_INDEX, MASK_ID, SEP_ID, STANDARD_RESIDUE_IDS
 
 
 class StudentForLoss(nn.Module):
@@ -172,7 +172,7 @@ class DistillEngine:
             counts[0] += rows
             counts[1] += batch["num_residues"]
             counts[2] += rows * padded_len
-            counts[3] += int((batch["labels"] != -100).sum())
+            counts[3] += int((batch["labels"] != IGNORE_INDEX).sum())
             counts[4] += self.micro_batch_flops(batch).useful
         n = len(micro_batches)
         reduced = self._all_reduce([s / n for s in sums] + counts + [nonfinite])
@@ -191,7 +191,7 @@ class DistillEngine:
         att = batch["attention_mask"]
         rows, padded_len = att.shape
         lengths = att.sum(1).tolist()
-        head = sum(lengths) if self._all_positions else int((batch["labels"] != -100).sum())
+        head = sum(lengths) if self._all_positions else int((batch["labels"] != IGNORE_INDEX).sum())
         return distill_step_flops(**self.shape, seq_len=padded_len, batch=rows, masked_tokens=head, lengths=lengths)
 
     @torch.no_grad()
@@ -219,7 +219,7 @@ class DistillEngine:
             last = batch
             teacher, student = self.teacher_forward(batch), self.student_forward(batch)
             out = self.loss_of(student, teacher)
-            labelled = student.labels != -100
+            labelled = student.labels != IGNORE_INDEX
             m = int(labelled.sum())
             if not counted or m == 0:
                 continue
@@ -250,7 +250,7 @@ def placeholder_batch() -> dict[str, torch.Tensor]:
     return {
         "input_ids": torch.tensor([[CLS_ID, MASK_ID, SEP_ID]]),
         "attention_mask": torch.ones(1, 3, dtype=torch.int64),
-        "labels": torch.tensor([[-100, int(STANDARD_RESIDUE_IDS[0]), -100]]),
+        "labels": torch.tensor([[IGNORE_INDEX, int(STANDARD_RESIDUE_IDS[0]), IGNORE_INDEX]]),
     }
 
 

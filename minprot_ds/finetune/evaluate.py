@@ -18,6 +18,7 @@ from minprot_ds.errors import UserError
 from minprot_ds.finetune.metrics import Predictions
 from minprot_ds.finetune.tasks import Encoded, TaskSpec
 from minprot_ds.scoring.windows import FINETUNE_LONG_MODES, check_window, plan_protein
+from minprot_ds.vocab import IGNORE_INDEX
 
 
 @dataclass
@@ -74,14 +75,14 @@ def score(module: torch.nn.Module, enc: Encoded, spec: TaskSpec, *, batch_size: 
     probs = np.concatenate(per_row) if per_row else np.zeros((0, spec.num_labels))
     y = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
     everything = np.concatenate(enc.labels) if len(enc) else np.zeros(0, dtype=np.int64)
-    coverage["labelled_residues"] = int((everything != -100).sum())
-    coverage["labelled_residues_scored"] = int((y != -100).sum())
+    coverage["labelled_residues"] = int((everything != IGNORE_INDEX).sum())
+    coverage["labelled_residues_scored"] = int((y != IGNORE_INDEX).sum())
     pred = Predictions(ids, y, probs, probs.argmax(axis=1), np.asarray(positions, dtype=np.int64), residues)
     return Scored(pred, _cross_entropy(probs, y), coverage, np.repeat(np.arange(len(enc)), covered))
 
 
 def _cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:
-    keep = labels != -100
+    keep = labels != IGNORE_INDEX
     if not keep.any():
         return math.nan
     return float(-np.log(np.clip(probs[keep, labels[keep]], 1e-12, None)).mean())

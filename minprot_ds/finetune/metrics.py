@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
 
-from minprot_ds.finetune.tasks import IGNORE_INDEX, TaskSpec
+from minprot_ds.finetune.tasks import TaskSpec
+from minprot_ds.vocab import IGNORE_INDEX
 
 
 @dataclass

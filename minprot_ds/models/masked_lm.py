@@ -229,8 +229,8 @@ def forward_for_loss(
 ) -> ForLossOutputs:
     """Encoder forward, then the MLM head only where the loss needs it.
 
-    By default the head runs at masked positions (labels != -100): M rows. With all_positions it runs at
-    every non-pad position (DistilBERT's "KD everywhere"), labels −100 where unmasked, so M = N. Call it
+    By default the head runs at masked positions (labels != IGNORE_INDEX): M rows. With all_positions it runs at
+    every non-pad position (DistilBERT's "KD everywhere"), labels IGNORE_INDEX where unmasked, so M = N. Call it
     for the teacher under torch.inference_mode(); distill_loss accepts such outputs.
     """
     sequence = model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state

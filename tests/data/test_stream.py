@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from minprot_ds.data.batching import BatchingOptions
-from minprot_ds.data.masking import IGNORE_INDEX, MaskingOptions
+from minprot_ds.data.masking import MaskingOptions
 from minprot_ds.data.stream import (
     DistillStream,
     MicroBatchKey,
@@ -18,7 +18,7 @@ from minprot_ds.data.stream import (
     finish_micro_batch,
 )
 from minprot_ds.errors import UserError
-from minprot_ds.vocab import CLS_ID, PAD_ID, SEP_ID
+from minprot_ds.vocab import CLS_ID, IGNORE_INDEX, PAD_ID, SEP_ID
 
 # ~30 micro-batches an epoch on the tiny corpus: runs of a few dozen steps cross epoch boundaries.
 BATCHING = BatchingOptions(max_tokens=1024, max_rows=16, bucket_window=64)

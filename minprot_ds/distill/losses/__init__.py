@@ -13,7 +13,7 @@ import torch
 
 from minprot_ds.errors import UserError
 from minprot_ds.distill.losses import fused, reference
-from minprot_ds.distill.losses.reference import IGNORE_INDEX
+from minprot_ds.vocab import IGNORE_INDEX
 
 __all__ = ["IGNORE_INDEX", "IMPLS", "LossOutput", "as_constant", "distill_loss", "resolve_impl"]
 

@@ -27,7 +27,8 @@ import os
 import torch
 
 from minprot_ds.errors import UserError
-from minprot_ds.distill.losses.reference import COS_EPS, IGNORE_INDEX
+from minprot_ds.distill.losses.reference import COS_EPS
+from minprot_ds.vocab import IGNORE_INDEX
 
 MAX_BLOCK = 16384  # one row must fit one block (V = 30 and H = 1024 for ProtBert)
 _TILE = 4096  # elements per program: several short rows share a program
