@@ -1,4 +1,5 @@
-"""Rank-0 progress bars (rich): a training run's steps, and a predict/embed run's proteins and residues."""
+"""Rank-0 progress bars (rich): `_Bar`, the bar every job's progress is built on, and the distillation's steps
+(`TrainProgress`). A predict/embed run's proteins and residues are `minprot_ds.inference.progress`."""
 from __future__ import annotations
 
 from rich.console import Console

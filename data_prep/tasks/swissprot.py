@@ -86,25 +86,6 @@ def read_swissprot(paths: Sequence[str | Path], organism: str) -> tuple[dict[str
     return columns, excluded
 
 
-def stratified_split(labels: Sequence[int], seed: int, fractions: dict[str, float] = SPLIT_FRACTIONS) -> dict[str, list[int]]:
-    """Row indices per split, drawn per label so every split keeps the label balance; a pure function of seed."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, list[int]] = {name: [] for name in fractions}
-    by_label: dict[int, list[int]] = collections.defaultdict(list)
-    for i, y in enumerate(labels):
-        by_label[y].append(i)
-    names = list(fractions)
-    for y in sorted(by_label):
-        idx = rng.permutation(by_label[y])
-        sizes = [round(len(idx) * fractions[n]) for n in names[1:]]  # the remainder goes to train
-        start = len(idx) - sum(sizes)
-        out[names[0]].extend(idx[:start].tolist())
-        for name, size in zip(names[1:], sizes):
-            out[name].extend(idx[start:start + size].tolist())
-            start += size
-    return {name: sorted(rows) for name, rows in out.items()}
-
-
 def cluster_split(labels: Sequence[int], clusters: Sequence[int], seed: int,
                   fractions: dict[str, float] = SPLIT_FRACTIONS) -> dict[str, list[int]]:
     """Row indices per split with every cluster inside one split; clusters are drawn per (majority) label in a

@@ -111,17 +111,3 @@ def loss_labels(labels: np.ndarray) -> np.ndarray:
     out[labels == PAD_ID] = IGNORE_INDEX
     return out
 
-
-def mask_batch(
-    ids: np.ndarray,
-    lengths: np.ndarray,
-    sample_index: np.ndarray,
-    *,
-    seed: int,
-    epoch: int,
-    options: MaskingOptions,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, labels), int64 [B, T]: labels hold the original id at selected residues and
-    IGNORE_INDEX elsewhere."""
-    inputs, labels = mask_residues(ids, lengths, sample_index, seed=seed, epoch=epoch, options=options)
-    return inputs.astype(np.int64), loss_labels(labels)

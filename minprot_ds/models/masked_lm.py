@@ -17,8 +17,6 @@ from transformers import BertConfig, BertForMaskedLM
 from minprot_ds.errors import UserError
 from minprot_ds.vocab import IGNORE_INDEX, VOCAB_SIZE, write_tokenizer_files
 
-STRATEGIES = ("alternate", "random")
-
 
 @dataclass(frozen=True)
 class ModelPreset:

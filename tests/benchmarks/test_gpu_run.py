@@ -46,12 +46,6 @@ def dry_run(tmp_path_factory) -> tuple[dict, str, Path]:
     return json.loads((out / "gpu_run.json").read_text()), proc.stdout, out
 
 
-def _memory_command_exists() -> bool:
-    from minprot_ds.cli.bench import COMMANDS
-
-    return any(name == "bench memory" for name, _ in COMMANDS)
-
-
 @pytest.mark.slow
 def test_dry_run_reports_every_step(dry_run, runpy):
     report, stdout, out = dry_run
@@ -65,11 +59,8 @@ def test_dry_run_reports_every_step(dry_run, runpy):
     for name in must_run:
         assert steps[name]["status"] == "ok", (name, steps[name]["error"])
         assert steps[name]["commands"] and steps[name]["seconds"] > 0
-    if _memory_command_exists():
-        assert steps["memory-plan"]["status"] == "ok", steps["memory-plan"]["error"]
-        assert steps["memory-plan"]["data"]["ratios"]
-    else:  # `minprot bench memory` (issue 14) not merged yet: the row says so and the run went on
-        assert steps["memory-plan"]["status"] == "failed" and "No such command 'memory'" in steps["memory-plan"]["error"]
+    assert steps["memory-plan"]["status"] == "ok", steps["memory-plan"]["error"]
+    assert steps["memory-plan"]["data"]["ratios"]
 
     tests = steps["loss-tests"]["data"]
     assert tests["failed"] is None and tests["passed"] >= 2  # eager at real shapes, fp16 and bf16, runs on CPU

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from minprot_ds.data.batching import BatchingOptions, pad_batch
-from minprot_ds.data.masking import IGNORE_INDEX, MaskingOptions, mask_batch
+from minprot_ds.data.masking import MaskingOptions, loss_labels, mask_residues
 from minprot_ds.errors import UserError
-from minprot_ds.vocab import CLS_ID, MASK_ID, PAD_ID, SEP_ID, STANDARD_RESIDUE_IDS
+from minprot_ds.vocab import CLS_ID, IGNORE_INDEX, MASK_ID, PAD_ID, SEP_ID, STANDARD_RESIDUE_IDS
 
 SPECIALS = [PAD_ID, 1, CLS_ID, SEP_ID, MASK_ID]
 
@@ -18,10 +18,17 @@ def _batch(lengths, seed=0):
     return pad_batch(tokens, np.asarray(lengths), BatchingOptions()), np.asarray(lengths)
 
 
+def _mask(ids, lengths, sample_index, **kw):
+    """What the stream does (data/stream.py): compact masks from mask_residues, then loss_labels for the loss."""
+    inputs, labels = mask_residues(ids, lengths, sample_index, **kw)
+    assert inputs.dtype == labels.dtype == np.uint8 and inputs.shape == labels.shape == ids.shape
+    return inputs, loss_labels(labels)
+
+
 def test_statistics_over_many_residues():
     lengths = np.random.default_rng(0).integers(100, 400, 2000)
     ids, lengths = _batch(lengths)
-    inputs, labels = mask_batch(ids, lengths, np.arange(len(lengths)), seed=1, epoch=0, options=MaskingOptions())
+    inputs, labels = _mask(ids, lengths, np.arange(len(lengths)), seed=1, epoch=0, options=MaskingOptions())
     selected = labels != IGNORE_INDEX
     residues = int(lengths.sum())
     share = selected.sum() / residues
@@ -43,7 +50,7 @@ def test_statistics_over_many_residues():
 def test_specials_never_selected_and_random_draws_are_standard_residues():
     ids, lengths = _batch(np.random.default_rng(1).integers(1, 60, 3000))
     options = MaskingOptions(probability=0.5, mask_fraction=0.0, random_fraction=1.0)
-    inputs, labels = mask_batch(ids, lengths, np.arange(len(lengths)), seed=0, epoch=3, options=options)
+    inputs, labels = _mask(ids, lengths, np.arange(len(lengths)), seed=0, epoch=3, options=options)
     special = np.isin(ids, SPECIALS)
     assert np.all(labels[special] == IGNORE_INDEX)
     assert np.array_equal(inputs[special], ids[special])
@@ -55,7 +62,7 @@ def test_specials_never_selected_and_random_draws_are_standard_residues():
 
 def test_every_sequence_gets_at_least_one_selected_residue():
     ids, lengths = _batch([1, 2, 3, 5, 8] * 200)
-    _, labels = mask_batch(ids, lengths, np.arange(len(lengths)), seed=0, epoch=0, options=MaskingOptions())
+    _, labels = _mask(ids, lengths, np.arange(len(lengths)), seed=0, epoch=0, options=MaskingOptions())
     assert np.all((labels != IGNORE_INDEX).sum(axis=1) >= 1)
 
 
@@ -64,8 +71,8 @@ def test_masking_depends_on_the_sample_not_the_batch():
     tokens_ids, lengths = _batch([50, 300, 120])
     alone_ids = pad_batch([tokens_ids[2, 1:121]], np.array([120]), BatchingOptions(pad_to_multiple_of=1))
     kw = dict(seed=5, epoch=2, options=MaskingOptions())
-    in_batch = mask_batch(tokens_ids, lengths, np.array([7, 8, 9]), **kw)
-    alone = mask_batch(alone_ids, np.array([120]), np.array([9]), **kw)
+    in_batch = _mask(tokens_ids, lengths, np.array([7, 8, 9]), **kw)
+    alone = _mask(alone_ids, np.array([120]), np.array([9]), **kw)
     assert np.array_equal(in_batch[0][2, :122], alone[0][0])
     assert np.array_equal(in_batch[1][2, :122], alone[1][0])
     assert np.all(in_batch[1][2, 122:] == IGNORE_INDEX)
@@ -74,7 +81,7 @@ def test_masking_depends_on_the_sample_not_the_batch():
 def test_masking_changes_with_epoch_seed_and_sample():
     ids, lengths = _batch([400])
     def labels(seed, epoch, sample):
-        return mask_batch(ids, lengths, np.array([sample]), seed=seed, epoch=epoch, options=MaskingOptions())[1]
+        return _mask(ids, lengths, np.array([sample]), seed=seed, epoch=epoch, options=MaskingOptions())[1]
     base = labels(0, 0, 0)
     assert np.array_equal(base, labels(0, 0, 0))
     for other in (labels(1, 0, 0), labels(0, 1, 0), labels(0, 0, 1)):

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from data_prep.tasks import load_task_data
-from data_prep.tasks.swissprot import FRAGMENT, build_swissprot, cluster_split, is_fragment, stratified_split
+from data_prep.tasks.swissprot import FRAGMENT, build_swissprot, cluster_split, is_fragment
 from minprot_ds.cli import app
 from minprot_ds.errors import UserError
 
@@ -53,7 +53,8 @@ def test_unknown_organism_and_empty_result(dat_files: list[Path]) -> None:
 
 def test_split_is_stratified_seeded_and_complete() -> None:
     labels = [1] * 40 + [0] * 400
-    a, b, c = stratified_split(labels, 1), stratified_split(labels, 1), stratified_split(labels, 2)
+    singletons = list(range(440))  # every row its own cluster: the split is stratified by label alone
+    a, b, c = (cluster_split(labels, singletons, seed) for seed in (1, 1, 2))
     assert a == b and a != c
     assert sorted(i for rows in a.values() for i in rows) == list(range(440))
     assert {k: len(v) for k, v in a.items()} == {"train": 374, "valid": 33, "test": 33}
