@@ -1,4 +1,5 @@
-"""ProtBert's vocabulary: token ids identical to Rostlab/prot_bert, and byte-table encoding.
+"""ProtBert's vocabulary: token ids identical to Rostlab/prot_bert, byte-table encoding, the rare residues read
+as X, and ProtBert's tokenizer files written into model folders.
 
 Encoding is a 256-entry lookup table applied to the raw ASCII bytes of a sequence with numpy, so no
 Python work happens per residue.

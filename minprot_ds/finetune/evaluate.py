@@ -33,7 +33,7 @@ def score(module: torch.nn.Module, enc: Encoded, spec: TaskSpec, *, batch_size: 
           window: int, stride: int, long: str = "window") -> Scored:
     """Predictions for every row (every covered residue for per-residue tasks), the loss and the coverage.
 
-    The forward is `minprot predict`'s (inference.forward.score, one code path): windows sorted by length in
+    The forward is `minprot predict`'s (scoring.forward.score, one code path): windows sorted by length in
     batches of at most `batch_size` full windows' tokens, stitched by minprot_ds.scoring.windows. Every rank runs the
     same batches, so ZeRO-3's gathers stay in step.
     """

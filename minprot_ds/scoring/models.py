@@ -101,7 +101,7 @@ class TaskScorer(Scorer):
 
 
 def load_task(folder: Path, dtype: torch.dtype, device: torch.device):
-    """A fine-tune's model/ folder (`finetune.heads`' format) as (TaskModel in eval mode, its TaskModelInfo)."""
+    """A fine-tune's model/ folder (`scoring.heads`' format) as (TaskModel in eval mode, its TaskModelInfo)."""
     from minprot_ds.scoring.heads import load_task_model
 
     model = load_task_model(check_model_folder(folder))
