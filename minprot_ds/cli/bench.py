@@ -45,14 +45,11 @@ def throughput(o: ThroughputOptions) -> None:
     a window after each window of each precision's fastest setting; the ratio is the median of those
     pairs. Writes JSON, CSV and PNG (and logs them to MLflow with --mlflow).
     """
-    import torch
-
     from minprot_ds.bench import report as rp
     from minprot_ds.bench import throughput as tp
+    from minprot_ds.ds_config import auto_precision
 
-    precision = o.precision
-    if precision == "auto":
-        precision = "fp32" if not torch.cuda.is_available() else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    precision = auto_precision() if o.precision == "auto" else o.precision
     settings = tp.sweep_settings(
         max_tokens=_split(o.max_tokens, int, "--max-tokens"), zero_stages=_split(o.zero_stage, int, "--zero-stage"),
         checkpointing=_split(o.checkpointing, _on_off, "--checkpointing"), loss_impls=_split(o.loss_impl, str, "--loss-impl"),
