@@ -3,6 +3,7 @@
 Scripts in benchmarks/ import it as `from common import ...` (Python puts the script's folder on
 sys.path when it runs `python benchmarks/<name>.py`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +21,9 @@ from rich.console import Console
 from rich.table import Table
 
 # UniRef50-like lengths (4,173 real lengths within 20-512 aa) for synthetic corpora, when ../shared is there.
-SHARED_LENGTHS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lengths" / "uniref50_like_lengths.txt"
+SHARED_LENGTHS = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lengths" / "uniref50_like_lengths.txt"
+)
 
 
 @dataclasses.dataclass
@@ -43,7 +46,12 @@ class Timing:
         return statistics.median(self.cpu)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"wall_s": self.wall, "cpu_s": self.cpu, "wall_median_s": self.wall_median, "cpu_median_s": self.cpu_median}
+        return {
+            "wall_s": self.wall,
+            "cpu_s": self.cpu,
+            "wall_median_s": self.wall_median,
+            "cpu_median_s": self.cpu_median,
+        }
 
 
 def _cpu_seconds() -> float:
@@ -52,7 +60,9 @@ def _cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def time_repeats(fn: Callable[[], Any], repeats: int, warmup: int = 1, setup: Callable[[], Any] | None = None) -> Timing:
+def time_repeats(
+    fn: Callable[[], Any], repeats: int, warmup: int = 1, setup: Callable[[], Any] | None = None
+) -> Timing:
     """Call `fn` warmup + repeats times and time the last `repeats` calls; `setup` runs untimed before each."""
     wall, cpu = [], []
     for i in range(warmup + repeats):
@@ -91,7 +101,11 @@ def make_console() -> Console:
 
 
 def print_table(
-    title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], console: Console | None = None, text_columns: int = 1
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    console: Console | None = None,
+    text_columns: int = 1,
 ) -> None:
     """A rich table: the first `text_columns` columns left-aligned, the others (numbers) right-aligned;
     None shows as an em dash."""

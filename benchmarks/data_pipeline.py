@@ -23,9 +23,10 @@ dropped by the 20–512 filter included), so ours and naive share one denominato
 ratio of times. Before timing, the script checks that the tokenizer's ids equal minprot_ds.vocab.encode
 and that the naive path keeps exactly the records and ids ours does.
 
-    python benchmarks/data_pipeline.py                       # default sizes, table + benchmarks/results/data_pipeline.json
+    python benchmarks/data_pipeline.py  # default sizes, table + benchmarks/results/data_pipeline.json
     python benchmarks/data_pipeline.py --records 50000 --repeats 9 --workers 2   # larger, steadier
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,16 +40,16 @@ from typing import Any
 import numpy as np
 import torch
 from Bio import SeqIO
+from common import SHARED_LENGTHS, Timing, fmt_rate, make_console, print_table, time_repeats, write_json
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
-from common import SHARED_LENGTHS, Timing, fmt_rate, make_console, print_table, time_repeats, write_json
 from data_prep.corpus import prepare_corpus
 from data_prep.fasta import encode_block, read_blocks
 from minprot_ds import vocab
-from minprot_ds.data.synthetic import sample_lengths as draw_lengths
-from minprot_ds.data.manifest import load_manifest
 from minprot_ds.bench.data_pipeline import measure_loader_throughput, measure_planning, time_batches
+from minprot_ds.data.manifest import load_manifest
+from minprot_ds.data.synthetic import sample_lengths as draw_lengths
 from minprot_ds.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +67,7 @@ console = make_console()
 
 
 # --- inputs -------------------------------------------------------------------------------------------
+
 
 def sample_lengths(lengths_file: Path | None, count: int, seed: int) -> tuple[np.ndarray, str]:
     """`count` lengths drawn with replacement from the file, or from the log-normal fallback (the
@@ -123,6 +125,7 @@ def check_tokenizer(tokenizer: Any) -> None:
 
 # --- prep: ours and naive -----------------------------------------------------------------------------
 
+
 def ours_encode(path: Path, seed: int = 0) -> list:
     """What one prepare worker does per block, for the whole file in this process."""
     return [encode_block(block, MIN_LEN, MAX_LEN, seed) for block in read_blocks(path)]
@@ -164,6 +167,7 @@ def check_same_output(path: Path, tokenizer: Any) -> int:
 
 # --- loader: naive ------------------------------------------------------------------------------------
 
+
 class NaiveShardDataset(Dataset):
     """One record per item as Python lists, from the same Arrow shards, through `datasets`."""
 
@@ -204,7 +208,11 @@ def naive_loader_throughput(shard_paths: list[Path], *, seconds: float, batch_si
     """Residues/s of the naive loader over `seconds`, timed like measure_loader_throughput."""
     dataset = NaiveShardDataset(shard_paths)
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, collate_fn=naive_collate, num_workers=0,
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        collate_fn=naive_collate,
+        num_workers=0,
         generator=torch.Generator().manual_seed(seed),
     )
 
@@ -228,6 +236,7 @@ def median_of(runs: list[dict[str, float]], key: str) -> float:
 
 # --- the stages ---------------------------------------------------------------------------------------
 
+
 def bench_input(name: str, fasta: Path, work: Path, tokenizer: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The prep, prepare and loader rows of one input FASTA."""
     residues = check_same_output(fasta, tokenizer)
@@ -246,8 +255,19 @@ def bench_input(name: str, fasta: Path, work: Path, tokenizer: Any, args: argpar
         shutil.rmtree(outs, ignore_errors=True)
         last["out"] = outs / str(next(counter))
 
-    e2e = time_repeats(lambda: prepare_corpus([fasta], last["out"], workers=args.workers, seed=args.seed), args.repeats, setup=fresh_out)
-    row = _ratio_row(f"prepare e2e ({args.workers} worker{'s' if args.workers > 1 else ''})", name, residues, e2e, naive, goal_ratio=None)
+    e2e = time_repeats(
+        lambda: prepare_corpus([fasta], last["out"], workers=args.workers, seed=args.seed),
+        args.repeats,
+        setup=fresh_out,
+    )
+    row = _ratio_row(
+        f"prepare e2e ({args.workers} worker{'s' if args.workers > 1 else ''})",
+        name,
+        residues,
+        e2e,
+        naive,
+        goal_ratio=None,
+    )
     row["workers"] = args.workers
     # per worker: CPU time already sums every process; wall time is spread over the workers
     row["ours_residues_per_worker_wall_s"] = residues / e2e.wall_median / args.workers
@@ -257,33 +277,39 @@ def bench_input(name: str, fasta: Path, work: Path, tokenizer: Any, args: argpar
     train = load_manifest(corpus).splits["train"]
     shards = [corpus / shard.path for shard in train.shards]
     torch.set_num_threads(1)
-    ours_runs = [measure_loader_throughput(corpus, seconds=args.loader_seconds, seed=args.seed) for _ in range(args.repeats)]
+    ours_runs = [
+        measure_loader_throughput(corpus, seconds=args.loader_seconds, seed=args.seed) for _ in range(args.repeats)
+    ]
     naive_runs = [
         naive_loader_throughput(shards, seconds=args.loader_seconds, batch_size=args.naive_batch_size, seed=args.seed)
         for _ in range(args.repeats)
     ]
     ours_rate = median_of(ours_runs, "residues_per_cpu_s")
     naive_rate = median_of(naive_runs, "residues_per_cpu_s")
-    rows.append({
-        "stage": "loader (1 core)",
-        "input": name,
-        "ours_residues_per_s": ours_rate,
-        "naive_residues_per_s": naive_rate,
-        "ratio": ours_rate / naive_rate,
-        "goal": f">= {LOADER_GOAL_RESIDUES_PER_S / 1e6:g}M res/s",
-        "met": ours_rate >= LOADER_GOAL_RESIDUES_PER_S,
-        "ours_residues_per_wall_s": median_of(ours_runs, "residues_per_s"),
-        "naive_residues_per_wall_s": median_of(naive_runs, "residues_per_s"),
-        "ours_padding_fraction": median_of(ours_runs, "padding_fraction"),
-        "naive_padding_fraction": median_of(naive_runs, "padding_fraction"),
-        "ours_runs": ours_runs,
-        "naive_runs": naive_runs,
-        "train_rows": train.rows,
-    })
+    rows.append(
+        {
+            "stage": "loader (1 core)",
+            "input": name,
+            "ours_residues_per_s": ours_rate,
+            "naive_residues_per_s": naive_rate,
+            "ratio": ours_rate / naive_rate,
+            "goal": f">= {LOADER_GOAL_RESIDUES_PER_S / 1e6:g}M res/s",
+            "met": ours_rate >= LOADER_GOAL_RESIDUES_PER_S,
+            "ours_residues_per_wall_s": median_of(ours_runs, "residues_per_s"),
+            "naive_residues_per_wall_s": median_of(naive_runs, "residues_per_s"),
+            "ours_padding_fraction": median_of(ours_runs, "padding_fraction"),
+            "naive_padding_fraction": median_of(naive_runs, "padding_fraction"),
+            "ours_runs": ours_runs,
+            "naive_runs": naive_runs,
+            "train_rows": train.rows,
+        }
+    )
     return rows
 
 
-def _ratio_row(stage: str, name: str, residues: int, ours: Timing, naive: Timing, goal_ratio: float | None) -> dict[str, Any]:
+def _ratio_row(
+    stage: str, name: str, residues: int, ours: Timing, naive: Timing, goal_ratio: float | None
+) -> dict[str, Any]:
     ratio = naive.cpu_median / ours.cpu_median
     return {
         "stage": stage,
@@ -319,25 +345,57 @@ def bench_planning(args: argparse.Namespace) -> dict[str, Any]:
 
 # --- entry --------------------------------------------------------------------------------------------
 
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement; the median is reported (default 5)")
-    parser.add_argument("--records", type=int, default=5_000,
-                        help="records in the synthetic FASTA (default 5000, ~1M residues: 1-3 s of naive work a repeat)")
-    parser.add_argument("--uniref50", type=Path, default=DEFAULT_UNIREF50,
-                        help="real UniRef50 FASTA sample, read in place (default ../shared/data/uniref50/uniref50_train_filt.fasta; skipped if absent)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed repeats per measurement; the median is reported (default 5)"
+    )
+    parser.add_argument(
+        "--records",
+        type=int,
+        default=5_000,
+        help="records in the synthetic FASTA (default 5000, ~1M residues: 1-3 s of naive work a repeat)",
+    )
+    parser.add_argument(
+        "--uniref50",
+        type=Path,
+        default=DEFAULT_UNIREF50,
+        help="real UniRef50 FASTA sample, read in place "
+        "(default ../shared/data/uniref50/uniref50_train_filt.fasta; skipped if absent)",
+    )
     parser.add_argument("--no-uniref50", action="store_true", help="skip the real UniRef50 sample")
-    parser.add_argument("--lengths", type=Path, default=DEFAULT_LENGTHS,
-                        help="one length a line to sample synthetic records from (default ../shared/data/lengths/"
-                             "uniref50_like_lengths.txt; if absent, a log-normal with the same median and mean)")
+    parser.add_argument(
+        "--lengths",
+        type=Path,
+        default=DEFAULT_LENGTHS,
+        help="one length a line to sample synthetic records from (default ../shared/data/lengths/"
+        "uniref50_like_lengths.txt; if absent, a log-normal with the same median and mean)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="--workers of the end-to-end prepare row (default 1)")
     parser.add_argument("--loader-seconds", type=float, default=1.0, help="seconds per loader measurement (default 1)")
-    parser.add_argument("--naive-batch-size", type=int, default=32, help="rows per batch of the naive loader (default 32)")
-    parser.add_argument("--plan-rows", type=int, default=43_000_000, help="rows of the planned epoch (default 43M, UniRef50 after the filter)")
-    parser.add_argument("--plan-repeats", type=int, default=3, help="repeats of the planning row (default 3; each takes seconds)")
+    parser.add_argument(
+        "--naive-batch-size", type=int, default=32, help="rows per batch of the naive loader (default 32)"
+    )
+    parser.add_argument(
+        "--plan-rows",
+        type=int,
+        default=43_000_000,
+        help="rows of the planned epoch (default 43M, UniRef50 after the filter)",
+    )
+    parser.add_argument(
+        "--plan-repeats", type=int, default=3, help="repeats of the planning row (default 3; each takes seconds)"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work-dir", type=Path, default=None, help="scratch folder for the synthetic FASTA and corpora (default: a temporary one, removed)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default benchmarks/results/data_pipeline.json)")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="scratch folder for the synthetic FASTA and corpora (default: a temporary one, removed)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="JSON results (default benchmarks/results/data_pipeline.json)"
+    )
     args = parser.parse_args(argv)
     for name in ("repeats", "records", "workers", "naive_batch_size", "plan_rows", "plan_repeats"):
         if getattr(args, name) < 1:
@@ -409,14 +467,28 @@ def _print(rows: list[dict[str, Any]], planning: dict[str, Any], args: argparse.
         return None if value is None else ("[green]yes[/]" if value else "[red]no[/]")
 
     table_rows = [
-        (r["stage"], r["input"], fmt_rate(r["ours_residues_per_s"]), fmt_rate(r["naive_residues_per_s"]),
-         f"{r['ratio']:.1f}x", r["goal"], met(r["met"]))
+        (
+            r["stage"],
+            r["input"],
+            fmt_rate(r["ours_residues_per_s"]),
+            fmt_rate(r["naive_residues_per_s"]),
+            f"{r['ratio']:.1f}x",
+            r["goal"],
+            met(r["met"]),
+        )
         for r in rows
     ]
-    table_rows.append((
-        planning["stage"], planning["input"],
-        f"{planning['cpu_seconds']:.2f} CPU-s ({planning['wall_seconds']:.2f} s wall)", None, None, None, None,
-    ))
+    table_rows.append(
+        (
+            planning["stage"],
+            planning["input"],
+            f"{planning['cpu_seconds']:.2f} CPU-s ({planning['wall_seconds']:.2f} s wall)",
+            None,
+            None,
+            None,
+            None,
+        )
+    )
     print_table(
         f"data pipeline, residues per CPU-second (median of {args.repeats}; planning median of {args.plan_repeats})",
         ("stage", "input", "ours res/s", "naive res/s", "ratio", "goal", "met?"),

@@ -11,6 +11,7 @@ difference between the two paths' outputs. Prints a table and writes JSON.
 
     .venv/bin/python benchmarks/inference.py --preset cpu-small --proteins 256 --repeats 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from minprot_ds.data.batching import DEFAULT_MAX_TOKENS  # noqa: E402
 from common import SHARED_LENGTHS, make_console, print_table, time_repeats, write_json  # noqa: E402
+
+from minprot_ds.data.batching import DEFAULT_MAX_TOKENS  # noqa: E402
 
 RESIDUES = list("LAGVESIKRDTPNQFYMHCW")
 
@@ -34,14 +36,20 @@ def make_inputs(folder: Path, preset: str, proteins: int, seed: int) -> dict[str
     """Random teacher and student encoders in the preset's shape, a dna-binding head on each, a FASTA."""
     from minprot_ds.bench.throughput import random_models
     from minprot_ds.data.synthetic import sample_lengths
-    from minprot_ds.scoring.heads import build_task_model, save_task_model
     from minprot_ds.finetune.tasks import task_spec
     from minprot_ds.models.masked_lm import MODEL_PRESETS, save_random_protbert
+    from minprot_ds.scoring.heads import build_task_model, save_task_model
 
     teacher, student_layers = random_models(folder, preset, seed)
     p = MODEL_PRESETS[preset]
-    student = save_random_protbert(folder / "student", num_layers=student_layers, hidden_size=p.hidden_size,
-                                   num_heads=p.num_heads, intermediate_size=p.intermediate_size, seed=seed + 1)
+    student = save_random_protbert(
+        folder / "student",
+        num_layers=student_layers,
+        hidden_size=p.hidden_size,
+        num_heads=p.num_heads,
+        intermediate_size=p.intermediate_size,
+        seed=seed + 1,
+    )
     spec = task_spec("dna-binding")
     out = {"teacher": teacher, "student": student}
     for role, enc in (("teacher", teacher), ("student", student)):
@@ -71,15 +79,16 @@ def naive(model_dir: Path, fasta: Path, mode: str) -> np.ndarray:
     out = []
     with torch.no_grad():
         for start in range(0, len(seqs), 8):
-            batch = seqs[start:start + 8]
-            enc = tokenizer([" ".join(s) for s in batch], padding=True, truncation=True, max_length=514,
-                            return_tensors="pt")
+            batch = seqs[start : start + 8]
+            enc = tokenizer(
+                [" ".join(s) for s in batch], padding=True, truncation=True, max_length=514, return_tensors="pt"
+            )
             if mode == "predict":
                 out.extend(torch.softmax(model(enc["input_ids"], enc["attention_mask"]), -1)[:, 1].tolist())
                 continue
             hidden = model(**enc).last_hidden_state
             for j, s in enumerate(batch):
-                out.append(hidden[j, 1:len(s) + 1].mean(0).numpy())
+                out.append(hidden[j, 1 : len(s) + 1].mean(0).numpy())
     return np.asarray(out)
 
 
@@ -102,8 +111,12 @@ def read_minprot(out: Path, mode: str) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", default="cpu-small", help="model shapes (minprot_ds.models.masked_lm.MODEL_PRESETS); random weights")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--preset", default="cpu-small", help="model shapes (minprot_ds.models.masked_lm.MODEL_PRESETS); random weights"
+    )
     p.add_argument("--proteins", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
@@ -123,36 +136,68 @@ def main(argv: list[str] | None = None) -> int:
                 model_dir = inputs[role] if mode == "embed" else inputs[f"{role}-task"]
                 out = work / f"{mode}-{role}" / ("out.h5" if mode == "embed" else "out.tsv")
 
-                def clean() -> None:
-                    shutil.rmtree(out.parent, ignore_errors=True)
+                # The closures below run within this iteration only.
+                def clean() -> None:  # noqa: B023
+                    shutil.rmtree(out.parent, ignore_errors=True)  # noqa: B023
 
                 last: dict[str, np.ndarray] = {}
 
                 def run_naive() -> None:
-                    last["naive"] = naive(model_dir, fasta, mode)
+                    last["naive"] = naive(model_dir, fasta, mode)  # noqa: B023
 
                 t_naive = time_repeats(run_naive, args.repeats)
-                t_ours = time_repeats(lambda: minprot(model_dir, fasta, mode, out, args.max_tokens), args.repeats,
-                                      setup=clean)
+                t_ours = time_repeats(
+                    lambda: minprot(model_dir, fasta, mode, out, args.max_tokens),  # noqa: B023
+                    args.repeats,
+                    setup=clean,
+                )
                 diff = float(np.abs(read_minprot(out, mode) - last["naive"]).max())
-                results.append({"mode": mode, "model": role, "naive": t_naive.as_dict(), "minprot": t_ours.as_dict(),
-                                "naive_residues_per_s": residues / t_naive.wall_median,
-                                "minprot_residues_per_s": residues / t_ours.wall_median,
-                                "speedup": t_naive.wall_median / t_ours.wall_median, "max_abs_diff": diff})
+                results.append(
+                    {
+                        "mode": mode,
+                        "model": role,
+                        "naive": t_naive.as_dict(),
+                        "minprot": t_ours.as_dict(),
+                        "naive_residues_per_s": residues / t_naive.wall_median,
+                        "minprot_residues_per_s": residues / t_ours.wall_median,
+                        "speedup": t_naive.wall_median / t_ours.wall_median,
+                        "max_abs_diff": diff,
+                    }
+                )
         by = {(r["mode"], r["model"]): r for r in results}
         for r in results:
-            r["student_over_teacher"] = (by[(r["mode"], "student")]["minprot_residues_per_s"]
-                                         / by[(r["mode"], "teacher")]["minprot_residues_per_s"])
-        rows = [[f"{r['mode']} {r['model']}", f"{r['naive_residues_per_s']:,.0f}", f"{r['minprot_residues_per_s']:,.0f}",
-                 f"{r['minprot_residues_per_s'] / residues * args.proteins:,.1f}", f"{r['speedup']:.2f}x",
-                 f"{r['student_over_teacher']:.2f}x" if r["model"] == "student" else None, f"{r['max_abs_diff']:.1e}"]
-                for r in results]
-        print_table(f"inference, {args.preset}, {args.proteins} proteins ({residues:,} residues), median of "
-                    f"{args.repeats}", ["setting", "naive res/s", "minprot res/s", "minprot prot/s", "vs naive",
-                                        "student/teacher", "max |diff|"], rows, console)
-        path = write_json(args.json, "inference", {
-            "args": {k: str(v) for k, v in vars(args).items()}, "residues": residues,
-            "lengths": inputs["lengths_source"], "results": results})
+            r["student_over_teacher"] = (
+                by[(r["mode"], "student")]["minprot_residues_per_s"]
+                / by[(r["mode"], "teacher")]["minprot_residues_per_s"]
+            )
+        rows = [
+            [
+                f"{r['mode']} {r['model']}",
+                f"{r['naive_residues_per_s']:,.0f}",
+                f"{r['minprot_residues_per_s']:,.0f}",
+                f"{r['minprot_residues_per_s'] / residues * args.proteins:,.1f}",
+                f"{r['speedup']:.2f}x",
+                f"{r['student_over_teacher']:.2f}x" if r["model"] == "student" else None,
+                f"{r['max_abs_diff']:.1e}",
+            ]
+            for r in results
+        ]
+        print_table(
+            f"inference, {args.preset}, {args.proteins} proteins ({residues:,} residues), median of {args.repeats}",
+            ["setting", "naive res/s", "minprot res/s", "minprot prot/s", "vs naive", "student/teacher", "max |diff|"],
+            rows,
+            console,
+        )
+        path = write_json(
+            args.json,
+            "inference",
+            {
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "residues": residues,
+                "lengths": inputs["lengths_source"],
+                "results": results,
+            },
+        )
         console.print(f"JSON: {path}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

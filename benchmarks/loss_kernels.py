@@ -9,6 +9,7 @@ for full sizes, so `--fused-max-n` skips them above a size and the table says so
     python benchmarks/loss_kernels.py                                   # GPU: all sizes
     TRITON_INTERPRET=1 python benchmarks/loss_kernels.py --sizes 2048,8192 --fused-max-n 2048   # CPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,9 +70,7 @@ def peak_bytes(inputs: dict, impl: str, device: torch.device) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step(inputs, impl)
-    events = sorted(
-        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-    )
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     live = peak = 0
     for _, nbytes in events:
         live += nbytes
@@ -125,7 +124,9 @@ def main() -> None:
                 rows.append(dict(row, skipped=skip))
                 continue
             repeats = args.repeats if not (impl == "triton" and device.type == "cpu") else min(args.repeats, 3)
-            row["time_ms"] = time_ms(inputs, impl, device, repeats, args.warmup if impl != "triton" or device.type == "cuda" else 1)
+            row["time_ms"] = time_ms(
+                inputs, impl, device, repeats, args.warmup if impl != "triton" or device.type == "cuda" else 1
+            )
             # The interpreter works on numpy copies the torch allocator never sees: no CPU memory figure.
             interpreted = impl == "triton" and device.type == "cpu"
             row["peak_mib"] = None if interpreted else peak_bytes(inputs, impl, device) / 2**20
@@ -139,7 +140,9 @@ def main() -> None:
                 row["memory_vs_eager"] = row["peak_mib"] / base["peak_mib"]
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    table = Table(title=f"distill_loss forward+backward on {device_name} ({row['dtype']}, H={args.hidden}, V={args.vocab})")
+    table = Table(
+        title=f"distill_loss forward+backward on {device_name} ({row['dtype']}, H={args.hidden}, V={args.vocab})"
+    )
     for col in ("N", "M", "impl", "median ms", "peak MiB", "× faster", "× memory"):
         table.add_column(col, justify="left" if col == "impl" else "right")
     for r in rows:
@@ -147,14 +150,24 @@ def main() -> None:
             table.add_row(str(r["n"]), str(r["m"]), r["impl"], f"skipped ({r['skipped']})", "", "", "")
             continue
         table.add_row(
-            str(r["n"]), str(r["m"]), r["impl"], f"{r['time_ms']:.2f}",
+            str(r["n"]),
+            str(r["m"]),
+            r["impl"],
+            f"{r['time_ms']:.2f}",
             "n/a (interpreter)" if r["peak_mib"] is None else f"{r['peak_mib']:.1f}",
-            f"{r.get('speedup_vs_eager', float('nan')):.2f}", f"{r.get('memory_vs_eager', float('nan')):.2f}",
+            f"{r.get('speedup_vs_eager', float('nan')):.2f}",
+            f"{r.get('memory_vs_eager', float('nan')):.2f}",
         )
     Console(width=140).print(table)
     report = dict(
-        device=device_name, device_type=device.type, torch=torch.__version__, hidden=args.hidden, vocab=args.vocab,
-        mask_frac=args.mask_frac, repeats=args.repeats, rows=rows,
+        device=device_name,
+        device_type=device.type,
+        torch=torch.__version__,
+        hidden=args.hidden,
+        vocab=args.vocab,
+        mask_frac=args.mask_frac,
+        repeats=args.repeats,
+        rows=rows,
     )
     args.out.write_text(json.dumps(report, indent=2))
     Console(soft_wrap=True).print(f"wrote {args.out}")

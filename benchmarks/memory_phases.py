@@ -9,6 +9,7 @@ Figures are GB above the process before the models were built.
 
     .venv/bin/python benchmarks/memory_phases.py --teacher-layers 8 --student-layers 6 --stage 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,19 +46,41 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             fh.write("5")  # reset VmHWM to the current RSS
         entry = measured_mem.rss()
         yield
-        phases.append({"step": step, "phase": name, "entry": entry, "peak": measured_mem.peak_rss(), "exit": measured_mem.rss()})
+        phases.append(
+            {"step": step, "phase": name, "entry": entry, "peak": measured_mem.peak_rss(), "exit": measured_mem.rss()}
+        )
 
     plan = mem.Plan(args.stage, "fp32", False, 1)
-    measured = measured_mem.measure(args.teacher, args.student_layers, plan, corpus=args.corpus, max_tokens=args.max_tokens,
-                           max_rows=args.max_rows, steps=args.steps, phase_timer=phase,
-                           unmap_freed=args.allocator == "unmap-freed")
+    measured = measured_mem.measure(
+        args.teacher,
+        args.student_layers,
+        plan,
+        corpus=args.corpus,
+        max_tokens=args.max_tokens,
+        max_rows=args.max_rows,
+        steps=args.steps,
+        phase_timer=phase,
+        unmap_freed=args.allocator == "unmap-freed",
+    )
     before, padded = measured["baseline_bytes"], measured["padded_tokens"]
     for p in phases:
         p.update({k: (p[k] - before) / GB for k in ("entry", "peak", "exit")})
-    est = mem.estimate(BertConfig.from_pretrained(args.teacher), args.student_layers, plan, max_tokens=padded,
-                       max_rows=args.max_rows, longest=padded)
-    return {"allocator": args.allocator, "scope": measured["scope"], "padded_tokens": padded, "phases": phases,
-            "peak_gb": max(p["peak"] for p in phases), "plan_gb": est.as_gb()}
+    est = mem.estimate(
+        BertConfig.from_pretrained(args.teacher),
+        args.student_layers,
+        plan,
+        max_tokens=padded,
+        max_rows=args.max_rows,
+        longest=padded,
+    )
+    return {
+        "allocator": args.allocator,
+        "scope": measured["scope"],
+        "padded_tokens": padded,
+        "phases": phases,
+        "peak_gb": max(p["peak"] for p in phases),
+        "plan_gb": est.as_gb(),
+    }
 
 
 def make_inputs(work: Path, teacher_layers: int) -> tuple[Path, Path]:
@@ -67,8 +90,14 @@ def make_inputs(work: Path, teacher_layers: int) -> tuple[Path, Path]:
 
     teacher = work / f"teacher-{teacher_layers}l"
     if not (teacher / "model.safetensors").is_file():
-        save_random_protbert(teacher, num_layers=teacher_layers, hidden_size=1024, num_heads=16, intermediate_size=4096,
-                             max_position_embeddings=40_000)
+        save_random_protbert(
+            teacher,
+            num_layers=teacher_layers,
+            hidden_size=1024,
+            num_heads=16,
+            intermediate_size=4096,
+            max_position_embeddings=40_000,
+        )
     corpus = work / "corpus"
     if not (corpus / "manifest.json").is_file():
         rng = random.Random(0)
@@ -80,14 +109,18 @@ def make_inputs(work: Path, teacher_layers: int) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--teacher-layers", type=int, default=8)
     p.add_argument("--student-layers", type=int, default=6)
     p.add_argument("--stage", type=int, default=3, choices=(1, 2, 3), help="ZeRO stage (1 rank, fp32)")
     p.add_argument("--max-tokens", type=int, default=2080)
     p.add_argument("--max-rows", type=int, default=4)
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--work", type=Path, default=REPO / "runs" / "memory_phases", help="teacher and corpus are kept here")
+    p.add_argument(
+        "--work", type=Path, default=REPO / "runs" / "memory_phases", help="teacher and corpus are kept here"
+    )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "memory_phases.json")
     p.add_argument("--allocator", choices=ALLOCATORS, help=argparse.SUPPRESS)  # the child process's
     p.add_argument("--teacher", help=argparse.SUPPRESS)
@@ -100,20 +133,37 @@ def main(argv: list[str] | None = None) -> int:
     teacher, corpus = make_inputs(args.work, args.teacher_layers)
     runs = []
     for allocator in ALLOCATORS:
-        cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--allocator", allocator,
-               "--teacher", str(teacher), "--corpus", str(corpus)]
+        cmd = [
+            sys.executable,
+            __file__,
+            *(argv if argv is not None else sys.argv[1:]),
+            "--allocator",
+            allocator,
+            "--teacher",
+            str(teacher),
+            "--corpus",
+            str(corpus),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
             return 1
         runs.append(json.loads(proc.stdout.split("RESULT ", 1)[1]))
-    rows = [[f"{ph['step']}", ph["phase"], *(f"{r['phases'][i][k]:.2f}" for r in runs for k in ("entry", "peak"))]
-            for i, ph in enumerate(runs[0]["phases"])]
+    rows = [
+        [f"{ph['step']}", ph["phase"], *(f"{r['phases'][i][k]:.2f}" for r in runs for k in ("entry", "peak"))]
+        for i, ph in enumerate(runs[0]["phases"])
+    ]
     plan = runs[0]["plan_gb"]
-    rows.append(["", f"step peak (memory plan: {plan['total']:.2f})", *(x for r in runs for x in ("", f"{r['peak_gb']:.2f}"))])
-    print_table(f"peak RSS by phase, GB above the bare process (ZeRO-{args.stage}, 1 rank, fp32, "
-                f"{args.teacher_layers}-layer teacher, {args.student_layers}-layer student, {runs[0]['padded_tokens']} tokens)",
-                ["step", "phase", *(f"{r['allocator']}: {k}" for r in runs for k in ("entry", "peak"))], rows, make_console())
+    rows.append(
+        ["", f"step peak (memory plan: {plan['total']:.2f})", *(x for r in runs for x in ("", f"{r['peak_gb']:.2f}"))]
+    )
+    print_table(
+        f"peak RSS by phase, GB above the bare process (ZeRO-{args.stage}, 1 rank, fp32, "
+        f"{args.teacher_layers}-layer teacher, {args.student_layers}-layer student, {runs[0]['padded_tokens']} tokens)",
+        ["step", "phase", *(f"{r['allocator']}: {k}" for r in runs for k in ("entry", "peak"))],
+        rows,
+        make_console(),
+    )
     print("memory plan parts, GB: " + ", ".join(f"{k} {v:.2f}" for k, v in plan.items()))
     write_json(args.out, "memory_phases", {"config": {k: str(v) for k, v in vars(args).items()}, "runs": runs})
     return 0

@@ -14,7 +14,8 @@ against the FLOP model, masks filled), two fine-tune steps of the exported stude
 longer than a window.
 
 Measured: per-rank peak RSS (VmHWM of each rank, polled; every process runs with glibc giving freed blocks
-back at once, `LIVE_ALLOCATIONS_ENV`, so that the peak is what the ranks allocated), step time (MLflow's perf/step_time_s), checkpoint
+back at once, `LIVE_ALLOCATIONS_ENV`, so that the peak is what the ranks allocated), step time (MLflow's
+perf/step_time_s), checkpoint
 size and save seconds (from the checkpoint folder's appearance to its COMPLETE marker, polled), resume
 load seconds (checkpoint/load_s), universal conversion seconds and its converter's peak RSS, export size
 and seconds. Each is set beside the memory plan's prediction (minprot_ds/bench/memory.py).
@@ -22,6 +23,7 @@ and seconds. Each is set beside the memory plan's prediction (minprot_ds/bench/m
     nice -n 10 .venv/bin/python benchmarks/rehearsal.py                       # full size, ZeRO-2 and ZeRO-3
     .venv/bin/python benchmarks/rehearsal.py --teacher-layers 4 --stages 2    # the same path, shallower
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,6 +51,7 @@ TITLE = "rehearsal at ProtBert's size (CPU, 2 ranks, fp32)"
 
 
 # --- watching a launch: per-rank peak RSS, checkpoint and conversion events --------------------------------
+
 
 class Watcher(threading.Thread):
     """Polls the launcher's process tree (VmHWM of each rank and of DeepSpeed's converter) and RUN/ckpt
@@ -113,8 +116,12 @@ def launch(run_dir: Path, args: list[str], ranks: int, timeout_s: float, log_dir
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{run_dir.name}-{int(time.time())}.log"
     t0 = time.monotonic()
-    with open(log, "w") as fh, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-                                                env=run_env()) as proc:
+    with (
+        open(log, "w") as fh,
+        subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True, env=run_env()
+        ) as proc,
+    ):
         watcher = Watcher(proc.pid, run_dir / "ckpt")
         watcher.start()
         try:
@@ -127,14 +134,16 @@ def launch(run_dir: Path, args: list[str], ranks: int, timeout_s: float, log_dir
             watcher.join()
     wall = time.monotonic() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode} after {wall:.0f}s; log {log}:\n"
-                           + log.read_text()[-4000:])
+        raise RuntimeError(
+            f"{' '.join(cmd)} exited with {proc.returncode} after {wall:.0f}s; log {log}:\n" + log.read_text()[-4000:]
+        )
     return {"wall_s": wall, "watcher": watcher, "log": str(log)}
 
 
 def link_copy(run_dir: Path, out: Path, keep: str) -> Path:
     """A copy of a run dir that resumes from checkpoint `keep`: its multi-GB files hard-linked (a resume only
     reads them; new checkpoints are new files), small files copied, later checkpoints and the student left out."""
+
     def copy(src: str, dst: str) -> None:
         if "/ckpt/" in src and os.path.getsize(src) > 2**20:
             os.link(src, dst)
@@ -151,6 +160,7 @@ def link_copy(run_dir: Path, out: Path, keep: str) -> Path:
 
 
 # --- reading results back ------------------------------------------------------------------------------------
+
 
 def metric(run_dir: Path, key: str) -> dict[int, float]:
     """step -> value of an MLflow metric of the run in run_dir (the latest value per step)."""
@@ -175,6 +185,7 @@ def same_weights(a: Path, b: Path) -> bool:
 
 # --- the rehearsal -------------------------------------------------------------------------------------------
 
+
 def make_assets(work: Path, teacher_layers: int | None, sequences: int) -> tuple[Path, Path, dict]:
     """The random teacher in ProtBert's config (optionally fewer layers) and a small synthetic corpus."""
     from data_prep.corpus import prepare_corpus
@@ -186,24 +197,47 @@ def make_assets(work: Path, teacher_layers: int | None, sequences: int) -> tuple
     teacher = work / f"teacher-{layers}l"
     t0 = time.monotonic()
     if not (teacher / "model.safetensors").is_file():
-        save_random_protbert(teacher, num_layers=layers, hidden_size=cfg["hidden_size"], num_heads=cfg["num_attention_heads"],
-                             intermediate_size=cfg["intermediate_size"], max_position_embeddings=cfg["max_position_embeddings"])
+        save_random_protbert(
+            teacher,
+            num_layers=layers,
+            hidden_size=cfg["hidden_size"],
+            num_heads=cfg["num_attention_heads"],
+            intermediate_size=cfg["intermediate_size"],
+            max_position_embeddings=cfg["max_position_embeddings"],
+        )
     made_s = time.monotonic() - t0
     corpus = work / "corpus"
     if not (corpus / "manifest.json").is_file():
         prepare_corpus([synthetic_fasta(work / "syn.fasta", sequences=sequences)], corpus, valid_fraction=0.05, seed=0)
-    return teacher, corpus, {"folder": str(teacher), "teacher_layers": layers, "teacher_write_s": made_s, "teacher_bytes": folder_bytes(teacher)}
+    return (
+        teacher,
+        corpus,
+        {
+            "folder": str(teacher),
+            "teacher_layers": layers,
+            "teacher_write_s": made_s,
+            "teacher_bytes": folder_bytes(teacher),
+        },
+    )
 
 
-def stage_run(stage: int, work: Path, common: list[str], steps: int, keep: int, timeout_s: float, console,
-              universal: bool = True) -> dict[str, Any]:
+def stage_run(
+    stage: int, work: Path, common: list[str], steps: int, keep: int, timeout_s: float, console, universal: bool = True
+) -> dict[str, Any]:
     """Run, exact resume and universal resume on 1 rank for one ZeRO stage; returns its figures."""
     ds = REPO / "ds_configs" / f"cpu_zero{stage}.json"
     run = work / f"z{stage}"
     shutil.rmtree(run, ignore_errors=True)
     logs = work / "logs"
-    args = [*common, "--deepspeed_config", str(ds), "--set", f"schedule.total_steps={steps}",
-            "--set", f"checkpoint.every_steps={keep}"]
+    args = [
+        *common,
+        "--deepspeed_config",
+        str(ds),
+        "--set",
+        f"schedule.total_steps={steps}",
+        "--set",
+        f"checkpoint.every_steps={keep}",
+    ]
     console.print(f"ZeRO-{stage}: {steps} steps on 2 ranks, checkpoint at step {keep} ...")
     first = launch(run, args, 2, timeout_s, logs)
     w: Watcher = first["watcher"]
@@ -211,9 +245,13 @@ def stage_run(stage: int, work: Path, common: list[str], steps: int, keep: int, 
     losses = metric(run, "train/loss")
     step_times = metric(run, "perf/step_time_s")
     out: dict[str, Any] = {
-        "stage": stage, "steps": steps, "launch_wall_s": first["wall_s"],
+        "stage": stage,
+        "steps": steps,
+        "launch_wall_s": first["wall_s"],
         "peak_rss_gb_per_rank": {r: v / GB for r, v in sorted(w.rank_peak.items())},
-        "step_time_s": statistics.median(step_times[s] for s in sorted(step_times)[1:]) if len(step_times) > 1 else None,
+        "step_time_s": statistics.median(step_times[s] for s in sorted(step_times)[1:])
+        if len(step_times) > 1
+        else None,
         "first_step_time_s": step_times.get(1),
         "losses": [losses[s] for s in sorted(losses)],
         "checkpoint_gb": folder_bytes(run / "ckpt" / tag) / GB,
@@ -242,8 +280,13 @@ def stage_run(stage: int, work: Path, common: list[str], steps: int, keep: int, 
     ds_one = json.loads(ds.read_text())
     ds_one["gradient_accumulation_steps"] = 2
     (work / f"cpu_zero{stage}_accum2.json").write_text(json.dumps(ds_one))
-    third = launch(one, [*args, "--deepspeed_config", str(work / f"cpu_zero{stage}_accum2.json"),
-                         "--resume", str(one / "ckpt" / tag)], 1, timeout_s, logs)
+    third = launch(
+        one,
+        [*args, "--deepspeed_config", str(work / f"cpu_zero{stage}_accum2.json"), "--resume", str(one / "ckpt" / tag)],
+        1,
+        timeout_s,
+        logs,
+    )
     w3: Watcher = third["watcher"]
     moved = metric(one, "train/loss")
     out["universal"] = {
@@ -277,14 +320,22 @@ def export_and_reload(run: Path, work: Path, console) -> dict[str, Any]:
     model = AutoModelForMaskedLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     reload_s = time.monotonic() - t0
-    text = "M K T A Y I A K Q R Q I S F V K S H F S R Q [MASK] E E R L G L I E V Q A P I L S R V G D G T Q D N L S G A E K"
+    text = (
+        "M K T A Y I A K Q R Q I S F V K S H F S R Q [MASK] E E R L G L I E V Q A P I L S R V G D G T Q D N L S G A E K"
+    )
     batch = tokenizer(text, return_tensors="pt")
     with torch.inference_mode():
         logits = model(**batch).logits
     where = batch["input_ids"][0] == tokenizer.mask_token_id
     filled = tokenizer.convert_ids_to_tokens(logits[0, where].argmax(-1).tolist())
-    return {"export_s": export_s, "export_gb": folder_bytes(out) / GB, "reload_s": reload_s,
-            "parameters": model.num_parameters(), "filled_mask": filled, "folder": str(out)}
+    return {
+        "export_s": export_s,
+        "export_gb": folder_bytes(out) / GB,
+        "reload_s": reload_s,
+        "parameters": model.num_parameters(),
+        "filled_mask": filled,
+        "folder": str(out),
+    }
 
 
 def finetune_two_steps(student: Path, work: Path, console) -> dict[str, Any]:
@@ -293,10 +344,28 @@ def finetune_two_steps(student: Path, work: Path, console) -> dict[str, Any]:
         return {"skipped": f"{DNA_BINDING} is absent"}
     out = work / "finetuned"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [str(Path(sys.executable).with_name("minprot")), "finetune", "--task", "dna-binding", "--model", str(student),
-           "--train", str(DNA_BINDING / "Training_dataset_PDB1075.txt"),
-           "--test", str(DNA_BINDING / "independent_test_dataset_PDB186.txt"), "--out", str(out),
-           "--epochs", "1", "--batch-size", "8", "--max-train-samples", "16", "--max-eval-samples", "8"]
+    cmd = [
+        str(Path(sys.executable).with_name("minprot")),
+        "finetune",
+        "--task",
+        "dna-binding",
+        "--model",
+        str(student),
+        "--train",
+        str(DNA_BINDING / "Training_dataset_PDB1075.txt"),
+        "--test",
+        str(DNA_BINDING / "independent_test_dataset_PDB186.txt"),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--max-train-samples",
+        "16",
+        "--max-eval-samples",
+        "8",
+    ]
     console.print("fine-tune: " + " ".join(cmd))
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=run_env())
@@ -323,8 +392,12 @@ def few_proteins(path: Path, count: int = 8, window: int = 512) -> dict[str, Any
     with open(path, "w") as fh:
         for rec in chosen:
             fh.write(f">{rec.id}\n{rec.seq}\n")
-    return {"fasta": str(path), "proteins": len(chosen), "residues": sum(len(r.seq) for r in chosen),
-            "longest": max(len(r.seq) for r in chosen)}
+    return {
+        "fasta": str(path),
+        "proteins": len(chosen),
+        "residues": sum(len(r.seq) for r in chosen),
+        "longest": max(len(r.seq) for r in chosen),
+    }
 
 
 def predict_and_embed(finetuned: Path, student: Path, work: Path, console) -> dict[str, Any]:
@@ -335,10 +408,16 @@ def predict_and_embed(finetuned: Path, student: Path, work: Path, console) -> di
     out: dict[str, Any] = {"input": proteins}
     minprot = str(Path(sys.executable).with_name("minprot"))
     for name, cmd, result in (
-        ("predict", [minprot, "predict", "--model", str(finetuned), "--out", str(work / "few.predictions.tsv")],
-         work / "few.predictions.tsv"),
-        ("embed", [minprot, "embed", "--model", str(student), "--out", str(work / "few.embeddings.h5")],
-         work / "few.embeddings.h5"),
+        (
+            "predict",
+            [minprot, "predict", "--model", str(finetuned), "--out", str(work / "few.predictions.tsv")],
+            work / "few.predictions.tsv",
+        ),
+        (
+            "embed",
+            [minprot, "embed", "--model", str(student), "--out", str(work / "few.embeddings.h5")],
+            work / "few.embeddings.h5",
+        ),
     ):
         for stale in work.glob(f"{result.name}*"):
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
@@ -371,7 +450,9 @@ def parameter_counts(teacher: Path, student_layers: int) -> dict[str, Any]:
     return {"teacher": model_params(cfg, cfg.num_hidden_layers), "student": model_params(cfg, student_layers)}
 
 
-def predicted(stage: int, teacher: Path, student_layers: int, max_tokens: int, max_rows: int, world: int) -> dict[str, float]:
+def predicted(
+    stage: int, teacher: Path, student_layers: int, max_tokens: int, max_rows: int, world: int
+) -> dict[str, float]:
     """The memory plan's per-rank prediction for this CPU run (fp32, 2 ranks)."""
     from transformers import BertConfig
 
@@ -379,54 +460,87 @@ def predicted(stage: int, teacher: Path, student_layers: int, max_tokens: int, m
 
     cfg = BertConfig.from_pretrained(teacher)
     plan = Plan(stage=stage, precision="fp32", checkpointing=False, gpus=world)
-    return estimate(cfg, student_layers, plan, max_tokens=max_tokens, max_rows=max_rows, longest=min(max_tokens, 514)).as_gb()
+    return estimate(
+        cfg, student_layers, plan, max_tokens=max_tokens, max_rows=max_rows, longest=min(max_tokens, 514)
+    ).as_gb()
 
 
-def add_predictions(figures: dict[str, Any], teacher: Path, student_layers: int, max_tokens: int, max_rows: int) -> None:
+def add_predictions(
+    figures: dict[str, Any], teacher: Path, student_layers: int, max_tokens: int, max_rows: int
+) -> None:
     """The memory plan's figures beside a stage's measured ones: per rank of the 2-rank run, and for the
     1-rank resume when it ran."""
     figures["predicted_gb_per_rank"] = predicted(figures["stage"], teacher, student_layers, max_tokens, max_rows, 2)
     if "universal" in figures:
-        figures["universal"]["predicted_gb"] = predicted(figures["stage"], teacher, student_layers, max_tokens, max_rows, 1)
+        figures["universal"]["predicted_gb"] = predicted(
+            figures["stage"], teacher, student_layers, max_tokens, max_rows, 1
+        )
 
 
 def bare_process_gb() -> float:
     """Peak RSS of a rank before it builds anything (interpreter, torch, DeepSpeed, transformers, the process
     group): what a CPU rank's peak holds beyond the memory plan, which predicts what the job allocates."""
-    code = ("import deepspeed.runtime.zero.stage3, deepspeed.runtime.zero.stage_1_and_2, transformers.models.bert.modeling_bert;"
-            "from minprot_ds.distributed import init_distributed; init_distributed();"
-            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
-                         env=run_env()).stdout
+    code = (
+        "import deepspeed.runtime.zero.stage3, deepspeed.runtime.zero.stage_1_and_2, "
+        "transformers.models.bert.modeling_bert;"
+        "from minprot_ds.distributed import init_distributed; init_distributed();"
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO, env=run_env()
+    ).stdout
     return int(out.split()[-1]) * 1024 / GB
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--work", type=Path, default=REPO / "runs" / "rehearsal", help="scratch folder (multi-GB at full size)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--work", type=Path, default=REPO / "runs" / "rehearsal", help="scratch folder (multi-GB at full size)"
+    )
     p.add_argument("--stages", default="2,3", help="ZeRO stages, comma-separated")
     p.add_argument("--teacher-layers", type=int, default=None, help="fewer teacher layers than ProtBert's 30 (tests)")
-    p.add_argument("--student-layers", type=int, default=None, help="default: the protbert preset's (15), halved with --teacher-layers")
+    p.add_argument(
+        "--student-layers",
+        type=int,
+        default=None,
+        help="default: the protbert preset's (15), halved with --teacher-layers",
+    )
     p.add_argument("--steps", type=int, default=3, help="steps per run; the checkpoint to resume from is --keep")
     p.add_argument("--keep", type=int, default=2, help="the step whose checkpoint is resumed")
-    p.add_argument("--max-tokens", type=int, default=1040, help="token budget per micro-batch (the preset's 8192 is for GPUs)")
+    p.add_argument(
+        "--max-tokens", type=int, default=1040, help="token budget per micro-batch (the preset's 8192 is for GPUs)"
+    )
     p.add_argument("--max-rows", type=int, default=8)
     p.add_argument("--sequences", type=int, default=400, help="synthetic corpus rows")
-    p.add_argument("--skip", default="", help="parts to leave out, comma-separated: universal, finetune (the test's reduced form)")
+    p.add_argument(
+        "--skip", default="", help="parts to leave out, comma-separated: universal, finetune (the test's reduced form)"
+    )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per launch")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "rehearsal.json")
-    p.add_argument("--report", type=Path, default=None,
-                   help="only print the table of an earlier run's JSON (its memory-plan figures recomputed)")
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="only print the table of an earlier run's JSON (its memory-plan figures recomputed)",
+    )
     args = p.parse_args(argv)
     if args.report is not None:
         results = json.loads(args.report.read_text())
         results.setdefault("bare_process_gb", bare_process_gb())
         for s in results["stages"]:
             c = results["config"]
-            teacher = results["teacher"].get("folder") or Path(c["work"]) / f"teacher-{results['teacher']['teacher_layers']}l"
+            teacher = (
+                results["teacher"].get("folder") or Path(c["work"]) / f"teacher-{results['teacher']['teacher_layers']}l"
+            )
             add_predictions(s, Path(teacher), results["student_layers"], c["max_tokens"], c["max_rows"])
-        write_json(args.report, "rehearsal", {k: v for k, v in results.items() if k not in ("benchmark", "created", "machine")})
-        print_table(TITLE, ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])], table_rows(results), make_console())
+        write_json(
+            args.report, "rehearsal", {k: v for k, v in results.items() if k not in ("benchmark", "created", "machine")}
+        )
+        print_table(
+            TITLE, ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])], table_rows(results), make_console()
+        )
         return 0
     if not PROTBERT_CONFIG.is_file():
         print(f"error: {PROTBERT_CONFIG} is absent; the rehearsal needs ProtBert's config.json there.", file=sys.stderr)
@@ -436,21 +550,58 @@ def main(argv: list[str] | None = None) -> int:
     teacher, corpus, made = make_assets(args.work, args.teacher_layers, args.sequences)
     student_layers = args.student_layers or (15 if args.teacher_layers is None else max(1, made["teacher_layers"] // 2))
     counts = parameter_counts(teacher, student_layers)
-    console.print(f"teacher {teacher}: {counts['teacher']:,} parameters; student {student_layers} layers: {counts['student']:,}")
-    common = ["--config", str(PRESET), "--set", f'model.teacher="{teacher}"', "--set", f'data.corpus="{corpus}"',
-              "--set", f"model.student_layers={student_layers}", "--set", f"data.max_tokens={args.max_tokens}",
-              "--set", f"data.max_rows={args.max_rows}", "--set", "data.num_workers=0", "--set", "eval.every_steps=0",
-              "--set", "eval.max_batches=1", "--set", "run.log_every=1", "--set", "schedule.warmup_steps=1",
-              "--set", "checkpoint.every_minutes=0", "--set", "checkpoint.keep_last=5"]
-    results: dict[str, Any] = {"config": vars(args) | {"work": str(args.work), "out": str(args.out)},
-                               "teacher": {**made, "parameters": counts["teacher"]}, "student_layers": student_layers,
-                               "student_parameters_flop_model": counts["student"], "stages": []}
+    console.print(
+        f"teacher {teacher}: {counts['teacher']:,} parameters; student {student_layers} layers: {counts['student']:,}"
+    )
+    common = [
+        "--config",
+        str(PRESET),
+        "--set",
+        f'model.teacher="{teacher}"',
+        "--set",
+        f'data.corpus="{corpus}"',
+        "--set",
+        f"model.student_layers={student_layers}",
+        "--set",
+        f"data.max_tokens={args.max_tokens}",
+        "--set",
+        f"data.max_rows={args.max_rows}",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "eval.every_steps=0",
+        "--set",
+        "eval.max_batches=1",
+        "--set",
+        "run.log_every=1",
+        "--set",
+        "schedule.warmup_steps=1",
+        "--set",
+        "checkpoint.every_minutes=0",
+        "--set",
+        "checkpoint.keep_last=5",
+    ]
+    results: dict[str, Any] = {
+        "config": vars(args) | {"work": str(args.work), "out": str(args.out)},
+        "teacher": {**made, "parameters": counts["teacher"]},
+        "student_layers": student_layers,
+        "student_parameters_flop_model": counts["student"],
+        "stages": [],
+    }
     results["bare_process_gb"] = bare_process_gb()
     for stage in [int(s) for s in args.stages.split(",")]:
         if results["stages"]:  # only the last stage's checkpoints are exported: free the disk before the next stage
             shutil.rmtree(Path(results["stages"][-1]["_run_dir"]) / "ckpt")
-        figures = stage_run(stage, args.work, common, args.steps, args.keep, args.timeout, console,
-                            universal="universal" not in args.skip.split(","))
+        figures = stage_run(
+            stage,
+            args.work,
+            common,
+            args.steps,
+            args.keep,
+            args.timeout,
+            console,
+            universal="universal" not in args.skip.split(","),
+        )
         add_predictions(figures, teacher, student_layers, args.max_tokens, args.max_rows)
         results["stages"].append(figures)
         write_json(args.out, "rehearsal", {**results, "partial": True})  # what a later failure leaves
@@ -462,11 +613,11 @@ def main(argv: list[str] | None = None) -> int:
     if "finetune" not in args.skip.split(","):
         results["finetune"] = finetune_two_steps(Path(results["export"]["folder"]), args.work, console)
         if "model" in results["finetune"]:
-            results["inference"] = predict_and_embed(Path(results["finetune"]["model"]), Path(results["export"]["folder"]),
-                                                     args.work, console)
+            results["inference"] = predict_and_embed(
+                Path(results["finetune"]["model"]), Path(results["export"]["folder"]), args.work, console
+            )
     path = write_json(args.out, "rehearsal", results)
-    print_table(TITLE, ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])],
-                table_rows(results), console)
+    print_table(TITLE, ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])], table_rows(results), console)
     console.print(f"wrote {path}")
     return 0
 
@@ -491,24 +642,38 @@ def table_rows(results: dict[str, Any]) -> list[list[Any]]:
 
     ex = results["export"]
     return [
-        row("peak RSS per rank, GB (measured)", lambda s: " / ".join(_gb(v) for v in s["peak_rss_gb_per_rank"].values())),
-        row("peak per rank, GB (memory plan + bare process)",
-            lambda s: _gb(s["predicted_gb_per_rank"]["total"] + results["bare_process_gb"])),
+        row(
+            "peak RSS per rank, GB (measured)", lambda s: " / ".join(_gb(v) for v in s["peak_rss_gb_per_rank"].values())
+        ),
+        row(
+            "peak per rank, GB (memory plan + bare process)",
+            lambda s: _gb(s["predicted_gb_per_rank"]["total"] + results["bare_process_gb"]),
+        ),
         row("step time, s (median after step 1)", lambda s: _s(s["step_time_s"])),
         row("checkpoint size, GB", lambda s: _gb(s["checkpoint_gb"])),
         row("checkpoint save, s", lambda s: " / ".join(_s(v) or "—" for v in s["save_s"].values())),
         row("resume load, s", lambda s: _s(s["resume"]["load_s"])),
-        row("exact resume (losses, weights)", lambda s: f"{s['resume']['losses_equal']}, {s['resume']['weights_equal']}"),
+        row(
+            "exact resume (losses, weights)", lambda s: f"{s['resume']['losses_equal']}, {s['resume']['weights_equal']}"
+        ),
         row("universal conversion, s", lambda s: _s(s.get("universal", {}).get("convert_s"))),
         row("converter peak RSS, GB", lambda s: _gb(s.get("universal", {}).get("converter_peak_rss_gb"))),
         row("1-rank resume peak RSS, GB", lambda s: _gb(s.get("universal", {}).get("peak_rss_gb"))),
-        row("1-rank resume peak, GB (memory plan + bare process)",
-            lambda s: _gb(s["universal"]["predicted_gb"]["total"] + results["bare_process_gb"]) if "universal" in s else None),
-        row("1-rank resume max rel. loss diff",
-            lambda s: f"{s['universal']['max_rel_loss_diff']:.1e}" if "universal" in s else None),
+        row(
+            "1-rank resume peak, GB (memory plan + bare process)",
+            lambda s: (
+                _gb(s["universal"]["predicted_gb"]["total"] + results["bare_process_gb"]) if "universal" in s else None
+            ),
+        ),
+        row(
+            "1-rank resume max rel. loss diff",
+            lambda s: f"{s['universal']['max_rel_loss_diff']:.1e}" if "universal" in s else None,
+        ),
         once("teacher parameters", f"{results['teacher']['parameters']:,}"),
-        once("student parameters (reloaded / FLOP model)",
-             f"{ex['parameters']:,} / {results['student_parameters_flop_model']:,}"),
+        once(
+            "student parameters (reloaded / FLOP model)",
+            f"{ex['parameters']:,} / {results['student_parameters_flop_model']:,}",
+        ),
         once("export of the last checkpoint: GB, s", f"{ex['export_gb']:.2f}, {ex['export_s']:.1f}"),
         *inference_rows(results, once),
     ]
@@ -525,8 +690,12 @@ def inference_rows(results: dict[str, Any], once) -> list[list[Any]]:
         few = inf["input"]
         what = f"{few['proteins']} DeepLoc proteins, {few['residues']:,} residues, longest {few['longest']}"
         rows.append(once(f"predict ({what}): rows, s", f"{inf['predict']['rows']}, {_s(inf['predict']['wall_s'])}"))
-        rows.append(once("embed (same proteins, .h5): proteins, dim, s",
-                         f"{inf['embed']['proteins']}, {inf['embed']['dims']}, {_s(inf['embed']['wall_s'])}"))
+        rows.append(
+            once(
+                "embed (same proteins, .h5): proteins, dim, s",
+                f"{inf['embed']['proteins']}, {inf['embed']['dims']}, {_s(inf['embed']['wall_s'])}",
+            )
+        )
     return rows
 
 

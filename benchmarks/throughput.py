@@ -3,7 +3,8 @@ memory, time split, over a sweep of settings, against the naive transformers loo
 
 Runs real `DistillEngine` steps (teacher + DeepSpeed student + loss + optimizer) on a synthetic corpus
 with UniRef50-like lengths (--lengths, default ../shared/data/lengths/uniref50_like_lengths.txt when it
-exists, else a log-normal with median 166 / mean 193) or real shards (--corpus), with random models in a preset's shape (--preset) or
+exists, else a log-normal with median 166 / mean 193) or real shards (--corpus), with random models in a preset's
+shape (--preset) or
 a real teacher (--teacher). Reports the median of --repeats windows of --steps steps after --warmup
 steps; the fastest setting that fits memory; the residues/s ratio against the naive baseline (at the
 same precision, see minprot_ds/bench/naive.py); and with --project-epochs, the projected wall time of a full run.
@@ -12,11 +13,12 @@ Writes JSON + CSV + PNG (and logs them to MLflow with --mlflow).
 The same command as `minprot bench throughput` (see its --help), with --out defaulting to
 benchmarks/results/throughput.json; this form runs under the deepspeed launcher.
 
-    python benchmarks/throughput.py                                   # cpu-small, fp32, one setting + baseline (minutes)
+    python benchmarks/throughput.py  # cpu-small, fp32, one setting + baseline (minutes)
     python benchmarks/throughput.py --max-tokens 4096,8192 --loss-impl eager,compiled --zero-stage 1,2
     deepspeed --num_gpus 8 benchmarks/throughput.py --preset protbert --precision bf16 --no-baseline \\
         --max-tokens 8192,16384 --checkpointing off,on --project-epochs 3 --sequences 43e6 --gpus 8
 """
+
 from __future__ import annotations
 
 import sys

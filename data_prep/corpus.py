@@ -5,6 +5,7 @@ encoding, at most a few in flight; results come back in input order, so deduplic
 split and shard boundaries — and therefore every output byte — do not depend on --workers. Everything
 is built in a hidden sibling folder and renamed into place once manifest.json is written.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,7 +76,7 @@ class PrepareOptions:
         if self.shard_bytes is not None and self.shard_bytes < 1:
             raise UserError(f"--shard-bytes must be at least 1, got {self.shard_bytes}.")
 
-    def resolved(self) -> "PrepareOptions":
+    def resolved(self) -> PrepareOptions:
         if self.shard_rows is None and self.shard_bytes is None:
             return dataclasses.replace(self, shard_bytes=DEFAULT_SHARD_BYTES)
         return self
@@ -142,7 +143,9 @@ class DedupIndex:
         return fresh
 
 
-def _write_shard_task(path: str, accessions: list[str], tokens: np.ndarray, lengths: np.ndarray, root: str) -> ShardInfo:
+def _write_shard_task(
+    path: str, accessions: list[str], tokens: np.ndarray, lengths: np.ndarray, root: str
+) -> ShardInfo:
     """Write one shard and fsync it (runs in a worker when --workers > 1)."""
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -156,7 +159,9 @@ def _write_shard_task(path: str, accessions: list[str], tokens: np.ndarray, leng
 class _SplitWriter:
     """Collects one split's kept rows and cuts them into shards of --shard-rows rows or --shard-bytes."""
 
-    def __init__(self, name: str, root: Path, options: PrepareOptions, submit: Callable[..., Future], edges: np.ndarray):
+    def __init__(
+        self, name: str, root: Path, options: PrepareOptions, submit: Callable[..., Future], edges: np.ndarray
+    ):
         self.name = name
         self.root = root
         self.folder = root / name
@@ -182,7 +187,9 @@ class _SplitWriter:
         self.counts += np.bincount(np.searchsorted(self.edges, lengths, side="right") - 1, minlength=len(self.counts))
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        row_bytes = lengths.astype(np.int64) + np.fromiter(map(len, accessions), np.int64, len(accessions)) + ROW_OVERHEAD_BYTES
+        row_bytes = (
+            lengths.astype(np.int64) + np.fromiter(map(len, accessions), np.int64, len(accessions)) + ROW_OVERHEAD_BYTES
+        )
         start, n = 0, len(lengths)
         while start < n:
             take = self._room(row_bytes[start:])
@@ -273,7 +280,9 @@ def _describe_difference(old: Manifest, inputs: list[dict[str, Any]], options: d
     return "input files (name, size or modification time)"
 
 
-def _check_output(out: Path, fp: str, inputs: list[dict[str, Any]], options: dict[str, Any], overwrite: bool) -> Manifest | None:
+def _check_output(
+    out: Path, fp: str, inputs: list[dict[str, Any]], options: dict[str, Any], overwrite: bool
+) -> Manifest | None:
     """Decide what to do with --out: None means build; a Manifest means it is already up to date."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; choose a folder for the corpus.")
@@ -329,7 +338,9 @@ def _publish(tmp: Path, out: Path) -> None:
         try:
             os.rename(tmp, out)  # replaces an empty folder atomically on POSIX
         except OSError as err:
-            raise UserError(f"could not move the finished corpus into {out} ({err.strerror}); is it still empty?") from err
+            raise UserError(
+                f"could not move the finished corpus into {out} ({err.strerror}); is it still empty?"
+            ) from err
     _fsync_dir(out.parent)
 
 
@@ -385,7 +396,9 @@ def prepare_corpus(
     executor = None
     try:
         executor = _make_executor(workers)
-        manifest = _build(tmp, [Path(p) for p in inputs], described, opts, options, fp, executor, workers, progress, block_bytes)
+        manifest = _build(
+            tmp, [Path(p) for p in inputs], described, opts, options, fp, executor, workers, progress, block_bytes
+        )
         write_manifest(tmp, manifest)  # last: its presence is what "complete" means
         _fsync_dir(tmp)
         _publish(tmp, out)
@@ -470,6 +483,7 @@ def _build(
     with _progress_bar(progress) as bar:
         task = bar.add_task("prepare", total=total)
         for path, item in zip(paths, described):
+
             def on_progress(position: int, base: int = done) -> None:
                 bar.update(task, completed=base + position)
 
@@ -508,7 +522,10 @@ def _build(
 
 # --- inspection -------------------------------------------------------------------------------------
 
-def length_percentiles(histogram: dict[str, list[int]], percents: Sequence[float] = (0, 5, 25, 50, 75, 95, 100)) -> dict[float, int]:
+
+def length_percentiles(
+    histogram: dict[str, list[int]], percents: Sequence[float] = (0, 5, 25, 50, 75, 95, 100)
+) -> dict[float, int]:
     """Nearest-rank percentiles of the row lengths from a manifest histogram (exact with width-1 bins).
 
     With wider bins, each percentile is reported as its bin's lower edge.

@@ -4,6 +4,7 @@ The reader only decompresses and cuts the stream at record boundaries (C-speed b
 (biopython), cleaning and the numpy byte-table encoding happen per block in `encode_block`, a pure
 function of the block, so any number of worker processes return the same records in the same order.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -228,7 +229,9 @@ def encode_block(block: Block, min_len: int, max_len: int, seed: int) -> Encoded
     first_bad = None
     if not keep.all():
         i = int(np.argmax(~keep))
-        first_bad = _bad_record(block.source, int(header_lines[i]), titles[i], seqs[i], int(reason[i]), min_len, max_len)
+        first_bad = _bad_record(
+            block.source, int(header_lines[i]), titles[i], seqs[i], int(reason[i]), min_len, max_len
+        )
 
     kept_idx = np.flatnonzero(keep)
     kept_tokens = ids[np.repeat(keep, lengths)]

@@ -2,6 +2,7 @@
 
 The job and options of `minprot distill` (DistillOptions in minprot_ds/distill/options.py); every rank runs it.
 """
+
 import sys
 from pathlib import Path
 

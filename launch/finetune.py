@@ -1,7 +1,9 @@
-"""`deepspeed [--num_gpus N] launch/finetune.py --task ... --deepspeed ds_configs/x.json` (or plain `python launch/finetune.py`).
+"""`deepspeed [--num_gpus N] launch/finetune.py --task ... --deepspeed ds_configs/x.json`
+(or plain `python launch/finetune.py`).
 
 The job and options of `minprot finetune` (FinetuneConfig in minprot_ds/finetune/options.py); every rank runs it.
 """
+
 import sys
 from pathlib import Path
 

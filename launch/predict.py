@@ -3,6 +3,7 @@
 The jobs and options of `minprot predict` / `minprot embed` (minprot_ds/inference/options.py); without a
 command, predict. Every rank computes its share of the input's chunks; rank 0 writes the output.
 """
+
 import sys
 from pathlib import Path
 

@@ -16,4 +16,5 @@ Floors, lowest first; a package imports only its own modules and those of lower 
 8. benchmarks — `minprot_ds.bench`.
 9. cli — `minprot_ds.cli` (the `minprot` command).
 """
+
 __version__ = "0.1.0"

@@ -3,6 +3,7 @@
 Every job (distillation, fine-tuning, benchmarks) joins through `init_distributed`; every module asks
 `rank()` / `world_size()` here, which answer 0 / 1 for a plain process without a group.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,8 +62,9 @@ def init_distributed() -> tuple[int, int]:
     from deepspeed.accelerator import get_accelerator
 
     if "RANK" not in os.environ:  # `python launch/distill.py`: one process, no launcher
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
+        os.environ.update(
+            RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
+        )
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         _join_torchrun_attempt(get_accelerator().communication_backend_name())
     deepspeed.init_distributed()
@@ -90,10 +92,19 @@ def _join_torchrun_attempt(backend: str) -> None:
     """
     from datetime import timedelta
 
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                          int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timedelta(minutes=10))
-    dist.init_process_group(backend, store=dist.PrefixStore(f"minprot/attempt{restart_count()}", store),
-                            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        int(os.environ["WORLD_SIZE"]),
+        is_master=False,
+        timeout=timedelta(minutes=10),
+    )
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore(f"minprot/attempt{restart_count()}", store),
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+    )
 
 
 def end_torchrun_job() -> None:
@@ -112,5 +123,6 @@ def _unlink_shm_buffer() -> None:
     returns only then; the barrier waits for all), the names can go: the mappings stay."""
     dist.barrier()
     name = "deepspeed_allreduce_buffer_{}_{}_{}_{}".format(
-        os.getuid(), os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"), dist.get_rank())
+        os.getuid(), os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"), dist.get_rank()
+    )
     Path("/dev/shm", name).unlink(missing_ok=True)

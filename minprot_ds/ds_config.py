@@ -1,5 +1,6 @@
 """DeepSpeed JSON configs as our jobs read them: validated, with the fields our batching owns filled in; the
 precisions (and what "auto" picks on this machine)."""
+
 from __future__ import annotations
 
 import json
@@ -51,7 +52,9 @@ def auto_precision(device_type: str | None = None) -> str:
 def for_setting(base: dict[str, Any] | None, *, zero_stage: int, precision: str, micro_batch: int) -> dict[str, Any]:
     """A DeepSpeed config for one benchmark setting: `base` (a user's JSON, optional; its optimizer and
     scheduler sections dropped, the run config owns them) with the ZeRO stage and precision set."""
-    ds = json.loads(json.dumps(base or {"gradient_clipping": 1.0, "steps_per_print": 10**9, "wall_clock_breakdown": False}))
+    ds = json.loads(
+        json.dumps(base or {"gradient_clipping": 1.0, "steps_per_print": 10**9, "wall_clock_breakdown": False})
+    )
     for key in ("optimizer", "scheduler", "fp16", "bf16", "bfloat16"):
         ds.pop(key, None)
     ds.setdefault("zero_optimization", {})["stage"] = zero_stage

@@ -1,5 +1,6 @@
 """Atomic file writes (a reader, or a crash, never sees half a file, only the old one or the new one), and a
 file's sha256."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,15 +1,23 @@
 """Optimizer and learning-rate schedule of the student: AdamW, warmup then linear decay to zero."""
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 
-def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float], eps: float,
-                    cpu_offload: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    eps: float,
+    cpu_offload: bool = False,
+) -> torch.optim.Optimizer:
     """AdamW without weight decay on biases and LayerNorm weights (BERT's recipe)."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for _name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 else decay).append(p)

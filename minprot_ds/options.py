@@ -5,6 +5,7 @@ From it come the job's `minprot` command (`typer_command`), its launch/ script's
 component that reads them (one UserError naming the flag), not by either parser. Standard library and
 typer only: `minprot --help` builds every command from these without importing a job.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,19 @@ from minprot_ds.errors import UserError
 LAUNCHER_FLAGS = ("--local_rank", "--local-rank")  # what the deepspeed launcher appends to every rank's argv
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, cli: bool = True, aliases: tuple[str, ...] = (),
-           deprecated: tuple[str, ...] = (), flag: str | None = None, min: int | float | None = None,
-           metavar: str | None = None, factory: Callable[[], Any] | None = None, log: bool | None = None) -> Any:
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    cli: bool = True,
+    aliases: tuple[str, ...] = (),
+    deprecated: tuple[str, ...] = (),
+    flag: str | None = None,
+    min: int | float | None = None,
+    metavar: str | None = None,
+    factory: Callable[[], Any] | None = None,
+    log: bool | None = None,
+) -> Any:
     """A dataclass field carrying its command-line help.
 
     cli=False: settable from Python only. aliases: more flags, shown in --help. deprecated: old flags that
@@ -32,8 +43,16 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, cli: bool = Tr
     min: the smallest value a number may take. factory: a default_factory (lists: a repeatable flag).
     log=False: not an MLflow param (default: logged when it is a command-line option).
     """
-    metadata = {"help": help, "cli": cli, "aliases": tuple(aliases), "deprecated": tuple(deprecated), "flag": flag,
-                "min": min, "metavar": metavar, "log": cli if log is None else log}
+    metadata = {
+        "help": help,
+        "cli": cli,
+        "aliases": tuple(aliases),
+        "deprecated": tuple(deprecated),
+        "flag": flag,
+        "min": min,
+        "metavar": metavar,
+        "log": cli if log is None else log,
+    }
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -122,22 +141,31 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, launcher: bool 
     for c in cli_fields(cls):
         meta = c.field.metadata
         if c.hint is bool:
-            parser.add_argument(*c.flags, dest=c.name, action=argparse.BooleanOptionalAction, default=c.default,
-                                help=c.help)
+            parser.add_argument(
+                *c.flags, dest=c.name, action=argparse.BooleanOptionalAction, default=c.default, help=c.help
+            )
             continue
         item = typing.get_args(c.hint)[0] if c.repeated else c.hint
         kind = _bounded(item, meta["min"], c.flag) if meta["min"] is not None else item
         extra: dict[str, Any] = {"metavar": meta["metavar"]} if meta["metavar"] else {}
         if c.repeated:
-            parser.add_argument(*c.flags, dest=c.name, type=kind, action="append", default=None,
-                                help=c.help + " (repeatable)", **extra)
+            parser.add_argument(
+                *c.flags, dest=c.name, type=kind, action="append", default=None, help=c.help + " (repeatable)", **extra
+            )
         elif c.required:
             parser.add_argument(*c.flags, dest=c.name, type=kind, required=True, help=c.help, **extra)
         else:
             parser.add_argument(*c.flags, dest=c.name, type=kind, default=c.default, help=c.help, **extra)
         for old in meta["deprecated"]:
-            parser.add_argument(old, dest=c.name, type=kind, action=_DeprecatedFlag, new=c.flag,
-                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            parser.add_argument(
+                old,
+                dest=c.name,
+                type=kind,
+                action=_DeprecatedFlag,
+                new=c.flag,
+                default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
+            )
     if launcher:
         parser.add_argument(*LAUNCHER_FLAGS, dest="local_rank", type=int, default=-1, help=argparse.SUPPRESS)
     return parser
@@ -158,8 +186,13 @@ def argument_parser(cls: type, description: str = "") -> argparse.ArgumentParser
     return add_arguments(parser, cls, launcher=True)
 
 
-def launch(jobs: dict[str, tuple[type, Callable[[Any], int | None]]], *, description: str,
-           argv: list[str] | None = None, default: str | None = None) -> int:
+def launch(
+    jobs: dict[str, tuple[type, Callable[[Any], int | None]]],
+    *,
+    description: str,
+    argv: list[str] | None = None,
+    default: str | None = None,
+) -> int:
     """What a launch/ script runs on every rank: parse argv into the job's dataclass, call its body; a
     UserError prints as one line on stderr and exits 1. Several jobs: the first argument names one (default:
     `default`)."""
@@ -171,8 +204,16 @@ def launch(jobs: dict[str, tuple[type, Callable[[Any], int | None]]], *, descrip
         parser = argparse.ArgumentParser(description=description)
         commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(jobs) + "}")
         for name, (cls, _) in jobs.items():
-            add_arguments(commands.add_parser(name, help=(cls.__doc__ or "").split("\n")[0], description=cls.__doc__,
-                                              formatter_class=argparse.ArgumentDefaultsHelpFormatter), cls, launcher=True)
+            add_arguments(
+                commands.add_parser(
+                    name,
+                    help=(cls.__doc__ or "").split("\n")[0],
+                    description=cls.__doc__,
+                    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                ),
+                cls,
+                launcher=True,
+            )
         if default is not None and not (argv and argv[0] in (*jobs, "-h", "--help")):
             argv.insert(0, default)
     namespace = parser.parse_args(argv)
@@ -185,8 +226,9 @@ def launch(jobs: dict[str, tuple[type, Callable[[Any], int | None]]], *, descrip
     return int(code or 0)
 
 
-def typer_command(cls: type, body: Callable[[Any], int | None], doc: str, name: str, *,
-                  launcher: bool = False) -> Callable[..., None]:
+def typer_command(
+    cls: type, body: Callable[[Any], int | None], doc: str, name: str, *, launcher: bool = False
+) -> Callable[..., None]:
     """A function whose signature typer reads as the command's options; it calls body(cls(...)) and exits with
     body's status when it returns one. launcher: accept and ignore the launcher's --local_rank."""
     import typer
@@ -209,11 +251,23 @@ def typer_command(cls: type, body: Callable[[Any], int | None], doc: str, name: 
         for i, old in enumerate(meta["deprecated"]):
             key = f"deprecated_{c.name}_{i}"
             deprecated[key] = (c.name, old, c.flag)
-            params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[c.hint],
-                                            default=typer.Option(None, old, hidden=True, **extra)))
+            params.append(
+                inspect.Parameter(
+                    key,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    annotation=Optional[c.hint],
+                    default=typer.Option(None, old, hidden=True, **extra),
+                )
+            )
     if launcher:
-        params.append(inspect.Parameter("local_rank", inspect.Parameter.KEYWORD_ONLY, annotation=int,
-                                        default=typer.Option(-1, *LAUNCHER_FLAGS, hidden=True)))
+        params.append(
+            inspect.Parameter(
+                "local_rank",
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=int,
+                default=typer.Option(-1, *LAUNCHER_FLAGS, hidden=True),
+            )
+        )
     repeated = [c for c in cli_fields(cls) if c.repeated]
 
     def command(**values: Any) -> None:

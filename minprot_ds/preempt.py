@@ -13,6 +13,7 @@ SIGTERM, SIGUSR1 or SIGINT to this process becomes SIGUSR1 to every process unde
 process group: torchrun starts each worker in a session of its own): every rank finishes its step, the job
 checkpoints and the ranks exit 0, and so do the launcher and this process.
 """
+
 from __future__ import annotations
 
 import signal
@@ -23,8 +24,9 @@ import sys
 def run_launcher(cmd: list[str]) -> int:
     """Runs `cmd` (a launcher command) to its end, forwarding preemption signals to its ranks; its exit status."""
     try:
-        proc = subprocess.Popen(cmd, start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN))
+        proc = subprocess.Popen(
+            cmd, start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        )
     except FileNotFoundError:
         print(f"error: launcher {cmd[0]!r} not found; give a command on PATH (deepspeed, torchrun).", file=sys.stderr)
         return 2
@@ -32,8 +34,12 @@ def run_launcher(cmd: list[str]) -> int:
     def forward(signum, frame) -> None:
         import psutil
 
-        print(f"minprot.preempt: {signal.Signals(signum).name}: forwarding SIGUSR1 to the ranks "
-              f"(launcher {proc.pid}); they checkpoint and exit", file=sys.stderr, flush=True)
+        print(
+            f"minprot.preempt: {signal.Signals(signum).name}: forwarding SIGUSR1 to the ranks "
+            f"(launcher {proc.pid}); they checkpoint and exit",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         except psutil.NoSuchProcess:  # the job ended meanwhile

@@ -22,6 +22,7 @@ Decisions the rest of the system relies on:
 - Param values longer than MLflow's limit are cut with a "...[truncated]" suffix; the full configs
   belong in artifacts.
 """
+
 from __future__ import annotations
 
 import logging
@@ -79,6 +80,7 @@ def environment_params() -> dict[str, str]:
 
 def _git_state(where: Path) -> dict[str, str]:
     """Commit and dirtiness of the checkout holding the package; nothing when it is not a git checkout."""
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10, check=True
@@ -314,7 +316,9 @@ class Tracker:
             log.warning("not logging %s to MLflow: it does not exist", path)
             return
         if path.is_dir():
-            self._submit(f"artifacts {path}", lambda: self._client.log_artifacts(self._run_id, str(path), artifact_path))
+            self._submit(
+                f"artifacts {path}", lambda: self._client.log_artifacts(self._run_id, str(path), artifact_path)
+            )
         else:
             self._submit(f"artifact {path}", lambda: self._client.log_artifact(self._run_id, str(path), artifact_path))
 
@@ -353,7 +357,9 @@ class Tracker:
                 log.warning(
                     "MLflow tracking at %s failed (%s); training goes on, records are kept in memory and "
                     "retried every %.0f s",
-                    self.tracking_uri, exc, self.retry_interval_s,
+                    self.tracking_uri,
+                    exc,
+                    self.retry_interval_s,
                 )
             self._failed_at = time.monotonic()
             self._enqueue(what, call)

@@ -4,6 +4,7 @@ as X, and ProtBert's tokenizer files written into model folders.
 Encoding is a 256-entry lookup table applied to the raw ASCII bytes of a sequence with numpy, so no
 Python work happens per residue.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -73,7 +74,11 @@ def write_vocab(folder: str | Path) -> Path:
 # AutoTokenizer picks BertTokenizer from config.json's model_type ("bert"), as it does for ProtBert itself.
 TOKENIZER_CONFIG = {"do_lower_case": False, "special_tokens_map_file": None, "full_tokenizer_file": None}
 SPECIAL_TOKENS_MAP = {
-    "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
 }
 
 

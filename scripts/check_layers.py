@@ -9,6 +9,7 @@ The floors, lowest first, are written once here and in `minprot_ds/__init__.py`'
 both list the same packages). Usage: `python scripts/check_layers.py [--graph]`; exit 1 with one line per
 violation.
 """
+
 from __future__ import annotations
 
 import ast
@@ -140,7 +141,9 @@ def violations(root: Path = REPO) -> list[str]:
         try:
             src_floor, dst_floor = floor_of(src_pkg), floor_of(dst_pkg)
         except KeyError as err:
-            problems.append(f"{where}: package {err.args[0]} is on no floor; add it to FLOORS in scripts/check_layers.py")
+            problems.append(
+                f"{where}: package {err.args[0]} is on no floor; add it to FLOORS in scripts/check_layers.py"
+            )
             continue
         if dst_floor >= src_floor:
             problems.append(
@@ -154,8 +157,11 @@ def violations(root: Path = REPO) -> list[str]:
 
 def summary(root: Path = REPO) -> dict[str, int]:
     modules, imports = collect(root)
-    return {"modules": len(modules), "internal_imports": len(imports),
-            "inside_functions": sum(i.in_function for i in imports)}
+    return {
+        "modules": len(modules),
+        "internal_imports": len(imports),
+        "inside_functions": sum(i.in_function for i in imports),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     for line in problems:
         print(line)
     s = summary()
-    print(f"{s['modules']} modules, {s['internal_imports']} internal imports ({s['inside_functions']} inside "
-          f"functions), {len(problems)} violation(s)", file=sys.stderr)
+    print(
+        f"{s['modules']} modules, {s['internal_imports']} internal imports ({s['inside_functions']} inside "
+        f"functions), {len(problems)} violation(s)",
+        file=sys.stderr,
+    )
     if "--graph" in argv:
         modules, imports = collect()
         for imp in imports:

@@ -1,4 +1,5 @@
 """Fixtures every test area shares."""
+
 from __future__ import annotations
 
 import json
@@ -139,15 +140,31 @@ class MlflowServer:
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [str(MLFLOW), "server", "--backend-store-uri", f"sqlite:///{self.db}",
-                 "--artifacts-destination", str(self.artifacts),
-                 "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
-                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                [
+                    str(MLFLOW),
+                    "server",
+                    "--backend-store-uri",
+                    f"sqlite:///{self.db}",
+                    "--artifacts-destination",
+                    str(self.artifacts),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "1",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"mlflow server exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
                     if response.status == 200:
@@ -156,7 +173,9 @@ class MlflowServer:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"mlflow server did not answer /health within {timeout_s} s:\n{self.log.read_text()[-3000:]}")
+        raise RuntimeError(
+            f"mlflow server did not answer /health within {timeout_s} s:\n{self.log.read_text()[-3000:]}"
+        )
 
     def stop(self) -> None:
         """Stop the server we started (its own process group: the server forks uvicorn workers)."""
@@ -196,5 +215,3 @@ def own_mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
         yield server
     finally:
         server.stop()
-
-

@@ -2,6 +2,7 @@
 
 Reads text files only (no package imports), so it runs in well under a second.
 """
+
 from __future__ import annotations
 
 import glob
@@ -21,8 +22,17 @@ DEMO_COMMAND = "bash scripts/setup.sh && .venv/bin/minprot demo"
 TEST_COMMAND = "bash scripts/setup.sh --with-mmseqs --with-slurm && .venv/bin/python -m pytest"
 
 # Where repo paths start; a backticked word starting like this must exist in the checkout.
-PATH_ROOTS = ("minprot_ds/", "data_prep/", "launch/", "benchmarks/", "scripts/", "ds_configs/", "tests/",
-              "docs/", ".ci/")
+PATH_ROOTS = (
+    "minprot_ds/",
+    "data_prep/",
+    "launch/",
+    "benchmarks/",
+    "scripts/",
+    "ds_configs/",
+    "tests/",
+    "docs/",
+    ".ci/",
+)
 # Outputs, not sources: written by runs and benchmarks, git-ignored.
 OUTPUT_PATHS = ("benchmarks/results/", "benchmarks/gpu/carry/")
 
@@ -75,7 +85,9 @@ def test_readme_is_short():
 def test_map_of_the_code_is_near_the_top():
     lines = README.read_text().splitlines()
     hits = [i for i, line in enumerate(lines, 1) if "minprot_ds/distill/" in line]
-    assert hits and hits[0] <= 60, "the map of the code (a line naming minprot_ds/distill/) must be in the first 60 lines"
+    assert hits and hits[0] <= 60, (
+        "the map of the code (a line naming minprot_ds/distill/) must be in the first 60 lines"
+    )
 
 
 def test_every_docs_page_is_linked_from_readme():
@@ -121,8 +133,11 @@ def test_backticked_modules_exist(page: Path):
         for name in re.findall(r"\b(?:minprot_ds|data_prep)(?:\.\w+)+", span):
             parts = name.split(".")
             candidates = [parts, parts[:-1]]
-            if not any(REPO.joinpath(*c).with_suffix(".py").exists() or (REPO.joinpath(*c) / "__init__.py").exists()
-                       for c in candidates if len(c) >= 2):
+            if not any(
+                REPO.joinpath(*c).with_suffix(".py").exists() or (REPO.joinpath(*c) / "__init__.py").exists()
+                for c in candidates
+                if len(c) >= 2
+            ):
                 missing.append(name)
     assert not missing, f"{page.name} names modules that do not exist: {missing}"
 

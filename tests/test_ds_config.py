@@ -1,4 +1,5 @@
 """The one automatic precision pick (ds_config.auto_precision) and the callers that name it."""
+
 from __future__ import annotations
 
 from pathlib import Path

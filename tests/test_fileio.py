@@ -1,4 +1,5 @@
 """Atomic writes: the file is either the old one or the new one, and no temp file is left behind; a file's sha256."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
 """Our token ids are ProtBert's: checked against transformers' BertTokenizer on the reference vocab.txt."""
+
 from __future__ import annotations
 
 import random
@@ -51,8 +52,11 @@ def test_write_vocab_equals_reference(shared_reference, tmp_path):
     written = vocab.write_vocab(tmp_path)
     assert [line for line in written.read_text().split("\n") if line] == reference_entries(shared_reference)
     assert written.read_text().splitlines() == reference_entries(shared_reference)
-    reloaded = BertTokenizer(vocab=str(written), do_lower_case=False) if int(transformers.__version__.split(".")[0]) >= 5 \
+    reloaded = (
+        BertTokenizer(vocab=str(written), do_lower_case=False)
+        if int(transformers.__version__.split(".")[0]) >= 5
         else BertTokenizer(vocab_file=str(written), do_lower_case=False)
+    )
     assert reloaded(" ".join("LAGVO"), add_special_tokens=False)["input_ids"] == vocab.encode("LAGVO").tolist()
 
 

@@ -15,6 +15,7 @@ since ../shared does not travel with the working tree. Needs PyPI; run it from t
 The total must stay under the device tool's 64 MiB for the working tree and carried paths together;
 the script prints the sizes and refuses to finish above that.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,12 +39,19 @@ REPO = HERE.parents[1]
 DEFAULT_OUT = HERE / "carry"
 ROOTS = ("deepspeed", "datasets")  # what the steps import that the image lacks (mlflow, biopython: not needed)
 # Image packages carried anyway, because a carried one needs a version the image may not have:
-ALSO = {"typing-extensions": "pydantic and pydantic-core need typing_extensions >= 4.16 (Sentinel); KINDS.md gives "
-                             "no version for the image's"}
+ALSO = {
+    "typing-extensions": "pydantic and pydantic-core need typing_extensions >= 4.16 (Sentinel); KINDS.md gives "
+    "no version for the image's"
+}
 LENGTHS = REPO.parent / "shared" / "data" / "lengths" / "uniref50_like_lengths.txt"
 LIMIT_BYTES = 64 * 2**20  # the device tool's limit on the working tree plus carried paths
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64")
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 
 
 def normalize(name: str) -> str:
@@ -64,14 +72,21 @@ def image_versions(path: Path = HERE / "image_packages.txt") -> dict[str, str | 
     return found
 
 
-def closure(roots: tuple[str, ...], provided: set[str], python_version: str,
-            assumed: list[str] | None = None) -> dict[str, str]:
+def closure(
+    roots: tuple[str, ...], provided: set[str], python_version: str, assumed: list[str] | None = None
+) -> dict[str, str]:
     """{distribution: installed version} of the roots and their requirements (markers evaluated for Linux
     x86-64 and `python_version`, extras left out), stopping at distributions the image provides; the
     requirements left to the image are appended to `assumed` ("datasets needs pyarrow>=24.0.0")."""
     env = default_environment()
-    env.update(python_version=python_version, python_full_version=f"{python_version}.0", sys_platform="linux",
-               platform_system="Linux", platform_machine="x86_64", implementation_name="cpython")
+    env.update(
+        python_version=python_version,
+        python_full_version=f"{python_version}.0",
+        sys_platform="linux",
+        platform_system="Linux",
+        platform_machine="x86_64",
+        implementation_name="cpython",
+    )
     found: dict[str, str] = {}
     todo = list(roots)
     while todo:
@@ -81,8 +96,10 @@ def closure(roots: tuple[str, ...], provided: set[str], python_version: str,
         try:
             dist = md.distribution(name)
         except md.PackageNotFoundError:
-            raise SystemExit(f"{name} is not installed in {sys.prefix}; run this script with the project's venv "
-                             "(.venv/bin/python), where scripts/setup.sh installed it") from None
+            raise SystemExit(
+                f"{name} is not installed in {sys.prefix}; run this script with the project's venv "
+                "(.venv/bin/python), where scripts/setup.sh installed it"
+            ) from None
         found[name] = dist.version
         for text in dist.requires or []:
             req = Requirement(text)
@@ -108,8 +125,22 @@ def build_deepspeed(version: str, wheels: Path) -> None:
             tools = Path(tmp) / "build-tools"
             pip("install", "--quiet", "--target", str(tools), "setuptools>=70.1")
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tools), env.get("PYTHONPATH")]))
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                        "-w", str(wheels), str(sdist)], check=True, env=env)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--no-deps",
+                "--no-build-isolation",
+                "-w",
+                str(wheels),
+                str(sdist),
+            ],
+            check=True,
+            env=env,
+        )
 
 
 def _has_bdist_wheel() -> bool:
@@ -121,20 +152,38 @@ def _has_bdist_wheel() -> bool:
 
 def download(name: str, version: str, wheels: Path, python_version: str) -> None:
     plat = [a for p in PLATFORMS for a in ("--platform", p)]
-    pip("download", "--quiet", "--no-deps", "--only-binary=:all:", "--implementation", "cp",
-        "--python-version", python_version, *plat, "-d", str(wheels), f"{name}=={version}")
+    pip(
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        python_version,
+        *plat,
+        "-d",
+        str(wheels),
+        f"{name}=={version}",
+    )
 
 
 def tree_bytes() -> int:
     """Bytes of what the device tool sends besides carried paths: tracked and untracked-not-ignored files."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, check=True).stdout.split(b"\0")
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
     return sum((REPO / f.decode()).stat().st_size for f in files if f and (REPO / f.decode()).is_file())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder to (re)build (default benchmarks/gpu/carry)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="folder to (re)build (default benchmarks/gpu/carry)"
+    )
     parser.add_argument("--python-version", default="3.12", help="the target interpreter (GPU image: 3.12)")
     args = parser.parse_args(argv)
 
@@ -174,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     tree = tree_bytes()
     for p in files:
         print(f"{p.stat().st_size / 2**20:8.2f} MiB  {p.relative_to(REPO) if p.is_relative_to(REPO) else p}")
-    print(f"carried: {carry_bytes / 2**20:.2f} MiB; working tree: {tree / 2**20:.2f} MiB; "
-          f"together {(carry_bytes + tree) / 2**20:.2f} of {LIMIT_BYTES / 2**20:.0f} MiB")
+    print(
+        f"carried: {carry_bytes / 2**20:.2f} MiB; working tree: {tree / 2**20:.2f} MiB; "
+        f"together {(carry_bytes + tree) / 2**20:.2f} of {LIMIT_BYTES / 2**20:.0f} MiB"
+    )
     if carry_bytes + tree > LIMIT_BYTES:
         print("too large for the device tool: carry less, or make the steps need less", file=sys.stderr)
         return 1

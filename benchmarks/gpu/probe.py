@@ -7,6 +7,7 @@ rate the device reaches here (`matmul`), which MFU is taken against.
 The matmul rate is the median of timed n×n×n products on random normal inputs (never zeros: they run
 faster than real data on some GPUs) after warm-up, timed with CUDA events (on CPU, the wall clock).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,8 +62,11 @@ def env() -> dict:
         props = torch.cuda.get_device_properties(0)
         name = torch.cuda.get_device_name(0)
         info.update(
-            device=name, capability=f"sm_{props.major}{props.minor}", memory_gib=props.total_memory / 2**30,
-            multiprocessors=props.multi_processor_count, bf16=torch.cuda.is_bf16_supported(),
+            device=name,
+            capability=f"sm_{props.major}{props.minor}",
+            memory_gib=props.total_memory / 2**30,
+            multiprocessors=props.multi_processor_count,
+            bf16=torch.cuda.is_bf16_supported(),
             datasheet_peak_tflops={d: peak_tflops(name, d) for d in ("bf16", "fp16")},
         )
     return info
@@ -96,8 +100,7 @@ def matmul(n: int, dtypes: list[str], repeats: int, warmup: int) -> dict:
                 times.append(time.perf_counter() - t0)
         rates[name] = 2 * n**3 / statistics.median(times) / 1e12
         del a, b
-    return {"n": n, "device": torch.cuda.get_device_name(0) if cuda else "cpu", "repeats": repeats,
-            "tflops": rates}
+    return {"n": n, "device": torch.cuda.get_device_name(0) if cuda else "cpu", "repeats": repeats, "tflops": rates}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ and gpu_run.log (every step's output). Steps, in order of priority:
 --dry-run (automatic without CUDA) runs the same steps on CPU at tiny shapes with few steps: the test
 tests/benchmarks/test_gpu_run.py runs it, so this script cannot rot between GPU sessions.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,7 +38,6 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -109,9 +109,18 @@ class Run:
 
     def env(self, extra: dict[str, str | None]) -> dict[str, str]:
         env = dict(os.environ)
-        path = [str(REPO)] + ([str(self.site)] if self.site.is_dir() else []) + [p for p in [env.get("PYTHONPATH")] if p]
-        env.update(PYTHONPATH=os.pathsep.join(path), PYTHONUNBUFFERED="1", MLFLOW_DISABLE_TELEMETRY="true",
-                   HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+        path = (
+            [str(REPO)] + ([str(self.site)] if self.site.is_dir() else []) + [p for p in [env.get("PYTHONPATH")] if p]
+        )
+        env.update(
+            PYTHONPATH=os.pathsep.join(path),
+            PYTHONUNBUFFERED="1",
+            MLFLOW_DISABLE_TELEMETRY="true",
+            HF_HUB_OFFLINE="1",
+            HF_DATASETS_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+        )
         if self.dry:
             env["TRITON_INTERPRET"] = "1"  # CPU: the fused kernels run in Triton's interpreter
         else:
@@ -126,7 +135,9 @@ class Run:
 
 # --- running a step -----------------------------------------------------------------------------------
 
-ERROR_LINE = re.compile(r"(\w+(Error|Exception|Interrupt)\b|^error:|^Error:|FAILED|No such (command|option)|out of memory)")
+ERROR_LINE = re.compile(
+    r"(\w+(Error|Exception|Interrupt)\b|^error:|^Error:|FAILED|No such (command|option)|out of memory)"
+)
 
 
 def last_error(text: str) -> str:
@@ -178,7 +189,9 @@ def execute(run: Run, step: Step) -> Outcome:
                 outcome.status, outcome.error = "failed", f"its output is missing: {err.filename}"
         except Exception as err:  # a figure we cannot read is reported, never guessed
             outcome.status = "failed"
-            outcome.error = (outcome.error + "; " if outcome.error else "") + f"reading its output: {type(err).__name__}: {err}"
+            outcome.error = (
+                outcome.error + "; " if outcome.error else ""
+            ) + f"reading its output: {type(err).__name__}: {err}"
     if outcome.status == "ok" and outcome.data.get("failed"):
         outcome.status, outcome.error = "failed", outcome.data["failed"]
     return outcome
@@ -214,6 +227,7 @@ def _call(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[int | No
 
 # --- the steps ----------------------------------------------------------------------------------------
 
+
 def py(run: Run, *args: str) -> list[str]:
     return [run.python, *args]
 
@@ -221,10 +235,27 @@ def py(run: Run, *args: str) -> list[str]:
 def install_commands(run: Run) -> list[list[str]]:
     wheels = sorted((run.carry / "wheels").glob("*.whl"))
     if not wheels:
-        raise Skip(f"no wheels in {run.carry / 'wheels'} (build them with benchmarks/gpu/build_carry.py); "
-                   "the steps use this environment's packages as they are")
-    return [py(run, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir",
-               "--upgrade", "--target", str(run.site), *map(str, wheels))]
+        raise Skip(
+            f"no wheels in {run.carry / 'wheels'} (build them with benchmarks/gpu/build_carry.py); "
+            "the steps use this environment's packages as they are"
+        )
+    return [
+        py(
+            run,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--upgrade",
+            "--target",
+            str(run.site),
+            *map(str, wheels),
+        )
+    ]
 
 
 def read_install(run: Run, step: Step):
@@ -237,16 +268,24 @@ def read_env(run: Run, step: Step):
     device = env["device"]
     if env.get("capability"):
         device += f" ({env['capability']}, {env['memory_gib']:.1f} GiB, {env['multiprocessors']} SMs)"
-    software = ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "cuda", "triton", "transformers", "deepspeed",
-                                                     "datasets") if env.get(k))
-    failed = [k for k in ("deepspeed", "datasets", "triton", "transformers") if str(env.get(k, "")).startswith("unavailable")]
+    software = ", ".join(
+        f"{k} {env[k]}"
+        for k in ("python", "torch", "cuda", "triton", "transformers", "deepspeed", "datasets")
+        if env.get(k)
+    )
+    failed = [
+        k for k in ("deepspeed", "datasets", "triton", "transformers") if str(env.get(k, "")).startswith("unavailable")
+    ]
     data = {**env, "failed": f"cannot import {', '.join(failed)}" if failed else None}
     return device, [("software", software)], data
 
 
 def matmul_commands(run: Run) -> list[list[str]]:
-    args = ["--n", "256", "--dtypes", "fp32,bf16", "--repeats", "5", "--warmup", "1"] if run.dry else \
-        ["--n", "8192", "--dtypes", "bf16,fp16", "--repeats", "20", "--warmup", "5"]
+    args = (
+        ["--n", "256", "--dtypes", "fp32,bf16", "--repeats", "5", "--warmup", "1"]
+        if run.dry
+        else ["--n", "8192", "--dtypes", "bf16,fp16", "--repeats", "20", "--warmup", "5"]
+    )
     return [py(run, "benchmarks/gpu/probe.py", "matmul", *args, "--out", str(run.file("matmul.json")))]
 
 
@@ -264,8 +303,18 @@ def measured_peak(run: Run, precision: str) -> list[str]:
 
 
 def loss_test_commands(run: Run) -> list[list[str]]:
-    cmd = py(run, "-m", "pytest", "tests/distill/losses", "-q", "-p", "no:cacheprovider", "-o", "addopts=--import-mode=importlib",
-             f"--junitxml={run.file('loss_tests.xml')}")
+    cmd = py(
+        run,
+        "-m",
+        "pytest",
+        "tests/distill/losses",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=--import-mode=importlib",
+        f"--junitxml={run.file('loss_tests.xml')}",
+    )
     if run.dry:  # the interpreter is slow; the real-shape cases skip on CPU but are collected and reported
         cmd += ["-k", "real_shapes or single_row"]
     return [cmd]
@@ -288,17 +337,38 @@ def read_junit(run: Run, step: Step):
         else:
             counts["passed"] += 1
         if "real_shapes" in name:
-            rows.append((name, "failed" if problem is not None else ("skipped" if case.find("skipped") is not None else "passed")))
+            rows.append(
+                (
+                    name,
+                    "failed" if problem is not None else ("skipped" if case.find("skipped") is not None else "passed"),
+                )
+            )
     summary = ", ".join(f"{v} {k}" for k, v in counts.items())
-    return summary, rows, {**counts, "failures": bad, "failed": f"{counts['failed']} failed: {'; '.join(bad[:3])}" if bad else None}
+    return (
+        summary,
+        rows,
+        {**counts, "failures": bad, "failed": f"{counts['failed']} failed: {'; '.join(bad[:3])}" if bad else None},
+    )
 
 
 def loss_kernel_step(dtype: str) -> Step:
     def commands(run: Run) -> list[list[str]]:
-        shapes = ["--sizes", "256", "--impls", "eager,triton", "--fused-max-n", "256", "--repeats", "2", "--warmup", "1"] \
-            if run.dry else ["--sizes", "8192,32768", "--impls", "eager,triton,compiled", "--repeats", "20", "--warmup", "5"]
-        return [py(run, "benchmarks/loss_kernels.py", "--dtype", dtype, *shapes,
-                   "--out", str(run.file(f"loss_kernels_{dtype}.json")))]
+        shapes = (
+            ["--sizes", "256", "--impls", "eager,triton", "--fused-max-n", "256", "--repeats", "2", "--warmup", "1"]
+            if run.dry
+            else ["--sizes", "8192,32768", "--impls", "eager,triton,compiled", "--repeats", "20", "--warmup", "5"]
+        )
+        return [
+            py(
+                run,
+                "benchmarks/loss_kernels.py",
+                "--dtype",
+                dtype,
+                *shapes,
+                "--out",
+                str(run.file(f"loss_kernels_{dtype}.json")),
+            )
+        ]
 
     def read(run: Run, step: Step):
         report = json.loads(run.file(f"loss_kernels_{dtype}.json").read_text())
@@ -309,7 +379,9 @@ def loss_kernel_step(dtype: str) -> Step:
                 rows.append((label, f"skipped: {r['skipped']}"))
                 continue
             mem = "memory n/a (interpreter)" if r.get("peak_mib") is None else f"peak {r['peak_mib']:.1f} MiB"
-            rows.append((label, f"{r['time_ms']:.3f} ms, {mem}" + ("" if r["impl"] == "eager" else f"; {_vs_eager(r)}")))
+            rows.append(
+                (label, f"{r['time_ms']:.3f} ms, {mem}" + ("" if r["impl"] == "eager" else f"; {_vs_eager(r)}"))
+            )
         first = min(r["n"] for r in report["rows"])
         fused = next((r for r in report["rows"] if r["n"] == first and r["impl"] == "triton" and "time_ms" in r), None)
         return (f"fused at N={first:,}: {_vs_eager(fused)}" if fused else "fused kernel not timed"), rows, report
@@ -318,7 +390,9 @@ def loss_kernel_step(dtype: str) -> Step:
 
 
 def _vs_eager(r: dict) -> str:
-    memory = f"{r['memory_vs_eager']:.2f}× its memory" if r.get("memory_vs_eager") is not None else "memory not compared"
+    memory = (
+        f"{r['memory_vs_eager']:.2f}× its memory" if r.get("memory_vs_eager") is not None else "memory not compared"
+    )
     return f"{r['speedup_vs_eager']:.2f}× eager's speed at {memory}"
 
 
@@ -326,26 +400,63 @@ def throughput_common(run: Run, precision: str) -> list[str]:
     """The model and corpus: made by the first throughput step in run.work, reused by the later ones."""
     teacher = run.work / ("teacher-tiny" if run.dry else "teacher-protbert")
     corpus = run.work / "corpus"
-    steps = ["--steps", "1", "--warmup", "0", "--repeats", "1"] if run.dry else ["--steps", "5", "--warmup", "2", "--repeats", "3"]
+    steps = (
+        ["--steps", "1", "--warmup", "0", "--repeats", "1"]
+        if run.dry
+        else ["--steps", "5", "--warmup", "2", "--repeats", "3"]
+    )
     lengths = run.carry / LENGTHS_NAME
     # --preset also with --teacher: it sets the student's layers (15 for protbert).
-    common = [*steps, "--preset", "tiny" if run.dry else "protbert", "--zero-stage", "2", "--loss-impl", "triton",
-              "--precision", precision, *measured_peak(run, precision)]
+    common = [
+        *steps,
+        "--preset",
+        "tiny" if run.dry else "protbert",
+        "--zero-stage",
+        "2",
+        "--loss-impl",
+        "triton",
+        "--precision",
+        precision,
+        *measured_peak(run, precision),
+    ]
     if (teacher / "config.json").is_file() and (corpus / "manifest.json").is_file():
         return common + ["--teacher", str(teacher), "--corpus", str(corpus)]
-    return common + ["--work-dir", str(run.work),
-                     "--synthetic-sequences", "300" if run.dry else "20000",
-                     *(["--lengths", str(lengths)] if lengths.is_file() else [])]
+    return common + [
+        "--work-dir",
+        str(run.work),
+        "--synthetic-sequences",
+        "300" if run.dry else "20000",
+        *(["--lengths", str(lengths)] if lengths.is_file() else []),
+    ]
 
 
-def throughput_step(name: str, what: str, precision: str, dry_precision: str, sweep: list[str], dry_sweep: list[str],
-                    budget: float, baseline: bool = True) -> Step:
+def throughput_step(
+    name: str,
+    what: str,
+    precision: str,
+    dry_precision: str,
+    sweep: list[str],
+    dry_sweep: list[str],
+    budget: float,
+    baseline: bool = True,
+) -> Step:
     def commands(run: Run) -> list[list[str]]:
         p, axes = (dry_precision, dry_sweep) if run.dry else (precision, sweep)
         projection = ["--project-epochs", str(EPOCHS), "--sequences", f"{SEQUENCES:g}", "--gpus", str(PROJECTION_GPUS)]
-        return [py(run, "benchmarks/throughput.py", *throughput_common(run, p), *axes,
-                   *([] if baseline else ["--no-baseline"]), *projection, "--split-steps", "1",
-                   "--out", str(run.file(f"{name}.json")))]
+        return [
+            py(
+                run,
+                "benchmarks/throughput.py",
+                *throughput_common(run, p),
+                *axes,
+                *([] if baseline else ["--no-baseline"]),
+                *projection,
+                "--split-steps",
+                "1",
+                "--out",
+                str(run.file(f"{name}.json")),
+            )
+        ]
 
     def read(run: Run, step: Step):
         return read_throughput(run, run.file(f"{name}.json"))
@@ -364,24 +475,42 @@ def read_throughput(run: Run, path: Path):
         if not r["fits"]:
             rows.append((r["label"], f"{r['status']}: {r['error']}"))
             continue
-        split = " / ".join(f"{100 * r['time_split_fraction'].get(k, 0):.0f}" for k in
-                           ("teacher_forward", "student_forward_backward", "loss", "optimizer"))
-        rows.append((r["label"], f"{r['residues_per_s']:,.0f} res/s, {r['sequences_per_s']:,.1f} seq/s, "
-                                 f"{r['tflops_per_device']:.3g} TFLOP/s, MFU {_pct(r['mfu'])}, peak {r['peak_memory_gb']:.2f} GB, "
-                                 f"pad {100 * r['padding_fraction']:.1f}%, teacher/student/loss/optim % {split}"))
+        split = " / ".join(
+            f"{100 * r['time_split_fraction'].get(k, 0):.0f}"
+            for k in ("teacher_forward", "student_forward_backward", "loss", "optimizer")
+        )
+        rows.append(
+            (
+                r["label"],
+                f"{r['residues_per_s']:,.0f} res/s, {r['sequences_per_s']:,.1f} seq/s, "
+                f"{r['tflops_per_device']:.3g} TFLOP/s, MFU {_pct(r['mfu'])}, peak {r['peak_memory_gb']:.2f} GB, "
+                f"pad {100 * r['padding_fraction']:.1f}%, teacher/student/loss/optim % {split}",
+            )
+        )
     for base in (report.get("baselines") or {}).values():  # one naive loop per compared precision, at that precision
-        rows.append((f"naive baseline ({base['precision']}, batch {base['batch_size']})",
-                     f"{base['residues_per_s']:,.0f} res/s, {base['sequences_per_s']:,.1f} seq/s, pad {100 * base['padding_fraction']:.1f}%"))
+        rows.append(
+            (
+                f"naive baseline ({base['precision']}, batch {base['batch_size']})",
+                f"{base['residues_per_s']:,.0f} res/s, {base['sequences_per_s']:,.1f} seq/s, pad "
+                f"{100 * base['padding_fraction']:.1f}%",
+            )
+        )
     for precision, ratio in (report.get("ratios") or {}).items():
-        rows.append((f"ratio vs naive ({ratio.get('baseline_precision', precision)} loop)",
-                     f"{ratio['residues_per_s_ratio']:.2f}× residues/s, paired with "
-                                                      f"{ratio['setting']} (pairs {', '.join(f'{x:.2f}' for x in ratio['pair_ratios'])})"))
+        rows.append(
+            (
+                f"ratio vs naive ({ratio.get('baseline_precision', precision)} loop)",
+                f"{ratio['residues_per_s_ratio']:.2f}× residues/s, paired with "
+                f"{ratio['setting']} (pairs {', '.join(f'{x:.2f}' for x in ratio['pair_ratios'])})",
+            )
+        )
     best = report.get("fastest")
     ok = sum(r["fits"] for r in report["results"])
     if best is None:
         return f"no setting ran ({len(report['results'])} tried)", rows, {**report, "failed": "no setting ran"}
-    summary = (f"{ok}/{len(report['results'])} settings ran; fastest {best['label']}: {best['residues_per_s']:,.0f} res/s, "
-               f"MFU {_pct(best['mfu'])}, peak {best['peak_memory_gb']:.2f} GB")
+    summary = (
+        f"{ok}/{len(report['results'])} settings ran; fastest {best['label']}: {best['residues_per_s']:,.0f} res/s, "
+        f"MFU {_pct(best['mfu'])}, peak {best['peak_memory_gb']:.2f} GB"
+    )
     if report.get("projection"):
         p = report["projection"]
         summary += f"; {p['epochs']:g} epochs × {p['sequences']:.3g} seq on {p['gpus']} such GPUs ≈ {p['hours']:,.1f} h"
@@ -389,46 +518,120 @@ def read_throughput(run: Run, path: Path):
 
 
 def memory_commands(run: Run) -> list[list[str]]:
-    budgets = sorted({r["setting"]["max_tokens"] for name in ("throughput-bf16", "throughput-fp16")
-                      for r in run.data(name).get("results", []) if r["fits"]})
+    budgets = sorted(
+        {
+            r["setting"]["max_tokens"]
+            for name in ("throughput-bf16", "throughput-fp16")
+            for r in run.data(name).get("results", [])
+            if r["fits"]
+        }
+    )
     if not budgets:
         raise Skip("no throughput setting ran, so there is no measured peak to check the plan against")
     preset, gpu = ("tiny", "v100-16gb") if run.dry else ("protbert", "h100-80gb")
     cli = "import sys; from minprot_ds.cli import main; sys.argv[0] = 'minprot'; main()"
-    return [py(run, "-c", cli, "bench", "memory", "--preset", preset, "--gpu", gpu, "--gpus", "1", "--max-tokens", str(t),
-               "--json", str(run.file(f"memory_{t}.json"))) for t in budgets]
+    return [
+        py(
+            run,
+            "-c",
+            cli,
+            "bench",
+            "memory",
+            "--preset",
+            preset,
+            "--gpu",
+            gpu,
+            "--gpus",
+            "1",
+            "--max-tokens",
+            str(t),
+            "--json",
+            str(run.file(f"memory_{t}.json")),
+        )
+        for t in budgets
+    ]
 
 
 def read_memory(run: Run, step: Step):
     """Each measured setting's allocator peak against the plan's prediction for its stage, precision,
     checkpointing and token budget."""
-    measured = [r for name in ("throughput-bf16", "throughput-fp16") for r in run.data(name).get("results", []) if r["fits"]]
+    measured = [
+        r for name in ("throughput-bf16", "throughput-fp16") for r in run.data(name).get("results", []) if r["fits"]
+    ]
     rows, pairs = [], []
     for r in measured:
         s = r["setting"]
         plan = json.loads(run.file(f"memory_{s['max_tokens']}.json").read_text())
-        match = [p for p in plan["settings"] if p["stage"] == s["zero_stage"] and p["precision"] == s["precision"]
-                 and bool(p["checkpointing"]) == bool(s["activation_checkpointing"])]
+        match = [
+            p
+            for p in plan["settings"]
+            if p["stage"] == s["zero_stage"]
+            and p["precision"] == s["precision"]
+            and bool(p["checkpointing"]) == bool(s["activation_checkpointing"])
+        ]
         if not match:
             rows.append((r["label"], f"measured {r['peak_memory_gb']:.2f} GB; the plan has no such setting"))
             continue
         predicted = match[0]["predicted_gb"]["total"]
         pairs.append(r["peak_memory_gb"] / predicted)
-        rows.append((r["label"], f"measured {r['peak_memory_gb']:.2f} GB ({r['memory_scope']}), predicted "
-                                 f"{predicted:.2f} GB: measured/predicted {r['peak_memory_gb'] / predicted:.2f}"))
-    summary = (f"measured/predicted peak {min(pairs):.2f}–{max(pairs):.2f} over {len(pairs)} settings" if pairs
-               else "no setting to compare")
+        rows.append(
+            (
+                r["label"],
+                f"measured {r['peak_memory_gb']:.2f} GB ({r['memory_scope']}), predicted "
+                f"{predicted:.2f} GB: measured/predicted {r['peak_memory_gb'] / predicted:.2f}",
+            )
+        )
+    summary = (
+        f"measured/predicted peak {min(pairs):.2f}–{max(pairs):.2f} over {len(pairs)} settings"
+        if pairs
+        else "no setting to compare"
+    )
     return summary, rows, {"comparisons": rows, "ratios": pairs}
 
 
 def profile_commands(run: Run) -> list[list[str]]:
-    shapes = ["--preset", "tiny", "--precision", "bf16", "--steps", "1", "--warmup", "1", "--max-tokens", "1024",
-              "--sequences", "200"] if run.dry else \
-        ["--preset", "protbert", "--precision", "bf16", "--steps", "4", "--warmup", "2", "--max-tokens", "8192",
-         "--sequences", "2000"]
+    shapes = (
+        [
+            "--preset",
+            "tiny",
+            "--precision",
+            "bf16",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--max-tokens",
+            "1024",
+            "--sequences",
+            "200",
+        ]
+        if run.dry
+        else [
+            "--preset",
+            "protbert",
+            "--precision",
+            "bf16",
+            "--steps",
+            "4",
+            "--warmup",
+            "2",
+            "--max-tokens",
+            "8192",
+            "--sequences",
+            "2000",
+        ]
+    )
     lengths = run.carry / LENGTHS_NAME
-    return [py(run, "benchmarks/step_profile.py", *shapes, *(["--lengths", str(lengths)] if lengths.is_file() else []),
-               "--out", str(run.file("step_profile.json")))]
+    return [
+        py(
+            run,
+            "benchmarks/step_profile.py",
+            *shapes,
+            *(["--lengths", str(lengths)] if lengths.is_file() else []),
+            "--out",
+            str(run.file("step_profile.json")),
+        )
+    ]
 
 
 def read_profile(run: Run, step: Step):
@@ -437,8 +640,13 @@ def read_profile(run: Run, step: Step):
     rows = []
     for loop in (engine, naive):
         shares = sorted(loop["share"].items(), key=lambda kv: -kv[1])
-        rows.append((loop["label"], ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares if v >= 0.01)
-                     + f"; GEMMs at {loop['gemm_gflops_per_s'] / 1e3:.3g} TFLOP/s"))
+        rows.append(
+            (
+                loop["label"],
+                ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares if v >= 0.01)
+                + f"; GEMMs at {loop['gemm_gflops_per_s'] / 1e3:.3g} TFLOP/s",
+            )
+        )
     e_tok = engine["profiled_s"] / engine["tokens"]
     n_tok = naive["profiled_s"] / naive["tokens"]
     return f"per padded token the naive loop's ops take {n_tok / e_tok:.2f}× the engine's", rows, report
@@ -451,28 +659,65 @@ DRY_SWEEP = ["--max-tokens", "1024", "--checkpointing", "on", "--compile", "none
 def plan() -> list[Step]:
     return [
         Step("install", "carried wheels into a target folder (offline)", 60, install_commands, read_install),
-        Step("environment", "software and device", 40,
-             lambda run: [py(run, "benchmarks/gpu/probe.py", "env", "--out", str(run.file("env.json")))], read_env),
+        Step(
+            "environment",
+            "software and device",
+            40,
+            lambda run: [py(run, "benchmarks/gpu/probe.py", "env", "--out", str(run.file("env.json")))],
+            read_env,
+        ),
         Step("matmul-peak", "matmul rate reached here (MFU's denominator)", 30, matmul_commands, read_matmul),
-        Step("loss-tests", "pytest tests/distill/losses: kernels vs float64, real shapes, fp16 and bf16", 100,
-             loss_test_commands, read_junit),
+        Step(
+            "loss-tests",
+            "pytest tests/distill/losses: kernels vs float64, real shapes, fp16 and bf16",
+            100,
+            loss_test_commands,
+            read_junit,
+        ),
         loss_kernel_step("bf16"),
         loss_kernel_step("fp16"),
-        throughput_step("throughput-bf16", "protbert, ZeRO-2, bf16: 2 budgets × checkpointing, naive paired", "bf16", "bf16",
-                        SWEEP, DRY_SWEEP, 120),
-        throughput_step("throughput-fp16", "protbert, ZeRO-2, fp16 (V100's precision; fp32 on CPU)", "fp16", "fp32",
-                        SWEEP, ["--max-tokens", "1024", "--checkpointing", "off", "--compile", "none"], 100),
+        throughput_step(
+            "throughput-bf16",
+            "protbert, ZeRO-2, bf16: 2 budgets × checkpointing, naive paired",
+            "bf16",
+            "bf16",
+            SWEEP,
+            DRY_SWEEP,
+            120,
+        ),
+        throughput_step(
+            "throughput-fp16",
+            "protbert, ZeRO-2, fp16 (V100's precision; fp32 on CPU)",
+            "fp16",
+            "fp32",
+            SWEEP,
+            ["--max-tokens", "1024", "--checkpointing", "off", "--compile", "none"],
+            100,
+        ),
         Step("memory-plan", "minprot bench memory against the measured peaks", 30, memory_commands, read_memory),
-        Step("step-profile", "benchmarks/step_profile.py: time by op family, engine vs naive", 60, profile_commands,
-             read_profile),
-        throughput_step("throughput-compile", "bf16, --compile none,teacher on the same batches", "bf16", "bf16",
-                        ["--max-tokens", "16384", "--checkpointing", "off", "--compile", "none,teacher"],
-                        # CPU: compiling takes minutes there (tests/distill/test_compile.py covers it); the flags still run
-                        ["--max-tokens", "1024", "--checkpointing", "off", "--compile", "none"], 110, baseline=False),
+        Step(
+            "step-profile",
+            "benchmarks/step_profile.py: time by op family, engine vs naive",
+            60,
+            profile_commands,
+            read_profile,
+        ),
+        throughput_step(
+            "throughput-compile",
+            "bf16, --compile none,teacher on the same batches",
+            "bf16",
+            "bf16",
+            ["--max-tokens", "16384", "--checkpointing", "off", "--compile", "none,teacher"],
+            # CPU: compiling takes minutes there (tests/distill/test_compile.py covers it); the flags still run
+            ["--max-tokens", "1024", "--checkpointing", "off", "--compile", "none"],
+            110,
+            baseline=False,
+        ),
     ]
 
 
 # --- goals and report ---------------------------------------------------------------------------------
+
 
 def goals(run: Run) -> list[tuple[str, str]]:
     """The issue's three goals, each against the figures this run measured (or why it cannot say)."""
@@ -483,16 +728,25 @@ def goals(run: Run) -> list[tuple[str, str]]:
         fused = next((r for r in rows if r["n"] == n and r["impl"] == "triton" and "time_ms" in r), None)
         if fused and fused.get("memory_vs_eager") is not None:
             met = fused["speedup_vs_eager"] >= 1.5 and fused["memory_vs_eager"] <= 0.5
-            out.append((f"fused loss ≥ 1.5× eager's speed at ≤ 0.5× its memory ({dtype}, N={n:,})",
-                        f"{'met' if met else 'missed'}: {fused['speedup_vs_eager']:.2f}× at {fused['memory_vs_eager']:.2f}×"))
+            out.append(
+                (
+                    f"fused loss ≥ 1.5× eager's speed at ≤ 0.5× its memory ({dtype}, N={n:,})",
+                    f"{'met' if met else 'missed'}: {fused['speedup_vs_eager']:.2f}× at "
+                    f"{fused['memory_vs_eager']:.2f}×",
+                )
+            )
         else:
             out.append((f"fused loss ≥ 1.5× eager, ≤ 0.5× memory ({dtype})", "not measured"))
     bf16 = [r for r in run.data("throughput-bf16").get("results", []) if r["fits"] and r["mfu"] is not None]
     if bf16:
         best = max(bf16, key=lambda r: r["mfu"])
-        out.append(("distillation step ≥ 50% MFU in bf16",
-                    f"{'met' if best['mfu'] >= 0.5 else 'missed'}: {_pct(best['mfu'])} ({best['label']}, "
-                    f"against the measured matmul rate)"))
+        out.append(
+            (
+                "distillation step ≥ 50% MFU in bf16",
+                f"{'met' if best['mfu'] >= 0.5 else 'missed'}: {_pct(best['mfu'])} ({best['label']}, "
+                f"against the measured matmul rate)",
+            )
+        )
     else:
         out.append(("distillation step ≥ 50% MFU in bf16", "not measured"))
     out.append(("3 epochs of UniRef50 on 8×V100, fp16", v100_projection(run)))
@@ -513,9 +767,11 @@ def v100_projection(run: Run) -> str:
         per_gpu = mfu * peak * 1e12 / flops_per_seq
         days = EPOCHS * SEQUENCES / (PROJECTION_GPUS * per_gpu) / 86400
         parts.append(f"{days:.3g} days {label} ({_pct(mfu)})")
-    return (f"{'; '.join(parts)}; DistilProtBert: {V100_DAYS_DISTILPROTBERT:g} days on {V100_GPUS_DISTILPROTBERT}×V100 "
-            f"(= {V100_DAYS_DISTILPROTBERT * V100_GPUS_DISTILPROTBERT / PROJECTION_GPUS:.1f} days on 8 at equal speed); "
-            f"{flops_per_seq / 1e12:.2f} TFLOP per sequence, V100 fp16 peak {peak:g} TFLOP/s")
+    return (
+        f"{'; '.join(parts)}; DistilProtBert: {V100_DAYS_DISTILPROTBERT:g} days on {V100_GPUS_DISTILPROTBERT}×V100 "
+        f"(= {V100_DAYS_DISTILPROTBERT * V100_GPUS_DISTILPROTBERT / PROJECTION_GPUS:.1f} days on 8 at equal speed); "
+        f"{flops_per_seq / 1e12:.2f} TFLOP per sequence, V100 fp16 peak {peak:g} TFLOP/s"
+    )
 
 
 def table_lines(run: Run, outcomes: list[Outcome], goal_rows: list[tuple[str, str]]) -> list[list[str]]:
@@ -551,13 +807,23 @@ def markdown(title: str, lines: list[list[str]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=os.environ.get("OUT"), help="folder for gpu_run.{json,md,log} (default $OUT)")
+    parser.add_argument(
+        "--out", type=Path, default=os.environ.get("OUT"), help="folder for gpu_run.{json,md,log} (default $OUT)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes, few steps (automatic without CUDA)")
-    parser.add_argument("--carry", type=Path, default=Path(os.environ.get("CARRY", CARRY)),
-                        help="the carried folder (wheels/, lengths; default benchmarks/gpu/carry or $CARRY)")
+    parser.add_argument(
+        "--carry",
+        type=Path,
+        default=Path(os.environ.get("CARRY", CARRY)),
+        help="the carried folder (wheels/, lengths; default benchmarks/gpu/carry or $CARRY)",
+    )
     parser.add_argument("--scratch", type=Path, default=None, help="working folder (default: a new temporary one)")
-    parser.add_argument("--deadline-s", type=float, default=None,
-                        help=f"the whole run's deadline (default {GPU_DEADLINE_S:g} s on a GPU, none in a dry run)")
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help=f"the whole run's deadline (default {GPU_DEADLINE_S:g} s on a GPU, none in a dry run)",
+    )
     parser.add_argument("--only", default=None, help="comma-separated step names to run (default: all)")
     args = parser.parse_args(argv)
     if args.out is None:
@@ -570,7 +836,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         wanted = set(args.only.split(","))
         if unknown := wanted - {s.name for s in steps}:
-            parser.error(f"--only: unknown step(s) {', '.join(sorted(unknown))}; steps: {', '.join(s.name for s in steps)}")
+            parser.error(
+                f"--only: unknown step(s) {', '.join(sorted(unknown))}; steps: {', '.join(s.name for s in steps)}"
+            )
         steps = [s for s in steps if s.name in wanted]
     mode = "dry run on CPU (tiny shapes, few steps: the figures mean nothing)" if dry else "GPU"
     print(f"benchmarks/gpu/run.py: {mode}; scratch {run.scratch}; output {args.out}", flush=True)
@@ -579,8 +847,11 @@ def main(argv: list[str] | None = None) -> int:
         o = execute(run, step)
         run.outcomes[step.name] = o
         outcomes.append(o)
-        print(f"[{run.elapsed():5.0f} s] {o.name}: {o.status} in {o.seconds:.0f} s — "
-              f"{o.summary if o.status == 'ok' else o.error}", flush=True)
+        print(
+            f"[{run.elapsed():5.0f} s] {o.name}: {o.status} in {o.seconds:.0f} s — "
+            f"{o.summary if o.status == 'ok' else o.error}",
+            flush=True,
+        )
         write_report(run, mode, outcomes, complete=False)  # a run killed from outside keeps what it measured
     lines = write_report(run, mode, outcomes, complete=True)
     print_table(f"GPU run ({mode}), {run.elapsed():.0f} s", lines)
@@ -595,9 +866,15 @@ def write_report(run: Run, mode: str, outcomes: list[Outcome], complete: bool) -
     """gpu_run.json and gpu_run.md as they stand; returns the table's lines."""
     goal_rows = goals(run)
     lines = table_lines(run, outcomes, goal_rows)
-    report = {"mode": "dry-run" if run.dry else "gpu", "complete": complete, "total_s": run.elapsed(),
-              "deadline_s": run.deadline_s, "scratch": str(run.scratch),
-              "steps": [dataclasses.asdict(o) for o in outcomes], "goals": dict(goal_rows)}
+    report = {
+        "mode": "dry-run" if run.dry else "gpu",
+        "complete": complete,
+        "total_s": run.elapsed(),
+        "deadline_s": run.deadline_s,
+        "scratch": str(run.scratch),
+        "steps": [dataclasses.asdict(o) for o in outcomes],
+        "goals": dict(goal_rows),
+    }
     (run.out / "gpu_run.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (run.out / "gpu_run.md").write_text(markdown(f"GPU run ({mode}), {run.elapsed():.0f} s", lines))
     return lines

@@ -18,6 +18,7 @@ What stays different from the GPU machine (and so is checked only there): Python
 this venv's torch (CPU) and Triton instead of torch 2.11 + CUDA 13 and Triton 3.6, numpy 2.4 (2.5 has no
 3.11 build), no GPU: the kernels are interpreted, fp16 runs as fp32, compiled settings are not timed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from build_carry import DEFAULT_OUT, HERE, REPO, image_versions, normalize  # noqa: E402
 
 PINNED = ("transformers", "huggingface-hub", "tokenizers")  # pure Python or abi3: installable for any 3.x
-ABSENT = ("deepspeed", "datasets", "mlflow", "Bio", "minprot_ds")  # must not import before the install (minprot_ds: PYTHONPATH)
+# must not import before the install (minprot_ds: PYTHONPATH)
+ABSENT = ("deepspeed", "datasets", "mlflow", "Bio", "minprot_ds")
 PY312 = Path.home() / ".pyenv" / "versions" / "3.12.1" / "bin" / "python3.12"
 
 
@@ -82,8 +84,21 @@ def fill_missing(pins: Path, image: set[str]) -> list[str]:
                     need.add(f"{name}{req.specifier}")
         if not need:
             return added
-        run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:", "--upgrade",
-             "--target", pins, *sorted(need)])
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--upgrade",
+                "--target",
+                pins,
+                *sorted(need),
+            ]
+        )
         added += sorted(need)
 
 
@@ -111,8 +126,21 @@ def main(argv: list[str] | None = None) -> int:
     pinned = []
     for name in PINNED:
         try:
-            run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--only-binary=:all:", "--upgrade", "--target", pins,
-                 f"{name}=={versions[name]}"])
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "--upgrade",
+                    "--target",
+                    pins,
+                    f"{name}=={versions[name]}",
+                ]
+            )
             pinned.append(name)
         except subprocess.CalledProcessError:
             print(f"note: {name}=={versions[name]} is not on PyPI for this interpreter; the rehearsal uses this venv's")
@@ -120,13 +148,22 @@ def main(argv: list[str] | None = None) -> int:
     linked = link_image(sim / "image", skip=set(pinned))
     venv.EnvBuilder(with_pip=False, symlinks=True).create(sim / "venv")
     sim_python = sim / "venv" / "bin" / "python"
-    purelib = subprocess.run([sim_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [sim_python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     (Path(purelib) / "gpu_image.pth").write_text(f"{pins}\nimport site; site.addsitedir({str(sim / 'image')!r})\n")
-    print(f"rehearsal environment: {len(linked)} distributions of the image linked, pinned: "
-          f"{', '.join(f'{n}=={versions[n]}' for n in pinned) or 'none'}; what they need from the image and this venv "
-          f"lacks: {', '.join(added) or 'nothing'}")
-    probe = "import importlib.util as u, sys; bad = [m for m in sys.argv[1:] if u.find_spec(m)]; print('importable:', bad); sys.exit(bool(bad))"
+    print(
+        f"rehearsal environment: {len(linked)} distributions of the image linked, pinned: "
+        f"{', '.join(f'{n}=={versions[n]}' for n in pinned) or 'none'}; what they need from the image and this venv "
+        f"lacks: {', '.join(added) or 'nothing'}"
+    )
+    probe = (
+        "import importlib.util as u, sys; bad = [m for m in sys.argv[1:] if u.find_spec(m)]; "
+        "print('importable:', bad); sys.exit(bool(bad))"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     run([sim_python, "-c", probe, *ABSENT], env=env, cwd="/")
 
@@ -137,21 +174,51 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if PY312.is_file():
         target = sim / "site312"
-        run([PY312, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile", "--no-cache-dir",
-             "--target", target, *wheels])
-        run([PY312, "-c", "import pydantic, pydantic_core, hjson, dill, multiprocess, annotated_types, typing_inspection; "
-                          "print('CPython 3.12 imports the carried pydantic', pydantic.VERSION)"],
-            env={**env, "PYTHONPATH": str(target)})
+        run(
+            [
+                PY312,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-index",
+                "--no-deps",
+                "--no-compile",
+                "--no-cache-dir",
+                "--target",
+                target,
+                *wheels,
+            ]
+        )
+        run(
+            [
+                PY312,
+                "-c",
+                "import pydantic, pydantic_core, hjson, dill, multiprocess, annotated_types, typing_inspection; "
+                "print('CPython 3.12 imports the carried pydantic', pydantic.VERSION)",
+            ],
+            env={**env, "PYTHONPATH": str(target)},
+        )
     else:
         print(f"note: no CPython 3.12 at {PY312}; the 3.12 wheels were not installed here")
 
     # 3. This interpreter's carried folder, and the dry run in the rehearsal environment.
-    run([sys.executable, HERE / "build_carry.py", "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}",
-         "--out", sim / "carry311"])
+    run(
+        [
+            sys.executable,
+            HERE / "build_carry.py",
+            "--python-version",
+            f"{sys.version_info.major}.{sys.version_info.minor}",
+            "--out",
+            sim / "carry311",
+        ]
+    )
     out = sim / "out"
-    run(["bash", HERE / "run.sh", "--dry-run", "--carry", sim / "carry311", "--scratch", sim / "scratch", *passthrough],
+    run(
+        ["bash", HERE / "run.sh", "--dry-run", "--carry", sim / "carry311", "--scratch", sim / "scratch", *passthrough],
         env={**env, "PYTHON": str(sim_python), "OUT": str(out), "TORCH_EXTENSIONS_DIR": str(extensions)},
-        cwd=REPO)
+        cwd=REPO,
+    )
     print(f"rehearsal done: {out}/gpu_run.md")
     return 0
 

@@ -11,9 +11,19 @@ where PDB2272_DIR holds PDB2272_P.txt and PDB2272_N.txt from github.com/diaodiao
 (data/); label from the `_P`/`_N` file name (or the `|1`/`|2` header), as for PDB14189. PDB1075 -> PDB186:
 `--train .../Training_dataset_PDB1075.txt --test .../independent_test_dataset_PDB186.txt`.
 """
+
 from data_prep.tasks.formats import FORMATS, TASKS, ReadReport, detect_format, read_inputs
 from data_prep.tasks.load import load_task_data
 from minprot_ds.data.task_records import Q3_CLASSES
 from minprot_ds.vocab import IGNORE_INDEX
 
-__all__ = ["FORMATS", "IGNORE_INDEX", "Q3_CLASSES", "TASKS", "ReadReport", "detect_format", "load_task_data", "read_inputs"]
+__all__ = [
+    "FORMATS",
+    "IGNORE_INDEX",
+    "Q3_CLASSES",
+    "TASKS",
+    "ReadReport",
+    "detect_format",
+    "load_task_data",
+    "read_inputs",
+]

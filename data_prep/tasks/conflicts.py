@@ -1,5 +1,6 @@
 """Label conflicts: pairs of sequences at least X% identical (MMseqs2 all-vs-all search) whose labels
 differ, such as the RPS27 / RPS27L pair the MinProtBert report found by hand."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,11 @@ class Conflict:
 
 
 def find_conflicts(
-    data: datasets.Dataset | datasets.DatasetDict, identity: float = 0.9, *, coverage: float = 0.8, threads: int | None = None
+    data: datasets.Dataset | datasets.DatasetDict,
+    identity: float = 0.9,
+    *,
+    coverage: float = 0.8,
+    threads: int | None = None,
 ) -> list[Conflict]:
     """Each unordered pair once (its best alignment), most identical first."""
     _check_fraction("--identity", identity)
@@ -35,7 +40,9 @@ def find_conflicts(
     whole = data if isinstance(data, datasets.DatasetDict) else datasets.DatasetDict({"all": data})
     for name, ds in whole.items():
         if "label" not in ds.column_names:
-            raise UserError(f"split {name} has no sequence-level `label` column; conflicts apply to dna-binding and membrane sets")
+            raise UserError(
+                f"split {name} has no sequence-level `label` column; conflicts apply to dna-binding and membrane sets"
+            )
     seqs, split_of, row_of = flatten(whole)
     ids = [x for name in whole for x in whole[name]["id"]]
     labels = [x for name in whole for x in whole[name]["label"]]
@@ -43,9 +50,19 @@ def find_conflicts(
         work = Path(tmp)
         write_fasta(seqs, work / "in.fasta")
         args = [
-            "easy-search", "in.fasta", "in.fasta", "hits.m8", "tmp",
-            "--min-seq-id", str(identity), "-c", str(coverage),
-            "--format-output", "query,target,fident,alnlen,qlen,tlen", "-v", "1",
+            "easy-search",
+            "in.fasta",
+            "in.fasta",
+            "hits.m8",
+            "tmp",
+            "--min-seq-id",
+            str(identity),
+            "-c",
+            str(coverage),
+            "--format-output",
+            "query,target,fident,alnlen,qlen,tlen",
+            "-v",
+            "1",
         ]
         if threads:
             args += ["--threads", str(threads)]
@@ -57,8 +74,18 @@ def find_conflicts(
         a, b = sorted((int(q), int(t)))
         if a == b or labels[a] == labels[b] or float(fident) < identity:
             continue
-        pair = Conflict(ids[a], split_of[a], labels[a], ids[b], split_of[b], labels[b],
-                        float(fident), int(alnlen), len(seqs[a]), len(seqs[b]))
+        pair = Conflict(
+            ids[a],
+            split_of[a],
+            labels[a],
+            ids[b],
+            split_of[b],
+            labels[b],
+            float(fident),
+            int(alnlen),
+            len(seqs[a]),
+            len(seqs[b]),
+        )
         if (a, b) not in best or pair.identity > best[(a, b)].identity:
             best[(a, b)] = pair
     return sorted(best.values(), key=lambda c: (-c.identity, c.id_a, c.id_b))
@@ -79,7 +106,8 @@ def to_markdown(conflicts: list[Conflict], title: str, identity: float) -> str:
     lines = [
         f"# Label conflicts in {title}",
         "",
-        f"{len(conflicts)} pair(s) of sequences at least {identity:.0%} identical (MMseqs2 easy-search) with different labels.",
+        f"{len(conflicts)} pair(s) of sequences at least {identity:.0%} identical (MMseqs2 easy-search) with "
+        "different labels.",
         "",
         "| " + " | ".join(_COLUMNS) + " |",
         "|" + "---|" * len(_COLUMNS),

@@ -1,5 +1,6 @@
 """A forgiving FASTA record reader for benchmark files: CRLF, a UTF-8 BOM, wrapped or one-line
 sequences, a missing final newline and empty records (a trailing bare `>`) all occur in public sets."""
+
 from __future__ import annotations
 
 import dataclasses

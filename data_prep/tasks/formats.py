@@ -1,4 +1,5 @@
 """Which reader a file needs (by name, header or first record), and reading one or more files into a dataset."""
+
 from __future__ import annotations
 
 import collections
@@ -27,12 +28,28 @@ class Format:
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
-        Format("netsurfp-csv", readers.read_netsurfp_csv, "residue", ("q3",), "NetSurfP-2.0 CSV (CASP12, CB513, TS115)"),
+        Format(
+            "netsurfp-csv", readers.read_netsurfp_csv, "residue", ("q3",), "NetSurfP-2.0 CSV (CASP12, CB513, TS115)"
+        ),
         Format("flip", readers.read_flip, "residue", ("q3",), "FLIP secondary-structure split folder"),
         Format("deeploc-fasta", readers.read_deeploc_fasta, "sequence", ("membrane",), "DeepLoc FASTA (…-M/-S/-U)"),
-        Format("deeploc-csv", readers.read_deeploc_csv, "sequence", ("membrane",), "DeepLoc CSV (input, loc, membrane)"),
-        Format("dna-fasta", readers.read_dna_fasta, "sequence", ("dna-binding",), "DNA-binding FASTA (|1/|2 or _P/_N files)"),
-        Format("labelled-csv", readers.read_labelled_table, "sequence", ("dna-binding", "membrane"), "CSV/TSV with sequence and label columns"),
+        Format(
+            "deeploc-csv", readers.read_deeploc_csv, "sequence", ("membrane",), "DeepLoc CSV (input, loc, membrane)"
+        ),
+        Format(
+            "dna-fasta",
+            readers.read_dna_fasta,
+            "sequence",
+            ("dna-binding",),
+            "DNA-binding FASTA (|1/|2 or _P/_N files)",
+        ),
+        Format(
+            "labelled-csv",
+            readers.read_labelled_table,
+            "sequence",
+            ("dna-binding", "membrane"),
+            "CSV/TSV with sequence and label columns",
+        ),
     )
 }
 _DATASET_MARKERS = ("dataset_dict.json", "dataset_info.json", "state.json")
@@ -76,7 +93,9 @@ def detect_format(path: Path) -> str:
     if readers.flip_folder(path) is not None and (path.is_dir() or path.name in readers.FLIP_FILES):
         return "flip"
     if path.is_dir():
-        raise UserError(f"{path} is a folder but neither a `minprot data` task folder nor a FLIP split folder; pass its files")
+        raise UserError(
+            f"{path} is a folder but neither a `minprot data` task folder nor a FLIP split folder; pass its files"
+        )
     name = path.name.lower()
     if name.endswith((".dat", ".dat.gz")):
         raise UserError(
@@ -108,7 +127,9 @@ def _expand(paths: Sequence[Path]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
         if path.is_dir() and readers.flip_folder(path) is None:
-            inner = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() != ".md")
+            inner = sorted(
+                p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() != ".md"
+            )
             if not inner:
                 raise UserError(f"{path} is an empty folder; pass the data files")
             files.extend(inner)
@@ -135,7 +156,8 @@ def read_inputs(
         check_task(task)
         if task not in spec.tasks:
             raise UserError(
-                f"{files[0]} is {spec.about} ({spec.name}), which carries labels for {'/'.join(spec.tasks)}, not for --task {task}"
+                f"{files[0]} is {spec.about} ({spec.name}), which carries labels for {'/'.join(spec.tasks)}, not for "
+                f"--task {task}"
             )
     records = Records(level=spec.level, strict=strict)
     if spec.name == "flip":

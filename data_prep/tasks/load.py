@@ -1,4 +1,5 @@
 """The one entry point the fine-tune jobs call: a task folder or any reader input -> a checked dataset."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +36,8 @@ def load_task_data(
         missing = {"id", "sequence", column} - set(part.column_names)
         if missing:
             raise UserError(
-                f"{path} lacks the column(s) {', '.join(sorted(missing))} that task {task} needs (has {', '.join(part.column_names)})"
+                f"{path} lacks the column(s) {', '.join(sorted(missing))} that task {task} needs (has "
+                f"{', '.join(part.column_names)})"
             )
     return pick_split(data, split, path)
 

@@ -4,6 +4,7 @@ control of equal size per split and label ("CUT"), as in the MinProtBert report'
 Both leave a set's `test` split unchanged, so Full, SUB and CUT are scored on one common test set and the
 comparison measures the training set alone.
 """
+
 from __future__ import annotations
 
 import os
@@ -95,7 +96,11 @@ KEPT_SPLIT = "test"  # SUB and CUT keep it as it is
 
 
 def reduce(
-    data: datasets.Dataset | datasets.DatasetDict, identity: float = 0.85, *, coverage: float = 0.8, threads: int | None = None
+    data: datasets.Dataset | datasets.DatasetDict,
+    identity: float = 0.85,
+    *,
+    coverage: float = 0.8,
+    threads: int | None = None,
 ) -> datasets.Dataset | datasets.DatasetDict:
     """SUB: the splits other than `test` clustered together; each cluster keeps only its representative, in
     its own split. The test split is kept unchanged."""
@@ -105,8 +110,9 @@ def reduce(
     keep: dict[str, list[int]] = {name: [] for name in reduced}
     for i in cluster_representatives(seqs, identity, coverage, threads):
         keep[split_of[i]].append(row_of[i])
-    out = datasets.DatasetDict({name: (whole[name] if name == KEPT_SPLIT else whole[name].select(sorted(keep[name])))
-                                for name in whole})
+    out = datasets.DatasetDict(
+        {name: (whole[name] if name == KEPT_SPLIT else whole[name].select(sorted(keep[name]))) for name in whole}
+    )
     return out if isinstance(data, datasets.DatasetDict) else out["all"]
 
 
@@ -116,11 +122,17 @@ def random_subset(
     """CUT: per split, a seeded random sample with as many rows of each label as `like`'s split (usually SUB);
     the test split is kept unchanged. Per-residue sets (no `label` column) match the row count."""
     if isinstance(data, datasets.DatasetDict) != isinstance(like, datasets.DatasetDict):
-        raise UserError("--like must have the same splits as the dataset (both split or both single); pass the SUB folder made from it")
+        raise UserError(
+            "--like must have the same splits as the dataset (both split or both single); pass the SUB folder made "
+            "from it"
+        )
     whole = data if isinstance(data, datasets.DatasetDict) else datasets.DatasetDict({"all": data})
     model = like if isinstance(like, datasets.DatasetDict) else datasets.DatasetDict({"all": like})
     if set(whole) != set(model):
-        raise UserError(f"--like has splits {', '.join(model)} but the dataset has {', '.join(whole)}; pass the SUB folder made from it")
+        raise UserError(
+            f"--like has splits {', '.join(model)} but the dataset has {', '.join(whole)}; pass the SUB folder made "
+            "from it"
+        )
     rng = np.random.default_rng(seed)
     out = {}
     for name in whole:  # fixed split order keeps the draw a pure function of the seed
@@ -135,7 +147,9 @@ def random_subset(
             pool = np.nonzero(mine == y)[0]
             size = int((theirs == y).sum())
             if size > len(pool):
-                raise UserError(f"--like's {name} split has {size} rows of label {y}, more than the dataset's {len(pool)}")
+                raise UserError(
+                    f"--like's {name} split has {size} rows of label {y}, more than the dataset's {len(pool)}"
+                )
             picked.extend(rng.choice(pool, size=size, replace=False).tolist())
         out[name] = whole[name].select(sorted(picked))
     result = datasets.DatasetDict(out)

@@ -8,6 +8,7 @@ Coverage is the query's: a test protein mostly covered by a training protein lea
 training protein holds. Exact copies are counted by hashing, so a copy too short for MMseqs2's k-mer
 prefilter still counts.
 """
+
 from __future__ import annotations
 
 import csv
@@ -62,15 +63,22 @@ class Overlap:
     def summary(self) -> dict:
         """overlap.json / metrics.json's `leakage`: counts and the thresholds that define them."""
         return {
-            "query_sequences": self.query_sequences, "target_sequences": self.target_sequences,
-            "exact": self.exact, "near_identical": self.near_identical, "homologs": self.homologs,
-            "thresholds": dataclasses.asdict(self.thresholds), "tool": "mmseqs easy-search",
+            "query_sequences": self.query_sequences,
+            "target_sequences": self.target_sequences,
+            "exact": self.exact,
+            "near_identical": self.near_identical,
+            "homologs": self.homologs,
+            "thresholds": dataclasses.asdict(self.thresholds),
+            "tool": "mmseqs easy-search",
         }
 
     def rows_passing(self, test_filter: str) -> list[int]:
         """Query rows kept by `--test-filter`: none (all), near-identical (drop exact and near-identical), homologs."""
-        drop = {"none": set(), "near-identical": {"exact", "near-identical"},
-                "homologs": {"exact", "near-identical", "homolog"}}[test_filter]
+        drop = {
+            "none": set(),
+            "near-identical": {"exact", "near-identical"},
+            "homologs": {"exact", "near-identical", "homolog"},
+        }[test_filter]
         return [i for i, c in enumerate(self.classes) if c not in drop]
 
 
@@ -84,8 +92,17 @@ def search(queries: Sequence[str], targets: Sequence[str], *, threads: int | Non
         work = Path(tmp)
         write_fasta([normalise(s) for s in queries], work / "query.fasta")
         write_fasta([normalise(s) for s in targets], work / "target.fasta")
-        args = ["easy-search", "query.fasta", "target.fasta", "hits.m8", "tmp", "-v", "1",
-                "--format-output", "query,target,fident,qcov,tcov,evalue,bits"]
+        args = [
+            "easy-search",
+            "query.fasta",
+            "target.fasta",
+            "hits.m8",
+            "tmp",
+            "-v",
+            "1",
+            "--format-output",
+            "query,target,fident,qcov,tcov,evalue,bits",
+        ]
         if threads:
             args += ["--threads", str(threads)]
         run_mmseqs(args, work)
@@ -96,8 +113,9 @@ def search(queries: Sequence[str], targets: Sequence[str], *, threads: int | Non
     return hits
 
 
-def measure(queries: Sequence[str], targets: Sequence[str], thresholds: Thresholds = Thresholds(),
-            *, threads: int | None = None) -> Overlap:
+def measure(
+    queries: Sequence[str], targets: Sequence[str], thresholds: Thresholds = Thresholds(), *, threads: int | None = None
+) -> Overlap:
     """Classify every query sequence by its closest target (see the module's docstring)."""
     thresholds.check()
     target_set = {normalise(s) for s in targets}
@@ -123,8 +141,17 @@ def measure(queries: Sequence[str], targets: Sequence[str], thresholds: Threshol
             classes.append("none")
     exact = classes.count("exact")
     near_identical = exact + classes.count("near-identical")
-    return Overlap(len(queries), len(targets), exact, near_identical, near_identical + classes.count("homolog"),
-                   thresholds, classes, best, hits)
+    return Overlap(
+        len(queries),
+        len(targets),
+        exact,
+        near_identical,
+        near_identical + classes.count("homolog"),
+        thresholds,
+        classes,
+        best,
+        hits,
+    )
 
 
 def write_hits(overlap: Overlap, query_ids: Sequence[str], target_ids: Sequence[str], path: Path) -> Path:
@@ -133,6 +160,15 @@ def write_hits(overlap: Overlap, query_ids: Sequence[str], target_ids: Sequence[
         out = csv.writer(handle, delimiter="\t", lineterminator="\n")
         out.writerow(HITS_COLUMNS)
         for h in overlap.hits:
-            out.writerow([query_ids[h.query], target_ids[h.target], f"{h.identity:.3f}", f"{h.query_coverage:.3f}",
-                          f"{h.target_coverage:.3f}", f"{h.evalue:.3g}", f"{h.bits:g}"])
+            out.writerow(
+                [
+                    query_ids[h.query],
+                    target_ids[h.target],
+                    f"{h.identity:.3f}",
+                    f"{h.query_coverage:.3f}",
+                    f"{h.target_coverage:.3f}",
+                    f"{h.evalue:.3g}",
+                    f"{h.bits:g}",
+                ]
+            )
     return path

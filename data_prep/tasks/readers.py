@@ -10,6 +10,7 @@ Formats (details and quirks in ../shared/data/README.md):
                  name (`*_P`/`*_N`, `*-posi`/`*-nega`), as in PDB14189, PDB2272, PDB1075, PDB186, UniSwiss.
   labelled-csv   any CSV/TSV with columns (any case) sequence|seq, label|binding and optionally id|identifier.
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,8 +28,8 @@ from minprot_ds.data.task_records import (
     Records,
     clean_sequence,
 )
-from minprot_ds.vocab import IGNORE_INDEX
 from minprot_ds.errors import UserError
+from minprot_ds.vocab import IGNORE_INDEX
 
 # NetSurfP-2.0 mask columns: a residue is scored only where each present column is 1. `disorder` 0.0
 # marks residues unresolved in the structure (ProtTrans's notebooks set those labels to -100);
@@ -76,7 +77,8 @@ def _column(path: Path, header: list[str], names: tuple[str, ...], required: boo
             return header.index(name)
     if required:
         raise UserError(
-            f"{path} has no {' / '.join(names)} column (found: {', '.join(header)}); rename the column or pick another --format"
+            f"{path} has no {' / '.join(names)} column (found: {', '.join(header)}); rename the column or pick "
+            "another --format"
         )
     return None
 
@@ -116,9 +118,7 @@ def read_netsurfp_csv(path: Path, out: Records) -> None:
         if unknown:
             out.skip(where, UNKNOWN_LABEL, f"Q3 labels {unknown}, expected H/E/C")
             continue
-        labels = [
-            _Q3[t] if all(float(m[i]) != 0.0 for m in mask_rows) else IGNORE_INDEX for i, t in enumerate(tags)
-        ]
+        labels = [_Q3[t] if all(float(m[i]) != 0.0 for m in mask_rows) else IGNORE_INDEX for i, t in enumerate(tags)]
         out.add(rid, seq, labels)
 
 
@@ -133,7 +133,9 @@ def flip_folder(path: Path) -> Path | None:
 def read_flip(path: Path, out: Records) -> None:
     folder = flip_folder(path)
     if folder is None:
-        raise UserError(f"{path} is not a FLIP split folder; it needs {' and '.join(FLIP_FILES[:2])} (mask.fasta optional)")
+        raise UserError(
+            f"{path} is not a FLIP split folder; it needs {' and '.join(FLIP_FILES[:2])} (mask.fasta optional)"
+        )
     sequences = {r.id: r for r in read_fasta(folder / "sequences.fasta")}
     masks = {r.id: r.sequence for r in read_fasta(folder / "mask.fasta")} if (folder / "mask.fasta").is_file() else {}
     for rec in read_fasta(folder / "sampled.fasta"):

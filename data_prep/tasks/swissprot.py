@@ -6,6 +6,7 @@ The 85 / 7.5 / 7.5 train / valid / test split is homology-aware: MMseqs2 cluster
 cluster's label is its majority label) so every split keeps the label balance. A test protein then has no
 training protein in its cluster; SUB and CUT made from the set keep this test split unchanged.
 """
+
 from __future__ import annotations
 
 import collections
@@ -30,10 +31,14 @@ ORGANISMS = {"human": "9606", "c-elegans": "6239", "bacteria-archaea": None}  # 
 def organism_filter(organism: str):
     """A predicate on a SwissProt.Record for `human`, `c-elegans`, `bacteria-archaea` or a numeric taxid."""
     if organism == "bacteria-archaea":
-        return lambda rec: bool(rec.organism_classification) and rec.organism_classification[0] in ("Bacteria", "Archaea")
+        return lambda rec: (
+            bool(rec.organism_classification) and rec.organism_classification[0] in ("Bacteria", "Archaea")
+        )
     taxid = ORGANISMS.get(organism, organism)
     if not str(taxid).isdigit():
-        raise UserError(f"unknown --organism {organism!r}; use human, c-elegans, bacteria-archaea or an NCBI taxid such as 10090")
+        raise UserError(
+            f"unknown --organism {organism!r}; use human, c-elegans, bacteria-archaea or an NCBI taxid such as 10090"
+        )
     return lambda rec: str(taxid) in rec.taxonomy_id
 
 
@@ -82,12 +87,15 @@ def read_swissprot(paths: Sequence[str | Path], organism: str) -> tuple[dict[str
                         columns["sequence"].append(seq)
                         columns["label"].append(int(_has_keyword(rec.keywords, DNA_BINDING)))
             except (ValueError, SwissProt.SwissProtParserError) as err:
-                raise UserError(f"{path} is not a readable UniProt flat file ({err}); pass uniprot_sprot.dat[.gz]") from None
+                raise UserError(
+                    f"{path} is not a readable UniProt flat file ({err}); pass uniprot_sprot.dat[.gz]"
+                ) from None
     return columns, excluded
 
 
-def cluster_split(labels: Sequence[int], clusters: Sequence[int], seed: int,
-                  fractions: dict[str, float] = SPLIT_FRACTIONS) -> dict[str, list[int]]:
+def cluster_split(
+    labels: Sequence[int], clusters: Sequence[int], seed: int, fractions: dict[str, float] = SPLIT_FRACTIONS
+) -> dict[str, list[int]]:
     """Row indices per split with every cluster inside one split; clusters are drawn per (majority) label in a
     seeded order, the smaller splits filled first up to their share of that label's rows."""
     rng = np.random.default_rng(seed)
@@ -114,8 +122,15 @@ def cluster_split(labels: Sequence[int], clusters: Sequence[int], seed: int,
     return {name: sorted(rows) for name, rows in out.items()}
 
 
-def build_swissprot(paths: Sequence[str | Path], organism: str, seed: int = 0, *, identity: float = 0.3,
-                    coverage: float = 0.8, threads: int | None = None) -> tuple[datasets.DatasetDict, dict[str, int]]:
+def build_swissprot(
+    paths: Sequence[str | Path],
+    organism: str,
+    seed: int = 0,
+    *,
+    identity: float = 0.3,
+    coverage: float = 0.8,
+    threads: int | None = None,
+) -> tuple[datasets.DatasetDict, dict[str, int]]:
     """The task set and the excluded entries counted by reason; splits by MMseqs2 cluster (see the docstring)."""
     from data_prep.tasks.mmseqs import cluster_members
 

@@ -1,5 +1,6 @@
 """What the data pipeline delivers: residues/s out of `DistillStream` and the time to plan an epoch
 (benchmarks/data_pipeline.py reports them)."""
+
 from __future__ import annotations
 
 import tempfile
@@ -44,8 +45,9 @@ def measure_loader_throughput(
     stream.planned_steps(1)  # plan outside the timed loop
     iterator = iter(stream)
     next(iterator)  # start workers outside the timed loop
-    counts = time_batches(lambda: ((b["num_residues"], b["num_tokens"], len(b["sample_index"])) for b in next(iterator)),
-                          seconds)
+    counts = time_batches(
+        lambda: ((b["num_residues"], b["num_tokens"], len(b["sample_index"])) for b in next(iterator)), seconds
+    )
     return {**counts, "num_workers": num_workers}
 
 

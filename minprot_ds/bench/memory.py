@@ -15,7 +15,8 @@ Per device, for a setting (ZeRO stage, precision, activation checkpointing, devi
   plus one layer's worth of activation gradients during backward, and the dense gradient autograd makes for
   the embedding tables (40,000 x H for ProtBert's positions) before DeepSpeed's hook moves it into its bucket;
 - the optimizer step: DeepSpeed flattens the rank's fp32 gradient partition and torch's AdamW makes two
-  temporaries of that size (sqrt of the second moment, the denominator); the step's peak comes after backward has freed the activations, so the total takes the larger of the two.
+  temporaries of that size (sqrt of the second moment, the denominator); the step's peak comes after backward has
+  freed the activations, so the total takes the larger of the two.
 
 What it predicts is the memory the job allocates: `torch.cuda.max_memory_allocated` on a GPU, peak RSS
 above the bare process (Python, torch, DeepSpeed imported) on CPU, measured with glibc told to give every
@@ -25,6 +26,7 @@ memory nothing uses any more (1.0 GB of a 5.6 GB step peak at ProtBert's width, 
 student, ZeRO-3: benchmarks/memory_phases.py). A GPU's caching allocator holds such memory too; `fits`
 leaves room for it (`RESERVE_GB` for the CUDA context and `MARGIN` of the device for fragmentation).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,7 +45,11 @@ MMAP_THRESHOLD = 128 * 1024
 # glibc from raising it as blocks are freed), so a process's RSS follows the memory it has allocated.
 LIVE_ALLOCATIONS_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
 GPUS: dict[str, float] = {  # usable memory per device, GiB (nvidia-smi's total)
-    "v100-16gb": 16.0, "v100-32gb": 32.0, "a100-40gb": 40.0, "a100-80gb": 80.0, "h100-80gb": 80.0,
+    "v100-16gb": 16.0,
+    "v100-32gb": 32.0,
+    "a100-40gb": 40.0,
+    "a100-80gb": 80.0,
+    "h100-80gb": 80.0,
 }
 
 
@@ -89,18 +95,29 @@ def preset_config(name: str) -> Any:
     from minprot_ds.vocab import VOCAB_SIZE
 
     p = MODEL_PRESETS[name]
-    return BertConfig(vocab_size=VOCAB_SIZE, hidden_size=p.hidden_size, num_hidden_layers=p.teacher_layers,
-                      num_attention_heads=p.num_heads, intermediate_size=p.intermediate_size, type_vocab_size=2,
-                      max_position_embeddings=PROTBERT_MAX_POSITIONS if name == "protbert" else 1024)
+    return BertConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=p.hidden_size,
+        num_hidden_layers=p.teacher_layers,
+        num_attention_heads=p.num_heads,
+        intermediate_size=p.intermediate_size,
+        type_vocab_size=2,
+        max_position_embeddings=PROTBERT_MAX_POSITIONS if name == "protbert" else 1024,
+    )
 
 
 def model_params(config: Any, num_layers: int) -> int:
     """Parameters of a BertForMaskedLM with this config's widths and `num_layers` layers (tied decoder)."""
     from minprot_ds.distill.flops import bert_params
 
-    return bert_params(num_layers, config.hidden_size, config.intermediate_size, config.vocab_size,
-                       config.max_position_embeddings, config.type_vocab_size).total
-
+    return bert_params(
+        num_layers,
+        config.hidden_size,
+        config.intermediate_size,
+        config.vocab_size,
+        config.max_position_embeddings,
+        config.type_vocab_size,
+    ).total
 
 
 def student_states(params: int, largest_layer: int, plan: Plan) -> float:
@@ -113,8 +130,9 @@ def student_states(params: int, largest_layer: int, plan: Plan) -> float:
     if plan.precision != "fp32" and plan.stage == 2:
         return estimate_zero2_model_states_mem_needs(params, per_node, plan.nodes, cpu_offload=False)[1]
     if plan.precision != "fp32" and plan.stage == 3:
-        return estimate_zero3_model_states_mem_needs(params, largest_layer, per_node, plan.nodes, cpu_offload=False,
-                                                     cpu_offload_params=False)[1]
+        return estimate_zero3_model_states_mem_needs(
+            params, largest_layer, per_node, plan.nodes, cpu_offload=False, cpu_offload_params=False
+        )[1]
     w = BYTES[plan.precision]
     master = 0 if plan.precision == "fp32" and plan.stage == 0 else 4  # ZeRO keeps an fp32 partition even in fp32
     optimizer = (master + 8) * params / (n if plan.stage >= 1 else 1)
@@ -145,8 +163,9 @@ def estimate(config: Any, student_layers: int, plan: Plan, *, max_tokens: int, m
     teacher_params = model_params(config, config.num_hidden_layers)
     teacher_working = (2 * i + 4 * h) * tokens * w + 2 * tokens * h * w
     step = 3 * 4 * params / (plan.gpus if plan.stage >= 1 else 1)
-    return Estimate(student_states(params, largest_layer, plan), buckets, teacher_params * w, teacher_working, acts, step)
-
+    return Estimate(
+        student_states(params, largest_layer, plan), buckets, teacher_params * w, teacher_working, acts, step
+    )
 
 
 def fits(est: Estimate, device_gb: float) -> bool:
@@ -154,22 +173,33 @@ def fits(est: Estimate, device_gb: float) -> bool:
     return est.total / GB <= device_gb * (1 - MARGIN) - RESERVE_GB
 
 
-def largest_budget(config: Any, student_layers: int, plan: Plan, device_gb: float, *,
-                   longest: int = 514, step: int = 512) -> int | None:
+def largest_budget(
+    config: Any, student_layers: int, plan: Plan, device_gb: float, *, longest: int = 514, step: int = 512
+) -> int | None:
     """The largest token budget (a multiple of `step`, rows scaled as the run config's
     DEFAULT_MAX_TOKENS -> DEFAULT_MAX_ROWS) that fits."""
     best = None
     budget = step * math.ceil(520 / step)  # one 512-residue row
     while budget <= 262_144:
         rows = max(1, round(DEFAULT_MAX_ROWS * budget / DEFAULT_MAX_TOKENS))
-        if not fits(estimate(config, student_layers, plan, max_tokens=budget, max_rows=rows, longest=longest), device_gb):
+        if not fits(
+            estimate(config, student_layers, plan, max_tokens=budget, max_rows=rows, longest=longest), device_gb
+        ):
             break
         best, budget = budget, budget + step
     return best
 
 
-def memory_plan(config: Any, student_layers: int, *, gpu: str, gpus: int, nodes: int = 1, max_tokens: int = DEFAULT_MAX_TOKENS,
-                max_rows: int = DEFAULT_MAX_ROWS) -> dict[str, Any]:
+def memory_plan(
+    config: Any,
+    student_layers: int,
+    *,
+    gpu: str,
+    gpus: int,
+    nodes: int = 1,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    max_rows: int = DEFAULT_MAX_ROWS,
+) -> dict[str, Any]:
     """Every ZeRO stage x precision x checkpointing setting: predicted GB per device at `max_tokens`, whether it
     fits `gpu`, and the largest token budget that fits."""
     device_gb = GPUS[gpu]
@@ -180,13 +210,30 @@ def memory_plan(config: Any, student_layers: int, *, gpu: str, gpus: int, nodes:
             for ckpt in (False, True):
                 plan = Plan(stage, precision, ckpt, gpus, nodes)
                 est = estimate(config, student_layers, plan, max_tokens=max_tokens, max_rows=max_rows, longest=514)
-                rows.append({"stage": stage, "precision": precision, "checkpointing": ckpt,
-                             "predicted_gb": est.as_gb(), "fits": fits(est, device_gb),
-                             "largest_max_tokens": largest_budget(config, student_layers, plan, device_gb)})
-    return {"gpu": gpu, "device_gb": device_gb, "gpus": gpus, "nodes": nodes, "max_tokens": max_tokens,
-            "max_rows": max_rows, "student_layers": student_layers, "reserve_gb": RESERVE_GB, "margin": MARGIN,
-            "student_parameters": model_params(config, student_layers),
-            "teacher_parameters": model_params(config, config.num_hidden_layers), "settings": rows}
+                rows.append(
+                    {
+                        "stage": stage,
+                        "precision": precision,
+                        "checkpointing": ckpt,
+                        "predicted_gb": est.as_gb(),
+                        "fits": fits(est, device_gb),
+                        "largest_max_tokens": largest_budget(config, student_layers, plan, device_gb),
+                    }
+                )
+    return {
+        "gpu": gpu,
+        "device_gb": device_gb,
+        "gpus": gpus,
+        "nodes": nodes,
+        "max_tokens": max_tokens,
+        "max_rows": max_rows,
+        "student_layers": student_layers,
+        "reserve_gb": RESERVE_GB,
+        "margin": MARGIN,
+        "student_parameters": model_params(config, student_layers),
+        "teacher_parameters": model_params(config, config.num_hidden_layers),
+        "settings": rows,
+    }
 
 
 def skip_reason(setting: Any, inputs: Any, world: int) -> str | None:
@@ -204,11 +251,24 @@ def skip_reason(setting: Any, inputs: Any, world: int) -> str | None:
     else:
         return None
     zero = (inputs.ds_base or {}).get("zero_optimization", {})
-    plan = Plan(setting.zero_stage, setting.precision, setting.activation_checkpointing, world,
-                reduce_bucket_size=int(zero.get("reduce_bucket_size", DEFAULT_BUCKET)))
-    est = estimate(BertConfig.from_pretrained(inputs.teacher), inputs.student_layers, plan,
-                   max_tokens=setting.max_tokens, max_rows=setting.max_rows, longest=514)
+    plan = Plan(
+        setting.zero_stage,
+        setting.precision,
+        setting.activation_checkpointing,
+        world,
+        reduce_bucket_size=int(zero.get("reduce_bucket_size", DEFAULT_BUCKET)),
+    )
+    est = estimate(
+        BertConfig.from_pretrained(inputs.teacher),
+        inputs.student_layers,
+        plan,
+        max_tokens=setting.max_tokens,
+        max_rows=setting.max_rows,
+        longest=514,
+    )
     if fits(est, device_gb):
         return None
-    return (f"predicted {est.total / GB:.1f} GB per device exceeds {device_gb:g} GB less the margin "
-            f"({MARGIN:.0%} + {RESERVE_GB:g} GB; minprot bench memory); not run")
+    return (
+        f"predicted {est.total / GB:.1f} GB per device exceeds {device_gb:g} GB less the margin "
+        f"({MARGIN:.0%} + {RESERVE_GB:g} GB; minprot bench memory); not run"
+    )

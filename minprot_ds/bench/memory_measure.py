@@ -1,6 +1,7 @@
 """The memory plan's predictions, measured: peak memory of a few real distillation steps in this process,
 and the process's resident memory read from /proc (what `minprot bench memory --measure` and
 benchmarks/memory_phases.py report beside the plan in `minprot_ds.bench.memory`)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,8 +38,18 @@ def live_allocations() -> None:
         raise OSError("glibc refused mallopt(M_MMAP_THRESHOLD)")
 
 
-def measure(teacher: str, student_layers: int, plan: Plan, *, corpus: str, max_tokens: int, max_rows: int,
-            steps: int = 2, phase_timer: Any = None, unmap_freed: bool = True) -> dict[str, Any]:
+def measure(
+    teacher: str,
+    student_layers: int,
+    plan: Plan,
+    *,
+    corpus: str,
+    max_tokens: int,
+    max_rows: int,
+    steps: int = 2,
+    phase_timer: Any = None,
+    unmap_freed: bool = True,
+) -> dict[str, Any]:
     """What the plan predicts, measured: peak memory of `steps` distillation steps of this process (one rank).
 
     GPU: `torch.cuda.max_memory_allocated`. CPU: peak RSS minus the peak before the models were built (the
@@ -51,8 +62,8 @@ def measure(teacher: str, student_layers: int, plan: Plan, *, corpus: str, max_t
     """
     import torch
 
-    from minprot_ds.distributed import init_distributed
     from minprot_ds.distill.engine import untimed
+    from minprot_ds.distributed import init_distributed
 
     phase_timer = phase_timer or untimed
 
@@ -77,5 +88,7 @@ def measure(teacher: str, student_layers: int, plan: Plan, *, corpus: str, max_t
         padded = max([padded, *(int(b["input_ids"].numel()) for b in micro)])
         engine.step(micro, phase_timer=phase_timer)
     peak = torch.cuda.max_memory_allocated() if cuda else peak_rss() - before
-    scope = "max_memory_allocated" if cuda else "peak RSS - baseline" + (", freed blocks unmapped" if unmap_freed else "")
+    scope = (
+        "max_memory_allocated" if cuda else "peak RSS - baseline" + (", freed blocks unmapped" if unmap_freed else "")
+    )
     return {"measured_bytes": peak, "baseline_bytes": before, "padded_tokens": padded, "scope": scope}

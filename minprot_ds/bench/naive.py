@@ -12,6 +12,7 @@ bf16/fp16 the way a plain PyTorch user (and MinProtBert's own loop) runs half pr
 in that dtype, the fp32 student under `torch.autocast`, fp16 with a `GradScaler`.
 The losses are weighted as the engine's run config weighs them, so the two optimise comparable objectives.
 """
+
 from __future__ import annotations
 
 import time
@@ -81,8 +82,9 @@ class NaiveBatches:
         return {"input_ids": ids, "attention_mask": attention, "labels": labels, "num_residues": residues}
 
 
-def distilbert_loss(student_out, teacher_out, batch: dict[str, Any], temperature: float,
-                    weights: tuple[float, float, float]) -> torch.Tensor:
+def distilbert_loss(
+    student_out, teacher_out, batch: dict[str, Any], temperature: float, weights: tuple[float, float, float]
+) -> torch.Tensor:
     """DistilBERT's distiller.py maths: KD over every non-pad token, MLM from HF's head, cosine on the
     last hidden states of non-pad tokens."""
     s_logits, t_logits = student_out.logits, teacher_out.logits
@@ -90,9 +92,12 @@ def distilbert_loss(student_out, teacher_out, batch: dict[str, Any], temperature
     vocab_size = s_logits.size(-1)
     s_sel = torch.masked_select(s_logits, mask).view(-1, vocab_size)
     t_sel = torch.masked_select(t_logits, mask).view(-1, vocab_size)
-    kd = nn.KLDivLoss(reduction="batchmean")(
-        F.log_softmax(s_sel / temperature, dim=-1), F.softmax(t_sel / temperature, dim=-1)
-    ) * temperature**2
+    kd = (
+        nn.KLDivLoss(reduction="batchmean")(
+            F.log_softmax(s_sel / temperature, dim=-1), F.softmax(t_sel / temperature, dim=-1)
+        )
+        * temperature**2
+    )
     mlm = student_out.loss
     s_h, t_h = student_out.hidden_states[-1], teacher_out.hidden_states[-1]
     hmask = batch["attention_mask"].unsqueeze(-1).expand_as(s_h).bool()
@@ -111,9 +116,19 @@ class NaiveLoop:
     measured seconds apart rather than minutes apart (this matters on shared or throttling machines).
     """
 
-    def __init__(self, teacher_dir: str | Path, corpus_dir: str | Path, *, student_layers: int, batch_size: int = 16,
-                 lr: float = 5e-5, temperature: float = 2.0,
-                 weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3), seed: int = 0, precision: str = "fp32"):
+    def __init__(
+        self,
+        teacher_dir: str | Path,
+        corpus_dir: str | Path,
+        *,
+        student_layers: int,
+        batch_size: int = 16,
+        lr: float = 5e-5,
+        temperature: float = 2.0,
+        weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3),
+        seed: int = 0,
+        precision: str = "fp32",
+    ):
         from transformers import BertForMaskedLM
 
         from minprot_ds.ds_config import PRECISIONS
@@ -162,8 +177,9 @@ class NaiveLoop:
             residues += batch["num_residues"]
             tokens += batch["input_ids"].numel()
         self._sync()
-        w = dict(wall=time.perf_counter() - w0, cpu=time.process_time() - c0, rows=rows, residues=residues,
-                 tokens=tokens)
+        w = dict(
+            wall=time.perf_counter() - w0, cpu=time.process_time() - c0, rows=rows, residues=residues, tokens=tokens
+        )
         self.windows.append(w)
         return w
 
@@ -172,7 +188,9 @@ class NaiveLoop:
         runs = self.windows
         med = sorted(runs, key=lambda r: r["residues"] / r["wall"])[len(runs) // 2]
         return NaiveResult(
-            batch_size=self.batch_size, steps=steps, repeats=len(runs),
+            batch_size=self.batch_size,
+            steps=steps,
+            repeats=len(runs),
             sequences_per_s=med["rows"] / med["wall"],
             residues_per_s=med["residues"] / med["wall"],
             tokens_per_s=med["tokens"] / med["wall"],

@@ -2,6 +2,7 @@
 generates the commands from them; benchmarks/throughput.py runs the same command). Lists are comma-separated
 text, split and checked where the sweep reads them (one UserError naming the flag).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,16 +23,24 @@ class ThroughputOptions:
     teacher: Optional[str] = option(None, "A real teacher folder or hub id instead of random weights.")
     corpus: Optional[Path] = option(None, "Prepared shards (minprot data prepare); default: synthetic.")
     synthetic_sequences: int = option(20_000, "Rows of the synthetic corpus (UniRef50-like lengths).", min=1)
-    lengths: Optional[Path] = option(None, "Lengths file for the synthetic corpus, one length a line (default: a "
-                                           "log-normal with UniRef50's median 166 and mean 193).")
-    precision: str = option("auto", "fp32, bf16, fp16; comma-separated to sweep. Default: fp32 on CPU, bf16/fp16 on GPU.")
+    lengths: Optional[Path] = option(
+        None,
+        "Lengths file for the synthetic corpus, one length a line (default: a "
+        "log-normal with UniRef50's median 166 and mean 193).",
+    )
+    precision: str = option(
+        "auto", "fp32, bf16, fp16; comma-separated to sweep. Default: fp32 on CPU, bf16/fp16 on GPU."
+    )
     max_tokens: str = option(str(DEFAULT_MAX_TOKENS), "Token budget(s) per micro-batch, comma-separated.")
     max_rows: Optional[int] = option(None, _ROWS_HELP)
     zero_stage: str = option("2", "ZeRO stage(s), comma-separated.")
     checkpointing: str = option("off", "Activation checkpointing: off, on, or off,on.")
     loss_impl: str = option("eager", "eager, compiled, triton; comma-separated.")
-    compile: str = option("none", "torch.compile of the encoders: none, teacher, all; comma-separated. Compiling takes "
-                                  "minutes on CPU; warm-up runs until no new graph is compiled.")
+    compile: str = option(
+        "none",
+        "torch.compile of the encoders: none, teacher, all; comma-separated. Compiling takes "
+        "minutes on CPU; warm-up runs until no new graph is compiled.",
+    )
     deepspeed_config: Optional[Path] = option(None, "Base DeepSpeed JSON; stage and precision are set per setting.")
     steps: int = option(10, "Steps per timed window (fewer sample few length buckets).", min=1)
     warmup: int = option(2, "Untimed steps first.", min=0)

@@ -17,6 +17,7 @@ achieved FLOP rate of the step's GEMMs (the profiler's FLOP counts over their se
 `torch.addmm` (or `matmul`) of the heaviest GEMM shape the step ran: how far the step's matrix
 multiplies are from what the hardware gives one matrix multiply of that size on its own.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -34,10 +35,41 @@ _GEMM = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addmv",
 _RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("attention", ("scaled_dot_product", "flash_attention", "efficient_attention")),
     ("softmax_norm", ("softmax", "layer_norm")),
-    ("communication", ("gloo", "nccl", "c10d::", "all_reduce", "allreduce", "all_gather", "reduce_scatter", "broadcast")),
-    ("indexing_copy", ("copy", "_to_copy", "aten::to", "clone", "contiguous", "index", "gather", "scatter", "masked",
-                       "nonzero", "aten::cat", "embedding", "select", "slice", "aten::pad", "constant_pad", "flatten",
-                       "unflatten", "narrow", "split", "chunk", "stack", "fill_", "zero_", "empty", "resize_")),
+    (
+        "communication",
+        ("gloo", "nccl", "c10d::", "all_reduce", "allreduce", "all_gather", "reduce_scatter", "broadcast"),
+    ),
+    (
+        "indexing_copy",
+        (
+            "copy",
+            "_to_copy",
+            "aten::to",
+            "clone",
+            "contiguous",
+            "index",
+            "gather",
+            "scatter",
+            "masked",
+            "nonzero",
+            "aten::cat",
+            "embedding",
+            "select",
+            "slice",
+            "aten::pad",
+            "constant_pad",
+            "flatten",
+            "unflatten",
+            "narrow",
+            "split",
+            "chunk",
+            "stack",
+            "fill_",
+            "zero_",
+            "empty",
+            "resize_",
+        ),
+    ),
 )
 
 
@@ -97,10 +129,19 @@ class LoopProfile:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "label": self.label, "steps": self.steps, "seconds": self.seconds, "tokens": self.tokens,
-            "residues": self.residues, "self_s": self.self_s, "profiled_s": self.profiled_s, "untracked_s": self.untracked_s,
-            "share": {f: self.share(f) for f in FAMILIES}, "us_per_padded_token": {f: self.us_per_token(f) for f in FAMILIES},
-            "gemm_flops": self.gemm_flops, "gemm_gflops_per_s": self.gemm_gflops_per_s, "gemm_shapes": self.gemm_shapes,
+            "label": self.label,
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "tokens": self.tokens,
+            "residues": self.residues,
+            "self_s": self.self_s,
+            "profiled_s": self.profiled_s,
+            "untracked_s": self.untracked_s,
+            "share": {f: self.share(f) for f in FAMILIES},
+            "us_per_padded_token": {f: self.us_per_token(f) for f in FAMILIES},
+            "gemm_flops": self.gemm_flops,
+            "gemm_gflops_per_s": self.gemm_gflops_per_s,
+            "gemm_shapes": self.gemm_shapes,
         }
 
 
@@ -137,7 +178,13 @@ def profile_loop(label: str, step: Callable[[], tuple[int, int]], *, steps: int,
             shapes[key][1] += 1
     heaviest = sorted(shapes.items(), key=lambda kv: -kv[1][0])[:5]
     return LoopProfile(
-        label, steps, seconds, tokens, residues, dict(self_s), flops,
+        label,
+        steps,
+        seconds,
+        tokens,
+        residues,
+        dict(self_s),
+        flops,
         [{"op": name, "input_shapes": shape, "seconds": s, "calls": n} for (name, shape), (s, n) in heaviest],
     )
 
@@ -152,8 +199,16 @@ def mm_operands(op: str, input_shapes: list[list[int]]) -> tuple[list[int], list
     return None
 
 
-def bare_gemm_gflops(a_shape: list[int], b_shape: list[int], *, bias: bool = False, repeats: int = 7,
-                     min_seconds: float = 0.2, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
+def bare_gemm_gflops(
+    a_shape: list[int],
+    b_shape: list[int],
+    *,
+    bias: bool = False,
+    repeats: int = 7,
+    min_seconds: float = 0.2,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+) -> float:
     """GFLOP/s of a lone matrix multiply of these shapes, plus a bias row as addmm adds it (median of
     repeats, each at least min_seconds)."""
     a, b = torch.randn(a_shape, dtype=dtype, device=device), torch.randn(b_shape, dtype=dtype, device=device)

@@ -8,13 +8,14 @@ steps run with a phase timer (`DistillEngine.step(..., phase_timer=)`) that sync
 phase (syncs would slow the headline steps, so those run unsynchronised). Every rank runs the same
 settings in the same order (DeepSpeed can be initialised repeatedly in one process); rank 0 reports.
 """
+
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import itertools
 import math
-import contextlib
 import os
 import platform
 import statistics
@@ -28,24 +29,30 @@ import torch
 import torch.distributed as dist
 
 from minprot_ds import distributed
-from minprot_ds.distill.config import COMPILE_MODES
+from minprot_ds.bench.memory import skip_reason
 from minprot_ds.data.batching import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS
 from minprot_ds.data.synthetic import sample_lengths
+from minprot_ds.distill.config import COMPILE_MODES
+from minprot_ds.distill.flops import mfu, peak_tflops
 from minprot_ds.ds_config import PRECISIONS, for_setting
 from minprot_ds.errors import UserError
-from minprot_ds.bench.memory import skip_reason
-from minprot_ds.distill.flops import mfu, peak_tflops
 
 LOSS_IMPLS = ("eager", "compiled", "triton")
 # The run config's defaults: rows scale with the budget.
 REFERENCE_MAX_TOKENS, REFERENCE_MAX_ROWS = DEFAULT_MAX_TOKENS, DEFAULT_MAX_ROWS
 SPLIT_PHASES = ("teacher_forward", "student_forward_backward", "loss", "optimizer")
 # The engine's step phases, as the report groups them (the loss's own backward is in the student's share).
-PHASE_GROUP = {"teacher_forward": "teacher_forward", "student_forward": "student_forward_backward",
-               "loss": "loss", "backward": "student_forward_backward", "optimizer": "optimizer"}
+PHASE_GROUP = {
+    "teacher_forward": "teacher_forward",
+    "student_forward": "student_forward_backward",
+    "loss": "loss",
+    "backward": "student_forward_backward",
+    "optimizer": "optimizer",
+}
 
 
 # --- settings -----------------------------------------------------------------------------------------
+
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
@@ -99,11 +106,14 @@ def sweep_settings(
             raise UserError(f"--zero-stage {z} is not a ZeRO stage; use 0, 1, 2 or 3.")
     for t in max_tokens:
         if t < 520:
-            raise UserError(f"--max-tokens {t} cannot hold a 512-residue sequence (514 tokens padded to 520); use >= 520.")
+            raise UserError(
+                f"--max-tokens {t} cannot hold a 512-residue sequence (514 tokens padded to 520); use >= 520."
+            )
     return [
         Setting(t, max_rows or default_rows(t), z, c, impl, p, mode)
-        for p, t, z, c, impl, mode in itertools.product(precisions, max_tokens, zero_stages, checkpointing, loss_impls,
-                                                        compiles)
+        for p, t, z, c, impl, mode in itertools.product(
+            precisions, max_tokens, zero_stages, checkpointing, loss_impls, compiles
+        )
     ]
 
 
@@ -113,6 +123,7 @@ def ds_config_for(setting: Setting, base: dict[str, Any] | None = None) -> dict[
 
 
 # --- hardware facts -----------------------------------------------------------------------------------
+
 
 def cpu_bf16_native() -> bool:
     """Whether this CPU has bf16 matmul instructions (AVX512-BF16 or AMX); without them bf16 is emulated."""
@@ -143,6 +154,7 @@ def hardware_info() -> dict[str, Any]:
 
 # --- inputs -------------------------------------------------------------------------------------------
 
+
 def random_models(folder: Path, preset_name: str, seed: int = 0) -> tuple[Path, int]:
     """A random teacher in the preset's shape saved as a ProtBert folder; returns (folder, student layers)."""
     from minprot_ds.models.masked_lm import MODEL_PRESETS, save_random_protbert
@@ -150,12 +162,19 @@ def random_models(folder: Path, preset_name: str, seed: int = 0) -> tuple[Path, 
     if preset_name not in MODEL_PRESETS:
         raise UserError(f"--preset {preset_name!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}.")
     p = MODEL_PRESETS[preset_name]
-    teacher = save_random_protbert(folder / f"teacher-{preset_name}", num_layers=p.teacher_layers, hidden_size=p.hidden_size,
-                                   num_heads=p.num_heads, intermediate_size=p.intermediate_size, seed=seed)
+    teacher = save_random_protbert(
+        folder / f"teacher-{preset_name}",
+        num_layers=p.teacher_layers,
+        hidden_size=p.hidden_size,
+        num_heads=p.num_heads,
+        intermediate_size=p.intermediate_size,
+        seed=seed,
+    )
     return teacher, p.student_layers
 
 
 # --- measuring one setting ----------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class Result:
@@ -317,8 +336,9 @@ def build_setting(setting: Setting, inputs: RunInputs, planned_steps: int):
     config.optimizer.lr = inputs.lr
     config.schedule.warmup_steps = 0
     stream = build_stream(config, "train", rank=rank, world_size=world, grad_accum=1)
-    engine, _ = build_engine(config, ds_config_for(setting, inputs.ds_base), planned_steps=planned_steps,
-                             dtype=PRECISIONS[setting.precision])
+    engine, _ = build_engine(
+        config, ds_config_for(setting, inputs.ds_base), planned_steps=planned_steps, dtype=PRECISIONS[setting.precision]
+    )
     engine.loss = dataclasses.replace(engine.loss, impl=resolve_impl(setting.loss_impl, engine.device))
     return engine, stream
 
@@ -362,8 +382,18 @@ def _measure(setting: Setting, inputs: RunInputs, between: Callable[[], Any] | N
             local = torch.tensor([useful, executed], dtype=torch.float64, device=dev)
             if dist.is_initialized():
                 dist.all_reduce(local)
-            windows.append(dict(wall=wall, cpu=cpu, seqs=seqs, residues=residues, tokens=tokens,
-                                useful=float(local[0]), executed=float(local[1]), engine=engine_flops))
+            windows.append(
+                dict(
+                    wall=wall,
+                    cpu=cpu,
+                    seqs=seqs,
+                    residues=residues,
+                    tokens=tokens,
+                    useful=float(local[0]),
+                    executed=float(local[1]),
+                    engine=engine_flops,
+                )
+            )
             if between is not None:
                 between()  # other ranks wait in the next step's first collective
         graphs_in_windows = _compiled_graphs() - graphs_before
@@ -378,7 +408,10 @@ def _measure(setting: Setting, inputs: RunInputs, between: Callable[[], Any] | N
     split_s = {p: statistics.median(s[p] for s in splits) for p in SPLIT_PHASES} if splits else {}
     split_total = sum(split_s.values()) or math.nan
     result = Result(
-        setting, loss_impl_ran=engine.loss.impl, steps=n, repeats=inputs.repeats,
+        setting,
+        loss_impl_ran=engine.loss.impl,
+        steps=n,
+        repeats=inputs.repeats,
         step_time_s=med["wall"] / n,
         sequences_per_s=med["seqs"] / med["wall"],
         residues_per_s=med["residues"] / med["wall"],
@@ -390,7 +423,8 @@ def _measure(setting: Setting, inputs: RunInputs, between: Callable[[], Any] | N
         tflops_per_device=useful_tflops,
         executed_tflops_per_device=med["executed"] / med["wall"] / world / 1e12,
         mfu=mfu(useful_tflops * 1e12, peak) if peak else None,
-        peak_memory_gb=memory, memory_scope=scope,
+        peak_memory_gb=memory,
+        memory_scope=scope,
         residues_per_cpu_s=med["residues"] / world / med["cpu"],
         time_split_s=split_s,
         time_split_fraction={p: v / split_total for p, v in split_s.items()},
@@ -407,6 +441,7 @@ def _measure(setting: Setting, inputs: RunInputs, between: Callable[[], Any] | N
 
 
 # --- the whole benchmark ------------------------------------------------------------------------------
+
 
 def fastest(results: Sequence[Result], precision: str | None = None) -> Result | None:
     """The fitting setting with the most residues/s (optionally of one precision)."""
@@ -455,15 +490,27 @@ def run_benchmark(
         "baseline_precision": min(counts) if baseline else None,  # of "baseline"; "baselines" has one per precision
     }
     if baseline:
-        report.update(_paired_baseline(settings, results, inputs, counts, naive_batch_size=naive_batch_size,
-                                       naive_steps=naive_steps or inputs.steps, log=log if rank == 0 else None))
+        report.update(
+            _paired_baseline(
+                settings,
+                results,
+                inputs,
+                counts,
+                naive_batch_size=naive_batch_size,
+                naive_steps=naive_steps or inputs.steps,
+                log=log if rank == 0 else None,
+            )
+        )
     ordered = [results[s] for s in settings if s in results]
     report["results"] = [_result_dict(r) for r in ordered]
     best = fastest(ordered)
     report["fastest"] = _result_dict(best) if best else None
     if projection and best is not None:
-        report["projection"] = {**projection, "setting": best.setting.label,
-                                "hours": project_hours(best.sequences_per_s, world, **projection)}
+        report["projection"] = {
+            **projection,
+            "setting": best.setting.label,
+            "hours": project_hours(best.sequences_per_s, world, **projection),
+        }
     return report
 
 
@@ -473,9 +520,16 @@ def _log_result(log: Callable[[str], None] | None, prefix: str, r: Result) -> No
         log(f"{prefix} {r.setting.label}: {what}")
 
 
-def _paired_baseline(settings: Sequence[Setting], results: dict[Setting, Result], inputs: RunInputs,
-                     counts: dict[str, int], *, naive_batch_size: int, naive_steps: int,
-                     log: Callable[[str], None] | None) -> dict[str, Any]:
+def _paired_baseline(
+    settings: Sequence[Setting],
+    results: dict[Setting, Result],
+    inputs: RunInputs,
+    counts: dict[str, int],
+    *,
+    naive_batch_size: int,
+    naive_steps: int,
+    log: Callable[[str], None] | None,
+) -> dict[str, Any]:
     """The naive loop's figures and, per precision, the paired ratio of its fastest setting (see run_benchmark)."""
     from minprot_ds.bench.naive import NaiveLoop
 
@@ -495,24 +549,34 @@ def _paired_baseline(settings: Sequence[Setting], results: dict[Setting, Result]
         setting = choice[0]
         if setting is None:
             continue
-        naive = None
+        baseline = None
         if rank == 0:  # the naive loop at the precision of the setting it is paired with
             if log:
-                log(f"naive baseline: random batches of {naive_batch_size} padded to the longest, {precision}"
+                log(
+                    f"naive baseline: random batches of {naive_batch_size} padded to the longest, {precision}"
                     f"{'' if precision == 'fp32' else ' (teacher in ' + precision + ', student under autocast)'}, "
-                    "a window after each of the paired setting's windows")
-            naive = NaiveLoop(inputs.teacher, inputs.corpus, student_layers=inputs.student_layers,
-                              batch_size=naive_batch_size, lr=inputs.lr, seed=inputs.seed, precision=precision)
-            naive.step()  # warm-up
-        r = measure_setting(setting, inputs, between=(lambda: naive.window(naive_steps)) if naive else None)
+                    "a window after each of the paired setting's windows"
+                )
+            baseline = NaiveLoop(
+                inputs.teacher,
+                inputs.corpus,
+                student_layers=inputs.student_layers,
+                batch_size=naive_batch_size,
+                lr=inputs.lr,
+                seed=inputs.seed,
+                precision=precision,
+            )
+            baseline.step()  # warm-up
+        between = (lambda loop=baseline: loop.window(naive_steps)) if baseline else None
+        r = measure_setting(setting, inputs, between=between)
         if counts[precision] == 1:
             results[setting] = r
         _log_result(log, "[paired]", r)
-        if naive is None:
+        if baseline is None:
             continue
-        baselines[precision] = dataclasses.asdict(naive.result(naive_steps))
-        pairs = naive.windows
-        del naive  # its models go before the next precision's are built
+        baselines[precision] = dataclasses.asdict(baseline.result(naive_steps))
+        pairs = baseline.windows
+        baseline = between = None  # its models go before the next precision's are built
         if not r.fits:
             continue
         wall = [ours / world / (w["residues"] / w["wall"]) for ours, w in zip(r.repeat_residues_per_s, pairs)]
@@ -540,8 +604,17 @@ def _result_dict(r: Result) -> dict[str, Any]:
 
 # --- inputs and the whole run ------------------------------------------------------------------------
 
-def prepare_inputs(work: Path, *, preset: str, teacher: str | None, corpus: str | None, sequences: int,
-                   lengths_file: Path | None, seed: int) -> tuple[str, int, str, str]:
+
+def prepare_inputs(
+    work: Path,
+    *,
+    preset: str,
+    teacher: str | None,
+    corpus: str | None,
+    sequences: int,
+    lengths_file: Path | None,
+    seed: int,
+) -> tuple[str, int, str, str]:
     """(teacher folder, student layers, corpus folder, where the lengths came from), made in `work`
     where not given. Rank 0 writes; other ranks wait at a barrier and read the same folder."""
     from minprot_ds.data.synthetic import write_synthetic_corpus
@@ -566,7 +639,9 @@ def prepare_inputs(work: Path, *, preset: str, teacher: str | None, corpus: str 
     else:
         corpus_dir = Path(corpus)
         if not (corpus_dir / "manifest.json").is_file():
-            raise UserError(f"--corpus {corpus_dir} has no manifest.json; pass a folder made by `minprot data prepare`.")
+            raise UserError(
+                f"--corpus {corpus_dir} has no manifest.json; pass a folder made by `minprot data prepare`."
+            )
     if dist.is_initialized():
         dist.barrier()
     return str(teacher_dir), student_layers, str(corpus_dir), source
@@ -581,7 +656,6 @@ def scratch_dir(work: Path | None) -> tuple[Path, bool]:
     if distributed.world_size() > 1:
         dist.broadcast_object_list(name, src=0)
     return Path(name[0]), True
-
 
 
 def benchmark(
@@ -610,11 +684,24 @@ def benchmark(
     work, temporary = scratch_dir(work_dir)
     try:
         teacher_dir, layers, corpus_dir, source = prepare_inputs(
-            work, preset=preset, teacher=teacher, corpus=corpus, sequences=synthetic_sequences,
-            lengths_file=lengths_file, seed=run_inputs.get("seed", 0))
+            work,
+            preset=preset,
+            teacher=teacher,
+            corpus=corpus,
+            sequences=synthetic_sequences,
+            lengths_file=lengths_file,
+            seed=run_inputs.get("seed", 0),
+        )
         inputs = RunInputs(teacher=teacher_dir, student_layers=layers, corpus=corpus_dir, ds_base=ds_base, **run_inputs)
-        report = run_benchmark(settings, inputs, baseline=baseline, naive_batch_size=naive_batch_size,
-                               naive_steps=naive_steps, projection=projection, log=log if rank == 0 else (lambda _: None))
+        report = run_benchmark(
+            settings,
+            inputs,
+            baseline=baseline,
+            naive_batch_size=naive_batch_size,
+            naive_steps=naive_steps,
+            projection=projection,
+            log=log if rank == 0 else (lambda _: None),
+        )
         report["preset"] = preset if teacher is None else f"{teacher} (student {layers} layers)"
         report["corpus"] = corpus or f"synthetic, {synthetic_sequences} rows, lengths from {source}"
         if dist.is_initialized():

@@ -1,5 +1,6 @@
 """The `minprot` command: one typer app. Every cli module lists its commands the same way, as
 `COMMANDS = [("name", function), ...]`, a name of two words ("data prepare") placing a command in a group."""
+
 from __future__ import annotations
 
 import typer

@@ -4,6 +4,7 @@ and the memory each setting needs per GPU (the plan: minprot_ds/bench/memory.py)
 Throughput runs in one process (CPU, or the first GPU); for several GPUs run the script form under the launcher:
 `deepspeed --num_gpus N benchmarks/throughput.py ...` (the same command and options).
 """
+
 from __future__ import annotations
 
 import json
@@ -51,9 +52,13 @@ def throughput(o: ThroughputOptions) -> None:
 
     precision = auto_precision() if o.precision == "auto" else o.precision
     settings = tp.sweep_settings(
-        max_tokens=_split(o.max_tokens, int, "--max-tokens"), zero_stages=_split(o.zero_stage, int, "--zero-stage"),
-        checkpointing=_split(o.checkpointing, _on_off, "--checkpointing"), loss_impls=_split(o.loss_impl, str, "--loss-impl"),
-        precisions=_split(precision, str, "--precision"), compiles=_split(o.compile, str, "--compile"), max_rows=o.max_rows,
+        max_tokens=_split(o.max_tokens, int, "--max-tokens"),
+        zero_stages=_split(o.zero_stage, int, "--zero-stage"),
+        checkpointing=_split(o.checkpointing, _on_off, "--checkpointing"),
+        loss_impls=_split(o.loss_impl, str, "--loss-impl"),
+        precisions=_split(precision, str, "--precision"),
+        compiles=_split(o.compile, str, "--compile"),
+        max_rows=o.max_rows,
     )
     base = None
     if o.deepspeed_config is not None:
@@ -63,11 +68,27 @@ def throughput(o: ThroughputOptions) -> None:
     projection = {"epochs": o.project_epochs, "sequences": o.sequences, "gpus": o.gpus} if o.project_epochs else None
     stdout = make_console(width=max(make_console().width, 190))
     report = tp.benchmark(
-        settings, preset=o.preset, teacher=o.teacher, corpus=str(o.corpus) if o.corpus else None,
-        synthetic_sequences=o.synthetic_sequences, lengths_file=o.lengths, work_dir=o.work_dir, ds_base=base,
-        baseline=o.baseline, naive_batch_size=o.naive_batch_size, naive_steps=o.naive_steps, projection=projection,
-        log=stdout.print, steps=o.steps, warmup=o.warmup, repeats=o.repeats, split_steps=o.split_steps,
-        num_workers=o.num_workers, seed=o.seed, peak_tflops=o.peak_tflops, memory_limit_gb=o.memory_limit_gb,
+        settings,
+        preset=o.preset,
+        teacher=o.teacher,
+        corpus=str(o.corpus) if o.corpus else None,
+        synthetic_sequences=o.synthetic_sequences,
+        lengths_file=o.lengths,
+        work_dir=o.work_dir,
+        ds_base=base,
+        baseline=o.baseline,
+        naive_batch_size=o.naive_batch_size,
+        naive_steps=o.naive_steps,
+        projection=projection,
+        log=stdout.print,
+        steps=o.steps,
+        warmup=o.warmup,
+        repeats=o.repeats,
+        split_steps=o.split_steps,
+        num_workers=o.num_workers,
+        seed=o.seed,
+        peak_tflops=o.peak_tflops,
+        memory_limit_gb=o.memory_limit_gb,
     )
     if report is None:
         return
@@ -100,24 +121,52 @@ def memory(o: MemoryOptions) -> None:
     if o.gpus % o.nodes:
         raise UserError(f"--gpus {o.gpus} is not a multiple of --nodes {o.nodes}; give the devices of all nodes.")
     config = mem.preset_config(o.preset)
-    plan = mem.memory_plan(config, MODEL_PRESETS[o.preset].student_layers, gpu=o.gpu, gpus=o.gpus, nodes=o.nodes,
-                           max_tokens=o.max_tokens, max_rows=o.max_rows or default_rows(o.max_tokens))
+    plan = mem.memory_plan(
+        config,
+        MODEL_PRESETS[o.preset].student_layers,
+        gpu=o.gpu,
+        gpus=o.gpus,
+        nodes=o.nodes,
+        max_tokens=o.max_tokens,
+        max_rows=o.max_rows or default_rows(o.max_tokens),
+    )
     stdout = make_console(width=max(make_console().width, 150))
-    table = Table(title=f"memory per GPU: {o.preset} on {o.gpus}x {o.gpu} ({o.nodes} node(s)), {o.max_tokens} tokens / "
-                        f"{plan['max_rows']} rows per micro-batch")
-    for name in ("precision", "ZeRO", "act. ckpt", "student states GB", "buckets GB", "teacher GB", "activations GB",
-                 "total GB", "fits", "largest budget that fits"):
+    table = Table(
+        title=f"memory per GPU: {o.preset} on {o.gpus}x {o.gpu} ({o.nodes} node(s)), {o.max_tokens} tokens / "
+        f"{plan['max_rows']} rows per micro-batch"
+    )
+    for name in (
+        "precision",
+        "ZeRO",
+        "act. ckpt",
+        "student states GB",
+        "buckets GB",
+        "teacher GB",
+        "activations GB",
+        "total GB",
+        "fits",
+        "largest budget that fits",
+    ):
         table.add_column(name, justify="right")
     for row in plan["settings"]:
         gb = row["predicted_gb"]
-        table.add_row(row["precision"], str(row["stage"]), "on" if row["checkpointing"] else "off",
-                      f"{gb['student_states']:.2f}", f"{gb['grad_buckets']:.2f}",
-                      f"{gb['teacher_weights'] + gb['teacher_working']:.2f}", f"{gb['activations']:.2f}",
-                      f"{gb['total']:.2f}", "yes" if row["fits"] else "no",
-                      f"{row['largest_max_tokens']:,}" if row["largest_max_tokens"] else "none")
+        table.add_row(
+            row["precision"],
+            str(row["stage"]),
+            "on" if row["checkpointing"] else "off",
+            f"{gb['student_states']:.2f}",
+            f"{gb['grad_buckets']:.2f}",
+            f"{gb['teacher_weights'] + gb['teacher_working']:.2f}",
+            f"{gb['activations']:.2f}",
+            f"{gb['total']:.2f}",
+            "yes" if row["fits"] else "no",
+            f"{row['largest_max_tokens']:,}" if row["largest_max_tokens"] else "none",
+        )
     stdout.print(table)
-    stdout.print(f"fits = total <= {plan['device_gb']:g} GB x (1 - {mem.MARGIN:g}) - {mem.RESERVE_GB:g} GB (CUDA context, "
-                 "fragmentation); predicted = torch.cuda.max_memory_allocated of a step.")
+    stdout.print(
+        f"fits = total <= {plan['device_gb']:g} GB x (1 - {mem.MARGIN:g}) - {mem.RESERVE_GB:g} GB (CUDA context, "
+        "fragmentation); predicted = torch.cuda.max_memory_allocated of a step."
+    )
     if o.json_out is not None:
         from minprot_ds.bench.report import write_benchmark_json
 

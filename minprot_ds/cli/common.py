@@ -1,5 +1,6 @@
 """What every CLI command shares: a rich console, usage errors as typer's usage message and exit 2,
 and UserError turned into one line and exit 1 (never a traceback)."""
+
 from __future__ import annotations
 
 import sys

@@ -1,4 +1,5 @@
 """`minprot data prepare | inspect`: corpus preparation and inspection (task datasets: cli/tasks.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,9 +18,18 @@ def prepare(
         list[Path],
         typer.Argument(help="FASTA files, plain or gzip-compressed (e.g. uniref50.fasta.gz), read as a stream."),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Corpus folder to create (new or empty, or a corpus to update with --overwrite).")],
-    min_len: Annotated[int, typer.Option(help="Drop sequences shorter than this many residues (counted as too_short).")] = 20,
-    max_len: Annotated[int, typer.Option(help="Drop sequences longer than this many residues (counted as too_long).")] = 512,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Corpus folder to create (new or empty, or a corpus to update with --overwrite)."
+        ),
+    ],
+    min_len: Annotated[
+        int, typer.Option(help="Drop sequences shorter than this many residues (counted as too_short).")
+    ] = 20,
+    max_len: Annotated[
+        int, typer.Option(help="Drop sequences longer than this many residues (counted as too_long).")
+    ] = 512,
     valid_fraction: Annotated[
         float, typer.Option(help="Fraction of sequences for the valid split, chosen by a seeded hash of the sequence.")
     ] = 0.005,
@@ -27,18 +37,31 @@ def prepare(
     shard_bytes: Annotated[
         Optional[int], typer.Option(help="Approximate bytes per shard (64 MiB unless --shard-rows is given).")
     ] = None,
-    workers: Annotated[int, typer.Option(help="Processes for parsing, encoding and writing; the output is identical for any value.")] = 1,
+    workers: Annotated[
+        int, typer.Option(help="Processes for parsing, encoding and writing; the output is identical for any value.")
+    ] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the train/valid split hash.")] = 0,
     dedup: Annotated[
-        bool, typer.Option("--dedup/--no-dedup", help="Keep only the first of identical sequences (8 bytes of memory per distinct sequence).")
+        bool,
+        typer.Option(
+            "--dedup/--no-dedup",
+            help="Keep only the first of identical sequences (8 bytes of memory per distinct sequence).",
+        ),
     ] = True,
     strict: Annotated[
-        bool, typer.Option("--strict", help="Fail on the first record that would be dropped (length or letters), naming file, record and line.")
+        bool,
+        typer.Option(
+            "--strict",
+            help="Fail on the first record that would be dropped (length or letters), naming file, record and line.",
+        ),
     ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a corpus at --out prepared from other inputs or options.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a corpus at --out prepared from other inputs or options.")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar over input bytes (only on a terminal).")] = True,
 ) -> None:
-    """Turn FASTA(.gz) files into Arrow shards plus manifest.json, atomically; a rerun with the same inputs is a no-op."""
+    """Turn FASTA(.gz) files into Arrow shards plus manifest.json, atomically; a rerun with the same inputs is a
+    no-op."""
     from data_prep.corpus import prepare_corpus
 
     manifest = prepare_corpus(
@@ -62,7 +85,9 @@ def prepare(
 
 def inspect(
     folder: Annotated[Path, typer.Argument(help="A corpus folder made by `minprot data prepare`.")],
-    verify: Annotated[bool, typer.Option(help="Also check every shard's size and sha256 against the manifest.")] = False,
+    verify: Annotated[
+        bool, typer.Option(help="Also check every shard's size and sha256 against the manifest.")
+    ] = False,
 ) -> None:
     """Summarise a prepared corpus (rows, residues, length percentiles, drops); --verify checks checksums."""
     from data_prep.corpus import verify_corpus
@@ -72,7 +97,9 @@ def inspect(
     _print_summary(folder, manifest)
     if verify:
         shards = sum(len(s.shards) for s in manifest.splits.values())
-        console.print(f"[green]verified[/] {shards} shards: sizes and sha256 match the manifest.", highlight=False, soft_wrap=True)
+        console.print(
+            f"[green]verified[/] {shards} shards: sizes and sha256 match the manifest.", highlight=False, soft_wrap=True
+        )
 
 
 def _print_summary(folder: Path, manifest) -> None:

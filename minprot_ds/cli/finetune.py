@@ -1,4 +1,5 @@
 """`minprot finetune` (one downstream job, teacher or student) and `minprot report` (tables from MLflow)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,14 +19,22 @@ def _finetune(cfg: FinetuneConfig) -> int:
 
 
 # The options come from FinetuneConfig (minprot_ds/finetune/options.py), as launch/finetune.py's do.
-finetune = typer_command(FinetuneConfig, _finetune, "Fine-tune a ProtBert-format "
-                         "model on one downstream task and record the run in MLflow.", "finetune", launcher=True)
+finetune = typer_command(
+    FinetuneConfig,
+    _finetune,
+    "Fine-tune a ProtBert-format model on one downstream task and record the run in MLflow.",
+    "finetune",
+    launcher=True,
+)
 
 
 def report(
     out: Path = typer.Option(..., help="folder for report.md, report.json and the PNG charts"),
     tracking_uri: Optional[list[str]] = typer.Option(
-        None, help="MLflow store(s): a URI, a fine-tune --out folder or an mlflow.db (repeatable; default $MLFLOW_TRACKING_URI)"),
+        None,
+        help="MLflow store(s): a URI, a fine-tune --out folder or an mlflow.db "
+        "(repeatable; default $MLFLOW_TRACKING_URI)",
+    ),
     experiment: Optional[list[str]] = typer.Option(None, help="experiment(s) to read (repeatable; default: all)"),
 ) -> None:
     """Tables A–D (metrics, runtime and saving, dataset variants, organisms) from finished fine-tune runs."""

@@ -2,6 +2,7 @@
 
 `minprot distill` is the job `deepspeed launch/distill.py` runs (the same options, DistillOptions): in one
 process, or under any launcher."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,10 +20,16 @@ def _distill(opts: DistillOptions) -> int:
     return start(opts)
 
 
-distill = typer_command(DistillOptions, _distill, "Distil a ProtBert teacher into a smaller student with DeepSpeed "
-                        "(one process here; for several, `deepspeed --num_gpus N launch/distill.py` with the same "
-                        "options).\n\nThe run config (--config, --set) says what the run does; presets are in "
-                        "launch/configs/.", "distill", launcher=True)
+distill = typer_command(
+    DistillOptions,
+    _distill,
+    "Distil a ProtBert teacher into a smaller student with DeepSpeed "
+    "(one process here; for several, `deepspeed --num_gpus N launch/distill.py` with the same "
+    "options).\n\nThe run config (--config, --set) says what the run does; presets are in "
+    "launch/configs/.",
+    "distill",
+    launcher=True,
+)
 
 
 def demo(
@@ -38,8 +45,14 @@ def demo(
     """
     from minprot_ds.distill.demo import run_demo
 
-    summary = run_demo(run_root, ranks=ranks, teacher_steps=teacher_steps, distill_steps=distill_steps,
-                       ds_config=ds_config, console=console)
+    summary = run_demo(
+        run_root,
+        ranks=ranks,
+        teacher_steps=teacher_steps,
+        distill_steps=distill_steps,
+        ds_config=ds_config,
+        console=console,
+    )
     console.print(closing_note(summary))
 
 

@@ -1,6 +1,7 @@
 """`minprot predict | embed | merge`: a fine-tuned model or an encoder over a whole FASTA, resumable.
 
 The same commands run under the deepspeed launcher through `launch/predict.py` (every rank a share)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,17 +21,26 @@ def _start(opts: InferenceOptions) -> int:
 
 
 # The options come from PredictOptions and EmbedOptions (minprot_ds/inference/options.py), as launch/predict.py's do.
-predict = typer_command(PredictOptions, _start, PredictOptions.__doc__ + """
+predict = typer_command(
+    PredictOptions,
+    _start,
+    PredictOptions.__doc__
+    + """
 
     Refused records go to OUT.failures.tsv; counts and provenance to OUT's .json. Rerunning the same
-    command after a crash continues from OUT.parts/.""", "predict", launcher=True)
+    command after a crash continues from OUT.parts/.""",
+    "predict",
+    launcher=True,
+)
 embed = typer_command(EmbedOptions, _start, EmbedOptions.__doc__, "embed", launcher=True)
 
 
 def merge(
     parts: list[Path] = typer.Argument(..., help="OUT.parts folders of the shards (copied from each machine)"),
     out: Path = typer.Option(..., help="the output file (its suffix picks the format, as for predict/embed)"),
-    threshold: Optional[float] = typer.Option(None, help="predict: the positive label's threshold (default: the run's)"),
+    threshold: Optional[float] = typer.Option(
+        None, help="predict: the positive label's threshold (default: the run's)"
+    ),
 ) -> None:
     """Assemble the output of a `--shard i/N` run from its shards' parts folders."""
     from minprot_ds.inference.job import merge as merge_parts

@@ -1,4 +1,5 @@
 """`minprot data swissprot|task|reduce|random-subset|conflicts|overlap`: downstream task datasets."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,50 +50,83 @@ def swissprot(
     organism: str = typer.Option(..., help="human | c-elegans | bacteria-archaea | an NCBI taxid (e.g. 10090)"),
     out: Path = typer.Option(..., help="task folder to write (datasets save_to_disk + minprot_task.json)"),
     seed: int = typer.Option(0, help="seed of the cluster-wise, label-stratified 85/7.5/7.5 train/valid/test split"),
-    identity: float = typer.Option(0.3, help="MMseqs2 clustering identity; whole clusters go to one split, so no test "
-                                              "protein shares a cluster with a training protein"),
+    identity: float = typer.Option(
+        0.3,
+        help="MMseqs2 clustering identity; whole clusters go to one split, so no test "
+        "protein shares a cluster with a training protein",
+    ),
     coverage: float = typer.Option(0.8, help="minimum alignment coverage of the clustering (mmseqs -c)"),
     threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
 ) -> None:
-    """DNA-binding task from reviewed, complete (no Fragment flag) Swiss-Prot entries of 20-512 residues: label 1 iff keyword DNA-binding (KW-0238); split by MMseqs2 cluster."""
-    from minprot_ds.data.task_store import TaskMeta
+    """DNA-binding task from reviewed, complete (no Fragment flag) Swiss-Prot entries of 20-512 residues: label 1 iff
+    keyword DNA-binding (KW-0238); split by MMseqs2 cluster."""
     from data_prep.tasks.swissprot import build_swissprot
+    from minprot_ds.data.task_store import TaskMeta
 
     data, excluded = build_swissprot(files, organism, seed, identity=identity, coverage=coverage, threads=threads)
     _print_summary(f"Swiss-Prot DNA-binding, {organism}", data, "sequence", {"excluded": excluded})
-    meta = TaskMeta("dna-binding", "sequence", f"swissprot-{organism}", "full", [str(f) for f in files],
-                    excluded=excluded, options={"organism": organism, "seed": seed,
-                                                "split": {"identity": identity, "coverage": coverage}})
+    meta = TaskMeta(
+        "dna-binding",
+        "sequence",
+        f"swissprot-{organism}",
+        "full",
+        [str(f) for f in files],
+        excluded=excluded,
+        options={"organism": organism, "seed": seed, "split": {"identity": identity, "coverage": coverage}},
+    )
     _save(data, out, meta)
 
 
 def task(
-    files: list[Path] = typer.Argument(..., help="data file(s) of one format, a folder of them (e.g. PDB14189_P/_N), or a FLIP split folder"),
+    files: list[Path] = typer.Argument(
+        ..., help="data file(s) of one format, a folder of them (e.g. PDB14189_P/_N), or a FLIP split folder"
+    ),
     out: Path = typer.Option(..., help="task folder to write"),
     fmt: str = typer.Option("auto", "--format", help=_FORMATS),
-    task_name: Optional[str] = typer.Option(None, "--task", help="dna-binding | membrane | q3 (default: what the format carries)"),
+    task_name: Optional[str] = typer.Option(
+        None, "--task", help="dna-binding | membrane | q3 (default: what the format carries)"
+    ),
     name: Optional[str] = typer.Option(None, help="dataset name for reports (default: the first input's name)"),
     strict: bool = typer.Option(False, help="fail on the first malformed record instead of skipping and counting"),
 ) -> None:
     """Convert benchmark files into a task folder the fine-tune jobs read.
 
-    Formats: NetSurfP-2.0 CSV (CASP12/CB513/TS115, Q3), FLIP secondary-structure folder, DeepLoc FASTA and CSV (membrane M=1 / soluble S=0; U excluded), DNA-binding FASTA (label from `|1`/`|2` headers, 2 = negative, or from `_P`/`_N`, `-posi`/`-nega` file names), and any CSV/TSV with sequence|seq and label|binding columns (optional id|identifier), which is how Deep-WET files come in.
+    Formats: NetSurfP-2.0 CSV (CASP12/CB513/TS115, Q3), FLIP secondary-structure folder, DeepLoc FASTA and CSV
+    (membrane M=1 / soluble S=0; U excluded), DNA-binding FASTA (label from `|1`/`|2` headers, 2 = negative, or from
+    `_P`/`_N`, `-posi`/`-nega` file names), and any CSV/TSV with sequence|seq and label|binding columns (optional
+    id|identifier), which is how Deep-WET files come in.
 
-    The DNA-binding benchmark PDB14189 -> PDB2272: put PDB2272_P.txt and PDB2272_N.txt (from github.com/diaodiao1/DNA-binding-proteins, data/) in one folder, then `minprot data task ../shared/data/dna_binding/pdb14189 --out tasks/pdb14189` and `minprot data task PDB2272_DIR --out tasks/pdb2272` (or pass those folders to `minprot finetune`). 
+    The DNA-binding benchmark PDB14189 -> PDB2272: put PDB2272_P.txt and PDB2272_N.txt (from
+    github.com/diaodiao1/DNA-binding-proteins, data/) in one folder, then `minprot data task
+    ../shared/data/dna_binding/pdb14189 --out tasks/pdb14189` and `minprot data task PDB2272_DIR --out tasks/pdb2272`
+    (or pass those folders to `minprot finetune`).
     """
     from data_prep.tasks.formats import FORMATS, read_inputs
     from minprot_ds.data.task_store import TaskMeta
 
     report = read_inputs(files, fmt, task=task_name, strict=strict)
     title = name or files[0].stem
-    _print_summary(f"{title} ({report.format})", report.data, report.level,
-                   {"skipped": report.skipped, "excluded": report.excluded}, report.long)
+    _print_summary(
+        f"{title} ({report.format})",
+        report.data,
+        report.level,
+        {"skipped": report.skipped, "excluded": report.excluded},
+        report.long,
+    )
     for reason, where in report.first_skipped.items():
         console.print(f"  first {reason}: {where}", highlight=False)
     spec = FORMATS[report.format]
     task_of = task_name or (spec.tasks[0] if len(spec.tasks) == 1 else None)
-    meta = TaskMeta(task_of, report.level, title, "full", report.sources, report.skipped, report.excluded,
-                    {"format": report.format, "strict": strict})
+    meta = TaskMeta(
+        task_of,
+        report.level,
+        title,
+        "full",
+        report.sources,
+        report.skipped,
+        report.excluded,
+        {"format": report.format, "strict": strict},
+    )
     _save(report.data, out, meta)
 
 
@@ -103,7 +137,8 @@ def reduce_cmd(
     coverage: float = typer.Option(0.8, help="minimum alignment coverage (mmseqs -c)"),
     threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
 ) -> None:
-    """SUB: cluster the train and valid splits with `mmseqs easy-cluster` and keep one representative per cluster; the test split is kept unchanged."""
+    """SUB: cluster the train and valid splits with `mmseqs easy-cluster` and keep one representative per cluster; the
+    test split is kept unchanged."""
     from data_prep.tasks.mmseqs import reduce
     from minprot_ds.data.task_store import load_task_folder
 
@@ -120,7 +155,8 @@ def random_subset_cmd(
     out: Path = typer.Option(..., help="folder for the random control (CUT)"),
     seed: int = typer.Option(0, help="sampling seed"),
 ) -> None:
-    """CUT: a seeded random subset with, per split and label, as many rows as --like (the control for SUB); the test split is kept unchanged."""
+    """CUT: a seeded random subset with, per split and label, as many rows as --like (the control for SUB); the test
+    split is kept unchanged."""
     from data_prep.tasks.mmseqs import random_subset
     from minprot_ds.data.task_store import load_task_folder
 
@@ -150,37 +186,53 @@ def conflicts_cmd(
     for col in ("id_a", "split_a", "label_a", "id_b", "split_b", "label_b", "identity", "aligned"):
         table.add_column(col)
     for c in found[:show]:
-        table.add_row(c.id_a, c.split_a, str(c.label_a), c.id_b, c.split_b, str(c.label_b), f"{c.identity:.3f}", str(c.aligned))
+        table.add_row(
+            c.id_a, c.split_a, str(c.label_a), c.id_b, c.split_b, str(c.label_b), f"{c.identity:.3f}", str(c.aligned)
+        )
     console.print(table)
     if out is not None:
         console.print(f"wrote {write_report(found, out, str(folder), identity)}")
 
 
 def overlap_cmd(
-    query: Path = typer.Argument(..., help="the test side: a task folder (its test split, if it has one) or any data file"),
-    target: Path = typer.Argument(..., help="the training side: a task folder (its train split, if it has one) or any data file"),
+    query: Path = typer.Argument(
+        ..., help="the test side: a task folder (its test split, if it has one) or any data file"
+    ),
+    target: Path = typer.Argument(
+        ..., help="the training side: a task folder (its train split, if it has one) or any data file"
+    ),
     out: Path = typer.Option(..., help="folder for overlap.json (the counts) and hits.tsv (every MMseqs2 hit)"),
-    task_name: Optional[str] = typer.Option(None, "--task", help="dna-binding | membrane | q3 (needed only where a file's format carries several)"),
-    near_identity: float = typer.Option(0.95, help="identity over --coverage of the query that counts as near-identical"),
+    task_name: Optional[str] = typer.Option(
+        None, "--task", help="dna-binding | membrane | q3 (needed only where a file's format carries several)"
+    ),
+    near_identity: float = typer.Option(
+        0.95, help="identity over --coverage of the query that counts as near-identical"
+    ),
     homolog_identity: float = typer.Option(0.30, help="identity over --coverage of the query that counts as a homolog"),
     coverage: float = typer.Option(0.80, help="fraction of the query protein an alignment must cover"),
     threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
 ) -> None:
-    """How many QUERY sequences occur in TARGET: exact copies, near-identical and homologous ones (MMseqs2 easy-search)."""
+    """How many QUERY sequences occur in TARGET: exact copies, near-identical and homologous ones (MMseqs2
+    easy-search)."""
     from data_prep.tasks.overlap import Thresholds, measure, write_hits
     from minprot_ds.fileio import write_json
 
     q, t = _sequences(query, "test", task_name), _sequences(target, "train", task_name)
-    found = measure(q["sequence"], t["sequence"], Thresholds(near_identity, homolog_identity, coverage), threads=threads)
+    found = measure(
+        q["sequence"], t["sequence"], Thresholds(near_identity, homolog_identity, coverage), threads=threads
+    )
     out.mkdir(parents=True, exist_ok=True)
     summary = found.summary() | {"query": str(query), "target": str(target)}
     write_json(out / "overlap.json", summary)
     write_hits(found, q["id"], t["id"], out / "hits.tsv")
     n = max(found.query_sequences, 1)
-    console.print(f"{found.query_sequences} query sequences against {found.target_sequences}: {found.exact} exact "
-                  f"({found.exact / n:.0%}), {found.near_identical} near-identical ({found.near_identical / n:.0%}), "
-                  f"{found.homologs} homologs ({found.homologs / n:.0%}); wrote {out / 'overlap.json'}", highlight=False,
-                  soft_wrap=True)
+    console.print(
+        f"{found.query_sequences} query sequences against {found.target_sequences}: {found.exact} exact "
+        f"({found.exact / n:.0%}), {found.near_identical} near-identical ({found.near_identical / n:.0%}), "
+        f"{found.homologs} homologs ({found.homologs / n:.0%}); wrote {out / 'overlap.json'}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _sequences(path: Path, split: str, task: str | None):
@@ -208,5 +260,11 @@ def _derived(meta, level: str, folder: Path, variant: str, options: dict):
     return TaskMeta(meta.task, meta.level, meta.name, variant, [str(folder)], options=meta.options | {variant: options})
 
 
-COMMANDS = [("data swissprot", swissprot), ("data task", task), ("data reduce", reduce_cmd),
-            ("data random-subset", random_subset_cmd), ("data conflicts", conflicts_cmd), ("data overlap", overlap_cmd)]
+COMMANDS = [
+    ("data swissprot", swissprot),
+    ("data task", task),
+    ("data reduce", reduce_cmd),
+    ("data random-subset", random_subset_cmd),
+    ("data conflicts", conflicts_cmd),
+    ("data overlap", overlap_cmd),
+]

@@ -14,6 +14,7 @@ walks all windows of a chunk in lockstep (one numpy step per micro-batch positio
 The order depends on numpy's Generator stream for PCG64 (stable across numpy releases in practice,
 though numpy does not promise it): resume a run with the numpy it started with.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -7,6 +7,7 @@ A prepared corpus is a folder:
 Each shard holds the columns of `SHARD_FEATURES`: accession (string), tokens (residue token ids as
 uint8, ProtBert ids, no [CLS]/[SEP]) and length (number of residues).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -67,7 +68,7 @@ class Manifest:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "Manifest":
+    def from_dict(cls, raw: dict[str, Any]) -> Manifest:
         splits = {
             name: SplitInfo(
                 rows=s["rows"],

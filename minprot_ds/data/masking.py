@@ -9,6 +9,7 @@ DataCollatorForLanguageModeling does; a sequence whose draw selects nothing gets
 selected, so every sequence contributes to the MLM loss); [24, 48) pick the action (mask / random / keep);
 [48, 64) pick the random residue among `STANDARD_RESIDUE_IDS` (never a special token).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,6 @@ import numpy as np
 
 from minprot_ds.errors import UserError
 from minprot_ds.vocab import IGNORE_INDEX, MASK_ID, PAD_ID, STANDARD_RESIDUE_IDS
-
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -110,4 +110,3 @@ def loss_labels(labels: np.ndarray) -> np.ndarray:
     out = labels.astype(np.int64)
     out[labels == PAD_ID] = IGNORE_INDEX
     return out
-

@@ -4,6 +4,7 @@ Every shard of the split is mapped with pyarrow (`memory_map` + `ipc.open_stream
 opening 43M rows reads only the small `length` column and the list offsets; residues are paged in by
 the OS as batches touch them, and DataLoader workers forked from the process share the same pages.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,9 +52,7 @@ class ShardedCorpus:
             start = 0
             for chunk in table.column("tokens").chunks:
                 offsets = np.asarray(chunk.offsets)
-                if chunk.null_count or not np.array_equal(
-                    np.diff(offsets), shard_lengths[start : start + len(chunk)]
-                ):
+                if chunk.null_count or not np.array_equal(np.diff(offsets), shard_lengths[start : start + len(chunk)]):
                     raise UserError(
                         f"shard {self.folder / shard.path} has token lists that disagree with its length "
                         "column; the file is corrupt: prepare the corpus again."

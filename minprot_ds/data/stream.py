@@ -13,6 +13,7 @@ Epochs are planned in the training process when first needed (~5 s for 43M rows)
 plans epochs 0..n-1, and resuming in epoch e plans epochs 0..e (their micro-batch counts place the
 cursor); the two most recent plans are kept.
 """
+
 from __future__ import annotations
 
 import math

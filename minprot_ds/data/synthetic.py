@@ -1,5 +1,6 @@
 """Synthetic corpora for benchmarks and tests: random standard residues with UniRef50-like lengths,
 written as a prepared corpus (the same shards and manifest as `minprot data prepare` writes)."""
+
 from __future__ import annotations
 
 import math

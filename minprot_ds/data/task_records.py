@@ -3,6 +3,7 @@
 Columns: `id` (string), `sequence` (string, uppercase, U/Z/O/B mapped to X as in the corpus) and either
 `label` (int, sequence-level tasks) or `labels` (one int per residue, -100 where masked or unknown; Q3).
 """
+
 from __future__ import annotations
 
 import collections
@@ -92,7 +93,8 @@ class Records:
         if self.strict:
             extra = f" ({detail})" if detail else ""
             raise UserError(
-                f"{where}: {reason}{extra}; fix or remove the record, or run without --strict to skip and count such records"
+                f"{where}: {reason}{extra}; fix or remove the record, or run without --strict to skip and count such "
+                "records"
             )
         self.skipped[reason] += 1
         self.first_skipped.setdefault(reason, where)
@@ -108,6 +110,7 @@ class Records:
 
     def to_dataset(self) -> datasets.Dataset | datasets.DatasetDict:
         """A Dataset, or a DatasetDict when the source named several splits (FLIP, DeepLoc train+test)."""
+
         def build(idx: list[int]) -> datasets.Dataset:
             return datasets.Dataset.from_dict(
                 {

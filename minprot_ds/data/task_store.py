@@ -3,6 +3,7 @@
 The metadata lets the fine-tune jobs and reports name a dataset and its variant (full / sub / cut)
 without guessing from paths.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,8 +46,17 @@ def split_table(data: datasets.Dataset | datasets.DatasetDict, level: Level) -> 
             rows.append({"split": name, "rows": ds.num_rows, "positive": pos, "negative": ds.num_rows - pos})
         else:
             flat = [x for row in labels for x in row]
-            rows.append({"split": name, "rows": ds.num_rows, "residues": len(flat),
-                         "H": flat.count(0), "E": flat.count(1), "C": flat.count(2), "masked": flat.count(IGNORE_INDEX)})
+            rows.append(
+                {
+                    "split": name,
+                    "rows": ds.num_rows,
+                    "residues": len(flat),
+                    "H": flat.count(0),
+                    "E": flat.count(1),
+                    "C": flat.count(2),
+                    "masked": flat.count(IGNORE_INDEX),
+                }
+            )
     return rows
 
 
@@ -82,7 +92,9 @@ def load_task_folder(folder: str | Path) -> tuple[datasets.Dataset | datasets.Da
     try:
         data = datasets.load_from_disk(str(folder))
     except (FileNotFoundError, ValueError) as err:
-        raise UserError(f"{folder} is not a readable `datasets` folder ({err}); rebuild it with `minprot data ...`") from None
+        raise UserError(
+            f"{folder} is not a readable `datasets` folder ({err}); rebuild it with `minprot data ...`"
+        ) from None
     return data, read_meta(folder)
 
 

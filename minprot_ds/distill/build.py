@@ -2,15 +2,17 @@
 
 Below this layer, functions take plain values, not the config object.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
-from minprot_ds.distill.config import DistillConfig
 from minprot_ds.data.stream import BatchingOptions, DistillStream, MaskingOptions, eval_batches
+from minprot_ds.distill.config import DistillConfig
 from minprot_ds.distill.engine import DistillEngine, StudentForLoss, loss_settings
 from minprot_ds.optim import build_optimizer, warmup_linear_schedule
 from minprot_ds.tracking import Tracker
@@ -27,8 +29,14 @@ def masking_options(config: DistillConfig) -> MaskingOptions:
 
 def build_stream(config: DistillConfig, split: str, *, rank: int, world_size: int, grad_accum: int) -> DistillStream:
     return DistillStream(
-        config.data.corpus, split, seed=config.data.seed, batching=batching_options(config),
-        masking=masking_options(config), rank=rank, world_size=world_size, grad_accum=grad_accum,
+        config.data.corpus,
+        split,
+        seed=config.data.seed,
+        batching=batching_options(config),
+        masking=masking_options(config),
+        rank=rank,
+        world_size=world_size,
+        grad_accum=grad_accum,
         num_workers=config.data.num_workers,
     )
 
@@ -41,8 +49,13 @@ def planned_steps(config: DistillConfig, stream: DistillStream) -> int:
 
 def eval_stream(config: DistillConfig, rank: int, world_size: int) -> Iterator[dict]:
     batches = eval_batches(
-        config.data.corpus, "valid", seed=config.data.seed, batching=batching_options(config),
-        masking=masking_options(config), rank=rank, world_size=world_size,
+        config.data.corpus,
+        "valid",
+        seed=config.data.seed,
+        batching=batching_options(config),
+        masking=masking_options(config),
+        rank=rank,
+        world_size=world_size,
     )
     limit = config.eval.max_batches
     for i, batch in enumerate(batches):
@@ -73,22 +86,33 @@ def build_engine(config: DistillConfig, ds: dict[str, Any], *, planned_steps: in
     compile_encoders(teacher, student, m.compile, zero_stage=zero.get("stage", 0))
     o = config.optimizer
     offload = zero.get("offload_optimizer", {}).get("device", "none") != "none"
-    optimizer = build_optimizer(student, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps,
-                                cpu_offload=offload)
+    optimizer = build_optimizer(
+        student, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps, cpu_offload=offload
+    )
     scheduler = warmup_linear_schedule(optimizer, warmup_steps=config.schedule.warmup_steps, total_steps=planned_steps)
     engine, _, _, _ = deepspeed.initialize(
         model=StudentForLoss(student), optimizer=optimizer, lr_scheduler=scheduler, config=ds
     )
-    l = config.loss
-    loss = loss_settings(l.temperature, l.weights, l.impl, device, kd_positions=l.kd_positions,
-                         kd_temperature_squared=l.kd_temperature_squared)
+    lc = config.loss
+    loss = loss_settings(
+        lc.temperature,
+        lc.weights,
+        lc.impl,
+        device,
+        kd_positions=lc.kd_positions,
+        kd_temperature_squared=lc.kd_temperature_squared,
+    )
     return DistillEngine(teacher, engine, loss, teacher_layers=teacher.config.num_hidden_layers), student.config
 
 
 def build_tracker(config: DistillConfig, run_dir: Path, *, rank: int, resume_run_id: str | None) -> Tracker:
     t = config.tracking
     return Tracker.start(
-        tracking_uri=t.tracking_uri or None, run_dir=run_dir, experiment=t.experiment,
-        run_name=t.run_name or run_dir.name, resume_run_id=resume_run_id, enabled=rank == 0,
+        tracking_uri=t.tracking_uri or None,
+        run_dir=run_dir,
+        experiment=t.experiment,
+        run_name=t.run_name or run_dir.name,
+        resume_run_id=resume_run_id,
+        enabled=rank == 0,
         system_metrics=t.system_metrics,
     )

@@ -10,6 +10,7 @@ DeepSpeed keeps `client_state` from rank 0 only and saves no RNG, and its own `l
 checkpoint other ranks are still writing; hence the per-rank files, the marker and our own pointer
 (same file name, so DeepSpeed's converters still find it).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -93,7 +94,9 @@ def complete_checkpoints(ckpt_dir: Path) -> list[tuple[int, Path]]:
         if (child / MARKER).is_file():
             found.append((int(m.group(1)), child))
         else:
-            warnings.warn(f"skipping incomplete checkpoint {child} (no {MARKER} marker: a save was interrupted)")
+            warnings.warn(
+                f"skipping incomplete checkpoint {child} (no {MARKER} marker: a save was interrupted)", stacklevel=2
+            )
     return sorted(found)
 
 
@@ -112,8 +115,17 @@ class Checkpointer:
     `seed` the data seed the training RNG (dropout) is seeded from on a fresh start.
     """
 
-    def __init__(self, ckpt_dir: str | Path, options: Any, *, engine: Any, stream: Any, seed: int,
-                 model_affecting: dict[str, Any], grad_accum: int):
+    def __init__(
+        self,
+        ckpt_dir: str | Path,
+        options: Any,
+        *,
+        engine: Any,
+        stream: Any,
+        seed: int,
+        model_affecting: dict[str, Any],
+        grad_accum: int,
+    ):
         self.dir = Path(ckpt_dir)
         self.options = options  # config.checkpoint: every_steps, every_minutes, keep_last, keep_every
         self.engine, self.stream, self.seed = engine, stream, seed
@@ -141,26 +153,34 @@ class Checkpointer:
             folder = self._universal(folder, saved)
         load_path, _ = self.engine.load_checkpoint(str(folder.parent), tag=folder.name)
         if load_path is None:
-            raise UserError(f"DeepSpeed could not load checkpoint {folder}; it may be corrupt: resume from an older one.")
+            raise UserError(
+                f"DeepSpeed could not load checkpoint {folder}; it may be corrupt: resume from an older one."
+            )
         # Our own file from our own run dir (see _resolve), hence weights_only=False for RNG objects.
-        per_rank = torch.load(folder / f"minprot_rank{rank() if same_layout else 0}.pt", map_location="cpu",
-                              weights_only=False)
+        per_rank = torch.load(
+            folder / f"minprot_rank{rank() if same_layout else 0}.pt", map_location="cpu", weights_only=False
+        )
         self.stream.load_state_dict(per_rank["loader"])
         if same_layout:
             set_rng_state(per_rank["rng"])
         else:  # the loader state is global; RNG streams of another layout cannot be carried over
-            warnings.warn(f"resuming {folder} on another world size: data order kept, RNG states reseeded")
+            warnings.warn(
+                f"resuming {folder} on another world size: data order kept, RNG states reseeded", stacklevel=2
+            )
             seed_rng(self.seed, rank(), saved.step)
         self.last_saved = folder
         self.load_s = time.monotonic() - started
-        return dataclasses.replace(saved, world_size=fresh.world_size, grad_accum=self.grad_accum,
-                                   model_affecting=self.model_affecting)
+        return dataclasses.replace(
+            saved, world_size=fresh.world_size, grad_accum=self.grad_accum, model_affecting=self.model_affecting
+        )
 
     def _resolve(self, resume: str) -> Path | None:
         if resume == "none":
             if self.latest() is not None:
-                raise UserError(f"run dir {self.dir.parent} already has checkpoints; resume it (--resume auto) "
-                                "or choose a new --run-dir.")
+                raise UserError(
+                    f"run dir {self.dir.parent} already has checkpoints; resume it (--resume auto) "
+                    "or choose a new --run-dir."
+                )
             return None
         if resume == "auto":
             return self.latest()
@@ -235,7 +255,7 @@ class Checkpointer:
 
     def _prune(self) -> None:
         complete = complete_checkpoints(self.dir)
-        keep = {step for step, _ in complete[-self.options.keep_last:]}
+        keep = {step for step, _ in complete[-self.options.keep_last :]}
         if self.options.keep_every:
             keep |= {step for step, _ in complete if step % self.options.keep_every == 0}
         for step, folder in complete:
@@ -268,8 +288,19 @@ def to_universal(folder: Path) -> Path:
         return out
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(folder),
-           "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspeed.checkpoint.ds_to_universal",
+        "--input_folder",
+        str(folder),
+        "--output_folder",
+        str(tmp),
+        "--num_extract_workers",
+        "1",
+        "--num_merge_workers",
+        "1",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise UserError(f"converting {folder} to a universal checkpoint failed: {proc.stderr.strip()[-500:]}")

@@ -4,21 +4,22 @@ Everything a run needs, except what belongs to DeepSpeed's own JSON (ZeRO stage,
 clipping and accumulation, loss scaling), lives here, in sections. Unknown keys, wrong types and
 impossible combinations fail before any work, with a message naming the key.
 """
+
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 from minprot_ds.data.batching import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS
 from minprot_ds.data.masking import MaskingOptions
 from minprot_ds.distill.engine import KD_POSITIONS
-from minprot_ds.errors import UserError
 from minprot_ds.distill.losses import IMPLS
-
+from minprot_ds.errors import UserError
 
 COMPILE_MODES = ("none", "teacher", "all")
 
@@ -143,7 +144,7 @@ class DistillConfig:
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
     """Coerce/validate one value against its annotation; ints are accepted where floats are expected."""
     origin = typing.get_origin(annotation)
-    if origin in (list, typing.List):
+    if origin in (list, list):
         (item_type,) = typing.get_args(annotation)
         if not isinstance(value, list):
             raise UserError(f"config key {key} must be a list of {item_type.__name__}, got {value!r}.")
@@ -233,9 +234,14 @@ def validate(c: DistillConfig, source: str = "config") -> None:
         try:
             layers = [int(i) for i in strategy.split(",")]
         except ValueError:
-            fail("model.layer_strategy", f"must be alternate, random or comma-separated layer indices, not {strategy!r}")
+            fail(
+                "model.layer_strategy", f"must be alternate, random or comma-separated layer indices, not {strategy!r}"
+            )
         if len(layers) != c.model.student_layers:
-            fail("model.layer_strategy", f"lists {len(layers)} layers but model.student_layers is {c.model.student_layers}")
+            fail(
+                "model.layer_strategy",
+                f"lists {len(layers)} layers but model.student_layers is {c.model.student_layers}",
+            )
     if c.model.compile not in COMPILE_MODES:
         fail("model.compile", f"must be one of {', '.join(COMPILE_MODES)}, not {c.model.compile!r}")
     if c.data.max_tokens < 8:

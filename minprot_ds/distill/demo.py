@@ -5,6 +5,7 @@ The corpus is made, not shipped: sequences drawn from a few dozen synthetic "fam
 position-specific residue profile with mutations and indels, so masked residues are predictable from
 context and a small model learns something in a minute of CPU time.
 """
+
 from __future__ import annotations
 
 import os
@@ -43,7 +44,7 @@ def synthetic_fasta(path: Path, *, sequences: int = 3000, families: int = 8, see
             seq = alphabet[picks].tobytes().decode()
             fh.write(f">SYN{i:06d} synthetic family sequence\n")
             for start in range(0, len(seq), 60):
-                fh.write(seq[start:start + 60] + "\n")
+                fh.write(seq[start : start + 60] + "\n")
     return path
 
 
@@ -59,7 +60,6 @@ def launcher_command(nprocs: int, script: Path, args: list[str]) -> list[str]:
     return [str(launcher), "--num_gpus", str(nprocs), "--master_port", str(free_port()), str(script), *args]
 
 
-
 def repo_file(relative: str) -> Path:
     """A file of the source checkout (launch scripts, configs): the demo runs from a checkout."""
     path = Path(__file__).resolve().parents[2] / relative
@@ -68,14 +68,21 @@ def repo_file(relative: str) -> Path:
     return path
 
 
-def run_demo(run_root: Path, *, ranks: int = 2, teacher_steps: int = 200, distill_steps: int = 100,
-             ds_config: str = "ds_configs/cpu_zero2.json", console=None) -> dict:
+def run_demo(
+    run_root: Path,
+    *,
+    ranks: int = 2,
+    teacher_steps: int = 200,
+    distill_steps: int = 100,
+    ds_config: str = "ds_configs/cpu_zero2.json",
+    console=None,
+) -> dict:
     """Make data, pre-train the teacher, distil on `ranks` CPU ranks; returns RUN/summary.json as a dict."""
     import json
 
     from data_prep.corpus import prepare_corpus
-    from minprot_ds.models.masked_lm import save_random_protbert
     from minprot_ds.distill.pretrain import pretrain_teacher
+    from minprot_ds.models.masked_lm import save_random_protbert
 
     say = console.print if console else print
     run_root.mkdir(parents=True, exist_ok=True)
@@ -89,9 +96,20 @@ def run_demo(run_root: Path, *, ranks: int = 2, teacher_steps: int = 200, distil
         acc = pretrain_teacher(teacher, corpus, steps=teacher_steps, seed=0, max_tokens=2048, log=say)
         say(f"teacher: {teacher} (MLM accuracy on valid after pre-training: {acc:.3f})")
     distill_dir = run_root / "distill"
-    args = ["--config", str(repo_file("launch/configs/demo.toml")), "--deepspeed_config", str(repo_file(ds_config)),
-            "--run-dir", str(distill_dir), "--set", f'model.teacher="{teacher}"', "--set", f'data.corpus="{corpus}"',
-            "--set", f"schedule.total_steps={distill_steps}"]
+    args = [
+        "--config",
+        str(repo_file("launch/configs/demo.toml")),
+        "--deepspeed_config",
+        str(repo_file(ds_config)),
+        "--run-dir",
+        str(distill_dir),
+        "--set",
+        f'model.teacher="{teacher}"',
+        "--set",
+        f'data.corpus="{corpus}"',
+        "--set",
+        f"schedule.total_steps={distill_steps}",
+    ]
     cmd = launcher_command(ranks, repo_file("launch/distill.py"), args)
     say("distilling: " + " ".join(cmd))
     proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})

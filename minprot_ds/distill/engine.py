@@ -7,19 +7,21 @@ MLM logits at masked positions only, or at every non-pad position with loss.kd_p
 A step is five phases, each a method the step calls in turn (teacher_forward, student_forward, loss_of,
 backward, optimizer_step); `step(..., phase_timer=...)` lets the throughput benchmark time each one.
 """
+
 from __future__ import annotations
 
-import dataclasses
 import contextlib
-from typing import Any, Callable, ContextManager, Iterable
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from minprot_ds.distributed import world_size
 from minprot_ds.distill.flops import FlopBreakdown, distill_step_flops
 from minprot_ds.distill.losses import LossOutput, distill_loss, resolve_impl
+from minprot_ds.distributed import world_size
 from minprot_ds.models.masked_lm import ForLossOutputs, forward_for_loss
 from minprot_ds.vocab import CLS_ID, IGNORE_INDEX, MASK_ID, SEP_ID, STANDARD_RESIDUE_IDS
 
@@ -65,11 +67,11 @@ class StepStats:
     samples: list[int]  # global row ids this rank consumed in the step
 
 
-PhaseTimer = Callable[[str], ContextManager]
+PhaseTimer = Callable[[str], contextlib.AbstractContextManager]
 """phase_timer(name) wraps each phase of a step: teacher_forward, student_forward, loss, backward, optimizer."""
 
 
-def untimed(phase: str) -> ContextManager:
+def untimed(phase: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
@@ -109,18 +111,30 @@ class DistillEngine:
 
     def teacher_forward(self, batch: dict) -> ForLossOutputs:
         with torch.inference_mode():
-            return forward_for_loss(self.teacher, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                    all_positions=self._all_positions)
+            return forward_for_loss(
+                self.teacher,
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["labels"],
+                all_positions=self._all_positions,
+            )
 
     def student_forward(self, batch: dict) -> ForLossOutputs:
-        hidden, logits, labels = self.student(batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                              all_positions=self._all_positions)
+        hidden, logits, labels = self.student(
+            batch["input_ids"], batch["attention_mask"], batch["labels"], all_positions=self._all_positions
+        )
         return ForLossOutputs(hidden=hidden, logits=logits, labels=labels)
 
     def loss_of(self, student: ForLossOutputs, teacher: ForLossOutputs) -> LossOutput:
         return distill_loss(
-            student.logits, teacher.logits, student.labels, student.hidden, teacher.hidden,
-            temperature=self.loss.temperature, weights=self.loss.weights, impl=self.loss.impl,
+            student.logits,
+            teacher.logits,
+            student.labels,
+            student.hidden,
+            teacher.hidden,
+            temperature=self.loss.temperature,
+            weights=self.loss.weights,
+            impl=self.loss.impl,
             kd_temperature_squared=self.loss.kd_temperature_squared,
         )
 
@@ -180,9 +194,17 @@ class DistillEngine:
         total, mlm, kd, cos = (v / world for v in reduced[:4])
         skipped = reduced[9] > 0 or self.student.skipped_steps > skipped_before
         return StepStats(
-            loss=total, mlm=mlm, kd=kd, cos=cos, skipped=skipped,
-            sequences=int(reduced[4]), residues=int(reduced[5]), tokens=int(reduced[6]),
-            masked=int(reduced[7]), flops=reduced[8], samples=samples,
+            loss=total,
+            mlm=mlm,
+            kd=kd,
+            cos=cos,
+            skipped=skipped,
+            sequences=int(reduced[4]),
+            residues=int(reduced[5]),
+            tokens=int(reduced[6]),
+            masked=int(reduced[7]),
+            flops=reduced[8],
+            samples=samples,
         )
 
     def micro_batch_flops(self, batch: dict) -> FlopBreakdown:
@@ -246,7 +268,7 @@ class DistillEngine:
 
 
 def placeholder_batch() -> dict[str, torch.Tensor]:
-    """"[CLS] [MASK] [SEP]" with a residue label: the eval forward of a rank without eval batches."""
+    """ "[CLS] [MASK] [SEP]" with a residue label: the eval forward of a rank without eval batches."""
     return {
         "input_ids": torch.tensor([[CLS_ID, MASK_ID, SEP_ID]]),
         "attention_mask": torch.ones(1, 3, dtype=torch.int64),
@@ -254,7 +276,19 @@ def placeholder_batch() -> dict[str, torch.Tensor]:
     }
 
 
-def loss_settings(temperature: float, weights: list[float], impl: str, device: torch.device, *,
-                  kd_positions: str = "masked", kd_temperature_squared: bool = True) -> LossSettings:
-    return LossSettings(temperature=temperature, weights=tuple(weights), impl=resolve_impl(impl, device),
-                        kd_positions=kd_positions, kd_temperature_squared=kd_temperature_squared)
+def loss_settings(
+    temperature: float,
+    weights: list[float],
+    impl: str,
+    device: torch.device,
+    *,
+    kd_positions: str = "masked",
+    kd_temperature_squared: bool = True,
+) -> LossSettings:
+    return LossSettings(
+        temperature=temperature,
+        weights=tuple(weights),
+        impl=resolve_impl(impl, device),
+        kd_positions=kd_positions,
+        kd_temperature_squared=kd_temperature_squared,
+    )

@@ -1,5 +1,6 @@
 """`minprot export`: the student of a distillation checkpoint as a Hugging Face folder, with `minprot.json`
 naming where it came from (MLflow run id, step, teacher, chosen layers)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,6 +60,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
         raise UserError(f"checkpoint {folder} lacks student weights {missing[:3]}...; it is not a minprot checkpoint.")
-    meta = {"mlflow_run_id": state.mlflow_run_id, "step": state.step, "consumed_samples": state.consumed_samples,
-            "checkpoint": str(folder), **student_provenance(config)}
+    meta = {
+        "mlflow_run_id": state.mlflow_run_id,
+        "step": state.step,
+        "consumed_samples": state.consumed_samples,
+        "checkpoint": str(folder),
+        **student_provenance(config),
+    }
     return export_student(model, out, meta)

@@ -15,6 +15,7 @@ over the padded length T), `useful` counts real tokens only ([CLS] and [SEP] inc
 each sequence's own length). MFU uses the useful count: MFU = useful FLOPs / step time / (devices ×
 peak FLOP/s), so padding and recomputation (activation checkpointing) lower MFU rather than inflate it.
 """
+
 from __future__ import annotations
 
 import re
@@ -170,10 +171,15 @@ _DEVICE_WORDS: list[tuple[tuple[str, ...], str]] = [
 ]
 
 _PRECISION_ALIASES = {
-    "fp32": "fp32", "float32": "fp32", "float": "fp32",
+    "fp32": "fp32",
+    "float32": "fp32",
+    "float": "fp32",
     "tf32": "tf32",
-    "fp16": "fp16", "float16": "fp16", "half": "fp16",
-    "bf16": "bf16", "bfloat16": "bf16",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+    "bf16": "bf16",
+    "bfloat16": "bf16",
 }
 
 

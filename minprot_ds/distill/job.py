@@ -3,6 +3,7 @@
 Each concern lives in its own module; this one only wires them together and runs the loop. Every rank
 runs it (under `deepspeed launch/distill.py` or as one plain process).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,18 +14,19 @@ from pathlib import Path
 
 from minprot_ds.distill.checkpoint import Checkpointer, TrainState
 from minprot_ds.distill.config import DistillConfig
+from minprot_ds.distill.export import STUDENT_CONFIG, export_student, student_provenance
+from minprot_ds.distill.metrics import StepMeter
 from minprot_ds.distill.options import DistillOptions
-from minprot_ds.distributed import any_rank, end_torchrun_job, init_distributed, rank as global_rank, restart_count
+from minprot_ds.distill.watchdog import Watchdog, check_shared_run_dir
+from minprot_ds.distributed import any_rank, end_torchrun_job, init_distributed, restart_count
+from minprot_ds.distributed import rank as global_rank
 from minprot_ds.ds_config import auto_precision, precision, read_ds_config
 from minprot_ds.errors import UserError
-from minprot_ds.distill.export import STUDENT_CONFIG, export_student, student_provenance
-from minprot_ds.models.folders import save_gathered
 from minprot_ds.fileio import write_json
+from minprot_ds.models.folders import save_gathered
 from minprot_ds.options import launch
-from minprot_ds.distill.metrics import StepMeter
 from minprot_ds.progress import TrainProgress
 from minprot_ds.tracking import environment_params
-from minprot_ds.distill.watchdog import Watchdog, check_shared_run_dir
 
 REPO = Path(__file__).resolve().parents[2]  # a checkout: ds_configs/ lives beside the package
 
@@ -69,25 +71,45 @@ def run(
     check_shared_run_dir(run_dir, rank, world)
     # From here on every rank beats and watches the others (engine build and checkpoint loading included).
     with Watchdog(run_dir, config.run.collective_timeout_s, rank, world):
-        return train(config, ds_config=ds_config, run_dir=run_dir, max_steps=max_steps, resume=resume,
-                     rank=rank, world=world)
+        return train(
+            config, ds_config=ds_config, run_dir=run_dir, max_steps=max_steps, resume=resume, rank=rank, world=world
+        )
 
 
-def train(config: DistillConfig, *, ds_config: str | Path, run_dir: Path, max_steps: int | None, resume: str,
-          rank: int, world: int) -> RunResult:
+def train(
+    config: DistillConfig,
+    *,
+    ds_config: str | Path,
+    run_dir: Path,
+    max_steps: int | None,
+    resume: str,
+    rank: int,
+    world: int,
+) -> RunResult:
     """The job on joined ranks: build, resume or start, loop, export."""
     from minprot_ds.distill.build import build_engine, build_stream, build_tracker, eval_stream, planned_steps
 
     # Batches are token-budgeted, so rows per micro-batch vary: max_rows is what DeepSpeed books.
-    ds = read_ds_config(ds_config, flag="DeepSpeed config", micro_batch=config.data.max_rows,
-                        owner="the run config's [optimizer] and [schedule] own it (the schedule follows the planned run)")
+    ds = read_ds_config(
+        ds_config,
+        flag="DeepSpeed config",
+        micro_batch=config.data.max_rows,
+        owner="the run config's [optimizer] and [schedule] own it (the schedule follows the planned run)",
+    )
     grad_accum = int(ds["gradient_accumulation_steps"])
     stop_signal = StopSignal()
     stream = build_stream(config, "train", rank=rank, world_size=world, grad_accum=grad_accum)
     planned = planned_steps(config, stream)
     engine, student_config = build_engine(config, ds, planned_steps=planned, dtype=precision(ds))
-    checkpointer = Checkpointer(run_dir / "ckpt", config.checkpoint, engine=engine.student, stream=stream,
-                                seed=config.data.seed, model_affecting=config.model_affecting(), grad_accum=grad_accum)
+    checkpointer = Checkpointer(
+        run_dir / "ckpt",
+        config.checkpoint,
+        engine=engine.student,
+        stream=stream,
+        seed=config.data.seed,
+        model_affecting=config.model_affecting(),
+        grad_accum=grad_accum,
+    )
     state = checkpointer.load(resume)  # restores weights, optimizer, data cursor and RNG; or seeds the RNG
     if state.step == 0 and rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -101,8 +123,13 @@ def train(config: DistillConfig, *, ds_config: str | Path, run_dir: Path, max_st
     valid: dict[str, float] = {}
     with tracker:
         if checkpointer.last_saved is None:
-            tracker.log_params({"config": config.to_dict(), "deepspeed": ds, "run": {"planned_steps": planned,
-                                "world_size": world, "loss_impl": engine.loss.impl}})
+            tracker.log_params(
+                {
+                    "config": config.to_dict(),
+                    "deepspeed": ds,
+                    "run": {"planned_steps": planned, "world_size": world, "loss_impl": engine.loss.impl},
+                }
+            )
             tracker.log_dict(ds, "deepspeed_config.json")
             tracker.log_dict(config.to_dict(), "run_config.json")
             tracker.log_artifact(Path(config.data.corpus) / "manifest.json", "data")
@@ -148,8 +175,16 @@ def train(config: DistillConfig, *, ds_config: str | Path, run_dir: Path, max_st
         student_dir = export_final(engine, run_dir, state, config, rank)
         if student_dir is not None:
             tracker.log_artifact(student_dir, "student")
-    return RunResult(run_dir, state.step, planned, state.mlflow_run_id, checkpointer.last_saved, student_dir, valid,
-                     teacher_unchanged=engine.teacher_checksum() == teacher_checksum)
+    return RunResult(
+        run_dir,
+        state.step,
+        planned,
+        state.mlflow_run_id,
+        checkpointer.last_saved,
+        student_dir,
+        valid,
+        teacher_unchanged=engine.teacher_checksum() == teacher_checksum,
+    )
 
 
 def trace_samples(run_dir: Path, rank: int, step: int, samples: list[int]) -> None:
@@ -163,8 +198,13 @@ def trace_samples(run_dir: Path, rank: int, step: int, samples: list[int]) -> No
 def export_final(engine, run_dir: Path, state: TrainState, config: DistillConfig, rank: int) -> Path | None:
     """Export the student (all ranks gather ZeRO-3 partitions, rank 0 writes) to RUN/student."""
     model = engine.student.module.mlm
-    meta = {"mlflow_run_id": state.mlflow_run_id, "step": state.step, "consumed_samples": state.consumed_samples,
-            "teacher": config.model.teacher, **student_provenance(model.config)}
+    meta = {
+        "mlflow_run_id": state.mlflow_run_id,
+        "step": state.step,
+        "consumed_samples": state.consumed_samples,
+        "teacher": config.model.teacher,
+        **student_provenance(model.config),
+    }
     return save_gathered(model, rank, lambda: export_student(model, run_dir / "student", meta))
 
 
@@ -206,12 +246,18 @@ def main(argv: list[str] | None = None) -> int:
 def write_summary(result: RunResult) -> None:
     """RUN/summary.json and a few lines on stdout: where everything is."""
     summary = {
-        "run_dir": str(result.run_dir), "step": result.step, "planned_steps": result.planned_steps,
-        "mlflow_run_id": result.mlflow_run_id, "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-        "student": str(result.student_dir) if result.student_dir else None, "valid": result.valid,
+        "run_dir": str(result.run_dir),
+        "step": result.step,
+        "planned_steps": result.planned_steps,
+        "mlflow_run_id": result.mlflow_run_id,
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "student": str(result.student_dir) if result.student_dir else None,
+        "valid": result.valid,
         "teacher_unchanged": result.teacher_unchanged,
     }
     write_json(result.run_dir / "summary.json", summary)  # atomic: its presence means the run finished
-    print(f"step {result.step}/{result.planned_steps}; checkpoint {summary['checkpoint']}; student {summary['student']}")
+    print(
+        f"step {result.step}/{result.planned_steps}; checkpoint {summary['checkpoint']}; student {summary['student']}"
+    )
     for key, value in result.valid.items():
         print(f"  {key} = {value:.4f}")

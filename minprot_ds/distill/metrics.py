@@ -1,4 +1,5 @@
 """Per-step training metrics: losses, optimizer state, throughput, TFLOP/s and MFU, memory."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,8 @@ import time
 
 import torch
 
-from minprot_ds.distributed import world_size
 from minprot_ds.distill.flops import mfu, peak_tflops
+from minprot_ds.distributed import world_size
 
 
 def peak_memory_gb() -> float:

@@ -1,9 +1,10 @@
 """Brief MLM pre-training of a (tiny) teacher on a prepared corpus, for demos and tests: a random
 teacher would leave nothing to distil. One process, plain PyTorch; the real teacher is ProtBert."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +24,16 @@ def mlm_accuracy(model, batches) -> float:
     return correct / max(total, 1)
 
 
-def pretrain_teacher(folder: str | Path, corpus: str | Path, *, steps: int = 300, lr: float = 2e-3, seed: int = 0,
-                     max_tokens: int = 4096, log: Callable[[str], None] = print) -> float:
+def pretrain_teacher(
+    folder: str | Path,
+    corpus: str | Path,
+    *,
+    steps: int = 300,
+    lr: float = 2e-3,
+    seed: int = 0,
+    max_tokens: int = 4096,
+    log: Callable[[str], None] = print,
+) -> float:
     """Train the BertForMaskedLM in `folder` by MLM for `steps` steps, save it back; returns valid accuracy."""
     from transformers import BertForMaskedLM
 
@@ -46,5 +55,6 @@ def pretrain_teacher(folder: str | Path, corpus: str | Path, *, steps: int = 300
         if step % 50 == 0 or step == steps:
             log(f"teacher pre-training step {step}/{steps}: MLM loss {loss.item():.3f}")
     model.save_pretrained(folder, safe_serialization=True)
-    return mlm_accuracy(model, eval_batches(corpus, "valid", seed=seed, batching=batching, masking=masking,
-                                            rank=0, world_size=1))
+    return mlm_accuracy(
+        model, eval_batches(corpus, "valid", seed=seed, batching=batching, masking=masking, rank=0, world_size=1)
+    )

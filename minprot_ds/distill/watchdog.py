@@ -8,6 +8,7 @@ clock: no clock skew between nodes), the reader prints one line naming that rank
 EXIT_CODE, so the launcher takes the job down (DeepSpeed's launcher) or restarts it (torchrun).
 The run dir must be on a filesystem every node sees (checked at start, see `check_shared_run_dir`).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ class Watchdog:
         self._beats = 0
         self._thread = threading.Thread(target=self._run, name="minprot-watchdog", daemon=True)
 
-    def __enter__(self) -> "Watchdog":
+    def __enter__(self) -> Watchdog:
         if self.timeout_s and self.world > 1:
             self._beat()
             self._thread.start()
@@ -43,8 +44,10 @@ class Watchdog:
 
     def _beat(self) -> None:
         self._beats += 1
-        atomic_write(self.folder / f"rank{self.rank}", json.dumps(
-            {"beat": self._beats, "host": socket.gethostname(), "pid": os.getpid()}))
+        atomic_write(
+            self.folder / f"rank{self.rank}",
+            json.dumps({"beat": self._beats, "host": socket.gethostname(), "pid": os.getpid()}),
+        )
 
     def _run(self) -> None:
         seen: dict[int, tuple[str, float]] = {}  # rank -> (last content, when it last changed on our clock)
@@ -71,9 +74,13 @@ class Watchdog:
             where = f" (host {where['host']}, pid {where['pid']})"
         except (ValueError, KeyError):
             where = ""
-        print(f"error: rank {peer}{where} stopped answering: no heartbeat for {since:.0f} s "
-              f"(run.collective_timeout_s = {self.timeout_s:g}); rank {self.rank} exits so that the launcher "
-              "ends or restarts the job.", file=sys.stderr, flush=True)
+        print(
+            f"error: rank {peer}{where} stopped answering: no heartbeat for {since:.0f} s "
+            f"(run.collective_timeout_s = {self.timeout_s:g}); rank {self.rank} exits so that the launcher "
+            "ends or restarts the job.",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(EXIT_CODE)
 
 
@@ -94,4 +101,5 @@ def check_shared_run_dir(run_dir: Path, rank: int, world: int) -> None:
         raise UserError(
             f"not every rank sees the same run dir {run_dir} (rank {rank} on {socket.gethostname()} "
             f"{'does not' if seen != token else 'does'}): put --run-dir on a filesystem shared by all nodes "
-            "(NFS, Lustre, GPFS).")
+            "(NFS, Lustre, GPFS)."
+        )

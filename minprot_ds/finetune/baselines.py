@@ -7,6 +7,7 @@
   without a hit takes the training majority class with score 0.5.
 On leaky public benchmarks the homology baseline is strong: the model's rows must be read against it.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,13 @@ def _predictions(ids: list[str], labels: np.ndarray, p1: np.ndarray, predicted: 
     return Predictions(list(ids), np.asarray(labels, dtype=np.int64), probs, np.asarray(predicted, dtype=np.int64))
 
 
-def length_only(train_lengths: np.ndarray, train_labels: np.ndarray, test_ids: list[str], test_lengths: np.ndarray,
-                test_labels: np.ndarray) -> Predictions:
+def length_only(
+    train_lengths: np.ndarray,
+    train_labels: np.ndarray,
+    test_ids: list[str],
+    test_lengths: np.ndarray,
+    test_labels: np.ndarray,
+) -> Predictions:
     y = np.asarray(train_labels)
     if len(np.unique(y)) < 2:  # one class to learn from: predict it
         p1 = np.full(len(test_lengths), float(y[0]) if len(y) else 0.5)
@@ -32,8 +38,9 @@ def length_only(train_lengths: np.ndarray, train_labels: np.ndarray, test_ids: l
     return _predictions(test_ids, test_labels, p1, (p1 > 0.5).astype(int))
 
 
-def homology_transfer(overlap: Overlap, train_labels: np.ndarray, test_ids: list[str],
-                      test_labels: np.ndarray) -> Predictions:
+def homology_transfer(
+    overlap: Overlap, train_labels: np.ndarray, test_ids: list[str], test_labels: np.ndarray
+) -> Predictions:
     y = np.asarray(train_labels)
     majority = int(np.bincount(y, minlength=2).argmax()) if len(y) else 0
     p1, predicted = np.full(len(test_ids), 0.5), np.full(len(test_ids), majority)

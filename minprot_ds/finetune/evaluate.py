@@ -6,6 +6,7 @@ it sits most centrally, and a protein's class probabilities are the mean of its 
 weighted by the residues each window owns. `--long truncate` scores only the first window (the old
 behaviour), and the coverage figures say how much was left out.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,15 +30,25 @@ class Scored:
     row_of: np.ndarray  # the split's row index of each prediction row
 
 
-def score(module: torch.nn.Module, enc: Encoded, spec: TaskSpec, *, batch_size: int, device: torch.device,
-          window: int, stride: int, long: str = "window") -> Scored:
+def score(
+    module: torch.nn.Module,
+    enc: Encoded,
+    spec: TaskSpec,
+    *,
+    batch_size: int,
+    device: torch.device,
+    window: int,
+    stride: int,
+    long: str = "window",
+) -> Scored:
     """Predictions for every row (every covered residue for per-residue tasks), the loss and the coverage.
 
     The forward is `minprot predict`'s (scoring.forward.score, one code path): windows sorted by length in
     batches of at most `batch_size` full windows' tokens, stitched by minprot_ds.scoring.windows. Every rank runs the
     same batches, so ZeRO-3's gathers stay in step.
     """
-    from minprot_ds.scoring.forward import WindowSettings, score as forward
+    from minprot_ds.scoring.forward import WindowSettings
+    from minprot_ds.scoring.forward import score as forward
     from minprot_ds.scoring.models import TaskScorer
 
     check_window(window, stride, long=long, long_modes=FINETUNE_LONG_MODES)
@@ -45,8 +56,13 @@ def score(module: torch.nn.Module, enc: Encoded, spec: TaskSpec, *, batch_size: 
     pieces = sum(len(ws) for ws in plans)
     module.eval()
     with torch.no_grad():  # not inference_mode: ZeRO-3 gathers parameters in its forward hooks
-        scored = forward(TaskScorer(module, spec.per_residue), dict(enumerate(enc.sequences)),
-                         WindowSettings(window, stride, long), batch_size * (window + 2), device)
+        scored = forward(
+            TaskScorer(module, spec.per_residue),
+            dict(enumerate(enc.sequences)),
+            WindowSettings(window, stride, long),
+            batch_size * (window + 2),
+            device,
+        )
     if scored.failures:
         i, why = next(iter(scored.failures.items()))
         raise UserError(f"row {enc.ids[i]} could not be scored ({why}); use a smaller --batch-size")
@@ -54,10 +70,15 @@ def score(module: torch.nn.Module, enc: Encoded, spec: TaskSpec, *, batch_size: 
     lengths = enc.lengths
     covered = np.array([ws[-1].end for ws in plans], dtype=np.int64)
     coverage = {
-        "long": long, "window": window, "stride": stride, "windows": pieces,
-        "sequences": len(enc), "sequences_longer_than_window": int((lengths > window).sum()),
+        "long": long,
+        "window": window,
+        "stride": stride,
+        "windows": pieces,
+        "sequences": len(enc),
+        "sequences_longer_than_window": int((lengths > window).sum()),
         "sequences_fully_scored": int((covered == lengths).sum()),
-        "residues": int(lengths.sum()), "residues_scored": int(covered.sum()),
+        "residues": int(lengths.sum()),
+        "residues_scored": int(covered.sum()),
     }
     coverage["residue_coverage"] = coverage["residues_scored"] / coverage["residues"] if len(enc) else math.nan
     coverage["sequence_coverage"] = coverage["sequences_fully_scored"] / len(enc) if len(enc) else math.nan

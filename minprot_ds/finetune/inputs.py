@@ -1,4 +1,5 @@
 """The job's inputs: train / valid / test sets from task folders or raw files, and what to call them in reports."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -57,16 +58,26 @@ def _one(data: datasets.Dataset | datasets.DatasetDict, split: str, path: Path, 
     if isinstance(data, datasets.Dataset):
         return data
     raise UserError(  # load_task_data returns a single split when asked for one, unless the split is ambiguous
-        f"{flag} {path} holds the splits {', '.join(data)} and none is {split!r}; pass a folder or file with a {split} split"
+        f"{flag} {path} holds the splits {', '.join(data)} and none is {split!r}; pass a folder or file with a "
+        f"{split} split"
     )
 
 
-def load_inputs(task: str, train: Path, test: Path, valid: Path | None = None, *, dataset_name: str | None = None,
-                strict: bool = False) -> TaskInputs:
+def load_inputs(
+    task: str,
+    train: Path,
+    test: Path,
+    valid: Path | None = None,
+    *,
+    dataset_name: str | None = None,
+    strict: bool = False,
+) -> TaskInputs:
     """--train's "train" split, --valid's "valid" split (else --train's own valid split, if any), --test's "test"."""
     for flag, path in (("--train", train), ("--valid", valid), ("--test", test)):
         if path is not None and not Path(path).exists():
-            raise UserError(f"{flag} {path} does not exist; pass a task folder made by `minprot data ...` or a data file")
+            raise UserError(
+                f"{flag} {path} does not exist; pass a task folder made by `minprot data ...` or a data file"
+            )
     whole = load_task_data(train, task, strict=strict)  # read once: raw files are parsed on every call
     train_data = _one(pick_split(whole, "train", Path(train)), "train", train, "--train")
     valid_data = None
@@ -79,5 +90,6 @@ def load_inputs(task: str, train: Path, test: Path, valid: Path | None = None, *
         if data.num_rows == 0:
             raise UserError(f"{flag} {path} has no {flag[2:]} records; pass a non-empty set")
     sources = {"train": str(train), "test": str(test)} | ({"valid": str(valid)} if valid is not None else {})
-    return TaskInputs(train_data, valid_data, test_data, describe(Path(train), dataset_name),
-                      describe(Path(test)), sources)
+    return TaskInputs(
+        train_data, valid_data, test_data, describe(Path(train), dataset_name), describe(Path(test)), sources
+    )

@@ -5,6 +5,7 @@ recomputed from predictions.tsv. Sequence tasks: one row per sequence, `score` =
 Q3: one row per residue (`position` 1-based), `score` = P(predicted class) and `p_H`/`p_E`/`p_C` the three
 class probabilities; residues without a label (mask column, unknown) keep label -100 and no metric counts them.
 """
+
 from __future__ import annotations
 
 import csv
@@ -47,8 +48,17 @@ def write_predictions(pred: Predictions, spec: TaskSpec, path: Path) -> Path:
         for i, rid in enumerate(pred.ids):
             if spec.per_residue:
                 probs = [f"{p:.6g}" for p in pred.probs[i]]
-                out.writerow([rid, int(pred.positions[i]), pred.residues[i], int(pred.labels[i]),
-                              f"{pred.probs[i, predicted[i]]:.6g}", int(predicted[i]), *probs])
+                out.writerow(
+                    [
+                        rid,
+                        int(pred.positions[i]),
+                        pred.residues[i],
+                        int(pred.labels[i]),
+                        f"{pred.probs[i, predicted[i]]:.6g}",
+                        int(predicted[i]),
+                        *probs,
+                    ]
+                )
             else:
                 out.writerow([rid, int(pred.labels[i]), f"{pred.probs[i, 1]:.6g}", int(predicted[i])])
     return path
@@ -63,8 +73,14 @@ def read_predictions(path: Path, spec: TaskSpec) -> Predictions:
     predicted = np.array([int(r["prediction"]) for r in rows], dtype=np.int64)
     if spec.per_residue:
         probs = np.array([[float(r[f"p_{c}"]) for c in spec.classes] for r in rows], dtype=np.float64)
-        return Predictions(ids, labels, probs.reshape(-1, spec.num_labels), predicted,
-                           np.array([int(r["position"]) for r in rows], dtype=np.int64), [r["residue"] for r in rows])
+        return Predictions(
+            ids,
+            labels,
+            probs.reshape(-1, spec.num_labels),
+            predicted,
+            np.array([int(r["position"]) for r in rows], dtype=np.int64),
+            [r["residue"] for r in rows],
+        )
     score = np.array([float(r["score"]) for r in rows], dtype=np.float64)
     return Predictions(ids, labels, np.stack([1.0 - score, score], axis=1).reshape(-1, 2), predicted)
 
@@ -104,9 +120,13 @@ def _compute(pred: Predictions, spec: TaskSpec) -> dict:
         "precision": float(np.mean(p)),  # macro over H/E/C
         "recall": float(np.mean(r)),
         "f1": float(np.mean(f)),
-        "roc_auc": float(skm.roc_auc_score(y, probs / probs.sum(axis=1, keepdims=True), multi_class="ovr",
-                                           average="macro", labels=labels))
-        if len(present) == spec.num_labels else math.nan,  # one-vs-rest needs every class present
+        "roc_auc": float(
+            skm.roc_auc_score(
+                y, probs / probs.sum(axis=1, keepdims=True), multi_class="ovr", average="macro", labels=labels
+            )
+        )
+        if len(present) == spec.num_labels
+        else math.nan,  # one-vs-rest needs every class present
         "mcc": float(skm.matthews_corrcoef(y, yhat)),
         "per_class": {
             c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}

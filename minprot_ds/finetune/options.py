@@ -3,6 +3,7 @@ says how `minprot finetune`, launch/finetune.py's parser and the MLflow params a
 Values with a fixed set of choices are validated by the component that reads them (one UserError naming the
 flag), not by either parser.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +20,9 @@ class FinetuneConfig:
     """Defaults are the MinProtBert recipe: AdamW lr 2e-5, batch 8, 3 epochs, weight decay 0.01, all layers trained."""
 
     task: str = option(help="dna-binding | membrane | q3")
-    model: str = option(help="a Hugging Face folder (teacher or exported student) or a hub id such as Rostlab/prot_bert")
+    model: str = option(
+        help="a Hugging Face folder (teacher or exported student) or a hub id such as Rostlab/prot_bert"
+    )
     train: Path = option(help="a task folder made by `minprot data ...` or a data file any reader takes")
     test: Path = option(help="test set (its 'test' split, or the whole set when it has one split)")
     out: Path = option(help="folder for metrics.json, predictions.tsv, model/ and the default MLflow store")
@@ -28,37 +31,59 @@ class FinetuneConfig:
     batch_size: int = option(8, "sequences per optimizer step: the global batch, split over the ranks under deepspeed")
     lr: float = option(2e-5, "AdamW peak learning rate (linear decay to 0)")
     weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
-    grad_clip: float = option(1.0, "gradient-norm clip of plain PyTorch training (Hugging Face Trainer's default; "
-                                   "under --deepspeed its JSON's gradient_clipping applies)")
+    grad_clip: float = option(
+        1.0,
+        "gradient-norm clip of plain PyTorch training (Hugging Face Trainer's default; "
+        "under --deepspeed its JSON's gradient_clipping applies)",
+    )
     seed: int = option(0, "seed of the head's initial weights, the batch order and dropout")
-    seeds: Optional[str] = option(None, "comma-separated seeds (e.g. 0,1,2): one run per seed under OUT/seed-N, "
-                                        "then OUT/seeds.json with mean ± std; the report averages them too")
-    pooling: str = option("cls", "what a sequence-level head reads: cls (the [CLS] hidden state) | mean (the mean "
-                                 "over residues); per-residue tasks read every residue. The default is cls here and "
-                                 "mean for `minprot embed --pooling`")
-    long: str = option("window", "proteins longer than --window: window (score every residue through overlapping "
-                                 "windows; training crops them at a seeded random offset each epoch) | truncate "
-                                 "(score and train on the first --window residues only, the old behaviour)")
+    seeds: Optional[str] = option(
+        None,
+        "comma-separated seeds (e.g. 0,1,2): one run per seed under OUT/seed-N, "
+        "then OUT/seeds.json with mean ± std; the report averages them too",
+    )
+    pooling: str = option(
+        "cls",
+        "what a sequence-level head reads: cls (the [CLS] hidden state) | mean (the mean "
+        "over residues); per-residue tasks read every residue. The default is cls here and "
+        "mean for `minprot embed --pooling`",
+    )
+    long: str = option(
+        "window",
+        "proteins longer than --window: window (score every residue through overlapping "
+        "windows; training crops them at a seeded random offset each epoch) | truncate "
+        "(score and train on the first --window residues only, the old behaviour)",
+    )
     window: int = option(512, "residues per model input (ProtBert: 512, i.e. 514 tokens with [CLS] and [SEP])")
     stride: int = option(256, "residues between the starts of overlapping windows")
-    leakage: bool = option(True, "measure with MMseqs2 how much of the test (and valid) set the training rows "
-                                 "contain, before training (metrics.json `leakage`, leakage.tsv)")
-    test_filter: str = option("none", "also score the test rows that pass a leakage filter: none | near-identical "
-                                      "(drop exact and near-identical copies of training rows) | homologs (drop "
-                                      "those and homologs too)")
+    leakage: bool = option(
+        True,
+        "measure with MMseqs2 how much of the test (and valid) set the training rows "
+        "contain, before training (metrics.json `leakage`, leakage.tsv)",
+    )
+    test_filter: str = option(
+        "none",
+        "also score the test rows that pass a leakage filter: none | near-identical "
+        "(drop exact and near-identical copies of training rows) | homologs (drop "
+        "those and homologs too)",
+    )
     near_identity: float = option(0.95, "identity (over --coverage of the test protein) that counts as near-identical")
     homolog_identity: float = option(0.30, "identity (over --coverage of the test protein) that counts as a homolog")
     coverage: float = option(0.80, "fraction of the test protein an alignment must cover to count")
     max_train_samples: Optional[int] = option(None, "cap the training rows: a seeded sample, stratified by label")
     max_eval_samples: Optional[int] = option(None, "cap the valid and test rows: a seeded sample, stratified by label")
-    deepspeed: Optional[Path] = option(None, "train inside a DeepSpeed engine with this JSON (ds_configs/...); "
-                                             "without it the job trains in plain PyTorch", aliases=("--deepspeed_config",))
+    deepspeed: Optional[Path] = option(
+        None,
+        "train inside a DeepSpeed engine with this JSON (ds_configs/...); without it the job trains in plain PyTorch",
+        aliases=("--deepspeed_config",),
+    )
     tracking_uri: Optional[str] = option(None, "MLflow store (default: SQLite in --out); share one to compare runs")
     experiment: str = option(DEFAULT_EXPERIMENT, "MLflow experiment")
     run_name: Optional[str] = option(None, "MLflow run name (default: TASK-DATASET-ROLE)")
     role: str = option("auto", "teacher | student | auto (student when the model folder has minprot.json)")
-    dataset_name: Optional[str] = option(None, "name of the train set in reports (default: its minprot_task.json "
-                                               "name or file name)")
+    dataset_name: Optional[str] = option(
+        None, "name of the train set in reports (default: its minprot_task.json name or file name)"
+    )
     strict: bool = option(False, "fail on the first malformed record instead of skipping it")
     tracking: bool = option(True, cli=False)
     system_metrics: bool = option(False, cli=False)

@@ -7,6 +7,7 @@ the student's saving in %. Table C: dataset variants (full / SUB / CUT) and the 
 Table D: organisms (Swiss-Prot sets). Repeated runs of one setting (seeds) show mean ± std (sample std) and
 their count. Written as report.md, report.json and one PNG per table.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from minprot_ds.errors import UserError
-from minprot_ds.models import provenance as links
 from minprot_ds.finetune.metrics import json_safe
+from minprot_ds.models import provenance as links
 
 METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "positive_rate", "mcc")
 LEAKAGE = ("exact", "near_identical", "homologs")
@@ -79,7 +80,9 @@ def resolve_uri(uri: str | None) -> str:
     """A tracking URI; a run folder (with mlflow.db) or a .db file becomes sqlite:///…."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        raise UserError("no MLflow store given; pass --tracking-uri (a URI, a fine-tune --out folder, or an mlflow.db file)")
+        raise UserError(
+            "no MLflow store given; pass --tracking-uri (a URI, a fine-tune --out folder, or an mlflow.db file)"
+        )
     if "://" in uri:
         return uri
     path = Path(uri).expanduser().resolve()
@@ -122,26 +125,36 @@ def collect_runs(uri: str, experiments: list[str] | None = None) -> list[RunRow]
     rows = []
     for run in runs:
         tags, m, params = run.data.tags, run.data.metrics, run.data.params
-        rows.append(RunRow(
-            run_id=run.info.run_id, task=tags.get(links.TAG_TASK, "?"), dataset=tags.get(links.TAG_DATASET, "?"),
-            variant=tags.get("minprot.dataset_variant", "full"),
-            dataset_label=tags.get("minprot.dataset_label", tags.get(links.TAG_DATASET, "?")),
-            test_dataset=tags.get("minprot.test_dataset", ""), organism=tags.get("minprot.organism", ""),
-            role=tags.get(links.TAG_ROLE, "?"), model=tags.get("minprot.model", params.get("model", "")),
-            train_rows=int(_num(params.get("rows.train")) if params.get("rows.train") else 0),
-            metrics={k: _num(m.get(f"test/{k}")) for k in METRICS},
-            train_seconds=_num(m.get("runtime/train_seconds")),
-            inference_seconds=_num(m.get("runtime/inference_seconds")),
-            distill_run_id=tags.get(links.TAG_DISTILL_RUN, ""),
-            test_rows=int(_num(params.get("rows.test")) if params.get("rows.test") else 0),
-            leakage={k: m[f"leakage/test_{k}"] for k in LEAKAGE if f"leakage/test_{k}" in m},
-            baselines={b: {k: _num(m.get(f"baseline_{b}/{k}")) for k in METRICS}
-                       for b in BASELINES if f"baseline_{b}/accuracy" in m},
-        ))
+        rows.append(
+            RunRow(
+                run_id=run.info.run_id,
+                task=tags.get(links.TAG_TASK, "?"),
+                dataset=tags.get(links.TAG_DATASET, "?"),
+                variant=tags.get("minprot.dataset_variant", "full"),
+                dataset_label=tags.get("minprot.dataset_label", tags.get(links.TAG_DATASET, "?")),
+                test_dataset=tags.get("minprot.test_dataset", ""),
+                organism=tags.get("minprot.organism", ""),
+                role=tags.get(links.TAG_ROLE, "?"),
+                model=tags.get("minprot.model", params.get("model", "")),
+                train_rows=int(_num(params.get("rows.train")) if params.get("rows.train") else 0),
+                metrics={k: _num(m.get(f"test/{k}")) for k in METRICS},
+                train_seconds=_num(m.get("runtime/train_seconds")),
+                inference_seconds=_num(m.get("runtime/inference_seconds")),
+                distill_run_id=tags.get(links.TAG_DISTILL_RUN, ""),
+                test_rows=int(_num(params.get("rows.test")) if params.get("rows.test") else 0),
+                leakage={k: m[f"leakage/test_{k}"] for k in LEAKAGE if f"leakage/test_{k}" in m},
+                baselines={
+                    b: {k: _num(m.get(f"baseline_{b}/{k}")) for k in METRICS}
+                    for b in BASELINES
+                    if f"baseline_{b}/accuracy" in m
+                },
+            )
+        )
     return rows
 
 
 # --- tables ---------------------------------------------------------------------------------------------
+
 
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
@@ -176,28 +189,53 @@ def leakage_cell(runs: list[RunRow]) -> str:
 
 
 def table_a(rows: list[RunRow]) -> Table:
-    t = Table("Table A: test metrics by task, dataset and model (mean ± std over runs; leakage = test proteins "
-              "with an exact / near-identical / homologous copy among the training rows)",
-              ["task", "train set", "test set", "model", "runs", "leakage", *METRICS])
+    t = Table(
+        "Table A: test metrics by task, dataset and model (mean ± std over runs; leakage = test proteins "
+        "with an exact / near-identical / homologous copy among the training rows)",
+        ["task", "train set", "test set", "model", "runs", "leakage", *METRICS],
+    )
     groups = _group(rows, lambda r: (r.task, r.dataset_label, r.test_dataset))
     for (task, data, test), runs in groups.items():
         leak = leakage_cell(runs)
         for role, mine in _group(runs, lambda r: (_role_order(r.role), r.role)).items():
-            t.rows.append([task, data, test, role[1], len(mine), leak, *(Stat.of([r.metrics[k] for r in mine]) for k in METRICS)])
+            t.rows.append(
+                [task, data, test, role[1], len(mine), leak, *(Stat.of([r.metrics[k] for r in mine]) for k in METRICS)]
+            )
         for name in BASELINES:
             done = [r.baselines[name] for r in runs if name in r.baselines]
             if done:
-                t.rows.append([task, data, test, f"baseline: {name}", len(done), leak,
-                               *(Stat.of([b[k] for b in done]) for k in METRICS)])
-    t.note = ("Baselines (binary tasks, same splits): length = logistic regression on sequence length; homology = the "
-              "label of the best MMseqs2 hit among the training rows.")
+                t.rows.append(
+                    [
+                        task,
+                        data,
+                        test,
+                        f"baseline: {name}",
+                        len(done),
+                        leak,
+                        *(Stat.of([b[k] for b in done]) for k in METRICS),
+                    ]
+                )
+    t.note = (
+        "Baselines (binary tasks, same splits): length = logistic regression on sequence length; homology = the "
+        "label of the best MMseqs2 hit among the training rows."
+    )
     return t
 
 
 def table_b(rows: list[RunRow]) -> Table:
-    t = Table("Table B: runtime of teacher vs student (seconds; saving = 1 - student / teacher)",
-              ["task", "train set", "teacher train s", "student train s", "train saving %",
-               "teacher inference s", "student inference s", "inference saving %"])
+    t = Table(
+        "Table B: runtime of teacher vs student (seconds; saving = 1 - student / teacher)",
+        [
+            "task",
+            "train set",
+            "teacher train s",
+            "student train s",
+            "train saving %",
+            "teacher inference s",
+            "student inference s",
+            "inference saving %",
+        ],
+    )
     for (task, data), runs in _group(rows, lambda r: (r.task, r.dataset_label)).items():
         by_role = {role: [r for r in runs if r.role == role] for role in ROLES}
         tt, st = (_mean([r.train_seconds for r in by_role[x]]) for x in ROLES)
@@ -208,33 +246,72 @@ def table_b(rows: list[RunRow]) -> Table:
 
 
 def table_c(rows: list[RunRow]) -> Table:
-    t = Table("Table C: dataset variants (full, SUB = MMseqs2 representatives, CUT = random subset with SUB's label "
-              "counts), each scored on the test set named",
-              ["task", "dataset", "variant", "model", "train rows", "test set", "leakage", "runs", "accuracy", "f1",
-               "roc_auc", "mcc"])
+    t = Table(
+        "Table C: dataset variants (full, SUB = MMseqs2 representatives, CUT = random subset with SUB's label "
+        "counts), each scored on the test set named",
+        [
+            "task",
+            "dataset",
+            "variant",
+            "model",
+            "train rows",
+            "test set",
+            "leakage",
+            "runs",
+            "accuracy",
+            "f1",
+            "roc_auc",
+            "mcc",
+        ],
+    )
     with_variants = {(r.task, r.dataset) for r in rows if r.variant != "full"}
     picked = [r for r in rows if (r.task, r.dataset) in with_variants]
     order = {"full": 0, "sub": 1, "cut": 2}
-    groups = _group(picked, lambda r: (r.task, r.dataset, order.get(r.variant, 3), r.dataset_label, _role_order(r.role), r.role))
+    groups = _group(
+        picked, lambda r: (r.task, r.dataset, order.get(r.variant, 3), r.dataset_label, _role_order(r.role), r.role)
+    )
     for (task, data, _, label, _, role), runs in groups.items():
-        variant = label[len(data):].strip() or "full"
+        variant = label[len(data) :].strip() or "full"
         tests = sorted({r.test_dataset for r in runs})
-        t.rows.append([task, data, variant, role, max(r.train_rows for r in runs), ", ".join(tests), leakage_cell(runs),
-                       len(runs), *(Stat.of([r.metrics[k] for r in runs]) for k in ("accuracy", "f1", "roc_auc", "mcc"))])
+        t.rows.append(
+            [
+                task,
+                data,
+                variant,
+                role,
+                max(r.train_rows for r in runs),
+                ", ".join(tests),
+                leakage_cell(runs),
+                len(runs),
+                *(Stat.of([r.metrics[k] for r in runs]) for k in ("accuracy", "f1", "roc_auc", "mcc")),
+            ]
+        )
     if not t.rows:
         t.note = "No SUB/CUT runs yet: make them with `minprot data reduce` and `minprot data random-subset`."
     return t
 
 
 def table_d(rows: list[RunRow]) -> Table:
-    t = Table("Table D: organisms (Swiss-Prot DNA-binding sets)",
-              ["organism", "variant", "model", "runs", "leakage", "accuracy", "f1", "roc_auc", "mcc", "train s"])
-    groups = _group([r for r in rows if r.organism],
-                    lambda r: (r.organism, r.dataset_label[len(r.dataset):].strip() or "full", _role_order(r.role), r.role))
+    t = Table(
+        "Table D: organisms (Swiss-Prot DNA-binding sets)",
+        ["organism", "variant", "model", "runs", "leakage", "accuracy", "f1", "roc_auc", "mcc", "train s"],
+    )
+    groups = _group(
+        [r for r in rows if r.organism],
+        lambda r: (r.organism, r.dataset_label[len(r.dataset) :].strip() or "full", _role_order(r.role), r.role),
+    )
     for (organism, variant, _, role), runs in groups.items():
-        t.rows.append([organism, variant, role, len(runs), leakage_cell(runs),
-                       *(Stat.of([r.metrics[k] for r in runs]) for k in ("accuracy", "f1", "roc_auc", "mcc")),
-                       _mean([r.train_seconds for r in runs])])
+        t.rows.append(
+            [
+                organism,
+                variant,
+                role,
+                len(runs),
+                leakage_cell(runs),
+                *(Stat.of([r.metrics[k] for r in runs]) for k in ("accuracy", "f1", "roc_auc", "mcc")),
+                _mean([r.train_seconds for r in runs]),
+            ]
+        )
     if not t.rows:
         t.note = "No runs on organism sets yet: build them with `minprot data swissprot --organism ...`."
     return t
@@ -245,6 +322,7 @@ def build_tables(rows: list[RunRow]) -> list[Table]:
 
 
 # --- rendering ------------------------------------------------------------------------------------------
+
 
 def _cell(value: object) -> str:
     if isinstance(value, Stat):
@@ -268,7 +346,9 @@ def to_markdown(table: Table) -> str:
     return "\n".join(lines)
 
 
-def _bar_chart(table: Table, label_cols: list[int], value_col: int, group_col: int, title: str, ylabel: str, path: Path) -> Path | None:
+def _bar_chart(
+    table: Table, label_cols: list[int], value_col: int, group_col: int, title: str, ylabel: str, path: Path
+) -> Path | None:
     """Grouped bars: x = the label columns joined, one bar per value of `group_col` (the model role)."""
     import matplotlib
 
@@ -279,7 +359,9 @@ def _bar_chart(table: Table, label_cols: list[int], value_col: int, group_col: i
     data: dict[str, dict[str, float]] = defaultdict(dict)
     for row in table.rows:
         value = row[value_col]
-        data[" / ".join(str(row[i]) for i in label_cols)][str(row[group_col])] = value.mean if isinstance(value, Stat) else value
+        data[" / ".join(str(row[i]) for i in label_cols)][str(row[group_col])] = (
+            value.mean if isinstance(value, Stat) else value
+        )
     if not data:
         return None
     groups = sorted({g for values in data.values() for g in values}, key=_role_order)
@@ -309,18 +391,45 @@ def _runtime_chart(table: Table, path: Path) -> Path | None:
 def render(tables: list[Table], out: Path, sources: list[str], run_count: int) -> list[Path]:
     a, b, c, d = tables
     charts = [
-        _bar_chart(a, [0, 1, 2], a.columns.index("mcc"), 3, "Table A: test MCC by model", "MCC", out / "table_a_mcc.png"),
-        _bar_chart(a, [0, 1, 2], a.columns.index("accuracy"), 3, "Table A: test accuracy by model", "accuracy",
-                   out / "table_a_accuracy.png"),
+        _bar_chart(
+            a, [0, 1, 2], a.columns.index("mcc"), 3, "Table A: test MCC by model", "MCC", out / "table_a_mcc.png"
+        ),
+        _bar_chart(
+            a,
+            [0, 1, 2],
+            a.columns.index("accuracy"),
+            3,
+            "Table A: test accuracy by model",
+            "accuracy",
+            out / "table_a_accuracy.png",
+        ),
         _runtime_chart(b, out / "table_b_runtime.png"),
-        _bar_chart(c, [0, 1, 2], c.columns.index("accuracy"), 3, "Table C: accuracy by dataset variant", "accuracy",
-                   out / "table_c_variants.png"),
-        _bar_chart(d, [0, 1], d.columns.index("accuracy"), 2, "Table D: accuracy by organism", "accuracy",
-                   out / "table_d_organisms.png"),
+        _bar_chart(
+            c,
+            [0, 1, 2],
+            c.columns.index("accuracy"),
+            3,
+            "Table C: accuracy by dataset variant",
+            "accuracy",
+            out / "table_c_variants.png",
+        ),
+        _bar_chart(
+            d,
+            [0, 1],
+            d.columns.index("accuracy"),
+            2,
+            "Table D: accuracy by organism",
+            "accuracy",
+            out / "table_d_organisms.png",
+        ),
     ]
     charts = [p for p in charts if p is not None]
-    body = ["# Downstream fine-tuning: teacher vs student", "",
-            f"{run_count} finished fine-tune runs from {', '.join(sources)}.", ""]
+    body = [
+        "# Downstream fine-tuning: teacher vs student",
+        "",
+        f"{run_count} finished fine-tune runs from {', '.join(sources)}.",
+        "",
+    ]
     body += [to_markdown(t) for t in tables]
     body += ["### Charts", ""] + [f"![{p.stem}]({p.name})" for p in charts] + [""]
     (out / "report.md").write_text("\n".join(body))

@@ -1,12 +1,13 @@
 """The only place plain PyTorch and DeepSpeed training differ: one optimizer step on a batch."""
+
 from __future__ import annotations
 
 from typing import Any
 
 import torch
 
-from minprot_ds.scoring.heads import task_loss
 from minprot_ds.optim import build_optimizer, warmup_linear_schedule
+from minprot_ds.scoring.heads import task_loss
 
 
 class PlainStepper:
@@ -42,11 +43,13 @@ class DeepSpeedStepper:
         import deepspeed
 
         offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
-        optimizer = build_optimizer(model, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8,
-                                    cpu_offload=offload)
+        optimizer = build_optimizer(
+            model, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8, cpu_offload=offload
+        )
         scheduler = warmup_linear_schedule(optimizer, warmup_steps=0, total_steps=total_steps)
-        self.engine, _, _, self.scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                                 lr_scheduler=scheduler, config=ds)
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds
+        )
         self.module = self.engine.module
         self.device = self.engine.device
 

@@ -3,6 +3,7 @@
 dna-binding and membrane: one label per sequence. q3: one label per residue; residue i sits at token i + 1,
 behind [CLS], and [CLS], [SEP] and padding carry -100 so the loss and the metrics ignore them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from minprot_ds.errors import UserError
 from minprot_ds.data.task_records import Q3_CLASSES
+from minprot_ds.errors import UserError
 from minprot_ds.vocab import CLS_ID, IGNORE_INDEX, INVALID, PAD_ID, SEP_ID, UNK_ID, encode
 
 
@@ -45,6 +46,7 @@ def task_spec(task: str) -> TaskSpec:
 
 
 # --- encoding and batches -------------------------------------------------------------------------------
+
 
 @dataclass
 class Encoded:
@@ -113,7 +115,9 @@ def encode_split(data, spec: TaskSpec, limit: int | None = None, seed: int = 0) 
 Piece = tuple[int, int, int]  # (row, first residue, one past the last): a protein or a window of it
 
 
-def crop_pieces(lengths: np.ndarray, rows: Sequence[int], window: int, seed: int, epoch: int, random: bool) -> list[Piece]:
+def crop_pieces(
+    lengths: np.ndarray, rows: Sequence[int], window: int, seed: int, epoch: int, random: bool
+) -> list[Piece]:
     """Training inputs: a protein longer than `window` is cut to `window` residues at an offset drawn from
     (seed, epoch, row) when `random`, else at its start (`--long truncate`)."""
     pieces = []
@@ -134,13 +138,16 @@ def collate(enc: Encoded, pieces: Sequence[Piece], spec: TaskSpec) -> dict[str, 
     token_labels = np.full((len(pieces), width), IGNORE_INDEX, dtype=np.int64)
     for r, (i, start, end) in enumerate(pieces):
         n = end - start
-        input_ids[r, 0], input_ids[r, 1:n + 1], input_ids[r, n + 1] = CLS_ID, enc.tokens[i][start:end], SEP_ID
-        mask[r, :n + 2] = 1
+        input_ids[r, 0], input_ids[r, 1 : n + 1], input_ids[r, n + 1] = CLS_ID, enc.tokens[i][start:end], SEP_ID
+        mask[r, : n + 2] = 1
         if spec.per_residue:
-            token_labels[r, 1:n + 1] = enc.labels[i][start:end]
+            token_labels[r, 1 : n + 1] = enc.labels[i][start:end]
     labels = token_labels if spec.per_residue else np.array([enc.labels[i] for i, _, _ in pieces], dtype=np.int64)
-    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask),
-            "labels": torch.from_numpy(labels)}
+    return {
+        "input_ids": torch.from_numpy(input_ids),
+        "attention_mask": torch.from_numpy(mask),
+        "labels": torch.from_numpy(labels),
+    }
 
 
 def whole(enc: Encoded, rows: Sequence[int]) -> list[Piece]:
@@ -159,8 +166,8 @@ def train_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, p
     batches: list[list[int]] = []
     step = batch_size * pool
     for start in range(0, len(order), step):
-        chunk = order[start:start + step]
+        chunk = order[start : start + step]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
-        batches.extend(chunk[i:i + batch_size].tolist() for i in range(0, len(chunk), batch_size))
+        batches.extend(chunk[i : i + batch_size].tolist() for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches

@@ -7,6 +7,7 @@ The loop is the same for teacher and student and for every task; only `tasks.Tas
 (so the result does not depend on the number of GPUs), and every rank predicts the whole test set, so
 ZeRO-3's partitioned forward stays in lockstep; rank 0 measures leakage, writes the outputs and talks to MLflow.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,16 +26,23 @@ from data_prep.tasks.overlap import Overlap, Thresholds, measure
 from minprot_ds.ds_config import read_ds_config
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import atomic_write
-from minprot_ds.models import provenance as links
 from minprot_ds.finetune.evaluate import Scored, score
-from minprot_ds.scoring.heads import TaskModel, build_task_model, save_task_model
-from minprot_ds.scoring.windows import FINETUNE_LONG_MODES, check_positions, check_window
 from minprot_ds.finetune.inputs import TaskInputs, load_inputs
-from minprot_ds.finetune.metrics import Predictions, compute_metrics, flat_metrics, json_safe, read_predictions, write_predictions
+from minprot_ds.finetune.metrics import (
+    Predictions,
+    compute_metrics,
+    flat_metrics,
+    json_safe,
+    read_predictions,
+    write_predictions,
+)
 from minprot_ds.finetune.options import FinetuneConfig
-from minprot_ds.options import launch, mlflow_params
 from minprot_ds.finetune.steppers import DeepSpeedStepper, PlainStepper
 from minprot_ds.finetune.tasks import Encoded, TaskSpec, collate, crop_pieces, encode_split, task_spec, train_batches
+from minprot_ds.models import provenance as links
+from minprot_ds.options import launch, mlflow_params
+from minprot_ds.scoring.heads import TaskModel, build_task_model, save_task_model
+from minprot_ds.scoring.windows import FINETUNE_LONG_MODES, check_positions, check_window
 from minprot_ds.tracking import Tracker, environment_params
 
 log = logging.getLogger(__name__)
@@ -83,7 +91,7 @@ class Job:
         """This rank's rows of each global batch of the epoch (batches smaller than the world are skipped)."""
         lengths = np.minimum(self.train.lengths, self.cfg.window)
         batches = train_batches(lengths, self.cfg.batch_size, self.cfg.seed, epoch)
-        return [b[self.rank::self.world] for b in batches if len(b) >= self.world]
+        return [b[self.rank :: self.world] for b in batches if len(b) >= self.world]
 
 
 def _check(cfg: FinetuneConfig) -> None:
@@ -99,9 +107,13 @@ def _check(cfg: FinetuneConfig) -> None:
 
 def _overlap(split: Encoded, train: Encoded, cfg: FinetuneConfig) -> Overlap:
     try:
-        return measure(split.sequences, train.sequences, Thresholds(cfg.near_identity, cfg.homolog_identity, cfg.coverage))
+        return measure(
+            split.sequences, train.sequences, Thresholds(cfg.near_identity, cfg.homolog_identity, cfg.coverage)
+        )
     except UserError as err:
-        raise UserError(f"{err} (the fine-tune measures test/train overlap with MMseqs2; --no-leakage skips it)") from None
+        raise UserError(
+            f"{err} (the fine-tune measures test/train overlap with MMseqs2; --no-leakage skips it)"
+        ) from None
 
 
 def load(cfg: FinetuneConfig) -> Job:
@@ -109,27 +121,47 @@ def load(cfg: FinetuneConfig) -> Job:
     _check(cfg)
     spec = task_spec(cfg.task)
     role, provenance = links.model_provenance(cfg.model, cfg.role)
-    inputs = load_inputs(cfg.task, Path(cfg.train), Path(cfg.test), None if cfg.valid is None else Path(cfg.valid),
-                         dataset_name=cfg.dataset_name, strict=cfg.strict)
+    inputs = load_inputs(
+        cfg.task,
+        Path(cfg.train),
+        Path(cfg.test),
+        None if cfg.valid is None else Path(cfg.valid),
+        dataset_name=cfg.dataset_name,
+        strict=cfg.strict,
+    )
     train = encode_split(inputs.train, spec, cfg.max_train_samples, cfg.seed)
     valid = encode_split(inputs.valid, spec, cfg.max_eval_samples, cfg.seed) if inputs.valid is not None else None
     test = encode_split(inputs.test, spec, cfg.max_eval_samples, cfg.seed)
 
     torch.manual_seed(cfg.seed)  # dropout; the head's initial weights come from the seed alone (heads.init_head)
-    model = build_task_model(cfg.model, task=spec.name, classes=spec.classes, per_residue=spec.per_residue,
-                             seed=cfg.seed, pooling=cfg.pooling, window=cfg.window, stride=cfg.stride,
-                             provenance=provenance)
+    model = build_task_model(
+        cfg.model,
+        task=spec.name,
+        classes=spec.classes,
+        per_residue=spec.per_residue,
+        seed=cfg.seed,
+        pooling=cfg.pooling,
+        window=cfg.window,
+        stride=cfg.stride,
+        provenance=provenance,
+    )
     check_positions(cfg.window, model.encoder.config.max_position_embeddings, "--model")
     rank, world, ds = 0, 1, None
     if cfg.deepspeed is not None:
         from minprot_ds.distributed import init_distributed
 
-        ds = read_ds_config(cfg.deepspeed, flag="--deepspeed", micro_batch=cfg.batch_size,
-                            owner="the fine-tune job's --lr and --weight-decay own the optimizer and its linear schedule")
+        ds = read_ds_config(
+            cfg.deepspeed,
+            flag="--deepspeed",
+            micro_batch=cfg.batch_size,
+            owner="the fine-tune job's --lr and --weight-decay own the optimizer and its linear schedule",
+        )
         rank, world = init_distributed()
         if cfg.batch_size % world:
-            raise UserError(f"--batch-size {cfg.batch_size} is the global batch and must split evenly over the "
-                            f"{world} ranks; pass a multiple of {world}")
+            raise UserError(
+                f"--batch-size {cfg.batch_size} is the global batch and must split evenly over the "
+                f"{world} ranks; pass a multiple of {world}"
+            )
         ds["train_micro_batch_size_per_gpu"] = cfg.batch_size // world
     test_overlap = valid_overlap = None
     if rank == 0 and cfg.leakage:
@@ -141,17 +173,41 @@ def load(cfg: FinetuneConfig) -> Job:
     total = steps_per_epoch * cfg.epochs
     if ds is None:
         stepper: PlainStepper | DeepSpeedStepper = PlainStepper(
-            model, lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=total, grad_clip=cfg.grad_clip)
+            model, lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=total, grad_clip=cfg.grad_clip
+        )
     else:
         stepper = DeepSpeedStepper(model, ds, lr=cfg.lr, weight_decay=cfg.weight_decay, total_steps=total)
-    return Job(cfg, spec, role, provenance, inputs, train, valid, test, model, stepper, rank, world, steps_per_epoch,
-               test_overlap, valid_overlap)
+    return Job(
+        cfg,
+        spec,
+        role,
+        provenance,
+        inputs,
+        train,
+        valid,
+        test,
+        model,
+        stepper,
+        rank,
+        world,
+        steps_per_epoch,
+        test_overlap,
+        valid_overlap,
+    )
 
 
 def _score(job: Job, enc: Encoded) -> Scored:
     cfg = job.cfg
-    return score(job.stepper.module, enc, job.spec, batch_size=cfg.batch_size * 2, device=job.stepper.device,
-                 window=cfg.window, stride=cfg.stride, long=cfg.long)
+    return score(
+        job.stepper.module,
+        enc,
+        job.spec,
+        batch_size=cfg.batch_size * 2,
+        device=job.stepper.device,
+        window=cfg.window,
+        stride=cfg.stride,
+        long=cfg.long,
+    )
 
 
 def train(job: Job, tracker: Tracker, say: Callable[[str], None]) -> tuple[list[dict], float, int]:
@@ -172,26 +228,39 @@ def train(job: Job, tracker: Tracker, say: Callable[[str], None]) -> tuple[list[
         epoch_log = {"train/epoch_loss": float(np.mean(losses))}
         if job.valid is not None:
             scored = _score(job, job.valid)
-            epoch_log |= flat_metrics(compute_metrics(scored.predictions, job.spec), "valid") | {"valid/loss": scored.loss}
+            epoch_log |= flat_metrics(compute_metrics(scored.predictions, job.spec), "valid") | {
+                "valid/loss": scored.loss
+            }
         tracker.log_metrics(epoch_log, step)
         history.append({"epoch": epoch + 1, "step": step, **epoch_log})
-        say(f"epoch {epoch + 1}/{cfg.epochs}: train loss {epoch_log['train/epoch_loss']:.4f}"
-            + (f", valid accuracy {epoch_log['valid/accuracy']:.4f}" if job.valid is not None else ""))
+        say(
+            f"epoch {epoch + 1}/{cfg.epochs}: train loss {epoch_log['train/epoch_loss']:.4f}"
+            + (f", valid accuracy {epoch_log['valid/accuracy']:.4f}" if job.valid is not None else "")
+        )
     return history, seconds, seen * job.world
 
 
 def _subset(pred: Predictions, keep: np.ndarray) -> Predictions:
-    return Predictions([pred.ids[i] for i in np.nonzero(keep)[0]], pred.labels[keep], pred.probs[keep],
-                       pred.predicted[keep], None if pred.positions is None else pred.positions[keep],
-                       None if pred.residues is None else [pred.residues[i] for i in np.nonzero(keep)[0]])
+    return Predictions(
+        [pred.ids[i] for i in np.nonzero(keep)[0]],
+        pred.labels[keep],
+        pred.probs[keep],
+        pred.predicted[keep],
+        None if pred.positions is None else pred.positions[keep],
+        None if pred.residues is None else [pred.residues[i] for i in np.nonzero(keep)[0]],
+    )
 
 
 def leakage_summary(job: Job) -> dict[str, Any] | None:
     if job.test_overlap is None:
         return None
     passing = job.test_overlap.rows_passing(job.cfg.test_filter)
-    return {"test": job.test_overlap.summary(), "valid": job.valid_overlap.summary() if job.valid_overlap else None,
-            "test_filter": job.cfg.test_filter, "test_rows_passing": len(passing)}
+    return {
+        "test": job.test_overlap.summary(),
+        "valid": job.valid_overlap.summary() if job.valid_overlap else None,
+        "test_filter": job.cfg.test_filter,
+        "test_rows_passing": len(passing),
+    }
 
 
 def write_leakage(job: Job, path: Path) -> Path:
@@ -204,8 +273,16 @@ def write_leakage(job: Job, path: Path) -> Path:
         out = csv.writer(handle, delimiter="\t", lineterminator="\n")
         out.writerow(["id", "class", "closest_train_id", "identity", "query_coverage", "kept"])
         for i, (rid, cls, hit) in enumerate(zip(job.test.ids, overlap.classes, overlap.best)):
-            out.writerow([rid, cls, train_ids[hit.target] if hit else "", f"{hit.identity:.3f}" if hit else "",
-                          f"{hit.query_coverage:.3f}" if hit else "", int(i in kept)])
+            out.writerow(
+                [
+                    rid,
+                    cls,
+                    train_ids[hit.target] if hit else "",
+                    f"{hit.identity:.3f}" if hit else "",
+                    f"{hit.query_coverage:.3f}" if hit else "",
+                    int(i in kept),
+                ]
+            )
     return path
 
 
@@ -216,10 +293,15 @@ def baselines(job: Job) -> dict[str, dict] | None:
     if job.spec.per_residue or job.spec.num_labels != 2:
         return None
     train_y, test_y = np.asarray(job.train.labels), np.asarray(job.test.labels)
-    found = {"length": compute_metrics(length_only(job.train.lengths, train_y, job.test.ids, job.test.lengths, test_y),
-                                       job.spec)}
+    found = {
+        "length": compute_metrics(
+            length_only(job.train.lengths, train_y, job.test.ids, job.test.lengths, test_y), job.spec
+        )
+    }
     if job.test_overlap is not None:
-        found["homology"] = compute_metrics(homology_transfer(job.test_overlap, train_y, job.test.ids, test_y), job.spec)
+        found["homology"] = compute_metrics(
+            homology_transfer(job.test_overlap, train_y, job.test.ids, test_y), job.spec
+        )
     return found
 
 
@@ -241,27 +323,46 @@ def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> Fi
 
     results = []
     for seed in parse_seeds(cfg.seeds):
-        one = dataclasses.replace(cfg, seed=seed, seeds=None, out=Path(cfg.out) / f"seed-{seed}",
-                                  run_name=f"{cfg.run_name}-seed{seed}" if cfg.run_name else None)
+        one = dataclasses.replace(
+            cfg,
+            seed=seed,
+            seeds=None,
+            out=Path(cfg.out) / f"seed-{seed}",
+            run_name=f"{cfg.run_name}-seed{seed}" if cfg.run_name else None,
+        )
         results.append(run_one(one, echo=echo))
     if not results[0].metrics:  # ranks other than 0
         return results[-1]
-    summary = {"seeds": [r.metrics["seed"] for r in results], "runs": [str(r.out) for r in results],
-               "mlflow_run_ids": [r.mlflow_run_id for r in results], "test": {}}
+    summary = {
+        "seeds": [r.metrics["seed"] for r in results],
+        "runs": [str(r.out) for r in results],
+        "mlflow_run_ids": [r.mlflow_run_id for r in results],
+        "test": {},
+    }
     for key, value in results[0].metrics["test"].items():
         if isinstance(value, (int, float)):
             values = np.array([r.metrics["test"][key] for r in results], dtype=np.float64)
-            summary["test"][key] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1))
-                                    if len(values) > 1 else 0.0}
+            summary["test"][key] = {
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            }
     atomic_write(Path(cfg.out) / "seeds.json", json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
-    (echo or log.info)("over seeds " + cfg.seeds + ": " + ", ".join(
-        f"{k} {summary['test'][k]['mean']:.4f} ± {summary['test'][k]['std']:.4f}"
-        for k in ("accuracy", "mcc") if k in summary["test"]))
+    (echo or log.info)(
+        "over seeds "
+        + cfg.seeds
+        + ": "
+        + ", ".join(
+            f"{k} {summary['test'][k]['mean']:.4f} ± {summary['test'][k]['std']:.4f}"
+            for k in ("accuracy", "mcc")
+            if k in summary["test"]
+        )
+    )
     return results[-1]
 
 
-def write(job: Job, tracker: Tracker, scored: Scored, out: Path, trained: dict[str, Any],
-          say: Callable[[str], None]) -> dict[str, Any]:
+def write(
+    job: Job, tracker: Tracker, scored: Scored, out: Path, trained: dict[str, Any], say: Callable[[str], None]
+) -> dict[str, Any]:
     """Rank 0: predictions.tsv, leakage.tsv and metrics.json (full and filtered test set, baselines, coverage,
     runtime), logged to MLflow; returns the metrics."""
     cfg, spec, test, valid, inputs = job.cfg, job.spec, job.test, job.valid, job.inputs
@@ -275,8 +376,11 @@ def write(job: Job, tracker: Tracker, scored: Scored, out: Path, trained: dict[s
     if job.test_overlap is not None and cfg.test_filter != "none":
         kept = np.zeros(len(test), dtype=bool)
         kept[job.test_overlap.rows_passing(cfg.test_filter)] = True
-        filtered = {"filter": cfg.test_filter, "rows": int(kept.sum()),
-                    **compute_metrics(_subset(written, kept[scored.row_of]), spec)}
+        filtered = {
+            "filter": cfg.test_filter,
+            "rows": int(kept.sum()),
+            **compute_metrics(_subset(written, kept[scored.row_of]), spec),
+        }
     if job.test_overlap is not None:
         write_leakage(job, out / LEAKAGE_FILE)
     found = baselines(job)
@@ -289,14 +393,27 @@ def write(job: Job, tracker: Tracker, scored: Scored, out: Path, trained: dict[s
         "inference_residues_per_second": residues / infer_seconds if infer_seconds else math.nan,
     }
     metrics = {
-        "task": spec.name, "classes": list(spec.classes), "model": str(cfg.model), "model_role": job.role,
-        "dataset": asdict(inputs.dataset), "test_dataset": asdict(inputs.test_dataset),
-        "mlflow_run_id": tracker.run_id, "distill_run_id": job.provenance.get("mlflow_run_id"),
-        "seed": cfg.seed, "pooling": cfg.pooling,
-        "test": test_metrics, "test_filtered": filtered, "leakage": leakage_summary(job), "coverage": scored.coverage,
+        "task": spec.name,
+        "classes": list(spec.classes),
+        "model": str(cfg.model),
+        "model_role": job.role,
+        "dataset": asdict(inputs.dataset),
+        "test_dataset": asdict(inputs.test_dataset),
+        "mlflow_run_id": tracker.run_id,
+        "distill_run_id": job.provenance.get("mlflow_run_id"),
+        "seed": cfg.seed,
+        "pooling": cfg.pooling,
+        "test": test_metrics,
+        "test_filtered": filtered,
+        "leakage": leakage_summary(job),
+        "coverage": scored.coverage,
         "baselines": found,
-        "valid": history[-1] if valid is not None else None, "history": history,
-        "runtime": runtime, "world_size": job.world, "global_batch": cfg.batch_size, "device": str(job.stepper.device),
+        "valid": history[-1] if valid is not None else None,
+        "history": history,
+        "runtime": runtime,
+        "world_size": job.world,
+        "global_batch": cfg.batch_size,
+        "device": str(job.stepper.device),
         "rows": {"train": len(job.train), "valid": len(valid) if valid else 0, "test": len(test)},
     }
     atomic_write(out / METRICS_FILE, json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
@@ -311,9 +428,12 @@ def write(job: Job, tracker: Tracker, scored: Scored, out: Path, trained: dict[s
         if artifact.is_file():
             tracker.log_artifact(artifact)
     cov = scored.coverage
-    say("test: " + ", ".join(f"{k} {test_metrics[k]:.4f}" for k in ("accuracy", "f1", "roc_auc", "mcc"))
+    say(
+        "test: "
+        + ", ".join(f"{k} {test_metrics[k]:.4f}" for k in ("accuracy", "f1", "roc_auc", "mcc"))
         + f"; {cov['residues_scored']} of {cov['residues']} residues scored ({cfg.long})"
-        + f"; train {train_seconds:.1f} s, inference {infer_seconds:.2f} s; outputs in {out}")
+        + f"; train {train_seconds:.1f} s, inference {infer_seconds:.2f} s; outputs in {out}"
+    )
     return metrics
 
 
@@ -329,16 +449,26 @@ def run_one(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -
     if rank == 0 and cfg.tracking:
         links.ensure_experiment(cfg.tracking_uri, cfg.experiment)
     tags = {
-        links.TAG_TASK: spec.name, links.TAG_DATASET: inputs.dataset.name, links.TAG_ROLE: job.role,
-        "minprot.dataset_variant": inputs.dataset.variant, "minprot.dataset_label": inputs.dataset.label,
-        "minprot.organism": inputs.dataset.organism, "minprot.test_dataset": inputs.test_dataset.label,
-        "minprot.model": str(cfg.model), "minprot.job": "finetune", **link_tags,
+        links.TAG_TASK: spec.name,
+        links.TAG_DATASET: inputs.dataset.name,
+        links.TAG_ROLE: job.role,
+        "minprot.dataset_variant": inputs.dataset.variant,
+        "minprot.dataset_label": inputs.dataset.label,
+        "minprot.organism": inputs.dataset.organism,
+        "minprot.test_dataset": inputs.test_dataset.label,
+        "minprot.model": str(cfg.model),
+        "minprot.job": "finetune",
+        **link_tags,
     }
     tags = {k: v for k, v in tags.items() if v}
     tracker = Tracker.start(
-        tracking_uri=cfg.tracking_uri, run_dir=out, experiment=cfg.experiment,
+        tracking_uri=cfg.tracking_uri,
+        run_dir=out,
+        experiment=cfg.experiment,
         run_name=cfg.run_name or f"{spec.name}-{inputs.dataset.label}-{job.role}".replace(" ", "-"),
-        resume_run_id=None, enabled=cfg.tracking and rank == 0, system_metrics=cfg.system_metrics,
+        resume_run_id=None,
+        enabled=cfg.tracking and rank == 0,
+        system_metrics=cfg.system_metrics,
     )
     with tracker:
         tracker.set_tags(tags)
@@ -346,11 +476,17 @@ def run_one(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -
         layers = model.encoder.config.num_hidden_layers
         params = {
             **mlflow_params(cfg),
-            "model_role": job.role, "world_size": world, "device": str(job.stepper.device),
-            "model.layers": layers, "model.hidden_size": model.info.hidden_size,
+            "model_role": job.role,
+            "world_size": world,
+            "device": str(job.stepper.device),
+            "model.layers": layers,
+            "model.hidden_size": model.info.hidden_size,
             "model.parameters": sum(p.numel() for p in model.parameters()),
-            "rows.train": len(train_set), "rows.valid": len(valid) if valid else 0, "rows.test": len(test),
-            "rows.longer_than_window": train_set.longer_than(cfg.window) + test.longer_than(cfg.window)
+            "rows.train": len(train_set),
+            "rows.valid": len(valid) if valid else 0,
+            "rows.test": len(test),
+            "rows.longer_than_window": train_set.longer_than(cfg.window)
+            + test.longer_than(cfg.window)
             + (valid.longer_than(cfg.window) if valid else 0),
             **environment_params(),
         }
@@ -358,11 +494,15 @@ def run_one(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -
         leakage = leakage_summary(job)
         if leakage is not None:
             t = leakage["test"]
-            say(f"leakage: of {t['query_sequences']} test sequences, {t['exact']} occur verbatim in the training rows, "
-                f"{t['near_identical']} are near-identical and {t['homologs']} homologous to one")
+            say(
+                f"leakage: of {t['query_sequences']} test sequences, {t['exact']} occur verbatim in the training rows, "
+                f"{t['near_identical']} are near-identical and {t['homologs']} homologous to one"
+            )
             tracker.log_metrics({f"leakage/test_{k}": t[k] for k in ("exact", "near_identical", "homologs")}, 0)
-        say(f"fine-tuning {job.role} {cfg.model} ({layers} layers) on {spec.name}: {len(train_set)} train / "
-            f"{len(valid) if valid else 0} valid / {len(test)} test rows, {job.total_steps} steps")
+        say(
+            f"fine-tuning {job.role} {cfg.model} ({layers} layers) on {spec.name}: {len(train_set)} train / "
+            f"{len(valid) if valid else 0} valid / {len(test)} test rows, {job.total_steps} steps"
+        )
 
         history, train_seconds, train_rows = train(job, tracker, say)
         started = time.perf_counter()
@@ -373,8 +513,19 @@ def run_one(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -
         if rank != 0:
             return FinetuneResult(out, {}, None, None)
 
-        metrics = write(job, tracker, scored, out, {"history": history, "train_seconds": train_seconds,
-                                                    "train_rows": train_rows, "inference_seconds": infer_seconds}, say)
+        metrics = write(
+            job,
+            tracker,
+            scored,
+            out,
+            {
+                "history": history,
+                "train_seconds": train_seconds,
+                "train_rows": train_rows,
+                "inference_seconds": infer_seconds,
+            },
+            say,
+        )
         return FinetuneResult(out, metrics, tracker.run_id, model_dir, tags)
 
 
@@ -388,5 +539,9 @@ def start(cfg: FinetuneConfig, echo: Callable[..., None] = print) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """launch/finetune.py: every rank parses the same options (FinetuneConfig) and runs the job."""
-    return launch({"finetune": (FinetuneConfig, start)}, argv=argv, description="Fine-tune a ProtBert-format model "
-                  "(teacher or student) on a downstream task. Every rank runs this script.")
+    return launch(
+        {"finetune": (FinetuneConfig, start)},
+        argv=argv,
+        description="Fine-tune a ProtBert-format model "
+        "(teacher or student) on a downstream task. Every rank runs this script.",
+    )

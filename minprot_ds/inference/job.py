@@ -5,6 +5,7 @@ Several ranks (`deepspeed --num_gpus N launch/predict.py`) or machines (`--shard
 N-th chunk of the input; the output is assembled from the chunk files in input order, so it is the same
 whatever the number of ranks, shards or restarts that produced it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,16 +24,22 @@ from minprot_ds import __version__
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import atomic_write, write_json
 from minprot_ds.inference import records
-from minprot_ds.scoring import forward, heads, models
-from minprot_ds.inference.options import (DEFAULT_CHUNK, DEFAULT_CHUNK_PER_RESIDUE, EmbedOptions, InferenceOptions,
-                                         PredictOptions)
-from minprot_ds.scoring.windows import DEFAULT_STRIDE, DEFAULT_WINDOW, check_positions
+from minprot_ds.inference.options import (
+    DEFAULT_CHUNK,
+    DEFAULT_CHUNK_PER_RESIDUE,
+    EmbedOptions,
+    InferenceOptions,
+    PredictOptions,
+)
 from minprot_ds.inference.parts import FORMAT, Chunk, Parts, check_same, parts_dir
 from minprot_ds.inference.progress import InferenceProgress
-from minprot_ds.options import launch
 from minprot_ds.inference.writers import EMBED, PREDICT_PROTEIN, PREDICT_RESIDUE, Row, check_suffix, open_writer
+from minprot_ds.options import launch
+from minprot_ds.scoring import forward, heads, models
+from minprot_ds.scoring.windows import DEFAULT_STRIDE, DEFAULT_WINDOW, check_positions
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class JobResult:
@@ -103,8 +110,10 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
         check_suffix(out, EMBED, "embed")
     rank, world = _distributed()
     if world > 1 and shards > 1:
-        raise UserError("--shard splits work between separate machines; under the deepspeed launcher the ranks "
-                        "already split it: use one or the other")
+        raise UserError(
+            "--shard splits work between separate machines; under the deepspeed launcher the ranks "
+            "already split it: use one or the other"
+        )
     slot, slots = (shard_i, shards) if shards > 1 else (rank, world)
     device = models.pick_device(int(os.environ.get("LOCAL_RANK", "0")))
     precision = models.pick_precision(cfg.precision, device)
@@ -120,12 +129,21 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
     else:
         task_model, task_info = models.load_task(model_dir, dtype, device)
         scorer = models.TaskScorer(task_model, task_info.per_residue)
-        check_suffix(out, PREDICT_RESIDUE if task_info.per_residue else PREDICT_PROTEIN, f"predict for {task_info.task}")
+        check_suffix(
+            out, PREDICT_RESIDUE if task_info.per_residue else PREDICT_PROTEIN, f"predict for {task_info.task}"
+        )
         threshold = cfg.threshold if cfg.threshold is not None else task_info.threshold
-        info = {"task": task_info.task, "classes": task_info.classes, "per_residue": task_info.per_residue,
-                "threshold": threshold, "finetune": {"source_model": task_info.source_model,
-                                                     "provenance": task_info.provenance,
-                                                     "mlflow_run_id": task_info.mlflow_run_id}}
+        info = {
+            "task": task_info.task,
+            "classes": task_info.classes,
+            "per_residue": task_info.per_residue,
+            "threshold": threshold,
+            "finetune": {
+                "source_model": task_info.source_model,
+                "provenance": task_info.provenance,
+                "mlflow_run_id": task_info.mlflow_run_id,
+            },
+        }
         window, stride = cfg.window or task_info.window, cfg.stride or task_info.stride
         finetune_run = task_info.mlflow_run_id
     settings = forward.WindowSettings(window, stride, cfg.long)
@@ -138,14 +156,26 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
     index = records.index_input(fasta, cfg.dedupe_ids)
     chunks = max(1, -(-index.records // cfg.chunk_records))
     manifest = {
-        "format": FORMAT, "command": cfg.command, "minprot_version": __version__,
+        "format": FORMAT,
+        "command": cfg.command,
+        "minprot_version": __version__,
         "model": {"path": str(model_dir), "sha256": models.model_fingerprint(model_dir)},
         "input": {"path": str(fasta), "sha256": index.fingerprint, "records": index.records},
-        "settings": {"window": window, "stride": stride, "long": cfg.long, "precision": precision,
-                     "chunk_records": cfg.chunk_records, "dedupe_ids": cfg.dedupe_ids,
-                     **({"pool": cfg.pooling, "layers": list(layers), "per_residue": cfg.per_residue,
-                         "half": cfg.half} if cfg.command == "embed" else {})},
-        "info": info, "chunks": chunks,
+        "settings": {
+            "window": window,
+            "stride": stride,
+            "long": cfg.long,
+            "precision": precision,
+            "chunk_records": cfg.chunk_records,
+            "dedupe_ids": cfg.dedupe_ids,
+            **(
+                {"pool": cfg.pooling, "layers": list(layers), "per_residue": cfg.per_residue, "half": cfg.half}
+                if cfg.command == "embed"
+                else {}
+            ),
+        },
+        "info": info,
+        "chunks": chunks,
     }
     parts = Parts(parts_dir(out))
     done_before = parts.open(manifest)
@@ -153,10 +183,13 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
     mine = [k for k in range(chunks) if k % slots == slot and not parts.has(k)]
     if rank == 0:
         dup = int((index.status == records.DUPLICATE).sum())
-        say(f"{cfg.command}: {index.records} records ({index.residues:,} residues to compute, {dup} duplicate "
+        say(
+            f"{cfg.command}: {index.records} records ({index.residues:,} residues to compute, {dup} duplicate "
             f"sequences computed once, {sum(index.failures.values())} refused), {chunks} chunks"
             + (f", {done_before} already done (resuming)" if done_before else "")
-            + (f"; shard {shard_i}/{shards}" if shards > 1 else "") + (f"; {world} ranks" if world > 1 else ""))
+            + (f"; shard {shard_i}/{shards}" if shards > 1 else "")
+            + (f"; {world} ranks" if world > 1 else "")
+        )
 
     tracker = _tracker(cfg, out, rank, finetune_run, manifest)
     started = time.perf_counter()
@@ -164,15 +197,22 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
         n_prot, n_res = _compute(cfg, scorer, settings, index, parts, set(mine), device, rank, world)
         seconds = time.perf_counter() - started
         _barrier()
-        speed = {"proteins_per_s": n_prot / seconds if seconds else 0.0, "residues_per_s": n_res / seconds if seconds else 0.0,
-                 "seconds": seconds, "proteins_computed": n_prot, "residues_computed": n_res}
+        speed = {
+            "proteins_per_s": n_prot / seconds if seconds else 0.0,
+            "residues_per_s": n_res / seconds if seconds else 0.0,
+            "seconds": seconds,
+            "proteins_computed": n_prot,
+            "residues_computed": n_res,
+        }
         if rank != 0:
             return JobResult(None, {}, len(mine))
         if shards > 1:
             missing = [k for k in range(chunks) if not parts.has(k)]
             if missing:
-                say(f"shard {shard_i}/{shards} done ({len(mine)} chunks); {len(missing)} chunks belong to other "
-                    f"shards: once all have run, `minprot merge --out {out} PARTS...` writes {out}")
+                say(
+                    f"shard {shard_i}/{shards} done ({len(mine)} chunks); {len(missing)} chunks belong to other "
+                    f"shards: once all have run, `minprot merge --out {out} PARTS...` writes {out}"
+                )
                 return JobResult(None, {"speed": speed}, len(mine))
         summary = finalize([parts.folder], out, echo=say, speed=speed)
         tracker.log_metrics({f"perf/{k}": v for k, v in speed.items()} | _count_metrics(summary), 0)
@@ -188,51 +228,88 @@ def start(opts: InferenceOptions, echo: Callable[..., None] = print) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """launch/predict.py: every rank parses the same options; without a command, predict."""
-    return launch({"predict": (PredictOptions, start), "embed": (EmbedOptions, start)}, argv=argv, default="predict",
-                  description="Predict or embed a whole FASTA; every rank computes its share of the chunks, rank 0 "
-                              "writes the output.")
+    return launch(
+        {"predict": (PredictOptions, start), "embed": (EmbedOptions, start)},
+        argv=argv,
+        default="predict",
+        description="Predict or embed a whole FASTA; every rank computes its share of the chunks, rank 0 "
+        "writes the output.",
+    )
 
 
 def _tracker(cfg: InferenceOptions, out: Path, rank: int, finetune_run: str | None, manifest: dict[str, Any]):
     from minprot_ds.models import provenance as links
     from minprot_ds.tracking import Tracker, environment_params
 
-    tracker = Tracker.start(tracking_uri=cfg.tracking_uri, run_dir=Path(out).parent, experiment=cfg.experiment,
-                            run_name=f"{cfg.command}-{Path(out).stem}", resume_run_id=None,
-                            enabled=cfg.mlflow and rank == 0, system_metrics=False)
+    tracker = Tracker.start(
+        tracking_uri=cfg.tracking_uri,
+        run_dir=Path(out).parent,
+        experiment=cfg.experiment,
+        run_name=f"{cfg.command}-{Path(out).stem}",
+        resume_run_id=None,
+        enabled=cfg.mlflow and rank == 0,
+        system_metrics=False,
+    )
     if tracker.enabled:
         tags = {"minprot.job": cfg.command, "minprot.model": str(cfg.model), "minprot.input": str(cfg.fasta)}
         if "task" in manifest["info"]:
             tags["minprot.task"] = manifest["info"]["task"]
         if finetune_run:
             tags |= {"minprot.finetune_run_id": finetune_run}
-            tags |= {k: v for k, v in links.link_tags({"mlflow_run_id": finetune_run}, cfg.tracking_uri).items()
-                     if k == links.TAG_PARENT}
+            tags |= {
+                k: v
+                for k, v in links.link_tags({"mlflow_run_id": finetune_run}, cfg.tracking_uri).items()
+                if k == links.TAG_PARENT
+            }
         tracker.set_tags(tags)
-        tracker.log_params({"model_sha256": manifest["model"]["sha256"], "input_sha256": manifest["input"]["sha256"],
-                            "records": manifest["input"]["records"], "max_tokens": cfg.max_tokens, "out": str(out),
-                            **manifest["settings"], **environment_params()})
+        tracker.log_params(
+            {
+                "model_sha256": manifest["model"]["sha256"],
+                "input_sha256": manifest["input"]["sha256"],
+                "records": manifest["input"]["records"],
+                "max_tokens": cfg.max_tokens,
+                "out": str(out),
+                **manifest["settings"],
+                **environment_params(),
+            }
+        )
     return tracker
 
 
 def _count_metrics(summary: dict[str, Any]) -> dict[str, float]:
     c = summary["counts"]
-    return {"records": c["records"], "written": c["written"], "duplicates": c["duplicates"],
-            "failures": sum(c["failures"].values()), "truncated": c["truncated"], "windowed": c["windowed"]}
+    return {
+        "records": c["records"],
+        "written": c["written"],
+        "duplicates": c["duplicates"],
+        "failures": sum(c["failures"].values()),
+        "truncated": c["truncated"],
+        "windowed": c["windowed"],
+    }
 
 
-def _compute(cfg: InferenceOptions, scorer: forward.Scorer, settings: forward.WindowSettings, index: records.InputIndex,
-             parts: Parts, mine: set[int], device: torch.device, rank: int, world: int) -> tuple[int, int]:
+def _compute(
+    cfg: InferenceOptions,
+    scorer: forward.Scorer,
+    settings: forward.WindowSettings,
+    index: records.InputIndex,
+    parts: Parts,
+    mine: set[int],
+    device: torch.device,
+    rank: int,
+    world: int,
+) -> tuple[int, int]:
     """Compute and write this rank's missing chunks; returns (proteins, residues) computed."""
     todo = np.zeros(index.records, dtype=bool)
     for k in mine:
-        todo[k * cfg.chunk_records:(k + 1) * cfg.chunk_records] = True
+        todo[k * cfg.chunk_records : (k + 1) * cfg.chunk_records] = True
     ok = todo & (index.status == records.OK)
     total_prot, total_res = int(ok.sum()), int(index.lengths[ok].sum())
     if not mine:
         return 0, 0
     done = [0, 0]
     with InferenceProgress(total_prot, total_res, enabled=cfg.progress and rank == 0, label=cfg.command) as bar:
+
         def on_batch(proteins: int, residues: int) -> None:
             done[0] += proteins
             done[1] += residues
@@ -254,8 +331,17 @@ def _compute(cfg: InferenceOptions, scorer: forward.Scorer, settings: forward.Wi
     return done[0], done[1]
 
 
-def _write_chunk(k: int, recs: list[records.Record], scorer: forward.Scorer, settings: forward.WindowSettings,
-                 cfg: InferenceOptions, index: records.InputIndex, parts: Parts, device: torch.device, on_batch) -> None:
+def _write_chunk(
+    k: int,
+    recs: list[records.Record],
+    scorer: forward.Scorer,
+    settings: forward.WindowSettings,
+    cfg: InferenceOptions,
+    index: records.InputIndex,
+    parts: Parts,
+    device: torch.device,
+    on_batch,
+) -> None:
     proteins = {r.index: r.sequence for r in recs if index.status[r.index] == records.OK}
     scored = forward.score(scorer, proteins, settings, cfg.max_tokens, device, on_batch)
     status = index.status[[r.index for r in recs]].copy()
@@ -269,18 +355,34 @@ def _write_chunk(k: int, recs: list[records.Record], scorer: forward.Scorer, set
         failures.append(reason)
         windows.append(scored.windows.get(r.index, 0))
         truncated.append(r.index in scored.truncated)
-    parts.write(k, Chunk(
-        index=np.asarray([r.index for r in recs], dtype=np.int64), ids=[r.id for r in recs],
-        descriptions=[r.description for r in recs], sequences=[r.sequence for r in recs], status=status,
-        canonical=index.canonical[[r.index for r in recs]], failures=failures,
-        windows=np.asarray(windows, dtype=np.int32), truncated=np.asarray(truncated, dtype=bool), values=values,
-    ))
+    parts.write(
+        k,
+        Chunk(
+            index=np.asarray([r.index for r in recs], dtype=np.int64),
+            ids=[r.id for r in recs],
+            descriptions=[r.description for r in recs],
+            sequences=[r.sequence for r in recs],
+            status=status,
+            canonical=index.canonical[[r.index for r in recs]],
+            failures=failures,
+            windows=np.asarray(windows, dtype=np.int32),
+            truncated=np.asarray(truncated, dtype=bool),
+            values=values,
+        ),
+    )
 
 
 # --- assembling the output --------------------------------------------------------------------------------
 
-def finalize(folders: list[Path], out: Path, *, echo: Callable[[str], None] | None = None,
-             speed: dict[str, Any] | None = None, threshold: float | None = None) -> dict[str, Any]:
+
+def finalize(
+    folders: list[Path],
+    out: Path,
+    *,
+    echo: Callable[[str], None] | None = None,
+    speed: dict[str, Any] | None = None,
+    threshold: float | None = None,
+) -> dict[str, Any]:
     """Write OUT (atomically), OUT.failures.tsv and the summary from the chunk files in `folders`."""
     say = echo or log.info
     all_parts = [Parts(f) for f in folders]
@@ -288,8 +390,10 @@ def finalize(folders: list[Path], out: Path, *, echo: Callable[[str], None] | No
     for p in all_parts:
         m = p.read_manifest()
         if m is None:
-            raise UserError(f"{p.folder} holds no manifest.json: it is not the parts folder of a predict/embed run "
-                            "(they are named OUT.parts)")
+            raise UserError(
+                f"{p.folder} holds no manifest.json: it is not the parts folder of a predict/embed run "
+                "(they are named OUT.parts)"
+            )
         manifests.append(m)
     manifest = manifests[0]
     for p, m in zip(all_parts[1:], manifests[1:]):
@@ -302,9 +406,11 @@ def finalize(folders: list[Path], out: Path, *, echo: Callable[[str], None] | No
     missing = [k for k in range(manifest["chunks"]) if k not in where]
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
-        raise UserError(f"{len(missing)} of {manifest['chunks']} chunks are missing ({shown}) from "
-                        f"{', '.join(str(p.folder) for p in all_parts)}; run the missing shards (or rerun the "
-                        "command to resume), then merge again")
+        raise UserError(
+            f"{len(missing)} of {manifest['chunks']} chunks are missing ({shown}) from "
+            f"{', '.join(str(p.folder) for p in all_parts)}; run the missing shards (or rerun the "
+            "command to resume), then merge again"
+        )
     info = dict(manifest["info"])
     if threshold is not None:
         info["threshold"] = threshold
@@ -316,8 +422,14 @@ def finalize(folders: list[Path], out: Path, *, echo: Callable[[str], None] | No
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
-    meta = {"minprot_version": manifest["minprot_version"], "command": manifest["command"], "model": manifest["model"],
-            "input": manifest["input"], "settings": manifest["settings"], "info": info}
+    meta = {
+        "minprot_version": manifest["minprot_version"],
+        "command": manifest["command"],
+        "model": manifest["model"],
+        "input": manifest["input"],
+        "settings": manifest["settings"],
+        "info": info,
+    }
     writer = open_writer(manifest["command"], tmp, meta, info)
     cache: dict[int, tuple[np.ndarray, int]] = {}
     counts = Counter()
@@ -354,19 +466,30 @@ def finalize(folders: list[Path], out: Path, *, echo: Callable[[str], None] | No
         writer.close()
     os.replace(tmp, out)
     atomic_write(failures_path(out), "\n".join(fail_lines) + "\n")
-    summary = {**meta, "output": str(out), "failures_file": str(failures_path(out)),
-               "counts": {"records": counts["records"], "written": counts["written"], "computed": counts["computed"],
-                          "duplicates": counts["duplicates"], "truncated": counts["truncated"],
-                          "windowed": counts["windowed"], "failures": dict(failure_reasons)},
-               **({"speed": speed} if speed else {})}
+    summary = {
+        **meta,
+        "output": str(out),
+        "failures_file": str(failures_path(out)),
+        "counts": {
+            "records": counts["records"],
+            "written": counts["written"],
+            "computed": counts["computed"],
+            "duplicates": counts["duplicates"],
+            "truncated": counts["truncated"],
+            "windowed": counts["windowed"],
+            "failures": dict(failure_reasons),
+        },
+        **({"speed": speed} if speed else {}),
+    }
     write_json(summary_path(out), summary)
     nfail = sum(failure_reasons.values())
-    say(f"wrote {out}: {counts['written']} of {counts['records']} records ({counts['duplicates']} duplicates copied, "
+    say(
+        f"wrote {out}: {counts['written']} of {counts['records']} records ({counts['duplicates']} duplicates copied, "
         f"{counts['windowed']} by overlapping windows, {counts['truncated']} truncated); {nfail} failures"
-        + (f" listed in {failures_path(out)}" if nfail else ""))
+        + (f" listed in {failures_path(out)}" if nfail else "")
+    )
     return summary
 
 
 def merge(folders: list[Path], out: Path, threshold: float | None = None, echo=None) -> dict[str, Any]:
     return finalize(folders, out, echo=echo, threshold=threshold)
-

@@ -3,6 +3,7 @@ dataclass per command (minprot_ds/options.py generates the typer commands and la
 from them). The job (minprot_ds/inference/job.py) takes an instance as its config and validates the values
 it reads.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,19 +25,30 @@ class InferenceOptions:
     model: Path = option(help="the model folder")
     fasta: Path = option(help="input FASTA, plain or .gz (read as a stream)")
     out: Path = option(help="the output file (its suffix picks the format)")
-    max_tokens: int = option(DEFAULT_MAX_TOKENS, "padded tokens per batch (rows x (longest + 2)); results do not "
-                                                 "depend on it")
-    window: Optional[int] = option(None, "residues per window for long proteins (default: the fine-tuned model's, "
-                                         "else 512)")
+    max_tokens: int = option(
+        DEFAULT_MAX_TOKENS, "padded tokens per batch (rows x (longest + 2)); results do not depend on it"
+    )
+    window: Optional[int] = option(
+        None, "residues per window for long proteins (default: the fine-tuned model's, else 512)"
+    )
     stride: Optional[int] = option(None, "residues between window starts (default: the model's, else 256)")
-    long: str = option("window", "proteins longer than --window: window (overlapping windows, stitched) | truncate "
-                                 "(first --window residues; counted) | skip (listed as failures)")
-    precision: str = option("auto", "auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU) | fp32 | fp16 "
-                                    "| bf16")
+    long: str = option(
+        "window",
+        "proteins longer than --window: window (overlapping windows, stitched) | truncate "
+        "(first --window residues; counted) | skip (listed as failures)",
+    )
+    precision: str = option(
+        "auto", "auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU) | fp32 | fp16 | bf16"
+    )
     dedupe_ids: bool = option(False, "rename repeated ids id_2, id_3, ... instead of refusing the file")
-    chunk_records: Optional[int] = option(None, f"input records per resumable chunk of OUT.parts/ (default "
-                                                f"{DEFAULT_CHUNK}; {DEFAULT_CHUNK_PER_RESIDUE} for per-residue outputs)")
-    shard: Optional[str] = option(None, "i/N: compute only this machine's share; then `minprot merge` the parts folders")
+    chunk_records: Optional[int] = option(
+        None,
+        f"input records per resumable chunk of OUT.parts/ (default "
+        f"{DEFAULT_CHUNK}; {DEFAULT_CHUNK_PER_RESIDUE} for per-residue outputs)",
+    )
+    shard: Optional[str] = option(
+        None, "i/N: compute only this machine's share; then `minprot merge` the parts folders"
+    )
     mlflow: bool = option(False, "log the run to MLflow (tagged with the fine-tune run that made the model)")
     tracking_uri: Optional[str] = option(None, "MLflow store (default: SQLite beside --out)")
     progress: bool = option(True, "show the progress bar", log=False)
@@ -59,10 +71,15 @@ class EmbedOptions(InferenceOptions):
 
     command: ClassVar[str] = "embed"
     model: Path = option(help="a Hugging Face BERT folder: teacher, exported student or a fine-tune's model/")
-    out: Path = option(help=".h5 (bio_embeddings layout: a dataset per protein, attribute original_id), .npz or "
-                            ".parquet")
-    pooling: str = option("mean", "per-protein vector: mean over residues (specials and padding excluded) | cls. The "
-                                  "default is mean here and cls for `minprot finetune --pooling`", deprecated=("--pool",))
+    out: Path = option(
+        help=".h5 (bio_embeddings layout: a dataset per protein, attribute original_id), .npz or .parquet"
+    )
+    pooling: str = option(
+        "mean",
+        "per-protein vector: mean over residues (specials and padding excluded) | cls. The "
+        "default is mean here and cls for `minprot finetune --pooling`",
+        deprecated=("--pool",),
+    )
     per_residue: bool = option(False, "store L x H per protein instead of one vector")
     layers: str = option("-1", "comma-separated hidden states (0 = embeddings, -1 = last), concatenated")
     half: bool = option(False, "store fp16")

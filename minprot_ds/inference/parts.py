@@ -11,6 +11,7 @@ Layout of OUT.parts/:
 Chunk N belongs to rank N mod world (or shard N mod shards), so ranks and shards never write the same file
 and the parts of separate machines can be merged by copying their chunk files together.
 """
+
 from __future__ import annotations
 
 import io
@@ -48,9 +49,15 @@ class Chunk:
     def to_bytes(self) -> bytes:
         computed = [i for i, v in enumerate(self.values) if v is not None]
         arrays: dict[str, np.ndarray] = {
-            "index": self.index, "status": self.status, "canonical": self.canonical, "windows": self.windows,
-            "truncated": self.truncated, "computed": np.asarray(computed, dtype=np.int64),
-            "ids": _pack(self.ids), "descriptions": _pack(self.descriptions), "sequences": _pack(self.sequences),
+            "index": self.index,
+            "status": self.status,
+            "canonical": self.canonical,
+            "windows": self.windows,
+            "truncated": self.truncated,
+            "computed": np.asarray(computed, dtype=np.int64),
+            "ids": _pack(self.ids),
+            "descriptions": _pack(self.descriptions),
+            "sequences": _pack(self.sequences),
             "failures": _pack(self.failures),
         }
         if computed:
@@ -62,17 +69,27 @@ class Chunk:
         return buf.getvalue()
 
     @classmethod
-    def from_file(cls, path: Path) -> "Chunk":
+    def from_file(cls, path: Path) -> Chunk:
         with np.load(path, allow_pickle=False) as z:
             n = len(z["index"])
             values: list[np.ndarray | None] = [None] * n
             if "values" in z:
                 data, rows, at = z["values"], z["rows"], 0
                 for i, r in zip(z["computed"].tolist(), rows.tolist()):
-                    values[i] = data[at] if r == 0 else data[at:at + r]
+                    values[i] = data[at] if r == 0 else data[at : at + r]
                     at += max(r, 1)
-            return cls(z["index"], _unpack(z["ids"], n), _unpack(z["descriptions"], n), _unpack(z["sequences"], n),
-                       z["status"], z["canonical"], _unpack(z["failures"], n), z["windows"], z["truncated"], values)
+            return cls(
+                z["index"],
+                _unpack(z["ids"], n),
+                _unpack(z["descriptions"], n),
+                _unpack(z["sequences"], n),
+                z["status"],
+                z["canonical"],
+                _unpack(z["failures"], n),
+                z["windows"],
+                z["truncated"],
+                values,
+            )
 
 
 def _pack(strings: list[str]) -> np.ndarray:
@@ -121,16 +138,22 @@ class Parts:
 
 def check_same(old: dict[str, Any], new: dict[str, Any], where: Path) -> None:
     """Refuse to mix runs: the first difference in command, model, input or settings, by name."""
-    fix = (f"rerun with the same options to continue, or pass another --out (or delete {where}) to start again")
+    fix = f"rerun with the same options to continue, or pass another --out (or delete {where}) to start again"
     if old.get("format") != new.get("format") or old.get("command") != new.get("command"):
-        raise UserError(f"{where} holds the parts of a `{old.get('command')}` run, not of this `{new.get('command')}`; {fix}")
+        raise UserError(
+            f"{where} holds the parts of a `{old.get('command')}` run, not of this `{new.get('command')}`; {fix}"
+        )
     if old["model"]["sha256"] != new["model"]["sha256"]:
-        raise UserError(f"{where} was computed with another model ({old['model']['path']}, sha256 "
-                        f"{old['model']['sha256'][:12]}) than --model {new['model']['path']} (sha256 "
-                        f"{new['model']['sha256'][:12]}); {fix}")
+        raise UserError(
+            f"{where} was computed with another model ({old['model']['path']}, sha256 "
+            f"{old['model']['sha256'][:12]}) than --model {new['model']['path']} (sha256 "
+            f"{new['model']['sha256'][:12]}); {fix}"
+        )
     if old["input"]["sha256"] != new["input"]["sha256"]:
-        raise UserError(f"{where} was computed from another input ({old['input']['path']}) than --fasta "
-                        f"{new['input']['path']}: their contents differ; {fix}")
+        raise UserError(
+            f"{where} was computed from another input ({old['input']['path']}) than --fasta "
+            f"{new['input']['path']}: their contents differ; {fix}"
+        )
     for key in sorted(set(old["settings"]) | set(new["settings"])):
         a, b = old["settings"].get(key), new["settings"].get(key)
         if a != b:

@@ -1,4 +1,5 @@
 """The progress bar of a predict/embed run: proteins done of total, proteins/s, residues/s, ETA (rich)."""
+
 from __future__ import annotations
 
 import time
@@ -12,8 +13,9 @@ class InferenceProgress(_Bar):
     """Advances by residues (what the time goes with), shows proteins; the ETA is on residues."""
 
     def __init__(self, proteins: int, residues: int, enabled: bool = True, label: str = "predict"):
-        super().__init__(label, [TextColumn("{task.fields[prot]}")], total=max(residues, 1), enabled=enabled,
-                         prot=f"0/{proteins}")
+        super().__init__(
+            label, [TextColumn("{task.fields[prot]}")], total=max(residues, 1), enabled=enabled, prot=f"0/{proteins}"
+        )
         self.proteins, self.done_proteins, self.done_residues = proteins, 0, 0
         self._start = time.perf_counter()
 
@@ -24,5 +26,6 @@ class InferenceProgress(_Bar):
             return
         seconds = max(time.perf_counter() - self._start, 1e-9)
         info = f"{self.done_proteins / seconds:,.1f} proteins/s  {self.done_residues / seconds:,.0f} residues/s"
-        self._progress.update(self._task, completed=self.done_residues, prot=f"{self.done_proteins}/{self.proteins} proteins",
-                              info=info)
+        self._progress.update(
+            self._task, completed=self.done_residues, prot=f"{self.done_proteins}/{self.proteins} proteins", info=info
+        )

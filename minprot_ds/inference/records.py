@@ -6,6 +6,7 @@ sequence once; `iter_records` then streams the records again, chunk by chunk. Cl
 trailing '*' stripped, U/Z/O/B read as X (as ProtBert's pretraining did); a record with any other letter,
 or none, is a failure with its reason, counted and listed, never dropped silently.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -101,9 +102,13 @@ def index_input(path: Path, dedupe_ids: bool = False) -> InputIndex:
     repeated = [rid for rid, n in counts.items() if n > 1]
     renamed: dict[int, str] = {}
     if repeated and not dedupe_ids:
-        shown = ", ".join(repr(r) for r in repeated[:10]) + (f" and {len(repeated) - 10} more" if len(repeated) > 10 else "")
-        raise UserError(f"{path} has {len(repeated)} ids that occur more than once ({shown}); make the ids unique "
-                        "or pass --dedupe-ids to rename the later ones id_2, id_3, ...")
+        shown = ", ".join(repr(r) for r in repeated[:10]) + (
+            f" and {len(repeated) - 10} more" if len(repeated) > 10 else ""
+        )
+        raise UserError(
+            f"{path} has {len(repeated)} ids that occur more than once ({shown}); make the ids unique "
+            "or pass --dedupe-ids to rename the later ones id_2, id_3, ..."
+        )
     if repeated:
         taken, seen = set(counts), Counter()
         for i, rid in enumerate(ids):
@@ -116,8 +121,17 @@ def index_input(path: Path, dedupe_ids: bool = False) -> InputIndex:
                 taken.add(renamed[i])
     lengths_a = np.asarray(lengths, dtype=np.int64)
     status_a = np.asarray(status, dtype=np.int8)
-    return InputIndex(path, digest.hexdigest(), len(ids), int(lengths_a[status_a == OK].sum()), lengths_a, status_a,
-                      np.asarray(canonical, dtype=np.int64), renamed, failures)
+    return InputIndex(
+        path,
+        digest.hexdigest(),
+        len(ids),
+        int(lengths_a[status_a == OK].sum()),
+        lengths_a,
+        status_a,
+        np.asarray(canonical, dtype=np.int64),
+        renamed,
+        failures,
+    )
 
 
 def iter_records(index: InputIndex) -> Iterator[Record]:

@@ -6,6 +6,7 @@ sequence, states), .tsv (one row per residue). embed: .h5 (bio_embeddings' layou
 the id in attribute `original_id`), .npz (one array per id), .parquet (id, description, length, embedding).
 Records without an output (failures) get no row; they are listed in OUT.failures.tsv.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,9 @@ class Row:
 def check_suffix(out: Path, allowed: tuple[str, ...], what: str) -> str:
     suffix = Path(out).suffix.lower()
     if suffix not in allowed:
-        raise UserError(f"--out {out}: {what} writes {', '.join(allowed)} files; name the output with one of these suffixes")
+        raise UserError(
+            f"--out {out}: {what} writes {', '.join(allowed)} files; name the output with one of these suffixes"
+        )
     return suffix
 
 
@@ -72,7 +75,9 @@ class ProteinTsv(Writer):
 
     def add(self, row):
         label = label_of(row.value, self.classes, self.threshold)
-        self.fh.write(f"{row.id}\t{row.description}\t{len(row.sequence)}\t{float(row.value[1]):.6g}\t{label}\t{row.windows}\n")
+        self.fh.write(
+            f"{row.id}\t{row.description}\t{len(row.sequence)}\t{float(row.value[1]):.6g}\t{label}\t{row.windows}\n"
+        )
 
     def close(self):
         self.fh.close()
@@ -121,14 +126,29 @@ class ProteinParquet(ArrowWriter):
     def schema(self):
         import pyarrow as pa
 
-        return pa.schema([("id", pa.string()), ("description", pa.string()), ("length", pa.int64()),
-                          ("probability", pa.float64()), ("label", pa.string()), ("windows", pa.int32())],
-                         metadata={"minprot": json.dumps(self.meta)})
+        return pa.schema(
+            [
+                ("id", pa.string()),
+                ("description", pa.string()),
+                ("length", pa.int64()),
+                ("probability", pa.float64()),
+                ("label", pa.string()),
+                ("windows", pa.int32()),
+            ],
+            metadata={"minprot": json.dumps(self.meta)},
+        )
 
     def add(self, row):
-        self.add_dict({"id": row.id, "description": row.description, "length": len(row.sequence),
-                       "probability": float(row.value[1]), "label": label_of(row.value, self.classes, self.threshold),
-                       "windows": row.windows})
+        self.add_dict(
+            {
+                "id": row.id,
+                "description": row.description,
+                "length": len(row.sequence),
+                "probability": float(row.value[1]),
+                "label": label_of(row.value, self.classes, self.threshold),
+                "windows": row.windows,
+            }
+        )
 
 
 class ResidueParquet(ArrowWriter):
@@ -139,14 +159,25 @@ class ResidueParquet(ArrowWriter):
     def schema(self):
         import pyarrow as pa
 
-        fields = [("id", pa.string()), ("description", pa.string()), ("length", pa.int64()), ("sequence", pa.string()),
-                  ("states", pa.string())]
+        fields = [
+            ("id", pa.string()),
+            ("description", pa.string()),
+            ("length", pa.int64()),
+            ("sequence", pa.string()),
+            ("states", pa.string()),
+        ]
         fields += [(f"prob_{c}", pa.list_(pa.float32())) for c in self.classes]
         return pa.schema(fields + [("windows", pa.int32())], metadata={"minprot": json.dumps(self.meta)})
 
     def add(self, row):
-        d = {"id": row.id, "description": row.description, "length": len(row.sequence), "sequence": row.sequence,
-             "states": states(row.value, self.classes), "windows": row.windows}
+        d = {
+            "id": row.id,
+            "description": row.description,
+            "length": len(row.sequence),
+            "sequence": row.sequence,
+            "states": states(row.value, self.classes),
+            "windows": row.windows,
+        }
         for c, name in enumerate(self.classes):
             d[f"prob_{name}"] = row.value[:, c].astype(np.float32)
         self.add_dict(d)
@@ -164,7 +195,7 @@ class ResidueSs3(Writer):
 
     def add(self, row):
         header = f"{row.id} {row.description}".rstrip()
-        self.fh.write(f">{header}\n{row.sequence[:len(row.value)]}\n{states(row.value, self.classes)}\n")
+        self.fh.write(f">{header}\n{row.sequence[: len(row.value)]}\n{states(row.value, self.classes)}\n")
 
     def close(self):
         self.fh.close()
@@ -232,12 +263,27 @@ class EmbedParquet(ArrowWriter):
 
         item = pa.float16() if self.meta["settings"].get("half") else pa.float32()
         col = pa.list_(pa.list_(item)) if self.per_residue else pa.list_(item)
-        return pa.schema([("id", pa.string()), ("description", pa.string()), ("length", pa.int64()),
-                          ("embedding", col), ("windows", pa.int32())], metadata={"minprot": json.dumps(self.meta)})
+        return pa.schema(
+            [
+                ("id", pa.string()),
+                ("description", pa.string()),
+                ("length", pa.int64()),
+                ("embedding", col),
+                ("windows", pa.int32()),
+            ],
+            metadata={"minprot": json.dumps(self.meta)},
+        )
 
     def add(self, row):
-        self.add_dict({"id": row.id, "description": row.description, "length": len(row.sequence),
-                       "embedding": list(row.value) if self.per_residue else row.value, "windows": row.windows})
+        self.add_dict(
+            {
+                "id": row.id,
+                "description": row.description,
+                "length": len(row.sequence),
+                "embedding": list(row.value) if self.per_residue else row.value,
+                "windows": row.windows,
+            }
+        )
 
 
 def open_writer(command: str, path: Path, meta: dict[str, Any], info: dict[str, Any]) -> Writer:

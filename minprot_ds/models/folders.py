@@ -1,5 +1,6 @@
 """A model as a Hugging Face folder: `save_pretrained` (safetensors), the tokenizer files, and a JSON file
 naming where it came from (`minprot.json` for a distilled student)."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,9 @@ def save_gathered(model: torch.nn.Module, rank: int, write: Callable[[], T]) -> 
     collective), and rank 0 writes while the full tensors are assembled. Elsewhere it just calls `write`.
     """
     params = list(model.parameters())
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=bool(params) and hasattr(params[0], "ds_id")):
+    with deepspeed.zero.GatheredParameters(
+        params, modifier_rank=None, enabled=bool(params) and hasattr(params[0], "ds_id")
+    ):
         return write() if rank == 0 else None
 
 

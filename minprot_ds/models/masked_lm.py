@@ -4,6 +4,7 @@ forward that returns exactly what the distillation loss needs.
 Models go in and out as Hugging Face `BertForMaskedLM` folders (or hub ids); the student records which
 teacher layers it was made from in its config (`minprot_teacher_layers`, `minprot_layer_strategy`).
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,9 @@ class ModelPreset:
 MODEL_PRESETS = {
     "tiny": ModelPreset(teacher_layers=4, student_layers=2, hidden_size=32, num_heads=4, intermediate_size=64),
     "cpu-small": ModelPreset(teacher_layers=6, student_layers=3, hidden_size=256, num_heads=4, intermediate_size=1024),
-    "protbert": ModelPreset(teacher_layers=30, student_layers=15, hidden_size=1024, num_heads=16, intermediate_size=4096),
+    "protbert": ModelPreset(
+        teacher_layers=30, student_layers=15, hidden_size=1024, num_heads=16, intermediate_size=4096
+    ),
 }
 
 
@@ -85,8 +88,13 @@ def load_pretrained(cls, name_or_path: str, what: str, **kwargs):
 
 
 def _from_pretrained(name_or_path: str, role: str, dtype: torch.dtype) -> BertForMaskedLM:
-    model, info = load_pretrained(BertForMaskedLM, name_or_path, f"{role} model folder" if _looks_like_path(str(name_or_path))
-                                  else f"{role} model", attn_implementation="sdpa", dtype=dtype)
+    model, info = load_pretrained(
+        BertForMaskedLM,
+        name_or_path,
+        f"{role} model folder" if _looks_like_path(str(name_or_path)) else f"{role} model",
+        attn_implementation="sdpa",
+        dtype=dtype,
+    )
     # A checkpoint without the MLM head (e.g. a bare BertModel) would load with a random head: refuse.
     missing = [k for k in info.get("missing_keys", []) if not k.startswith("cls.predictions.decoder")]
     if missing:
@@ -119,7 +127,10 @@ def load_student(path: str) -> BertForMaskedLM:
 
 # --- student from teacher layers -----------------------------------------------------------------------
 
-def select_layers(num_teacher_layers: int, num_layers: int, strategy: str | list[int] = "alternate", seed: int = 0) -> list[int]:
+
+def select_layers(
+    num_teacher_layers: int, num_layers: int, strategy: str | list[int] = "alternate", seed: int = 0
+) -> list[int]:
     """Indices of the teacher layers the student copies, ascending.
 
     alternate: evenly spaced from the first to the last layer, rounding halves up, i.e. every other
@@ -130,7 +141,9 @@ def select_layers(num_teacher_layers: int, num_layers: int, strategy: str | list
     a list: those indices, validated.
     """
     if not 1 <= num_layers <= num_teacher_layers:
-        raise UserError(f"student layer count must be between 1 and the teacher's {num_teacher_layers} (got {num_layers})")
+        raise UserError(
+            f"student layer count must be between 1 and the teacher's {num_teacher_layers} (got {num_layers})"
+        )
     if isinstance(strategy, str):
         if strategy == "alternate":
             if num_layers == 1:
@@ -141,20 +154,28 @@ def select_layers(num_teacher_layers: int, num_layers: int, strategy: str | list
             rng = np.random.default_rng(seed)
             return sorted(int(i) for i in rng.choice(num_teacher_layers, size=num_layers, replace=False))
         raise UserError(
-            f"unknown layer strategy {strategy!r}; use 'alternate', 'random' or an explicit list of teacher layer indices"
+            f"unknown layer strategy {strategy!r}; use 'alternate', 'random' or an explicit list of teacher layer "
+            "indices"
         )
     layers = [int(i) for i in strategy]
     if len(layers) != num_layers:
-        raise UserError(f"explicit student layers {layers} name {len(layers)} layers but the student has {num_layers}; list exactly {num_layers}")
+        raise UserError(
+            f"explicit student layers {layers} name {len(layers)} layers but the student has {num_layers}; list "
+            f"exactly {num_layers}"
+        )
     bad = [i for i in layers if not 0 <= i < num_teacher_layers]
     if bad:
-        raise UserError(f"explicit student layers {bad} are out of range; the teacher has layers 0..{num_teacher_layers - 1}")
+        raise UserError(
+            f"explicit student layers {bad} are out of range; the teacher has layers 0..{num_teacher_layers - 1}"
+        )
     if len(set(layers)) != len(layers):
         raise UserError(f"explicit student layers {layers} repeat an index; each teacher layer may be copied once")
     return sorted(layers)
 
 
-def build_student(teacher: BertForMaskedLM, num_layers: int = 15, strategy: str | list[int] = "alternate", seed: int = 0) -> BertForMaskedLM:
+def build_student(
+    teacher: BertForMaskedLM, num_layers: int = 15, strategy: str | list[int] = "alternate", seed: int = 0
+) -> BertForMaskedLM:
     """A new fp32 trainable student: the teacher's config with `num_layers` layers; embeddings, MLM head
     and the chosen encoder layers copied from the teacher (in ascending teacher order)."""
     layers = select_layers(teacher.config.num_hidden_layers, num_layers, strategy, seed)
@@ -173,7 +194,7 @@ def build_student(teacher: BertForMaskedLM, num_layers: int = 15, strategy: str 
     state = {}
     for key, value in teacher_state.items():
         if key.startswith(prefix):
-            index, rest = key[len(prefix):].split(".", 1)
+            index, rest = key[len(prefix) :].split(".", 1)
             if int(index) not in layers:
                 continue
             key = f"{prefix}{layers.index(int(index))}.{rest}"
@@ -185,6 +206,7 @@ def build_student(teacher: BertForMaskedLM, num_layers: int = 15, strategy: str 
 
 
 # --- torch.compile ---------------------------------------------------------------------------------------
+
 
 def compile_encoders(teacher: BertForMaskedLM, student: BertForMaskedLM, mode: str, *, zero_stage: int = 0) -> None:
     """torch.compile the encoders in place (`Module.compile`: state-dict keys and checkpoints unchanged).
@@ -199,14 +221,17 @@ def compile_encoders(teacher: BertForMaskedLM, student: BertForMaskedLM, mode: s
     if mode == "none":
         return
     if mode == "all" and zero_stage == 3:
-        raise UserError('model.compile = "all" is not supported with ZeRO stage 3 (its parameter gathering runs in '
-                        'hooks inside the student\'s forward); use "teacher", or ZeRO stage 1 or 2.')
+        raise UserError(
+            'model.compile = "all" is not supported with ZeRO stage 3 (its parameter gathering runs in '
+            'hooks inside the student\'s forward); use "teacher", or ZeRO stage 1 or 2.'
+        )
     teacher.bert.compile(dynamic=True, options={"freezing": True})
     if mode == "all":
         student.bert.compile(dynamic=True)
 
 
 # --- forward for the loss ------------------------------------------------------------------------------
+
 
 @dataclass
 class ForLossOutputs:
@@ -241,6 +266,7 @@ def forward_for_loss(
 
 
 # --- random models in ProtBert's format ----------------------------------------------------------------
+
 
 def save_random_protbert(
     folder: str | Path,

@@ -1,5 +1,6 @@
 """Where a fine-tuned model came from, as MLflow tags: its role (teacher / student) and the distillation
 run that produced a student (the exported folder's minprot.json names it)."""
+
 from __future__ import annotations
 
 import logging
@@ -60,7 +61,9 @@ def link_tags(meta: dict[str, Any], tracking_uri: str | None) -> dict[str, str]:
         try:
             MlflowClient(tracking_uri=tracking_uri).get_run(str(run_id))
         except Exception as exc:  # another store (the distillation's own SQLite file): keep the plain tag
-            log.info("distillation run %s is not in %s (%s); tagging it without a parent link", run_id, tracking_uri, exc)
+            log.info(
+                "distillation run %s is not in %s (%s); tagging it without a parent link", run_id, tracking_uri, exc
+            )
         else:
             tags[TAG_PARENT] = str(run_id)
     return tags

@@ -7,6 +7,7 @@ do not depend on the budget or the batch order (only on padding-free maths), so 
 the same numbers. A batch that runs out of GPU memory is halved and retried down to one window; what still
 fails is returned as a failure, not raised.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,11 +18,19 @@ import numpy as np
 import torch
 
 from minprot_ds.errors import UserError
+from minprot_ds.scoring.windows import (
+    DEFAULT_STRIDE,
+    DEFAULT_WINDOW,
+    Window,
+    check_window,
+    combine_protein,
+    plan_protein,
+    stitch_residues,
+)
 from minprot_ds.vocab import CLS_ID, INVALID, PAD_ID, SEP_ID, UNK_ID, encode
-from minprot_ds.scoring.windows import (DEFAULT_STRIDE, DEFAULT_WINDOW, Window, check_window, combine_protein,
-                                        plan_protein, stitch_residues)
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class WindowSettings:
@@ -32,8 +41,10 @@ class WindowSettings:
     def check(self, max_tokens: int) -> None:
         check_window(self.window, self.stride, long=self.long)
         if max_tokens < self.window + 2:
-            raise UserError(f"--max-tokens {max_tokens} cannot hold one window of {self.window} residues plus [CLS] "
-                            f"and [SEP]; pass --max-tokens {self.window + 2} or more (or a smaller --window)")
+            raise UserError(
+                f"--max-tokens {max_tokens} cannot hold one window of {self.window} residues plus [CLS] "
+                f"and [SEP]; pass --max-tokens {self.window + 2} or more (or a smaller --window)"
+            )
 
     def plan(self, length: int) -> list[Window] | None:
         """The windows of a protein; None when --long skip refuses it."""
@@ -85,8 +96,14 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def score(scorer: Scorer, proteins: dict[int, str], settings: WindowSettings, max_tokens: int, device: torch.device,
-          on_batch: Callable[[int, int], None] | None = None) -> Scored:
+def score(
+    scorer: Scorer,
+    proteins: dict[int, str],
+    settings: WindowSettings,
+    max_tokens: int,
+    device: torch.device,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Scored:
     """Run `scorer` over `proteins` (key -> cleaned sequence); `on_batch(proteins_done, residues)` reports progress."""
     result = Scored()
     pieces: list[tuple[int, Window]] = []
@@ -112,11 +129,12 @@ def score(scorer: Scorer, proteins: dict[int, str], settings: WindowSettings, ma
         for j, r in enumerate(rows):
             key, w = pieces[r]
             n = len(w)
-            ids[j, 0], ids[j, 1:n + 1], ids[j, n + 1] = CLS_ID, tokens[key][w.start:w.end], SEP_ID
-            mask[j, :n + 2] = 1
+            ids[j, 0], ids[j, 1 : n + 1], ids[j, n + 1] = CLS_ID, tokens[key][w.start : w.end], SEP_ID
+            mask[j, : n + 2] = 1
         try:
-            outs = scorer.run(torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device),
-                              [lengths[r] for r in rows])
+            outs = scorer.run(
+                torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), [lengths[r] for r in rows]
+            )
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not _is_oom(err):
                 raise
@@ -135,7 +153,7 @@ def score(scorer: Scorer, proteins: dict[int, str], settings: WindowSettings, ma
             window_out[(pieces[r][0], r)] = out
 
     piece_index = {}
-    for r, (key, w) in enumerate(pieces):
+    for r, (key, _w) in enumerate(pieces):
         piece_index.setdefault(key, []).append(r)
     for rows in pack(lengths, max_tokens):
         forward(rows)
@@ -146,8 +164,9 @@ def score(scorer: Scorer, proteins: dict[int, str], settings: WindowSettings, ma
             if remaining[key] == 0:
                 done, residues = done + 1, residues + len(proteins[key])
                 if key not in result.failures:
-                    result.outputs[key] = _stitch(scorer, len(proteins[key]), plans[key],
-                                                  [window_out.pop((key, p)) for p in piece_index[key]])
+                    result.outputs[key] = _stitch(
+                        scorer, len(proteins[key]), plans[key], [window_out.pop((key, p)) for p in piece_index[key]]
+                    )
                     result.windows[key] = len(plans[key])
                 else:
                     for p in piece_index[key]:

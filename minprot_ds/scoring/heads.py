@@ -13,6 +13,7 @@ as BERT initialises, bias 0), so for one seed and hidden size teacher and studen
 - `minprot_task.json`: `TaskModelInfo` (task, classes, pooling, threshold, window, stride, where the encoder
   came from, the fine-tune's MLflow run id).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,7 +75,8 @@ def init_head(hidden_size: int, num_labels: int, seed: int) -> nn.Linear:
 
 
 def residue_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """1 at residue tokens: inside the attention mask, past [CLS] (position 0) and before [SEP] (the last real token)."""
+    """1 at residue tokens: inside the attention mask, past [CLS] (position 0) and before [SEP] (the last real
+    token)."""
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     last = attention_mask.sum(dim=1, keepdim=True) - 1
     return (positions >= 1) & (positions < last) & attention_mask.bool()
@@ -119,31 +121,50 @@ def load_encoder(name_or_path: str | Path, what: str = "--model", *, dtype: torc
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # an MLM checkpoint's unused `cls.*` weights are expected
     try:
-        encoder, loading = load_pretrained(BertModel, str(name_or_path), what, add_pooling_layer=False,
-                                           attn_implementation="sdpa", dtype=dtype)
+        encoder, loading = load_pretrained(
+            BertModel, str(name_or_path), what, add_pooling_layer=False, attn_implementation="sdpa", dtype=dtype
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = sorted(loading.get("missing_keys", []))
     if missing:
         raise UserError(
-            f"{what} {str(name_or_path)!r} lacks encoder weights ({', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}); "
+            f"{what} {str(name_or_path)!r} lacks encoder weights "
+            f"({', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}); "
             "it must be a BERT checkpoint in ProtBert's layout"
         )
     return encoder.eval()
 
 
-def build_task_model(name_or_path: str, *, task: str, classes: tuple[str, ...], per_residue: bool, seed: int,
-                     pooling: str = "cls", window: int = DEFAULT_WINDOW, stride: int = DEFAULT_STRIDE,
-                     provenance: dict[str, Any] | None = None) -> TaskModel:
+def build_task_model(
+    name_or_path: str,
+    *,
+    task: str,
+    classes: tuple[str, ...],
+    per_residue: bool,
+    seed: int,
+    pooling: str = "cls",
+    window: int = DEFAULT_WINDOW,
+    stride: int = DEFAULT_STRIDE,
+    provenance: dict[str, Any] | None = None,
+) -> TaskModel:
     """A ProtBert-format encoder (teacher or student folder, or a hub id) + a fresh head, fp32, all trainable."""
     if pooling not in POOLINGS:
         raise UserError(f"unknown --pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
     encoder = load_encoder(name_or_path, "--model")
     hidden = encoder.config.hidden_size
     info = TaskModelInfo(
-        task=task, classes=list(classes), per_residue=per_residue, pooling=pooling,
-        threshold=0.5 if len(classes) == 2 and not per_residue else None, window=window, stride=stride,
-        hidden_size=hidden, seed=seed, source_model=str(name_or_path), provenance=dict(provenance or {}),
+        task=task,
+        classes=list(classes),
+        per_residue=per_residue,
+        pooling=pooling,
+        threshold=0.5 if len(classes) == 2 and not per_residue else None,
+        window=window,
+        stride=stride,
+        hidden_size=hidden,
+        seed=seed,
+        source_model=str(name_or_path),
+        provenance=dict(provenance or {}),
     )
     model = TaskModel(encoder, init_head(hidden, len(classes), seed), info)
     model.requires_grad_(True)
@@ -160,8 +181,10 @@ def save_task_model(model: TaskModel, folder: Path, rank: int) -> Path | None:
         info = dataclasses.asdict(model.info)
         info.pop("minprot_version")  # save_hf_folder stamps the version
         save_hf_folder(model.encoder, folder, TASK_FILE, info)
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in model.head.state_dict().items()},
-                  str(Path(folder) / HEAD_FILE))
+        save_file(
+            {k: v.detach().float().cpu().contiguous() for k, v in model.head.state_dict().items()},
+            str(Path(folder) / HEAD_FILE),
+        )
         return Path(folder)
 
     return save_gathered(model, rank, write)

@@ -1,5 +1,6 @@
 """The models `embed` and `predict` run, as Scorers: an encoder's hidden states, or a fine-tuned task model's
 class probabilities; plus device and precision choice and the model's fingerprint for the resume manifest."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minprot_ds.ds_config import PRECISIONS as DTYPES, auto_precision
+from minprot_ds.ds_config import PRECISIONS as DTYPES
+from minprot_ds.ds_config import auto_precision
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import sha256_file
 from minprot_ds.scoring.forward import Scorer
@@ -30,8 +32,10 @@ def pick_precision(precision: str, device: torch.device) -> str:
         raise UserError(f"unknown --precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
-            raise UserError("--precision fp16 needs a GPU (CPUs compute fp16 matrix products slowly or not at all); "
-                            "use fp32 or bf16 on CPU")
+            raise UserError(
+                "--precision fp16 needs a GPU (CPUs compute fp16 matrix products slowly or not at all); "
+                "use fp32 or bf16 on CPU"
+            )
         return precision
     return auto_precision(device.type)
 
@@ -40,7 +44,9 @@ def model_fingerprint(folder: Path) -> str:
     """sha256 over the folder's config and weight files (names and bytes): what the resume check compares."""
     folder = Path(folder)
     digest = hashlib.sha256()
-    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix in (".json", ".safetensors", ".bin", ".pt")))
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and (p.suffix in (".json", ".safetensors", ".bin", ".pt"))
+    )
     for path in files:
         digest.update(path.name.encode() + b"\0")
         sha256_file(path, digest)
@@ -52,8 +58,10 @@ def check_model_folder(folder: Path, flag: str = "--model") -> Path:
     if not folder.is_dir():
         raise UserError(f"{flag} {folder} is not a folder; pass a Hugging Face model folder (config.json and weights)")
     if not (folder / "config.json").is_file():
-        raise UserError(f"{flag} {folder} has no config.json; pass a Hugging Face model folder "
-                        "(a teacher, an exported student or a fine-tune's model/ folder)")
+        raise UserError(
+            f"{flag} {folder} has no config.json; pass a Hugging Face model folder "
+            "(a teacher, an exported student or a fine-tune's model/ folder)"
+        )
     return folder
 
 
@@ -64,13 +72,17 @@ class EmbedScorer(Scorer):
     layers are concatenated along the features, in the order given.
     """
 
-    def __init__(self, encoder: torch.nn.Module, pool: str = "mean", layers: Sequence[int] = (-1,), per_residue: bool = False):
+    def __init__(
+        self, encoder: torch.nn.Module, pool: str = "mean", layers: Sequence[int] = (-1,), per_residue: bool = False
+    ):
         if pool not in POOLS:
             raise UserError(f"unknown --pool {pool!r}; choose one of: {', '.join(POOLS)}")
         n = encoder.config.num_hidden_layers
         for layer in layers:
             if not -(n + 1) <= layer <= n:
-                raise UserError(f"--layers {layer} is out of range: the model has hidden states 0..{n} (or -1..-{n + 1})")
+                raise UserError(
+                    f"--layers {layer} is out of range: the model has hidden states 0..{n} (or -1..-{n + 1})"
+                )
         self.encoder, self.layers, self.pool = encoder, list(layers), pool
         self.per_residue = per_residue
         self.mean_over_residues = pool == "mean"
@@ -83,7 +95,7 @@ class EmbedScorer(Scorer):
         states = states.float().cpu().numpy()
         if not self.per_residue and self.pool == "cls":
             return [states[j, 0] for j in range(len(lengths))]
-        return [states[j, 1:n + 1] for j, n in enumerate(lengths)]
+        return [states[j, 1 : n + 1] for j, n in enumerate(lengths)]
 
 
 class TaskScorer(Scorer):
@@ -96,7 +108,7 @@ class TaskScorer(Scorer):
     def run(self, input_ids, attention_mask, lengths):
         probs = torch.softmax(self.model(input_ids, attention_mask).float(), dim=-1).cpu().numpy()
         if self.per_residue:
-            return [probs[j, 1:n + 1] for j, n in enumerate(lengths)]
+            return [probs[j, 1 : n + 1] for j, n in enumerate(lengths)]
         return [probs[j] for j in range(len(lengths))]
 
 

@@ -12,6 +12,7 @@ A protein no longer than `window` is one window, and stitching it returns the si
 A protein longer than the window follows `--long`: window (the rules above), truncate (its first window only)
 or skip (not scored; predict and embed only). The checks of --window, --stride and --long live here too.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,15 +48,19 @@ def check_window(window: int, stride: int, *, long: str = "window", long_modes: 
     if window < 1:
         raise UserError(f"--window {window} must be at least 1 residue.")
     if not 0 < stride <= window:
-        raise UserError(f"--stride {stride} must be between 1 and --window {window}; "
-                        "a stride larger than the window would skip residues.")
+        raise UserError(
+            f"--stride {stride} must be between 1 and --window {window}; "
+            "a stride larger than the window would skip residues."
+        )
 
 
 def check_positions(window: int, positions: int, model: str) -> None:
     """Refuse a window the model cannot hold: `window` residues plus [CLS] and [SEP] in `positions` positions."""
     if window + 2 > positions:
-        raise UserError(f"--window {window} needs {window + 2} positions with [CLS] and [SEP], but {model} has "
-                        f"{positions}; pass --window {positions - 2} or less")
+        raise UserError(
+            f"--window {window} needs {window + 2} positions with [CLS] and [SEP], but {model} has "
+            f"{positions}; pass --window {positions - 2} or less"
+        )
 
 
 def plan_windows(length: int, window: int = DEFAULT_WINDOW, stride: int = DEFAULT_STRIDE) -> list[Window]:

@@ -3,6 +3,7 @@ structure and CLI, the throughput benchmark's skipping, and the predicted peak a
 on CPU at ProtBert's full size (30-layer teacher, 15-layer student, ZeRO-3), two ProtBert-width shapes
 (hidden 1024, FFN 4096, 40,000 positions, fewer layers) and two small ones, within 20%. On CPU the measured
 peak is peak RSS above the bare process with glibc unmapping freed blocks at once (`live_allocations`)."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_parameter_counts_are_the_models_and_protbert_s():
-    cfg = BertConfig(vocab_size=30, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-                     max_position_embeddings=40_000)
+    cfg = BertConfig(
+        vocab_size=30,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=40_000,
+    )
     assert mem.model_params(cfg, 3) == BertForMaskedLM(cfg).num_parameters()
     protbert = mem.preset_config("protbert")
     assert mem.model_params(protbert, 30) == 419_933_214
@@ -47,14 +54,31 @@ def test_plan_orders_stages_and_checkpointing_and_its_budget_is_the_largest_that
 
     assert mem.fits(total(best), 16.0) and not mem.fits(total(best + 512), 16.0)
     # More devices shard more of the student's states.
-    assert (mem.estimate(cfg, 15, mem.Plan(3, "fp16", False, 16), max_tokens=8192, max_rows=64, longest=514).student_states
-            < mem.estimate(cfg, 15, mem.Plan(3, "fp16", False, 8), max_tokens=8192, max_rows=64, longest=514).student_states)
+    assert (
+        mem.estimate(cfg, 15, mem.Plan(3, "fp16", False, 16), max_tokens=8192, max_rows=64, longest=514).student_states
+        < mem.estimate(cfg, 15, mem.Plan(3, "fp16", False, 8), max_tokens=8192, max_rows=64, longest=514).student_states
+    )
 
 
 def test_cli_prints_and_writes_the_plan(tmp_path):
     out = tmp_path / "plan.json"
-    result = CliRunner().invoke(app, ["bench", "memory", "--preset", "protbert", "--gpu", "a100-80gb", "--gpus", "16",
-                                      "--nodes", "2", "--json", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "memory",
+            "--preset",
+            "protbert",
+            "--gpu",
+            "a100-80gb",
+            "--gpus",
+            "16",
+            "--nodes",
+            "2",
+            "--json",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     plan = json.loads(out.read_text())
     assert plan["benchmark"] == "memory_plan" and plan["gpus"] == 16 and plan["nodes"] == 2
@@ -63,11 +87,14 @@ def test_cli_prints_and_writes_the_plan(tmp_path):
     assert "largest budget" in result.output
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--gpu", "v100-8gb"], "--gpu 'v100-8gb' is unknown"),
-    (["--gpus", "8", "--nodes", "3"], "--gpus 8 is not a multiple of --nodes 3"),
-    (["--preset", "huge"], "--preset 'huge' is unknown"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--gpu", "v100-8gb"], "--gpu 'v100-8gb' is unknown"),
+        (["--gpus", "8", "--nodes", "3"], "--gpus 8 is not a multiple of --nodes 3"),
+        (["--preset", "huge"], "--preset 'huge' is unknown"),
+    ],
+)
 def test_cli_errors_name_the_flag(args, words):
     from minprot_ds.errors import UserError
 
@@ -80,8 +107,9 @@ def test_throughput_skips_a_setting_the_plan_says_cannot_fit(tmp_path):
     from minprot_ds.models.masked_lm import save_random_protbert
 
     teacher = save_random_protbert(tmp_path / "t", num_layers=2, hidden_size=64, num_heads=4, intermediate_size=128)
-    small, big = tp.sweep_settings(max_tokens=[1024, 262_144], zero_stages=[2], checkpointing=[False],
-                                   loss_impls=["eager"], precisions=["fp32"])
+    small, big = tp.sweep_settings(
+        max_tokens=[1024, 262_144], zero_stages=[2], checkpointing=[False], loss_impls=["eager"], precisions=["fp32"]
+    )
     inputs = tp.RunInputs(teacher=str(teacher), student_layers=1, corpus="unused", memory_limit_gb=2.0)
     result = tp.measure_setting(big, inputs)
     assert result.status == "oom" and "predicted" in result.error and "exceeds 2 GB" in result.error
@@ -93,10 +121,31 @@ def test_throughput_skips_a_setting_the_plan_says_cannot_fit(tmp_path):
 PROTBERT = dict(num_layers=30, hidden_size=1024, num_heads=16, intermediate_size=4096)
 SHAPES = {  # name: (teacher shape, student layers, ZeRO stage, checkpointing, max tokens, rows)
     "protbert-full-z3": (PROTBERT, 15, 3, False, 1040, 2),  # ProtBert's size: 420M teacher, 231M student
-    "protbert-width-2l-z2": (dict(num_layers=2, hidden_size=1024, num_heads=16, intermediate_size=4096), 1, 2, False, 1040, 2),
-    "protbert-width-4l-z3": (dict(num_layers=4, hidden_size=1024, num_heads=16, intermediate_size=4096), 2, 3, False, 2080, 4),
+    "protbert-width-2l-z2": (
+        dict(num_layers=2, hidden_size=1024, num_heads=16, intermediate_size=4096),
+        1,
+        2,
+        False,
+        1040,
+        2,
+    ),
+    "protbert-width-4l-z3": (
+        dict(num_layers=4, hidden_size=1024, num_heads=16, intermediate_size=4096),
+        2,
+        3,
+        False,
+        2080,
+        4,
+    ),
     "small-512-z2": (dict(num_layers=4, hidden_size=512, num_heads=8, intermediate_size=2048), 2, 2, False, 2080, 4),
-    "small-512-z1-ckpt": (dict(num_layers=4, hidden_size=512, num_heads=8, intermediate_size=2048), 2, 1, True, 4160, 8),
+    "small-512-z1-ckpt": (
+        dict(num_layers=4, hidden_size=512, num_heads=8, intermediate_size=2048),
+        2,
+        1,
+        True,
+        4160,
+        8,
+    ),
 }
 
 
@@ -117,25 +166,37 @@ def long_corpus(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.rehearsal] if n.startswith("protbert-full") else [])
-                                  for n in SHAPES])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.rehearsal] if n.startswith("protbert-full") else []) for n in SHAPES]
+)
 def test_predicted_peak_is_within_20_percent_of_the_measured_one(name, long_corpus, tmp_path):
     from minprot_ds.models.masked_lm import save_random_protbert
 
     shape, student_layers, stage, ckpt, tokens, rows = SHAPES[name]
     teacher = save_random_protbert(tmp_path / "teacher", **shape, max_position_embeddings=40_000)
     plan = mem.Plan(stage, "fp32", ckpt, 1)
-    code = ("import json, sys; from minprot_ds.bench.memory import Plan; from minprot_ds.bench.memory_measure import measure;"
-            f"print('RESULT', json.dumps(measure({str(teacher)!r}, {student_layers}, Plan({stage}, 'fp32', {ckpt}, 1), "
-            f"corpus={str(long_corpus)!r}, max_tokens={tokens}, max_rows={rows})))")
+    code = (
+        "import json, sys; from minprot_ds.bench.memory import Plan; from minprot_ds.bench.memory_measure import "
+        "measure;"
+        f"print('RESULT', json.dumps(measure({str(teacher)!r}, {student_layers}, Plan({stage}, 'fp32', {ckpt}, 1), "
+        f"corpus={str(long_corpus)!r}, max_tokens={tokens}, max_rows={rows})))"
+    )
     # A fresh process: a CPU's peak RSS never goes down, so each shape needs its own.
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     measured = json.loads(proc.stdout.split("RESULT", 1)[1])
-    est = mem.estimate(BertConfig.from_pretrained(teacher), student_layers, plan, max_tokens=measured["padded_tokens"],
-                       max_rows=rows, longest=measured["padded_tokens"])
+    est = mem.estimate(
+        BertConfig.from_pretrained(teacher),
+        student_layers,
+        plan,
+        max_tokens=measured["padded_tokens"],
+        max_rows=rows,
+        longest=measured["padded_tokens"],
+    )
     ratio = est.total / measured["measured_bytes"]
-    print(f"{name}: predicted {est.total / 2**30:.3f} GB, measured {measured['measured_bytes'] / 2**30:.3f} GB, "
-          f"ratio {ratio:.2f}")
+    print(
+        f"{name}: predicted {est.total / 2**30:.3f} GB, measured {measured['measured_bytes'] / 2**30:.3f} GB, "
+        f"ratio {ratio:.2f}"
+    )
     assert measured["padded_tokens"] > tokens // 2  # the batches were as full as planned
     assert 0.8 <= ratio <= 1.2

@@ -1,4 +1,5 @@
 """The step profiler's op families, GEMM operand shapes, and benchmarks/step_profile.py end to end."""
+
 from __future__ import annotations
 
 import json
@@ -14,14 +15,24 @@ from minprot_ds.bench.profile import FAMILIES, bare_gemm_gflops, mm_operands, op
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(("name", "family"), [
-    ("aten::mm", "gemm"), ("aten::addmm", "gemm"), ("aten::bmm", "gemm"),
-    ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
-    ("aten::_log_softmax_backward_data", "softmax_norm"), ("aten::native_layer_norm", "softmax_norm"),
-    ("aten::copy_", "indexing_copy"), ("aten::index_select", "indexing_copy"), ("aten::masked_select", "indexing_copy"),
-    ("aten::gelu", "elementwise"), ("aten::add_", "elementwise"),
-    ("gloo:all_reduce", "communication"), ("Optimizer.step#AdamW.step", "other"),
-])
+@pytest.mark.parametrize(
+    ("name", "family"),
+    [
+        ("aten::mm", "gemm"),
+        ("aten::addmm", "gemm"),
+        ("aten::bmm", "gemm"),
+        ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
+        ("aten::_log_softmax_backward_data", "softmax_norm"),
+        ("aten::native_layer_norm", "softmax_norm"),
+        ("aten::copy_", "indexing_copy"),
+        ("aten::index_select", "indexing_copy"),
+        ("aten::masked_select", "indexing_copy"),
+        ("aten::gelu", "elementwise"),
+        ("aten::add_", "elementwise"),
+        ("gloo:all_reduce", "communication"),
+        ("Optimizer.step#AdamW.step", "other"),
+    ],
+)
 def test_op_families(name, family):
     assert op_family(name) == family
     assert op_family(name, in_optimizer=True) == "optimizer"
@@ -36,7 +47,9 @@ def test_mm_operands():
 
 def test_profile_of_a_small_training_loop():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.LayerNorm(256), torch.nn.Linear(256, 8))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.LayerNorm(256), torch.nn.Linear(256, 8)
+    )
     opt = torch.optim.AdamW(model.parameters())
 
     def step():
@@ -59,9 +72,28 @@ def test_profile_of_a_small_training_loop():
 @pytest.mark.slow
 def test_step_profile_script(tmp_path):
     out = tmp_path / "profile.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "step_profile.py"), "--steps", "2", "--warmup", "1",
-                           "--sequences", "400", "--max-tokens", "2048", "--naive-batch-size", "8", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "step_profile.py"),
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--sequences",
+            "400",
+            "--max-tokens",
+            "2048",
+            "--naive-batch-size",
+            "8",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step time by op family" in proc.stdout and "GEMM rate" in proc.stdout
     report = json.loads(out.read_text())

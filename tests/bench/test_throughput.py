@@ -1,6 +1,7 @@
 """`minprot bench throughput` / benchmarks/throughput.py: a short real run on cpu-small (fields of the
 JSON and CSV, FLOP accounting consistent with the engine's, the baseline ratio reported, the
 projection), plus the sweep's validation and the CLI's errors. No assertion on speed."""
+
 from __future__ import annotations
 
 import csv
@@ -27,29 +28,54 @@ def _number(value) -> bool:
 
 # --- fast: settings, DeepSpeed configs, projection, FLOPs per micro-batch --------------------------
 
+
 def test_sweep_is_the_product_of_its_axes_with_rows_scaled_to_the_budget():
-    settings = tp.sweep_settings(max_tokens=[4096, 8192], zero_stages=[1, 2, 3], checkpointing=[False, True],
-                                 loss_impls=["eager"], precisions=["fp32"])
+    settings = tp.sweep_settings(
+        max_tokens=[4096, 8192],
+        zero_stages=[1, 2, 3],
+        checkpointing=[False, True],
+        loss_impls=["eager"],
+        precisions=["fp32"],
+    )
     assert len(settings) == 12 and len(set(settings)) == 12
     assert {s.max_rows for s in settings if s.max_tokens == 4096} == {32}
     assert {s.max_rows for s in settings if s.max_tokens == 8192} == {64}
-    fixed = tp.sweep_settings(max_tokens=[4096], zero_stages=[2], checkpointing=[False], loss_impls=["eager"],
-                              precisions=["fp32"], max_rows=7)
+    fixed = tp.sweep_settings(
+        max_tokens=[4096], zero_stages=[2], checkpointing=[False], loss_impls=["eager"], precisions=["fp32"], max_rows=7
+    )
     assert fixed[0].max_rows == 7
-    compiled = tp.sweep_settings(max_tokens=[8192], zero_stages=[1, 2], checkpointing=[False], loss_impls=["eager"],
-                                 precisions=["fp32"], compiles=["none", "teacher", "all"])
+    compiled = tp.sweep_settings(
+        max_tokens=[8192],
+        zero_stages=[1, 2],
+        checkpointing=[False],
+        loss_impls=["eager"],
+        precisions=["fp32"],
+        compiles=["none", "teacher", "all"],
+    )
     assert len(compiled) == 6 and {s.compile for s in compiled} == {"none", "teacher", "all"}
     assert "compile=teacher" in compiled[1].label and "compile" not in compiled[0].label
 
 
-@pytest.mark.parametrize("axis, value, option", [
-    ("precisions", ["fp8"], "--precision"), ("loss_impls", ["fused"], "--loss-impl"),
-    ("zero_stages", [4], "--zero-stage"), ("max_tokens", [512], "--max-tokens"), ("compiles", ["max"], "--compile"),
-    ("zero_stages", [3], "--compile all does not go with --zero-stage 3"),
-])
+@pytest.mark.parametrize(
+    "axis, value, option",
+    [
+        ("precisions", ["fp8"], "--precision"),
+        ("loss_impls", ["fused"], "--loss-impl"),
+        ("zero_stages", [4], "--zero-stage"),
+        ("max_tokens", [512], "--max-tokens"),
+        ("compiles", ["max"], "--compile"),
+        ("zero_stages", [3], "--compile all does not go with --zero-stage 3"),
+    ],
+)
 def test_bad_sweep_values_name_their_option(axis, value, option):
-    axes = dict(max_tokens=[8192], zero_stages=[2], checkpointing=[False], loss_impls=["eager"], precisions=["fp32"],
-                compiles=["all"] if option.startswith("--compile all") else ["none"])
+    axes = dict(
+        max_tokens=[8192],
+        zero_stages=[2],
+        checkpointing=[False],
+        loss_impls=["eager"],
+        precisions=["fp32"],
+        compiles=["all"] if option.startswith("--compile all") else ["none"],
+    )
     axes[axis] = value
     with pytest.raises(UserError, match=option):
         tp.sweep_settings(**axes)
@@ -78,8 +104,16 @@ def test_cli_help_and_a_bad_option():
     runner = CliRunner()
     result = runner.invoke(app, ["bench", "throughput", "--help"])
     assert result.exit_code == 0
-    for option in ("--precision", "--max-tokens", "--zero-stage", "--checkpointing", "--loss-impl", "--project-epochs",
-                   "--mlflow", "--peak-tflops"):
+    for option in (
+        "--precision",
+        "--max-tokens",
+        "--zero-stage",
+        "--checkpointing",
+        "--loss-impl",
+        "--project-epochs",
+        "--mlflow",
+        "--peak-tflops",
+    ):
         assert option in result.output
     bad = runner.invoke(app, ["bench", "throughput", "--checkpointing", "maybe"])
     assert bad.exit_code != 0 and "--checkpointing" in str(bad.exception)
@@ -122,14 +156,22 @@ def test_baseline_is_paired_window_by_window_with_the_fastest_setting(monkeypatc
         for _ in rates:
             if between:
                 between()
-        return tp.Result(setting, residues_per_s=sorted(rates)[1], sequences_per_s=1.0,
-                         repeat_residues_per_s=rates, repeat_residues_per_cpu_s=rates)
+        return tp.Result(
+            setting,
+            residues_per_s=sorted(rates)[1],
+            sequences_per_s=1.0,
+            repeat_residues_per_s=rates,
+            repeat_residues_per_cpu_s=rates,
+        )
 
     monkeypatch.setattr(tp, "measure_setting", fake_measure)
     monkeypatch.setattr(naive, "NaiveLoop", _FakeNaive)
     _FakeNaive.rates, _FakeNaive.made = iter([100.0, 200.0, 100.0, 50.0, 50.0, 50.0]), []
-    settings = [tp.Setting(8192, 64, 2, False, "eager", "fp32"),
-                tp.Setting(8192, 64, 1, False, "eager", "bf16"), tp.Setting(8192, 64, 2, False, "eager", "bf16")]
+    settings = [
+        tp.Setting(8192, 64, 2, False, "eager", "fp32"),
+        tp.Setting(8192, 64, 1, False, "eager", "bf16"),
+        tp.Setting(8192, 64, 2, False, "eager", "bf16"),
+    ]
     report = tp.run_benchmark(settings, tp.RunInputs(teacher="t", student_layers=1, corpus="c"), log=lambda _: None)
     # bf16 swept (2 settings, unpaired), then its fastest again (paired); fp32's only setting once (paired)
     assert calls == [(1, "bf16", False), (2, "bf16", False), (1, "bf16", True), (2, "fp32", True)]
@@ -145,15 +187,51 @@ def test_baseline_is_paired_window_by_window_with_the_fastest_setting(monkeypatc
 
 # --- slow: a real short run of the script ----------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_short_cpu_small_run_writes_consistent_json_csv_png(tmp_path):
     out = tmp_path / "results" / "throughput.json"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--preset", "cpu-small",
-           "--max-tokens", "1024", "--zero-stage", "1,2", "--steps", "1", "--warmup", "1", "--repeats", "2",
-           "--split-steps", "1", "--synthetic-sequences", "300", "--naive-steps", "1", "--naive-batch-size", "4",
-           "--peak-tflops", "2.0", "--project-epochs", "3", "--sequences", "43e6", "--gpus", "8",
-           "--work-dir", str(tmp_path / "work"), "--out", str(out)]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "throughput.py"),
+        "--preset",
+        "cpu-small",
+        "--max-tokens",
+        "1024",
+        "--zero-stage",
+        "1,2",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--repeats",
+        "2",
+        "--split-steps",
+        "1",
+        "--synthetic-sequences",
+        "300",
+        "--naive-steps",
+        "1",
+        "--naive-batch-size",
+        "4",
+        "--peak-tflops",
+        "2.0",
+        "--project-epochs",
+        "3",
+        "--sequences",
+        "43e6",
+        "--gpus",
+        "8",
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+    ]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "vs naive baseline (fp32): fp32" in proc.stdout and "projected: 3 epochs" in proc.stdout
@@ -166,8 +244,16 @@ def test_short_cpu_small_run_writes_consistent_json_csv_png(tmp_path):
     assert [r["setting"]["zero_stage"] for r in results] == [1, 2]
     for r in results:
         assert r["status"] == "ok", r["error"]
-        for key in ("sequences_per_s", "residues_per_s", "tokens_per_s", "tflops_per_device", "peak_memory_gb",
-                    "useful_flops_per_step", "executed_flops_per_step", "step_time_s"):
+        for key in (
+            "sequences_per_s",
+            "residues_per_s",
+            "tokens_per_s",
+            "tflops_per_device",
+            "peak_memory_gb",
+            "useful_flops_per_step",
+            "executed_flops_per_step",
+            "step_time_s",
+        ):
             assert _number(r[key]) and r[key] > 0, (key, r[key])
         assert 0 <= r["padding_fraction"] < 1
         # FLOP accounting: the engine's StepStats.flops equal the benchmark's own count of the same batches,
@@ -193,8 +279,16 @@ def test_short_cpu_small_run_writes_consistent_json_csv_png(tmp_path):
 
     rows = list(csv.DictReader(out.with_suffix(".csv").open()))
     assert [row["label"] for row in rows] == [r["label"] for r in results] + ["naive baseline"]
-    for column in ("zero_stage", "residues_per_s", "tflops_per_device", "mfu", "peak_memory_gb", "padding_fraction",
-                   "split_teacher_forward_frac", "split_optimizer_frac"):
+    for column in (
+        "zero_stage",
+        "residues_per_s",
+        "tflops_per_device",
+        "mfu",
+        "peak_memory_gb",
+        "padding_fraction",
+        "split_teacher_forward_frac",
+        "split_optimizer_frac",
+    ):
         assert column in rows[0]
     assert float(rows[0]["residues_per_s"]) == pytest.approx(results[0]["residues_per_s"])
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -205,10 +299,36 @@ def test_compiled_setting_warms_up_until_compiled_and_times_the_same_batches(tmp
     """--compile teacher: compile time stays out of the windows (no graph built while timing), and the
     windows cover the same batches as the eager setting's (equal residues per window)."""
     out = tmp_path / "compiled.json"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--preset", "tiny", "--compile", "none,teacher",
-           "--max-tokens", "1024", "--steps", "2", "--warmup", "1", "--repeats", "1", "--split-steps", "0",
-           "--synthetic-sequences", "300", "--no-baseline", "--work-dir", str(tmp_path / "work"), "--out", str(out)]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "throughput.py"),
+        "--preset",
+        "tiny",
+        "--compile",
+        "none,teacher",
+        "--max-tokens",
+        "1024",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
+        "--split-steps",
+        "0",
+        "--synthetic-sequences",
+        "300",
+        "--no-baseline",
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+    ]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     eager, compiled = json.loads(out.read_text())["results"]

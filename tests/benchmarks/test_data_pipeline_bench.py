@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/data_pipeline.py at a tiny size: it runs, its baseline is like for like, and
 its JSON has every field with numeric rates and ratios (no assertion on speed)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -29,8 +30,21 @@ def _number(value) -> bool:
 def test_tiny_run_writes_complete_json(bench, tmp_path, capsys):
     out = tmp_path / "results" / "data_pipeline.json"
     argv = [
-        "--records", "150", "--repeats", "1", "--loader-seconds", "0.05", "--plan-rows", "20000",
-        "--plan-repeats", "1", "--no-uniref50", "--work-dir", str(tmp_path / "work"), "--out", str(out),
+        "--records",
+        "150",
+        "--repeats",
+        "1",
+        "--loader-seconds",
+        "0.05",
+        "--plan-rows",
+        "20000",
+        "--plan-repeats",
+        "1",
+        "--no-uniref50",
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
     ]
     assert bench.main(argv) == 0
     printed = capsys.readouterr().out
@@ -44,7 +58,13 @@ def test_tiny_run_writes_complete_json(bench, tmp_path, capsys):
     assert set(rows) == {"prep encoding", "prepare e2e", "loader"}
     for row in rows.values():
         assert row["input"] == "synthetic 150"
-        for key in ("ours_residues_per_s", "naive_residues_per_s", "ratio", "ours_residues_per_wall_s", "naive_residues_per_wall_s"):
+        for key in (
+            "ours_residues_per_s",
+            "naive_residues_per_s",
+            "ratio",
+            "ours_residues_per_wall_s",
+            "naive_residues_per_wall_s",
+        ):
             assert _number(row[key]) and row[key] > 0, (row["stage"], key, row[key])
         assert row["ratio"] == pytest.approx(row["ours_residues_per_s"] / row["naive_residues_per_s"])
     assert isinstance(rows["prep encoding"]["met"], bool) and isinstance(rows["loader"]["met"], bool)

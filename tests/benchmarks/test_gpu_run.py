@@ -4,6 +4,7 @@ The dry run is the same script on CPU at tiny shapes: it must run every step and
 so the script cannot rot between GPU sessions. The driver's own mechanics (a failing step, a step past its
 budget, a run past its deadline) are checked with real subprocesses. No assertion on speed.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -39,9 +40,22 @@ def dry_run(tmp_path_factory) -> tuple[dict, str, Path]:
     root = tmp_path_factory.mktemp("gpu_dry")
     out = root / "out"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(GPU / "run.sh"), "--dry-run", "--carry", str(root / "no-carry"),
-                           "--scratch", str(root / "scratch")], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=1800)
+    proc = subprocess.run(
+        [
+            "bash",
+            str(GPU / "run.sh"),
+            "--dry-run",
+            "--carry",
+            str(root / "no-carry"),
+            "--scratch",
+            str(root / "scratch"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((out / "gpu_run.json").read_text()), proc.stdout, out
 
@@ -54,8 +68,17 @@ def test_dry_run_reports_every_step(dry_run, runpy):
     assert list(steps) == [s.name for s in runpy.plan()]
     install = steps["install"]
     assert install["status"] == "skipped" and "build_carry.py" in install["error"]
-    must_run = ["environment", "matmul-peak", "loss-tests", "loss-kernels-bf16", "loss-kernels-fp16", "throughput-bf16",
-                "throughput-fp16", "step-profile", "throughput-compile"]
+    must_run = [
+        "environment",
+        "matmul-peak",
+        "loss-tests",
+        "loss-kernels-bf16",
+        "loss-kernels-fp16",
+        "throughput-bf16",
+        "throughput-fp16",
+        "step-profile",
+        "throughput-compile",
+    ]
     for name in must_run:
         assert steps[name]["status"] == "ok", (name, steps[name]["error"])
         assert steps[name]["commands"] and steps[name]["seconds"] > 0
@@ -65,17 +88,25 @@ def test_dry_run_reports_every_step(dry_run, runpy):
     tests = steps["loss-tests"]["data"]
     assert tests["failed"] is None and tests["passed"] >= 2  # eager at real shapes, fp16 and bf16, runs on CPU
     assert {label.split("[")[1] for label, _ in steps["loss-tests"]["rows"]} == {
-        f"{d}-{i}]" for d in ("fp16", "bf16") for i in ("eager", "triton", "compiled")}
+        f"{d}-{i}]" for d in ("fp16", "bf16") for i in ("eager", "triton", "compiled")
+    }
     kernels = steps["loss-kernels-bf16"]["data"]
     assert kernels["device_type"] == "cpu" and {r["impl"] for r in kernels["rows"]} == {"eager", "triton"}
     bf16 = steps["throughput-bf16"]["data"]
-    assert [(r["setting"]["precision"], r["setting"]["activation_checkpointing"]) for r in bf16["results"]] == [("bf16", True)]
+    assert [(r["setting"]["precision"], r["setting"]["activation_checkpointing"]) for r in bf16["results"]] == [
+        ("bf16", True)
+    ]
     assert all(r["fits"] and r["mfu"] > 0 for r in bf16["results"])  # MFU against the measured matmul rate
     assert bf16["ratios"]["bf16"]["residues_per_s_ratio"] > 0 and bf16["projection"]["hours"] > 0
     # The later throughput steps reuse the first one's random teacher and corpus.
-    assert "--teacher" in steps["throughput-fp16"]["commands"][0] and "--work-dir" in steps["throughput-bf16"]["commands"][0]
+    assert (
+        "--teacher" in steps["throughput-fp16"]["commands"][0]
+        and "--work-dir" in steps["throughput-bf16"]["commands"][0]
+    )
     assert steps["throughput-fp16"]["data"]["fastest"]["engine_flops_per_step"] > 0
-    assert "(student 2 layers)" in steps["throughput-fp16"]["data"]["preset"]  # tiny's student, not the default preset's
+    assert (
+        "(student 2 layers)" in steps["throughput-fp16"]["data"]["preset"]
+    )  # tiny's student, not the default preset's
     assert [r["setting"]["precision"] for r in steps["throughput-fp16"]["data"]["results"]] == ["fp32"]
     profile = steps["step-profile"]["data"]
     assert profile["precision"] == "bf16" and len(profile["loops"]) == 2
@@ -91,8 +122,9 @@ def test_dry_run_reports_every_step(dry_run, runpy):
 
 
 def _run(runpy, tmp_path, deadline_s=0.0):
-    args = runpy.argparse.Namespace(out=tmp_path / "out", scratch=tmp_path / "scratch", carry=tmp_path / "carry",
-                                    deadline_s=deadline_s)
+    args = runpy.argparse.Namespace(
+        out=tmp_path / "out", scratch=tmp_path / "scratch", carry=tmp_path / "carry", deadline_s=deadline_s
+    )
     args.out.mkdir()
     return runpy.Run(args, dry=False)  # GPU budgets (a dry run stretches them)
 
@@ -112,8 +144,10 @@ def test_a_step_past_its_budget_is_stopped_with_its_children(runpy, tmp_path):
     run = _run(runpy, tmp_path)
     pid_file = tmp_path / "child.pid"
     # The step starts a child that would outlive it; the whole process group must go.
-    code = (f"import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
-            f"open({str(pid_file)!r}, 'w').write(str(c.pid)); print('started', flush=True); time.sleep(600)")
+    code = (
+        f"import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(c.pid)); print('started', flush=True); time.sleep(600)"
+    )
     step = runpy.Step("slow", "sleeps", 3, lambda r: [[sys.executable, "-c", code]])
     outcome = runpy.execute(run, step)
     assert outcome.status == "timeout" and "budget of 3 s" in outcome.error and "started" in outcome.error
@@ -160,9 +194,30 @@ def test_carried_folder_installs_offline_for_cpython_312(tmp_path):
     names = [w.name.split("-")[0].lower() for w in wheels]
     assert len(names) == len(set(names)), "two versions of one distribution stop the offline install"
     # pip resolves the GPU machine's tags (CPython 3.12, x86-64 manylinux) without an index or a network.
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-index", "--no-deps", "--target",
-           str(tmp_path / "site"), "--python-version", "3.12", "--implementation", "cp", "--abi", "cp312",
-           "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64", "--only-binary=:all:", *map(str, wheels)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--quiet",
+        "--no-index",
+        "--no-deps",
+        "--target",
+        str(tmp_path / "site"),
+        "--python-version",
+        "3.12",
+        "--implementation",
+        "cp",
+        "--abi",
+        "cp312",
+        "--platform",
+        "manylinux_2_17_x86_64",
+        "--platform",
+        "manylinux2014_x86_64",
+        "--only-binary=:all:",
+        *map(str, wheels),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     manifest = json.loads((GPU / "carry" / "manifest.json").read_text())

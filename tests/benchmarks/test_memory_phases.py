@@ -1,5 +1,6 @@
 """benchmarks/memory_phases.py at ProtBert's width with 2 teacher layers: both allocator settings run in
 their own process, every phase of every step is reported, and its table and JSON are written."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,26 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_memory_phases_reports_each_phase_for_both_allocators(tmp_path):
     out = tmp_path / "phases.json"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "memory_phases.py"), "--work", str(tmp_path / "work"), "--out", str(out),
-           "--teacher-layers", "2", "--student-layers", "1", "--stage", "2", "--steps", "2", "--max-tokens", "1040",
-           "--max-rows", "2"]
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "memory_phases.py"),
+        "--work",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+        "--teacher-layers",
+        "2",
+        "--student-layers",
+        "1",
+        "--stage",
+        "2",
+        "--steps",
+        "2",
+        "--max-tokens",
+        "1040",
+        "--max-rows",
+        "2",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -26,7 +44,8 @@ def test_memory_phases_reports_each_phase_for_both_allocators(tmp_path):
     assert [r["scope"] for r in result["runs"]] == ["peak RSS - baseline", "peak RSS - baseline, freed blocks unmapped"]
     for run in result["runs"]:
         assert [(p["step"], p["phase"]) for p in run["phases"]] == [(0, "build")] + [
-            (s, ph) for s in (1, 2) for ph in ("teacher_forward", "student_forward", "loss", "backward", "optimizer")]
+            (s, ph) for s in (1, 2) for ph in ("teacher_forward", "student_forward", "loss", "backward", "optimizer")
+        ]
         assert all(p["peak"] >= p["entry"] - 0.01 for p in run["phases"])  # a phase's peak is at least where it began
         assert run["peak_gb"] == max(p["peak"] for p in run["phases"]) > run["plan_gb"]["teacher_weights"]
         assert run["padded_tokens"] > 520

@@ -2,6 +2,7 @@
 positions) with 2 teacher layers, ZeRO-2 on 2 CPU ranks under the real launcher, 2 steps, an exact resume
 from step 1, `minprot export`, a reload with AutoModelForMaskedLM, two fine-tune steps, `minprot predict` and
 `minprot embed` of a few DeepLoc proteins. The full-size run is the command in docs/rehearsal-and-memory.md."""
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,36 @@ def test_reduced_rehearsal_resumes_exactly_and_exports_a_loadable_student(tmp_pa
     if not (REPO.parent / "shared" / "reference" / "prot_bert" / "config.json").is_file():
         pytest.skip("needs ../shared/reference/prot_bert/config.json (ProtBert's config), which is absent")
     out = tmp_path / "rehearsal.json"
-    cmd = [sys.executable, str(REPO / "benchmarks" / "rehearsal.py"), "--work", str(tmp_path / "work"), "--out", str(out),
-           "--teacher-layers", "2", "--stages", "2", "--steps", "2", "--keep", "1", "--sequences", "120",
-           "--skip", "universal", "--timeout", "900"]
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "rehearsal.py"),
+        "--work",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+        "--teacher-layers",
+        "2",
+        "--stages",
+        "2",
+        "--steps",
+        "2",
+        "--keep",
+        "1",
+        "--sequences",
+        "120",
+        "--skip",
+        "universal",
+        "--timeout",
+        "900",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     (stage,) = result["stages"]
     assert stage["resume"]["losses_equal"] and stage["resume"]["weights_equal"]
-    assert sorted(stage["peak_rss_gb_per_rank"]) == ["0", "1"] and all(v > 0 for v in stage["peak_rss_gb_per_rank"].values())
+    assert sorted(stage["peak_rss_gb_per_rank"]) == ["0", "1"] and all(
+        v > 0 for v in stage["peak_rss_gb_per_rank"].values()
+    )
     assert stage["checkpoint_gb"] > 0 and all(v is not None for v in stage["save_s"].values())
     assert stage["resume"]["load_s"] is not None
     export = result["export"]

@@ -1,4 +1,5 @@
 """`minprot data prepare` and `minprot data inspect`: through typer's runner, and as the installed command."""
+
 from __future__ import annotations
 
 import random
@@ -15,7 +16,9 @@ from minprot_ds.errors import UserError
 REPO = Path(__file__).resolve().parents[2]
 MINPROT = REPO / ".venv" / "bin" / "minprot"
 _rng = random.Random(0)
-FASTA = "".join(f">P{i} x\n{''.join(_rng.choices('LAGVESIKRDTPNQFYMHCW', k=_rng.randint(20, 80)))}\n" for i in range(60))
+FASTA = "".join(
+    f">P{i} x\n{''.join(_rng.choices('LAGVESIKRDTPNQFYMHCW', k=_rng.randint(20, 80)))}\n" for i in range(60)
+)
 
 runner = CliRunner()
 
@@ -29,13 +32,29 @@ def fasta(tmp_path: Path) -> Path:
 
 def test_prepare_then_inspect(tmp_path, fasta):
     out = tmp_path / "corpus"
-    result = runner.invoke(app, ["data", "prepare", str(fasta), "--out", str(out), "--valid-fraction", "0.1", "--shard-rows", "20", "--no-progress"])
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "prepare",
+            str(fasta),
+            "--out",
+            str(out),
+            "--valid-fraction",
+            "0.1",
+            "--shard-rows",
+            "20",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     manifest = load_manifest(out)
     assert manifest.options["valid_fraction"] == 0.1 and manifest.options["shard_rows"] == 20
     assert manifest.splits["train"].rows + manifest.splits["valid"].rows == 60
     assert "prepared" in result.output and "too_short" in result.output and "p50" in result.output
-    again = runner.invoke(app, ["data", "prepare", str(fasta), "--out", str(out), "--valid-fraction", "0.1", "--shard-rows", "20"])
+    again = runner.invoke(
+        app, ["data", "prepare", str(fasta), "--out", str(out), "--valid-fraction", "0.1", "--shard-rows", "20"]
+    )
     assert again.exit_code == 0 and "nothing to do" in again.output
     shown = runner.invoke(app, ["data", "inspect", str(out), "--verify"])
     assert shown.exit_code == 0, shown.output
@@ -45,8 +64,19 @@ def test_prepare_then_inspect(tmp_path, fasta):
 def test_prepare_help_documents_every_option():
     result = runner.invoke(app, ["data", "prepare", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for option in ("--out", "--min-len", "--max-len", "--valid-fraction", "--shard-rows", "--shard-bytes",
-                   "--workers", "--seed", "--no-dedup", "--strict", "--overwrite"):
+    for option in (
+        "--out",
+        "--min-len",
+        "--max-len",
+        "--valid-fraction",
+        "--shard-rows",
+        "--shard-bytes",
+        "--workers",
+        "--seed",
+        "--no-dedup",
+        "--strict",
+        "--overwrite",
+    ):
         assert option in result.output
     assert "identical for any value" in result.output
 
@@ -62,7 +92,10 @@ def test_user_errors_reach_the_runner(tmp_path, fasta):
 def test_installed_command_exits_1_with_one_line(tmp_path):
     result = subprocess.run(
         [str(MINPROT), "data", "prepare", str(tmp_path / "missing.fasta"), "--out", str(tmp_path / "o")],
-        capture_output=True, text=True, env={"COLUMNS": "400", "PATH": "/usr/bin:/bin"}, timeout=120,
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "400", "PATH": "/usr/bin:/bin"},
+        timeout=120,
     )
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error: input file") and "does not exist" in result.stderr
@@ -77,7 +110,10 @@ def test_inspect_verify_names_the_corrupt_shard(tmp_path, fasta):
     shard.write_bytes(shard.read_bytes()[:-10])
     result = subprocess.run(
         [str(MINPROT), "data", "inspect", str(out), "--verify"],
-        capture_output=True, text=True, env={"COLUMNS": "400", "PATH": "/usr/bin:/bin"}, timeout=120,
+        capture_output=True,
+        text=True,
+        env={"COLUMNS": "400", "PATH": "/usr/bin:/bin"},
+        timeout=120,
     )
     assert result.returncode == 1
     assert "train/shard-00001.arrow (checksum mismatch)" in result.stderr

@@ -1,5 +1,6 @@
 """Every job's options are declared once (minprot_ds/options.py): each field is a flag of its `minprot` command
 and of its launch/ script, old flags still work with a warning, and the launch/ scripts are shims."""
+
 from __future__ import annotations
 
 import os
@@ -46,10 +47,13 @@ def test_every_field_is_a_flag_of_the_command(command: list[str], cls: type, scr
     assert not missing, f"`minprot {' '.join(command)} --help` lacks {missing}"
 
 
-@pytest.mark.parametrize(("command", "cls", "script"), [j for j in JOBS if j[2]], ids=[i for i, j in zip(IDS, JOBS) if j[2]])
+@pytest.mark.parametrize(
+    ("command", "cls", "script"), [j for j in JOBS if j[2]], ids=[i for i, j in zip(IDS, JOBS) if j[2]]
+)
 def test_every_field_is_a_flag_of_the_launch_script(command: list[str], cls: type, script: list[str]) -> None:
-    done = subprocess.run([sys.executable, *script, "--help"], cwd=REPO, env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, *script, "--help"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     missing = [flag for flag in _flags(cls) if flag not in done.stdout]
     assert not missing, f"`{' '.join(script)} --help` lacks {missing}"
@@ -87,8 +91,14 @@ def test_distill_help() -> None:
 
 
 def test_distill_bad_set_key_is_one_line(capsys) -> None:
-    args = ["distill", "--config", str(REPO / "launch/configs/demo.toml"), "--set", "optimizer.nosuch=1",
-            "--local_rank=0"]  # what a launcher appends: accepted, ignored
+    args = [
+        "distill",
+        "--config",
+        str(REPO / "launch/configs/demo.toml"),
+        "--set",
+        "optimizer.nosuch=1",
+        "--local_rank=0",
+    ]  # what a launcher appends: accepted, ignored
     with pytest.raises(SystemExit) as exit_:
         run_cli(app, args)
     assert exit_.value.code == 1
@@ -97,9 +107,22 @@ def test_distill_bad_set_key_is_one_line(capsys) -> None:
 
 
 def test_launch_distill_bad_set_key_is_one_line() -> None:
-    done = subprocess.run([sys.executable, "launch/distill.py", "--config", "launch/configs/demo.toml", "--set",
-                           "optimizer.nosuch=1", "--local_rank=0"], cwd=REPO, env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "launch/distill.py",
+            "--config",
+            "launch/configs/demo.toml",
+            "--set",
+            "optimizer.nosuch=1",
+            "--local_rank=0",
+        ],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "unknown key optimizer.nosuch" in errors[0] and "Traceback" not in done.stderr

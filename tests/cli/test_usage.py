@@ -1,5 +1,6 @@
 """Usage mistakes end in typer's usage message and exit status 2, never a traceback; commands and paths
 users copy are printed on one line whatever the terminal's width."""
+
 from __future__ import annotations
 
 import subprocess
@@ -33,9 +34,13 @@ def test_usage_errors_print_usage_and_exit_2(args: list[str], message: str) -> N
 
 def test_demo_closing_note_keeps_the_mlflow_command_on_one_line(tmp_path: Path) -> None:
     run_dir = tmp_path / ("a-long-folder-name" * 6) / "distill"
-    summary = {"valid": {"valid/teacher_mlm_accuracy": 0.5, "valid/student_mlm_accuracy": 0.4},
-               "run_dir": str(run_dir), "checkpoint": str(run_dir / "ckpt" / "global_step100"),
-               "student": str(run_dir / "student"), "mlflow_run_id": "abc"}
+    summary = {
+        "valid": {"valid/teacher_mlm_accuracy": 0.5, "valid/student_mlm_accuracy": 0.4},
+        "run_dir": str(run_dir),
+        "checkpoint": str(run_dir / "ckpt" / "global_step100"),
+        "student": str(run_dir / "student"),
+        "mlflow_run_id": "abc",
+    }
     width = common.console.width
     common.console.width = 40  # a narrow terminal: the command is several times longer
     try:

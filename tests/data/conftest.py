@@ -1,4 +1,5 @@
 """Tiny prepared corpora written straight through the shard/manifest contract (no `data prepare`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,9 +67,7 @@ def make_corpus(tmp_path: Path):
 def tiny_corpus(make_corpus) -> TinyCorpus:
     """~300 train rows (20..120 residues, 7 shards) and 45 valid rows."""
     rng = np.random.default_rng(1)
-    return make_corpus(
-        {"train": rng.integers(20, 121, 317).tolist(), "valid": rng.integers(20, 121, 45).tolist()}
-    )
+    return make_corpus({"train": rng.integers(20, 121, 317).tolist(), "valid": rng.integers(20, 121, 45).tolist()})
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 """Epoch plans: every row once, budgets held, greedy packing as specified, low padding; pad layout."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -73,7 +74,7 @@ def test_micro_batches_are_shuffled_within_windows_only():
     windows = plan.starts // options.bucket_window
     assert np.all(np.diff(windows) >= 0)  # windows consumed in order
     longest = [int(lengths[plan.batch(i)].max()) for i in range(len(plan))]
-    first_window = [l for l, w in zip(longest, windows) if w == 0]
+    first_window = [n for n, w in zip(longest, windows) if w == 0]
     assert first_window != sorted(first_window)  # lengths do not ramp inside a window
 
 

@@ -1,4 +1,5 @@
 """MLM masking: 15% of residues, 80/10/10, specials never touched, a pure function of the sample."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,8 +37,9 @@ def test_statistics_over_many_residues():
     changed = selected & (inputs != ids) & ~masked
     kept = selected & (inputs == ids)
     n = selected.sum()
-    print(f"selected {share:.4f}, mask {masked.sum() / n:.4f}, random {changed.sum() / n:.4f}, "
-          f"keep {kept.sum() / n:.4f}")
+    print(
+        f"selected {share:.4f}, mask {masked.sum() / n:.4f}, random {changed.sum() / n:.4f}, keep {kept.sum() / n:.4f}"
+    )
     assert abs(share - 0.15) < 0.003
     assert abs(masked.sum() / n - 0.8) < 0.01
     # a random draw equal to the original residue (1 in 21) counts as kept here
@@ -80,8 +82,10 @@ def test_masking_depends_on_the_sample_not_the_batch():
 
 def test_masking_changes_with_epoch_seed_and_sample():
     ids, lengths = _batch([400])
+
     def labels(seed, epoch, sample):
         return _mask(ids, lengths, np.array([sample]), seed=seed, epoch=epoch, options=MaskingOptions())[1]
+
     base = labels(0, 0, 0)
     assert np.array_equal(base, labels(0, 0, 0))
     for other in (labels(1, 0, 0), labels(0, 1, 0), labels(0, 0, 1)):

@@ -1,4 +1,5 @@
 """ShardedCorpus: random access by global row over memory-mapped shards, and manifest validation."""
+
 from __future__ import annotations
 
 import json

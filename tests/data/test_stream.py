@@ -1,4 +1,5 @@
 """DistillStream: exact resume, rank layout independence, epochs, cursor errors; eval batches."""
+
 from __future__ import annotations
 
 import itertools

@@ -1,4 +1,5 @@
 """The synthetic corpus writer (minprot_ds/data/synthetic.py) and the loader measurement that reads it."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,5 +29,3 @@ def test_loader_throughput_measurement(tmp_path, uniref_lengths):
     result = measure_loader_throughput(corpus, seconds=0.5)
     print(f"loader: {result['residues_per_s'] / 1e6:.2f}M residues/s, padding {result['padding_fraction']:.3f}")
     assert result["residues_per_s"] > 0 and 0 < result["padding_fraction"] < 0.10
-
-

@@ -1,4 +1,5 @@
 """`prepare_corpus` on small FASTA files built in each test, and on the real UniRef50 sample."""
+
 from __future__ import annotations
 
 import gzip
@@ -144,7 +145,10 @@ def test_shards_by_rows_hold_the_right_tokens(tmp_path):
     fasta = write_fasta(tmp_path / "in.fasta", records)
     manifest = prepare_corpus([fasta], tmp_path / "out", shard_rows=7, valid_fraction=0.0)
     assert [s.rows for s in manifest.splits["train"].shards] == [7] * 7 + [1]
-    assert [s.path for s in manifest.splits["train"].shards][:2] == ["train/shard-00000.arrow", "train/shard-00001.arrow"]
+    assert [s.path for s in manifest.splits["train"].shards][:2] == [
+        "train/shard-00000.arrow",
+        "train/shard-00001.arrow",
+    ]
     rows = read_split(tmp_path / "out", "train")
     assert [r["accession"] for r in rows] == [t.split()[0] for t, _ in records]
     for row, (_, seq) in zip(rows, records):
@@ -156,7 +160,9 @@ def test_shards_by_rows_hold_the_right_tokens(tmp_path):
 def test_shards_by_bytes_stay_under_the_limit(tmp_path):
     records = random_records(300, seed=5, lo=20, hi=100) + [("huge", "M" * 500)] + random_records(20, seed=6)
     fasta = write_fasta(tmp_path / "in.fasta", records)
-    manifest = prepare_corpus([fasta], tmp_path / "out", shard_bytes=400, valid_fraction=0.0, workers=2, block_bytes=3000)
+    manifest = prepare_corpus(
+        [fasta], tmp_path / "out", shard_bytes=400, valid_fraction=0.0, workers=2, block_bytes=3000
+    )
     shards = manifest.splits["train"].shards
     assert sum(s.rows for s in shards) == 321 and len(shards) > 40
     for shard in shards:
@@ -167,18 +173,26 @@ def test_shards_by_bytes_stay_under_the_limit(tmp_path):
 
 def test_manifest_records_shards_checksums_histogram_inputs_and_options(tmp_path):
     fasta = write_fasta(tmp_path / "in.fasta", random_records(400, seed=7, lo=10, hi=40))
-    manifest = prepare_corpus([fasta], tmp_path / "out", min_len=15, max_len=35, shard_rows=100, valid_fraction=0.1, seed=5)
+    manifest = prepare_corpus(
+        [fasta], tmp_path / "out", min_len=15, max_len=35, shard_rows=100, valid_fraction=0.1, seed=5
+    )
     raw = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert raw["format"] == "minprot-shards" and raw["minprot_version"] == "0.1.0"
     assert raw["fingerprint"] == manifest.fingerprint and len(manifest.fingerprint) == 64
     stat = fasta.stat()
     assert raw["inputs"] == [{"name": str(fasta.resolve()), "size": stat.st_size, "mtime": stat.st_mtime}]
     assert raw["options"] == {
-        "min_len": 15, "max_len": 35, "valid_fraction": 0.1, "shard_rows": 100,
-        "shard_bytes": None, "seed": 5, "dedup": True, "strict": False,
+        "min_len": 15,
+        "max_len": 35,
+        "valid_fraction": 0.1,
+        "shard_rows": 100,
+        "shard_bytes": None,
+        "seed": 5,
+        "dedup": True,
+        "strict": False,
     }
     kept = 0
-    for name, split in manifest.splits.items():
+    for _name, split in manifest.splits.items():
         hist = split.length_histogram
         assert hist["edges"] == list(range(15, 37))
         assert sum(hist["counts"]) == split.rows
@@ -274,7 +288,12 @@ def test_real_uniref50_sample(shared_data, tmp_path):
     expected = sorted(int(x) for x in (shared_data / "lengths" / "uniref50_like_lengths.txt").read_text().split())
     assert lengths == expected
     merged = np.add(m1.splits["train"].length_histogram["counts"], m1.splits["valid"].length_histogram["counts"])
-    assert length_percentiles({"edges": m1.splits["train"].length_histogram["edges"], "counts": merged.tolist()}, (50,))[50] == 166
+    assert (
+        length_percentiles({"edges": m1.splits["train"].length_histogram["edges"], "counts": merged.tolist()}, (50,))[
+            50
+        ]
+        == 166
+    )
     assert 0 < m1.splits["valid"].rows < 60  # 0.5% of 4,173 ≈ 21
 
 

@@ -1,4 +1,5 @@
 """Bad inputs and bad output folders: one clear UserError each, and nothing published."""
+
 from __future__ import annotations
 
 import gzip
@@ -53,7 +54,11 @@ def test_empty_gzip(tmp_path):
 
 def test_sequence_lines_before_the_first_header(tmp_path):
     (tmp_path / "headless.fasta").write_text("\nMKVLAAGIKT\n" + GOOD)
-    prepare_fails(tmp_path, [tmp_path / "headless.fasta"], r"headless\.fasta has sequence lines before the first '>' header \(line 2\)")
+    prepare_fails(
+        tmp_path,
+        [tmp_path / "headless.fasta"],
+        r"headless\.fasta has sequence lines before the first '>' header \(line 2\)",
+    )
 
 
 def test_binary_garbage(tmp_path):
@@ -69,19 +74,26 @@ def test_binary_garbage_after_good_records_in_a_worker(tmp_path):
     text = GOOD * 200 + ">P3\nMKV\x00\x01\x02LLA\n" + GOOD
     (tmp_path / "late.fasta").write_text(text)
     prepare_fails(
-        tmp_path, [tmp_path / "late.fasta"], r"late\.fasta line 802 holds NUL bytes", workers=2, block_bytes=1024, shard_rows=10
+        tmp_path,
+        [tmp_path / "late.fasta"],
+        r"late\.fasta line 802 holds NUL bytes",
+        workers=2,
+        block_bytes=1024,
+        shard_rows=10,
     )
 
 
 def test_truncated_gzip(tmp_path):
     data = gzip.compress((GOOD * 2000).encode())
     (tmp_path / "cut.fasta.gz").write_bytes(data[: len(data) // 2])
-    prepare_fails(tmp_path, [tmp_path / "cut.fasta.gz"], r"cut\.fasta\.gz is a truncated or corrupt gzip file", shard_rows=10)
+    prepare_fails(
+        tmp_path, [tmp_path / "cut.fasta.gz"], r"cut\.fasta\.gz is a truncated or corrupt gzip file", shard_rows=10
+    )
 
 
 def test_corrupt_gzip(tmp_path):
     data = bytearray(gzip.compress((GOOD * 50).encode()))
-    data[20:40] = b"\xAA" * 20
+    data[20:40] = b"\xaa" * 20
     (tmp_path / "bad.fasta.gz").write_bytes(bytes(data))
     prepare_fails(tmp_path, [tmp_path / "bad.fasta.gz"], r"bad\.fasta\.gz is a truncated or corrupt gzip file")
 
@@ -102,13 +114,17 @@ def test_strict_invalid_letter_late_in_the_file_publishes_nothing(tmp_path):
         lines.append(f">R{i}\nMKVLAAGIKTWMKVLAAGIK{i:05d}".translate(str.maketrans("0123456789", "ACDEFGHIKL")))
     lines.insert(2500, ">BAD1 letter\nMKVLAAGIKTWMKVLAJGIKTW")
     (tmp_path / "in.fasta").write_text("\n".join(lines) + "\n")
-    err = prepare_fails(tmp_path, [tmp_path / "in.fasta"], None, strict=True, shard_rows=100, workers=2, block_bytes=4096)
+    err = prepare_fails(
+        tmp_path, [tmp_path / "in.fasta"], None, strict=True, shard_rows=100, workers=2, block_bytes=4096
+    )
     assert "line 5001: record BAD1 has 'J' at residue 17" in str(err)
 
 
 def test_strict_too_long_and_empty(tmp_path):
     (tmp_path / "long.fasta").write_text(">L1\n" + "M" * 600 + "\n")
-    prepare_fails(tmp_path, [tmp_path / "long.fasta"], r"line 1: record L1 has 600 residues, more than --max-len 512", strict=True)
+    prepare_fails(
+        tmp_path, [tmp_path / "long.fasta"], r"line 1: record L1 has 600 residues, more than --max-len 512", strict=True
+    )
     (tmp_path / "empty_rec.fasta").write_text(GOOD + ">\n")
     prepare_fails(tmp_path, [tmp_path / "empty_rec.fasta"], r"line 5: record \(no id\) has no residues", strict=True)
 
@@ -134,7 +150,9 @@ def test_output_folder_holding_something_else(tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     for overwrite in (False, True):
-        with pytest.raises(UserError, match=r"already holds files that are not a minprot corpus \(e\.g\. 'notes\.txt'\)"):
+        with pytest.raises(
+            UserError, match=r"already holds files that are not a minprot corpus \(e\.g\. 'notes\.txt'\)"
+        ):
             prepare_corpus([tmp_path / "in.fasta"], out, overwrite=overwrite)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     (tmp_path / "file_out").write_text("x")
@@ -165,7 +183,9 @@ def test_missing_shard_is_not_a_noop(tmp_path):
     (tmp_path / "in.fasta").write_text(GOOD)
     manifest = prepare_corpus([tmp_path / "in.fasta"], tmp_path / "out", valid_fraction=0.0)
     (tmp_path / "out" / manifest.splits["train"].shards[0].path).unlink()
-    with pytest.raises(UserError, match=r"shard train/shard-00000\.arrow is missing or changed; rerun with --overwrite"):
+    with pytest.raises(
+        UserError, match=r"shard train/shard-00000\.arrow is missing or changed; rerun with --overwrite"
+    ):
         prepare_corpus([tmp_path / "in.fasta"], tmp_path / "out", valid_fraction=0.0)
 
 
@@ -180,7 +200,10 @@ def test_verify_names_corrupt_and_missing_shards(tmp_path):
     data[-100] ^= 0xFF  # same size, different bytes
     first.write_bytes(bytes(data))
     (tmp_path / "out" / shards[2].path).unlink()
-    with pytest.raises(UserError, match=r"2 of 4 shards .* train/shard-00000\.arrow \(checksum mismatch\), train/shard-00002\.arrow \(missing\)"):
+    with pytest.raises(
+        UserError,
+        match=r"2 of 4 shards .* train/shard-00000\.arrow \(checksum mismatch\), train/shard-00002\.arrow \(missing\)",
+    ):
         verify_corpus(tmp_path / "out")
     with pytest.raises(UserError, match="is not a prepared corpus"):
         verify_corpus(tmp_path)

@@ -1,4 +1,5 @@
 """`prepare` on the real Swiss-Prot sample (UniProt flat files turned into FASTA with biopython)."""
+
 from __future__ import annotations
 
 import datasets
@@ -24,7 +25,8 @@ def test_swissprot_sample_prepares_with_the_expected_rows(shared_data, tmp_path)
     manifest = prepare_corpus([fasta], tmp_path / "corpus", valid_fraction=0.0, seed=0)
     assert manifest.splits["train"].rows == len(expected)
     assert manifest.drops.get("too_long", 0) + manifest.drops.get("too_short", 0) + manifest.drops.get(
-        "duplicate", 0) == len(records) - len(expected)
+        "duplicate", 0
+    ) == len(records) - len(expected)
     corpus = ShardedCorpus(tmp_path / "corpus", "train")
     got = {decode(t) for t in corpus.tokens(list(range(len(corpus))))}
     assert got == set(expected)

@@ -1,4 +1,5 @@
 """`load_task_data`, the fine-tune jobs' entry point: files, raw folders, task folders, splits, errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,7 +29,9 @@ def test_q3_splits_from_flip_and_strict(shared_data: Path) -> None:
     with pytest.raises(UserError, match=r"no split 'dev' \(it has train, valid, test\)"):
         load_task_data(shared_data / "secondary_structure/flip_sampled", "q3", split="dev")
     with pytest.raises(UserError, match=r"line 3 \(record 1AOII\): nucleotide sequence"):
-        load_task_data(shared_data / "dna_binding/pdb1075_pdb186/Training_dataset_PDB1075.txt", "dna-binding", strict=True)
+        load_task_data(
+            shared_data / "dna_binding/pdb1075_pdb186/Training_dataset_PDB1075.txt", "dna-binding", strict=True
+        )
 
 
 def test_task_command_round_trip(shared_data: Path, tmp_path: Path) -> None:
@@ -58,5 +61,7 @@ def test_cli_refuses_foreign_out_folder(shared_data: Path, tmp_path: Path) -> No
     result = CliRunner().invoke(
         app, ["data", "task", str(shared_data / "secondary_structure/CASP12_HHblits.csv"), "--out", str(tmp_path)]
     )
-    assert isinstance(result.exception, UserError) and "not a task folder made by `minprot data`" in str(result.exception)
+    assert isinstance(result.exception, UserError) and "not a task folder made by `minprot data`" in str(
+        result.exception
+    )
     assert (tmp_path / "keep.txt").read_text() == "mine"

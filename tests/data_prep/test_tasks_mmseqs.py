@@ -1,4 +1,5 @@
 """SUB / CUT and label conflicts with the real MMseqs2 binary on a constructed set of near-duplicates."""
+
 from __future__ import annotations
 
 import shutil
@@ -11,9 +12,9 @@ from typer.testing import CliRunner
 
 from data_prep.tasks.conflicts import find_conflicts, to_markdown
 from data_prep.tasks.mmseqs import random_subset, reduce
+from minprot_ds.cli import app
 from minprot_ds.data.task_records import SEQUENCE_FEATURES
 from minprot_ds.data.task_store import TaskMeta, save_task
-from minprot_ds.cli import app
 from minprot_ds.errors import UserError
 
 needs_mmseqs = pytest.mark.skipif(
@@ -84,7 +85,10 @@ def test_cli_reduce_random_subset_conflicts(tmp_path: Path) -> None:
 
 def test_missing_binary_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MINPROT_MMSEQS", "mmseqs-not-installed-here")
-    with pytest.raises(UserError, match=r"mmseqs binary was not found on PATH; install MMseqs2 \(Debian/Ubuntu: `apt-get install mmseqs2`"):
+    with pytest.raises(
+        UserError,
+        match=r"mmseqs binary was not found on PATH; install MMseqs2 \(Debian/Ubuntu: `apt-get install mmseqs2`",
+    ):
         reduce(_family_set(), 0.85)
 
 

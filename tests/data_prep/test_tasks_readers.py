@@ -1,4 +1,5 @@
 """Every task reader on the real public files (counts from ../shared/data/README.md) and on the quirks."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -112,7 +113,9 @@ def _write(path: Path, text: str, bom: bool = False) -> Path:
 
 
 def test_labelled_csv_with_bom_and_any_case(tmp_path: Path) -> None:
-    path = _write(tmp_path / "deepwet_train.csv", "Identifier,SEQUENCE,Binding\nA1,mkvl aaa,1\nA2,GGGSSTWQ,0\n", bom=True)
+    path = _write(
+        tmp_path / "deepwet_train.csv", "Identifier,SEQUENCE,Binding\nA1,mkvl aaa,1\nA2,GGGSSTWQ,0\n", bom=True
+    )
     report = read_inputs([path], task="dna-binding")
     assert report.format == "labelled-csv"
     assert report.data.to_dict() == {"id": ["A1", "A2"], "sequence": ["MKVLAAA", "GGGSSTWQ"], "label": [1, 0]}
@@ -126,7 +129,11 @@ def test_labelled_tsv_without_id_counts_bad_rows(tmp_path: Path) -> None:
     report = read_inputs([path])
     assert report.rows == 1 and report.data[0]["id"] == "set-0"
     assert report.skipped == {
-        "unknown label": 1, "empty record": 1, "nucleotide sequence": 1, "invalid residue letters": 1, "missing label": 1,
+        "unknown label": 1,
+        "empty record": 1,
+        "nucleotide sequence": 1,
+        "invalid residue letters": 1,
+        "missing label": 1,
     }
     with pytest.raises(UserError, match=r"set.tsv line 3 \(record set-1\): unknown label \(label 'maybe'"):
         read_inputs([path], strict=True)
@@ -143,7 +150,9 @@ def test_netsurfp_length_mismatch_and_unknown_label(tmp_path: Path) -> None:
     report = read_inputs([path])
     assert report.skipped == {"residue/label length mismatch": 1, "unknown label": 1}
     assert report.data[0]["labels"] == [H, IGNORE_INDEX, C]
-    with pytest.raises(UserError, match=r"ts.csv line 2 \(record ts-0\): residue/label length mismatch \(3 residues, 2 labels\)"):
+    with pytest.raises(
+        UserError, match=r"ts.csv line 2 \(record ts-0\): residue/label length mismatch \(3 residues, 2 labels\)"
+    ):
         read_inputs([path], strict=True)
 
 

@@ -1,4 +1,5 @@
 """Swiss-Prot DNA-binding builder on Biopython's real flat files, its split, and the task folders it writes."""
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,9 @@ def test_bacteria_archaea_and_taxid(dat_files: list[Path]) -> None:
     labels = _all(data)
     assert labels["Q51481"] == 1  # NIRQ_PSEAE
     assert "P0CK95" not in labels and "H2CNN8" not in labels  # 1,520 residues; unreviewed
-    assert "P56540" not in labels and "Q51858" in labels  # CbbQ: the entry flagged Fragment goes, the complete one stays
+    assert (
+        "P56540" not in labels and "Q51858" in labels
+    )  # CbbQ: the entry flagged Fragment goes, the complete one stays
     mouse, _ = build_swissprot(dat_files, "10090")
     assert list(_all(mouse)) == ["P60904"]
 
@@ -83,7 +86,9 @@ def test_cluster_split_keeps_clusters_whole_and_labels_balanced() -> None:
 
 def test_cli_writes_a_task_folder_the_finetune_loads(dat_files: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "human"
-    result = CliRunner().invoke(app, ["data", "swissprot", *map(str, dat_files), "--organism", "human", "--out", str(out), "--seed", "3"])
+    result = CliRunner().invoke(
+        app, ["data", "swissprot", *map(str, dat_files), "--organism", "human", "--out", str(out), "--seed", "3"]
+    )
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "minprot_task.json").read_text())
     assert meta["task"] == "dna-binding" and meta["variant"] == "full" and meta["options"]["seed"] == 3

@@ -1,6 +1,7 @@
 """Fixtures of the end-to-end engine tests: a learnable corpus, a tiny pre-trained teacher, and a
 `launch(run_dir, *args)` that runs launch/distill.py under the real deepspeed launcher, and a real one-node
 Slurm cluster on loopback."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,8 @@ def assets(tmp_path_factory):
     """A learnable synthetic corpus and a tiny teacher pre-trained on it (as the demo makes them)."""
     from data_prep.corpus import prepare_corpus
     from minprot_ds.distill.demo import TEACHER_SHAPE, synthetic_fasta
-    from minprot_ds.models.masked_lm import save_random_protbert
     from minprot_ds.distill.pretrain import pretrain_teacher
+    from minprot_ds.models.masked_lm import save_random_protbert
 
     root = tmp_path_factory.mktemp("assets")
     corpus = root / "corpus"
@@ -40,21 +41,55 @@ def assets(tmp_path_factory):
     return {"corpus": corpus, "teacher": Path(teacher), "teacher_dropout": dropout}
 
 
-def _launch(assets, run_dir: Path, *extra: str, ranks: int = 2, ds: str = "cpu_zero2.json", steps: int = 30,
-           timeout: int = 420, show_failure: bool = True, env: dict | None = None,
-           teacher: str = "teacher") -> subprocess.CompletedProcess:
+def _launch(
+    assets,
+    run_dir: Path,
+    *extra: str,
+    ranks: int = 2,
+    ds: str = "cpu_zero2.json",
+    steps: int = 30,
+    timeout: int = 420,
+    show_failure: bool = True,
+    env: dict | None = None,
+    teacher: str = "teacher",
+) -> subprocess.CompletedProcess:
     from minprot_ds.distill.demo import launcher_command
 
-    args = ["--config", str(DEMO_CONFIG), "--deepspeed_config", str(REPO / "ds_configs" / ds), "--run-dir", str(run_dir),
-            "--set", f'model.teacher="{assets[teacher]}"', "--set", f'data.corpus="{assets["corpus"]}"',
-            "--set", f"schedule.total_steps={steps}", "--set", "eval.every_steps=0", "--set", "checkpoint.every_steps=10",
-            *extra]
-    cmd = launcher_command(ranks, REPO / "launch" / "distill.py", args) if ranks else [
-        sys.executable, str(REPO / "launch" / "distill.py"), *args]
+    args = [
+        "--config",
+        str(DEMO_CONFIG),
+        "--deepspeed_config",
+        str(REPO / "ds_configs" / ds),
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        f'model.teacher="{assets[teacher]}"',
+        "--set",
+        f'data.corpus="{assets["corpus"]}"',
+        "--set",
+        f"schedule.total_steps={steps}",
+        "--set",
+        "eval.every_steps=0",
+        "--set",
+        "checkpoint.every_steps=10",
+        *extra,
+    ]
+    cmd = (
+        launcher_command(ranks, REPO / "launch" / "distill.py", args)
+        if ranks
+        else [sys.executable, str(REPO / "launch" / "distill.py"), *args]
+    )
     # Its own process group, so that a launch that hangs is taken down whole (launcher and ranks), not
     # left running behind the test with the CPU cores.
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, start_new_session=True) as popen:
+    with subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        start_new_session=True,
+    ) as popen:
         try:
             out, err = popen.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -111,42 +146,55 @@ class SlurmCluster:
         key.chmod(0o400)
         self.munge_socket = root / "munge" / "munge.socket"
         self.conf = root / "slurm.conf"
-        self.conf.write_text("\n".join([
-            "ClusterName=loopback",
-            f"SlurmctldHost={self.host}(127.0.0.1)",
-            f"SlurmctldPort={free_port()}",
-            f"SlurmdPort={free_port()}",
-            "AuthType=auth/munge",
-            "CredType=cred/munge",
-            # cred_expire: a requeued job may start again after ~30 s instead of 2 minutes (slurm.conf(5)).
-            f"AuthInfo=socket={self.munge_socket},cred_expire=5",
-            "SlurmUser=root",
-            "SlurmdUser=root",
-            "ProctrackType=proctrack/linuxproc",
-            "TaskPlugin=task/none",
-            "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_Core",
-            "ReturnToService=2",
-            "MpiDefault=none",
-            "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none",
-            f"StateSaveLocation={root / 'state'}",
-            f"SlurmdSpoolDir={root / 'spool'}",
-            f"SlurmctldPidFile={root / 'slurmctld.pid'}",
-            f"SlurmdPidFile={root / 'slurmd.pid'}",
-            f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}",
-            f"SlurmdLogFile={root / 'log' / 'slurmd.log'}",
-            f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN",
-            f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
-            "",
-        ]))
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=loopback",
+                    f"SlurmctldHost={self.host}(127.0.0.1)",
+                    f"SlurmctldPort={free_port()}",
+                    f"SlurmdPort={free_port()}",
+                    "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    # cred_expire: a requeued job may start again after ~30 s instead of 2 minutes (slurm.conf(5)).
+                    f"AuthInfo=socket={self.munge_socket},cred_expire=5",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core",
+                    "ReturnToService=2",
+                    "MpiDefault=none",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "AccountingStorageType=accounting_storage/none",
+                    f"StateSaveLocation={root / 'state'}",
+                    f"SlurmdSpoolDir={root / 'spool'}",
+                    f"SlurmctldPidFile={root / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={root / 'slurmd.pid'}",
+                    f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}",
+                    f"SlurmdLogFile={root / 'log' / 'slurmd.log'}",
+                    f"NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN",
+                    f"PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
 
-    def start(self, timeout: float = 60) -> "SlurmCluster":
+    def start(self, timeout: float = 60) -> SlurmCluster:
         m = self.root / "munge"
-        self._daemon(["munged", "--foreground", "--force", f"--socket={self.munge_socket}",
-                      f"--key-file={m / 'munge.key'}", f"--pid-file={m / 'munged.pid'}",
-                      f"--log-file={m / 'munged.log'}", f"--seed-file={m / 'munged.seed'}"])
+        self._daemon(
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={m / 'munge.key'}",
+                f"--pid-file={m / 'munged.pid'}",
+                f"--log-file={m / 'munged.log'}",
+                f"--seed-file={m / 'munged.seed'}",
+            ]
+        )
         self._wait(lambda: self.munge_socket.exists(), timeout, "munged's socket")
         self._daemon(["slurmctld", "-D", "-i"])
         self._wait(lambda: self.run("scontrol", "ping", check=False).returncode == 0, timeout, "slurmctld")
@@ -155,8 +203,9 @@ class SlurmCluster:
         return self
 
     def run(self, *cmd: str, check: bool = True, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
-        return subprocess.run(cmd, env={**self.env, **(env or {})}, capture_output=True, text=True, check=check,
-                              timeout=60, cwd=cwd)
+        return subprocess.run(
+            cmd, env={**self.env, **(env or {})}, capture_output=True, text=True, check=check, timeout=60, cwd=cwd
+        )
 
     def job(self, job_id: str) -> dict[str, str]:
         """`scontrol show job` as a dict (JobState, RunTime, Restarts, ...); {} once Slurm forgot the job."""
@@ -165,8 +214,9 @@ class SlurmCluster:
 
     def _daemon(self, cmd: list[str]) -> None:
         log = open(self.root / "log" / f"{cmd[0]}.out", "w")
-        self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True))
+        self.procs.append(
+            subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        )
 
     def _wait(self, predicate, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -174,7 +224,9 @@ class SlurmCluster:
             dead = [p.args[0] for p in self.procs if p.poll() is not None]
             if dead or time.monotonic() > deadline:
                 logs = "\n".join(f.read_text()[-1500:] for f in (self.root / "log").iterdir())
-                raise RuntimeError(f"Slurm on loopback: no {what} ({'exited: ' + ', '.join(dead) if dead else 'timed out'})\n{logs}")
+                raise RuntimeError(
+                    f"Slurm on loopback: no {what} ({'exited: ' + ', '.join(dead) if dead else 'timed out'})\n{logs}"
+                )
             time.sleep(0.2)
 
     def stop(self) -> None:

@@ -3,6 +3,7 @@
 Cadence (every_steps, every_minutes, forced saves), pruning, which checkpoint `load` takes, what it
 refuses, and that it restores weights, optimizer, data cursor and the training RNG exactly (or seeds
 the RNG from the data seed and the rank on a fresh start)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,8 +60,9 @@ def train_step(engine, cursor: Cursor) -> float:
 
 def checkpointer(tmp_path: Path, engine, cursor, **options) -> Checkpointer:
     opts = CheckpointConfig(**{"every_steps": 0, "every_minutes": 0.0, "keep_last": 3, **options})
-    return Checkpointer(tmp_path / "ckpt", opts, engine=engine, stream=cursor, seed=0,
-                        model_affecting={"data.seed": 0}, grad_accum=1)
+    return Checkpointer(
+        tmp_path / "ckpt", opts, engine=engine, stream=cursor, seed=0, model_affecting={"data.seed": 0}, grad_accum=1
+    )
 
 
 def test_save_decides_by_cadence(group, tmp_path):
@@ -101,7 +103,10 @@ def test_prune_keeps_the_last_and_every_kth(group, tmp_path):
         state.step = step
         cp.save(state)
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("global_step*")) == [
-        "global_step3", "global_step6", "global_step7"]
+        "global_step3",
+        "global_step6",
+        "global_step7",
+    ]
 
 
 def test_load_restores_weights_optimizer_cursor_and_rng(group, tmp_path):
@@ -146,14 +151,27 @@ def test_load_refuses(group, tmp_path):
         cp.load("none")
     with pytest.raises(UserError, match="not a complete checkpoint folder"):
         cp.load(str(tmp_path / "nowhere"))
-    changed = Checkpointer(tmp_path / "ckpt", cp.options, engine=engine, stream=cursor, seed=0,
-                           model_affecting={"data.seed": 7}, grad_accum=1)
+    changed = Checkpointer(
+        tmp_path / "ckpt",
+        cp.options,
+        engine=engine,
+        stream=cursor,
+        seed=0,
+        model_affecting={"data.seed": 7},
+        grad_accum=1,
+    )
     with pytest.raises(UserError, match="data.seed was 0 and is now 7"):
         changed.load("auto")
     with pytest.raises(UserError, match="Keep ranks x gradient_accumulation_steps equal"):
         Checkpointer(
-            tmp_path / "ckpt", cp.options, engine=engine, stream=cursor, seed=0, model_affecting={"data.seed": 0},
-            grad_accum=2).load("auto")
+            tmp_path / "ckpt",
+            cp.options,
+            engine=engine,
+            stream=cursor,
+            seed=0,
+            model_affecting={"data.seed": 0},
+            grad_accum=2,
+        ).load("auto")
 
 
 def test_incomplete_checkpoint_is_skipped(group, tmp_path):

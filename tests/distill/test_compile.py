@@ -1,6 +1,7 @@
 """model.compile: the compiled encoders compute what the eager ones do (forward, and the student's
 gradients), keep their state-dict keys (checkpoints and exports unchanged), and refuse ZeRO-3 for the
 student with a message naming the way out."""
+
 from __future__ import annotations
 
 import copy
@@ -43,7 +44,9 @@ def test_compiled_encoders_match_eager_across_shapes(tiny_teacher_dir):
     compile_encoders(teacher, student, "all", zero_stage=2)
     assert (list(teacher.state_dict()), list(student.state_dict())) == keys
 
-    for seed, (rows, length) in enumerate([(4, 24), (3, 40), (6, 16)]):  # new shapes: dynamic graphs, no recompiles needed
+    for seed, (rows, length) in enumerate(
+        [(4, 24), (3, 40), (6, 16)]
+    ):  # new shapes: dynamic graphs, no recompiles needed
         ids, att, labels = _batch(seed, rows, length)
         with torch.inference_mode():
             t, t_ref = (forward_for_loss(m, ids, att, labels) for m in (teacher, eager_teacher))

@@ -1,4 +1,5 @@
 """The run config: presets load, overrides apply, bad keys/types/combinations name the key."""
+
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,15 @@ def test_defaults_follow_the_recipe():
 
 
 def test_overrides_parse_toml_values_and_bare_words():
-    c = load_config(None, ["optimizer.lr=1e-4", "model.teacher=some/folder", "loss.weights=[1, 0.5, 0.1]",
-                           "model.activation_checkpointing=true"])
+    c = load_config(
+        None,
+        [
+            "optimizer.lr=1e-4",
+            "model.teacher=some/folder",
+            "loss.weights=[1, 0.5, 0.1]",
+            "model.activation_checkpointing=true",
+        ],
+    )
     assert c.optimizer.lr == 1e-4 and c.model.teacher == "some/folder"
     assert c.loss.weights == [1.0, 0.5, 0.1] and c.model.activation_checkpointing is True
 
@@ -41,7 +49,10 @@ def test_overrides_parse_toml_values_and_bare_words():
         ("loss.weights=[1, 2]", "loss.weights must be three non-negative numbers"),
         ("model.layer_strategy='0,1,2'", "lists 3 layers but model.student_layers is 15"),
         ("model.layer_strategy=odd", "must be alternate, random or comma-separated"),
-        ("data.mask_probability=1.5", "data.mask_probability is refused by the masking: masking probability must lie in (0, 1]"),
+        (
+            "data.mask_probability=1.5",
+            "data.mask_probability is refused by the masking: masking probability must lie in (0, 1]",
+        ),
         ("data.mask_probability=0", "data.mask_probability is refused"),
         ("loss.impl=fast", "loss.impl must be one of eager, compiled, triton, auto"),
         ("lr=1", "is not of the form section.key=value"),
@@ -64,7 +75,18 @@ def test_missing_and_invalid_files(tmp_path):
 
 def test_config_accepts_what_the_components_accept():
     # The losses take "compiled" (the V100 path), the masking takes probability 1.
-    c = load_config(None, ["loss.impl=compiled", "data.mask_probability=1.0", "loss.kd_positions=all",
-                           "loss.kd_temperature_squared=false"])
+    c = load_config(
+        None,
+        [
+            "loss.impl=compiled",
+            "data.mask_probability=1.0",
+            "loss.kd_positions=all",
+            "loss.kd_temperature_squared=false",
+        ],
+    )
     assert (c.loss.impl, c.data.mask_probability, c.loss.kd_positions, c.loss.kd_temperature_squared) == (
-        "compiled", 1.0, "all", False)
+        "compiled",
+        1.0,
+        "all",
+        False,
+    )

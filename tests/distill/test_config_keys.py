@@ -6,6 +6,7 @@ optimizer and loss, the tracker's run, or a short in-process run's checkpoints, 
 Changing the key must change what the probe sees. A key of the config that is missing from KEYS fails
 the test: a new key comes with its probe (cluster: add yours after merging main).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,6 +25,7 @@ CPU_DS = REPO / "ds_configs" / "cpu_zero2.json"
 
 # --- probes: what a component built from the config shows --------------------------------------------
 
+
 def _digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
@@ -34,8 +36,16 @@ def probe_stream(config: DistillConfig, tmp: Path):
     stream = build_stream(config, "train", rank=0, world_size=1, grad_accum=1)
     batches = iter(stream)
     steps = [next(batches) for _ in range(3)]
-    seen = [(tuple(int(i) for i in b["sample_index"]), tuple(b["input_ids"].shape), _digest(b["input_ids"]),
-             int((b["labels"] != -100).sum())) for step in steps for b in step]
+    seen = [
+        (
+            tuple(int(i) for i in b["sample_index"]),
+            tuple(b["input_ids"].shape),
+            _digest(b["input_ids"]),
+            int((b["labels"] != -100).sum()),
+        )
+        for step in steps
+        for b in step
+    ]
     return stream.num_workers, seen
 
 
@@ -65,18 +75,24 @@ def probe_models(config: DistillConfig, tmp: Path):
     engine, student_config = _engine(config)
     student = engine.student.module.mlm
     weights = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in student.parameters())).hexdigest()
-    return (engine.teacher_checksum(), student_config.num_hidden_layers,
-            list(getattr(student_config, "minprot_teacher_layers", [])), weights,
-            student.is_gradient_checkpointing,
-            getattr(engine.teacher.bert, "_compiled_call_impl", None) is not None,
-            getattr(student.bert, "_compiled_call_impl", None) is not None)
+    return (
+        engine.teacher_checksum(),
+        student_config.num_hidden_layers,
+        list(getattr(student_config, "minprot_teacher_layers", [])),
+        weights,
+        student.is_gradient_checkpointing,
+        getattr(engine.teacher.bert, "_compiled_call_impl", None) is not None,
+        getattr(student.bert, "_compiled_call_impl", None) is not None,
+    )
 
 
 def probe_optimizer(config: DistillConfig, tmp: Path):
     engine, _ = _engine(config)
     groups = engine.student.optimizer.param_groups
-    return ([(g["initial_lr"], g["weight_decay"], tuple(g["betas"]), g["eps"]) for g in groups],
-            engine.student.lr_scheduler.get_last_lr())
+    return (
+        [(g["initial_lr"], g["weight_decay"], tuple(g["betas"]), g["eps"]) for g in groups],
+        engine.student.lr_scheduler.get_last_lr(),
+    )
 
 
 def probe_loss(config: DistillConfig, tmp: Path):
@@ -126,10 +142,18 @@ def probe_run(config: DistillConfig, tmp: Path):
     def steps(key: str) -> list[int]:
         return sorted(m.step for m in client.get_metric_history(result.mlflow_run_id, key))
 
-    checkpoints = sorted(int(p.name.removeprefix("global_step")) for p in (run_dir / "ckpt").glob("global_step*")
-                         if p.name.removeprefix("global_step").isdigit())
-    return (result.step, checkpoints, steps("train/loss"), steps("valid/student_mlm_loss"),
-            sorted(p.name for p in (run_dir / "trace").glob("*")))
+    checkpoints = sorted(
+        int(p.name.removeprefix("global_step"))
+        for p in (run_dir / "ckpt").glob("global_step*")
+        if p.name.removeprefix("global_step").isdigit()
+    )
+    return (
+        result.step,
+        checkpoints,
+        steps("train/loss"),
+        steps("valid/student_mlm_loss"),
+        sorted(p.name for p in (run_dir / "trace").glob("*")),
+    )
 
 
 def probe_watchdog(config: DistillConfig, tmp: Path):
@@ -143,8 +167,15 @@ def probe_watchdog(config: DistillConfig, tmp: Path):
 
 # --- the table -----------------------------------------------------------------------------------------
 
-RUN_BASE = ["schedule.total_steps=3", "schedule.warmup_steps=0", "checkpoint.every_steps=0",
-            "checkpoint.every_minutes=0", "eval.every_steps=0", "eval.max_batches=2", "run.log_every=10"]
+RUN_BASE = [
+    "schedule.total_steps=3",
+    "schedule.warmup_steps=0",
+    "checkpoint.every_steps=0",
+    "checkpoint.every_minutes=0",
+    "eval.every_steps=0",
+    "eval.max_batches=2",
+    "run.log_every=10",
+]
 EVERY_STEP = [*RUN_BASE, "checkpoint.every_steps=1", "checkpoint.keep_last=1"]
 
 # key: (changed value, baseline overrides, probe); {name} is filled from the assets fixture.
@@ -234,9 +265,16 @@ def assets(tmp_path_factory):
 
 def base_overrides(assets) -> list[str]:
     """A tiny CPU run: the assets' teacher and corpus, small batches, its own MLflow store."""
-    return [f'model.teacher="{assets["teacher"]}"', "model.student_layers=2", f'data.corpus="{assets["corpus"]}"',
-            "data.max_tokens=2048", "data.max_rows=16", "data.num_workers=0", "loss.impl=eager",
-            f'tracking.tracking_uri="sqlite:///{assets["db"]}"']
+    return [
+        f'model.teacher="{assets["teacher"]}"',
+        "model.student_layers=2",
+        f'data.corpus="{assets["corpus"]}"',
+        "data.max_tokens=2048",
+        "data.max_rows=16",
+        "data.num_workers=0",
+        "loss.impl=eager",
+        f'tracking.tracking_uri="sqlite:///{assets["db"]}"',
+    ]
 
 
 _observed: dict[tuple, object] = {}
@@ -249,8 +287,9 @@ def observe(assets, probe, overrides: list[str]):
     return _observed[key]
 
 
-@pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.slow) if KEYS[k][2] in SLOW_PROBES else k
-                                 for k in KEYS])
+@pytest.mark.parametrize(
+    "key", [pytest.param(k, marks=pytest.mark.slow) if KEYS[k][2] in SLOW_PROBES else k for k in KEYS]
+)
 def test_changing_a_key_reaches_its_component(key, assets):
     value, base, probe = KEYS[key]
     changed = f"{key}={value.format(**{k: str(v) for k, v in assets.items()})}"

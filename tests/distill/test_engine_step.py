@@ -1,5 +1,6 @@
 """DistillEngine's step and its phases in one process, without the launcher: DeepSpeed initialised in
 process on a gloo group of one rank (as `python launch/distill.py` runs), tiny random models."""
+
 from __future__ import annotations
 
 import math
@@ -33,13 +34,25 @@ def build(tiny, *overrides: str):
     from minprot_ds.distributed import init_distributed
     from minprot_ds.ds_config import read_ds_config
 
-    config = load_config(None, [f'model.teacher="{tiny["teacher"]}"', "model.student_layers=2",
-                                f'data.corpus="{tiny["corpus"]}"', "data.max_tokens=1024", "data.max_rows=8",
-                                "data.num_workers=0", "loss.impl=eager", "schedule.warmup_steps=0",
-                                "optimizer.lr=1e-3", *overrides])
+    config = load_config(
+        None,
+        [
+            f'model.teacher="{tiny["teacher"]}"',
+            "model.student_layers=2",
+            f'data.corpus="{tiny["corpus"]}"',
+            "data.max_tokens=1024",
+            "data.max_rows=8",
+            "data.num_workers=0",
+            "loss.impl=eager",
+            "schedule.warmup_steps=0",
+            "optimizer.lr=1e-3",
+            *overrides,
+        ],
+    )
     init_distributed()
-    ds = read_ds_config(REPO / "ds_configs" / "cpu_zero2.json", flag="test", owner="the run config",
-                        micro_batch=config.data.max_rows)
+    ds = read_ds_config(
+        REPO / "ds_configs" / "cpu_zero2.json", flag="test", owner="the run config", micro_batch=config.data.max_rows
+    )
     engine, _ = build_engine(config, ds, planned_steps=50, dtype=torch.float32)
     return engine, build_stream(config, "train", rank=0, world_size=1, grad_accum=1)
 
@@ -109,7 +122,9 @@ def test_kd_on_all_positions_changes_the_kd_term_and_where_the_head_runs(tiny):
     # The FLOP count follows the head: every non-pad token instead of the masked ones.
     lengths = batch["attention_mask"].sum(1).tolist()
     rows, padded = batch["input_ids"].shape
-    expected = distill_step_flops(**all_engine.shape, seq_len=padded, batch=rows, masked_tokens=non_pad, lengths=lengths)
+    expected = distill_step_flops(
+        **all_engine.shape, seq_len=padded, batch=rows, masked_tokens=non_pad, lengths=lengths
+    )
     assert all_engine.micro_batch_flops(batch) == expected
     stats = all_engine.step([next(iter(stream))[0]])
     assert math.isfinite(stats.kd) and not stats.skipped

@@ -1,5 +1,6 @@
 """Export of the student as a Hugging Face folder, in one process (no launcher): from a model in memory,
 and from a real DeepSpeed checkpoint written in process on a gloo group of one rank."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from minprot_ds.errors import UserError
 from minprot_ds.distill.export import STUDENT_CONFIG, export_checkpoint, export_student, student_provenance
+from minprot_ds.errors import UserError
 from minprot_ds.models.folders import METADATA, read_metadata
 from minprot_ds.models.masked_lm import build_student, load_teacher, save_random_protbert
 
@@ -18,8 +19,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory) -> Path:
-    return save_random_protbert(tmp_path_factory.mktemp("export") / "teacher", num_layers=4, hidden_size=32,
-                                num_heads=4, intermediate_size=64, seed=3)
+    return save_random_protbert(
+        tmp_path_factory.mktemp("export") / "teacher",
+        num_layers=4,
+        hidden_size=32,
+        num_heads=4,
+        intermediate_size=64,
+        seed=3,
+    )
 
 
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -40,16 +47,26 @@ def test_export_student_writes_a_folder_transformers_loads_with_its_provenance(t
 
 
 def test_export_checkpoint_gives_the_trained_student(teacher_dir, tmp_path):
+    from minprot_ds.data.synthetic import write_synthetic_corpus
     from minprot_ds.distill.build import build_engine, build_stream
     from minprot_ds.distill.checkpoint import Checkpointer, TrainState
     from minprot_ds.distill.config import load_config
-    from minprot_ds.data.synthetic import write_synthetic_corpus
     from minprot_ds.distributed import init_distributed
     from minprot_ds.ds_config import read_ds_config
 
     corpus = write_synthetic_corpus(tmp_path / "corpus", torch.randint(20, 80, (60,)).numpy())
-    config = load_config(None, [f'model.teacher="{teacher_dir}"', "model.student_layers=2", f'data.corpus="{corpus}"',
-                                "data.max_tokens=1024", "data.max_rows=8", "data.num_workers=0", "loss.impl=eager"])
+    config = load_config(
+        None,
+        [
+            f'model.teacher="{teacher_dir}"',
+            "model.student_layers=2",
+            f'data.corpus="{corpus}"',
+            "data.max_tokens=1024",
+            "data.max_rows=8",
+            "data.num_workers=0",
+            "loss.impl=eager",
+        ],
+    )
     init_distributed()
     ds = read_ds_config(REPO / "ds_configs" / "cpu_zero2.json", flag="test", owner="test", micro_batch=8)
     engine, student_config = build_engine(config, ds, planned_steps=10, dtype=torch.float32)
@@ -60,8 +77,15 @@ def test_export_checkpoint_gives_the_trained_student(teacher_dir, tmp_path):
     with pytest.raises(UserError, match="no complete checkpoint"):
         export_checkpoint(run_dir, tmp_path / "nothing")
     state = TrainState(step=1, consumed_samples=8, mlflow_run_id="r1")
-    checkpointer = Checkpointer(run_dir / "ckpt", config.checkpoint, engine=engine.student, stream=stream,
-                                seed=0, model_affecting=config.model_affecting(), grad_accum=1)
+    checkpointer = Checkpointer(
+        run_dir / "ckpt",
+        config.checkpoint,
+        engine=engine.student,
+        stream=stream,
+        seed=0,
+        model_affecting=config.model_affecting(),
+        grad_accum=1,
+    )
     folder = checkpointer.save(state, force=True)
     with pytest.raises(UserError, match=STUDENT_CONFIG):
         export_checkpoint(folder, tmp_path / "nothing")

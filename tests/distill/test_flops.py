@@ -1,4 +1,5 @@
 """The FLOP model against a count by hand, and parameter counts against real transformers models."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,15 @@ from minprot_ds.distill.flops import PEAK_TFLOPS, bert_params, device_key, disti
 def test_step_flops_match_a_hand_count() -> None:
     # Teacher 2 layers, student 1, H=4, I=8, V=5; batch of 2 padded to T=6, real lengths 6 and 4; 3 masked.
     flops = distill_step_flops(
-        teacher_layers=2, student_layers=1, hidden=4, intermediate=8, vocab=5,
-        seq_len=6, batch=2, masked_tokens=3, lengths=[6, 4],
+        teacher_layers=2,
+        student_layers=1,
+        hidden=4,
+        intermediate=8,
+        vocab=5,
+        seq_len=6,
+        batch=2,
+        masked_tokens=3,
+        lengths=[6, 4],
     )
     # Matmul weights per layer: Q,K,V,O 4·4·4 = 64, FFN 2·4·8 = 64 → 128. Head: H·H + H·V = 16 + 20 = 36.
     # Padded: 12 tokens, Σ T² = 36 + 36 = 72.   Real: 10 tokens, Σ T² = 36 + 16 = 52.
@@ -36,8 +44,14 @@ def test_step_flops_match_a_hand_count() -> None:
 
 def test_no_padding_means_executed_equals_useful() -> None:
     flops = distill_step_flops(
-        teacher_layers=30, student_layers=15, hidden=1024, intermediate=4096, vocab=30,
-        seq_len=514, batch=16, masked_tokens=1200,
+        teacher_layers=30,
+        student_layers=15,
+        hidden=1024,
+        intermediate=4096,
+        vocab=30,
+        seq_len=514,
+        batch=16,
+        masked_tokens=1200,
     )
     assert flops.executed == flops.useful
     # Sanity against the 2·N / 6·N rule alone: attention adds, never removes.
@@ -47,8 +61,17 @@ def test_no_padding_means_executed_equals_useful() -> None:
 
 def test_bad_lengths_are_refused() -> None:
     with pytest.raises(ValueError, match="lengths must be 2 values in \\[0, 6\\]"):
-        distill_step_flops(teacher_layers=2, student_layers=1, hidden=4, intermediate=8, vocab=5,
-                           seq_len=6, batch=2, masked_tokens=0, lengths=[7, 1])
+        distill_step_flops(
+            teacher_layers=2,
+            student_layers=1,
+            hidden=4,
+            intermediate=8,
+            vocab=5,
+            seq_len=6,
+            batch=2,
+            masked_tokens=0,
+            lengths=[7, 1],
+        )
 
 
 def count_real(config: BertConfig) -> tuple[int, int]:
@@ -60,8 +83,14 @@ def count_real(config: BertConfig) -> tuple[int, int]:
 
 
 def test_bert_params_match_a_tiny_transformers_model() -> None:
-    config = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=30,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     model = BertForMaskedLM(config)  # a real, allocated model for the small one
     counted = bert_params(2, 16, 32, 30, max_positions=64)
     assert counted.total == sum(p.numel() for p in model.parameters())
@@ -72,8 +101,13 @@ def test_bert_params_match_protbert(shared_reference: Path) -> None:
     raw = json.loads((shared_reference / "prot_bert" / "config.json").read_text())
     config = BertConfig(**{k: v for k, v in raw.items() if k != "architectures"})
     total, matmul = count_real(config)
-    counted = bert_params(config.num_hidden_layers, config.hidden_size, config.intermediate_size,
-                          config.vocab_size, max_positions=config.max_position_embeddings)
+    counted = bert_params(
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.intermediate_size,
+        config.vocab_size,
+        max_positions=config.max_position_embeddings,
+    )
     assert counted.total == total
     assert counted.encoder_matmul == matmul
     assert 415e6 < total < 425e6  # "~420M" in the ProtBert paper
@@ -107,8 +141,14 @@ def test_peak_tflops_from_device_names(name: str, precision: str, peak: float | 
 
 
 def test_every_table_row_is_reachable_by_name() -> None:
-    names = {"H100 SXM": "NVIDIA H100 80GB HBM3", "V100 SXM2": "Tesla V100-SXM2-32GB", "V100 PCIe": "Tesla V100-PCIE-16GB",
-             "V100S PCIe": "Tesla V100S-PCIE-32GB", "H200 NVL": "NVIDIA H200 NVL", "H100 PCIe": "NVIDIA H100 PCIe"}
+    names = {
+        "H100 SXM": "NVIDIA H100 80GB HBM3",
+        "V100 SXM2": "Tesla V100-SXM2-32GB",
+        "V100 PCIe": "Tesla V100-PCIE-16GB",
+        "V100S PCIe": "Tesla V100S-PCIE-32GB",
+        "H200 NVL": "NVIDIA H200 NVL",
+        "H100 PCIe": "NVIDIA H100 PCIe",
+    }
     for key in PEAK_TFLOPS:
         assert device_key(names.get(key, f"NVIDIA {key}")) == key
 

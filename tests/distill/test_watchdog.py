@@ -1,5 +1,6 @@
 """The hang watchdog alone (no launcher): a rank whose heartbeat never changes is named, and the watching
 process exits with the watchdog's status."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,11 @@ def test_a_silent_peer_is_named_and_the_watcher_exits(tmp_path: Path):
     beat = tmp_path / "heartbeat" / "rank1"
     beat.parent.mkdir()
     beat.write_text(json.dumps({"beat": 1, "host": "nodeB", "pid": 4242}))  # and never again: rank 1 hangs
-    code = ("import time; from pathlib import Path; from minprot_ds.distill.watchdog import Watchdog\n"
-            f"with Watchdog(Path({str(tmp_path)!r}), 0.4, rank=0, world=2):\n"
-            "    time.sleep(600)\n")
+    code = (
+        "import time; from pathlib import Path; from minprot_ds.distill.watchdog import Watchdog\n"
+        f"with Watchdog(Path({str(tmp_path)!r}), 0.4, rank=0, world=2):\n"
+        "    time.sleep(600)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == EXIT_CODE, proc.stderr
     assert "error: rank 1 (host nodeB, pid 4242) stopped answering" in proc.stderr
@@ -68,13 +71,25 @@ def test_ranks_that_do_not_see_one_run_dir_refuse_to_start(tmp_path: Path):
     script.write_text(SHARED_CHECK)
     torchrun = Path(sys.executable).with_name("torchrun")
     for mode in ("split", "shared"):
-        cmd = [str(torchrun), "--nnodes", "1", "--nproc-per-node", "2", "--master-port", str(free_port()),
-               str(script), str(tmp_path / mode), mode]
+        cmd = [
+            str(torchrun),
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(free_port()),
+            str(script),
+            str(tmp_path / mode),
+            mode,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if mode == "split":
             assert proc.returncode != 0
             for rank in (0, 1):
-                assert f"rank {rank} refused: not every rank sees the same run dir" in proc.stdout, proc.stdout + proc.stderr
+                assert f"rank {rank} refused: not every rank sees the same run dir" in proc.stdout, (
+                    proc.stdout + proc.stderr
+                )
             assert "put --run-dir on a filesystem shared by all nodes" in proc.stdout
             assert "rank 1 on " in proc.stdout and "does not)" in proc.stdout  # the rank that cannot see it says so
         else:

@@ -1,4 +1,5 @@
 """Tiny models and tiny task sets cut from the real benchmark files in ../shared/data."""
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,14 @@ def sets(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
         "dna_train": task_folder(balanced(pdb1075, 10, 150), root / "dna_train", "dna-binding", "PDB1075"),
         "dna_test": task_folder(balanced(pdb186, 6, 150), root / "dna_test", "dna-binding", "PDB186"),
         # As `minprot data reduce` would label a SUB of a Swiss-Prot human set (the rows are PDB1075's).
-        "dna_sub": task_folder(balanced(pdb1075, 6, 150, skip=10), root / "dna_sub", "dna-binding", "swissprot-human",
-                               "sub", {"organism": "human", "sub": {"identity": 0.85}}),
+        "dna_sub": task_folder(
+            balanced(pdb1075, 6, 150, skip=10),
+            root / "dna_sub",
+            "dna-binding",
+            "swissprot-human",
+            "sub",
+            {"organism": "human", "sub": {"identity": 0.85}},
+        ),
         "mem_train": task_folder(balanced(deeploc, 8, 200), root / "mem_train", "membrane", "DeepLoc"),
         "mem_test": task_folder(balanced(deeploc, 5, 200, skip=8), root / "mem_test", "membrane", "DeepLoc"),
         # CASP12 rows 0-5 train; the test keeps row 12 (563 residues: scored by windows) and masked residues.
@@ -88,23 +95,89 @@ def runs(sets: dict[str, Path], teacher_dir: Path, make_student, tmp_path_factor
     quick = dict(epochs=1, batch_size=4, lr=1e-3)
     outs = {name: root / name for name in ("dna_teacher", "dna_student", "mem_student", "q3_teacher", "sub_student")}
 
-    result = CliRunner().invoke(app, [
-        "finetune", "--task", "dna-binding", "--model", str(teacher_dir), "--train", str(sets["dna_train"]),
-        "--test", str(sets["dna_test"]), "--out", str(outs["dna_teacher"]), "--epochs", "1", "--batch-size", "4",
-        "--lr", "1e-3", "--tracking-uri", uri,
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "--task",
+            "dna-binding",
+            "--model",
+            str(teacher_dir),
+            "--train",
+            str(sets["dna_train"]),
+            "--test",
+            str(sets["dna_test"]),
+            "--out",
+            str(outs["dna_teacher"]),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-3",
+            "--tracking-uri",
+            uri,
+        ],
+    )
     assert result.exit_code == 0, (result.output, result.exception)
-    run(FinetuneConfig(task="dna-binding", model=str(student), train=sets["dna_train"], test=sets["dna_test"],
-                       out=outs["dna_student"], tracking_uri=uri, **quick))
+    run(
+        FinetuneConfig(
+            task="dna-binding",
+            model=str(student),
+            train=sets["dna_train"],
+            test=sets["dna_test"],
+            out=outs["dna_student"],
+            tracking_uri=uri,
+            **quick,
+        )
+    )
     # The default store: SQLite under --out, where the distillation run is not (only the plain tag links them).
-    run(FinetuneConfig(task="membrane", model=str(student), train=sets["mem_train"], test=sets["mem_test"],
-                       out=outs["mem_student"], **quick))
-    run(FinetuneConfig(task="q3", model=str(teacher_dir), train=sets["q3_train"], valid=sets["q3_test"],
-                       test=sets["q3_test"], out=outs["q3_teacher"], tracking_uri=uri, **quick))
-    run(FinetuneConfig(task="dna-binding", model=str(student), train=sets["dna_sub"], test=sets["dna_test"],
-                       out=outs["sub_student"], tracking_uri=uri, **quick))
+    run(
+        FinetuneConfig(
+            task="membrane",
+            model=str(student),
+            train=sets["mem_train"],
+            test=sets["mem_test"],
+            out=outs["mem_student"],
+            **quick,
+        )
+    )
+    run(
+        FinetuneConfig(
+            task="q3",
+            model=str(teacher_dir),
+            train=sets["q3_train"],
+            valid=sets["q3_test"],
+            test=sets["q3_test"],
+            out=outs["q3_teacher"],
+            tracking_uri=uri,
+            **quick,
+        )
+    )
+    run(
+        FinetuneConfig(
+            task="dna-binding",
+            model=str(student),
+            train=sets["dna_sub"],
+            test=sets["dna_test"],
+            out=outs["sub_student"],
+            tracking_uri=uri,
+            **quick,
+        )
+    )
     # Two seeds of one setting, in their own experiment (the report's mean ± std).
     outs["seeds"] = root / "seeds"
-    run(FinetuneConfig(task="dna-binding", model=str(student), train=sets["dna_train"], test=sets["dna_test"],
-                       out=outs["seeds"], tracking_uri=uri, experiment="minprot-seeds", seeds="0,1", **quick))
+    run(
+        FinetuneConfig(
+            task="dna-binding",
+            model=str(student),
+            train=sets["dna_train"],
+            test=sets["dna_test"],
+            out=outs["seeds"],
+            tracking_uri=uri,
+            experiment="minprot-seeds",
+            seeds="0,1",
+            **quick,
+        )
+    )
     return Runs(root, uri, distill_id, student, outs)

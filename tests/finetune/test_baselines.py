@@ -1,4 +1,5 @@
 """The two baselines every binary table carries: length only, and homology transfer."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,7 +17,7 @@ def test_length_only_on_pdb14189_is_better_than_chance(shared_data: Path) -> Non
     data = load_task_data(shared_data / "dna_binding/pdb14189", "dna-binding")
     lengths, labels = np.array([len(s) for s in data["sequence"]]), np.array(data["label"])
     rows = np.random.default_rng(0).permutation(len(labels))
-    train, test = rows[: len(rows) // 2], rows[len(rows) // 2:]
+    train, test = rows[: len(rows) // 2], rows[len(rows) // 2 :]
     pred = length_only(lengths[train], labels[train], [str(i) for i in test], lengths[test], labels[test])
     auc = skm.roc_auc_score(labels[test], pred.probs[:, 1])
     # Length alone separates DNA-binders from the rest a little (ROC-AUC about 0.64 on PDB14189).

@@ -1,4 +1,5 @@
 """Every residue scored: CASP12 and CB513 through overlapping windows, counted against the CSV itself."""
+
 from __future__ import annotations
 
 import csv
@@ -10,8 +11,8 @@ import torch
 
 from data_prep.tasks import load_task_data
 from minprot_ds.finetune.evaluate import score
-from minprot_ds.scoring.heads import build_task_model
 from minprot_ds.finetune.tasks import collate, encode_split, task_spec, whole
+from minprot_ds.scoring.heads import build_task_model
 
 CPU = torch.device("cpu")
 
@@ -64,8 +65,12 @@ def test_a_window_as_long_as_the_protein_is_the_single_pass(shared_data: Path, q
     scored = score(q3_model, enc, spec, batch_size=1, device=CPU, window=longest, stride=longest // 2)
     assert scored.coverage["windows"] == 3
     with torch.no_grad():
-        single = [torch.softmax(q3_model(**{k: v for k, v in collate(enc, whole(enc, [i]), spec).items()
-                                             if k != "labels"}).float(), -1)[0, 1:-1].numpy() for i in range(3)]
+        single = [
+            torch.softmax(
+                q3_model(**{k: v for k, v in collate(enc, whole(enc, [i]), spec).items() if k != "labels"}).float(), -1
+            )[0, 1:-1].numpy()
+            for i in range(3)
+        ]
     # Equal to float tolerance, not bitwise: the token budget may batch the short proteins together, padded.
     np.testing.assert_allclose(scored.predictions.probs, np.concatenate(single).astype(np.float64), atol=1e-6)
     # Short windows: still every residue once, and sequence-level tasks combine the windows' probabilities.

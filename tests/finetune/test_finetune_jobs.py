@@ -1,5 +1,6 @@
 """Fine-tune jobs end to end on a tiny model and real benchmark records: outputs, metrics recomputed with
 scikit-learn from predictions.tsv, the saved model, and the MLflow run with its links to the distillation."""
+
 from __future__ import annotations
 
 import csv
@@ -11,9 +12,9 @@ import pytest
 from mlflow import MlflowClient
 from sklearn import metrics as skm
 
-from minprot_ds.scoring.heads import load_task_model
 from minprot_ds.finetune.metrics import compute_metrics, json_safe, read_predictions
 from minprot_ds.finetune.tasks import task_spec
+from minprot_ds.scoring.heads import load_task_model
 
 pytestmark = pytest.mark.slow  # the shared `runs` fixture fine-tunes five models (~1 min on 2 busy cores)
 
@@ -77,12 +78,14 @@ def test_q3_predicts_every_residue_and_scores_labelled_ones(runs, sets) -> None:
     assert q3["n"] == int(keep.sum()) < len(table)
     assert q3["accuracy"] == pytest.approx(skm.accuracy_score(y[keep], yhat[keep]))
     assert q3["mcc"] == pytest.approx(skm.matthews_corrcoef(y[keep], yhat[keep]))
-    assert q3["roc_auc"] == pytest.approx(skm.roc_auc_score(y[keep], probs[keep] / probs[keep].sum(1, keepdims=True),
-                                                              multi_class="ovr", labels=[0, 1, 2]))
+    assert q3["roc_auc"] == pytest.approx(
+        skm.roc_auc_score(y[keep], probs[keep] / probs[keep].sum(1, keepdims=True), multi_class="ovr", labels=[0, 1, 2])
+    )
     p, r, f, _ = skm.precision_recall_fscore_support(y[keep], yhat[keep], labels=[0, 1, 2], zero_division=0)
     for i, c in enumerate("HEC"):
-        assert q3["per_class"][c] == pytest.approx({"precision": p[i], "recall": r[i], "f1": f[i],
-                                                    "support": int((y[keep] == i).sum())})
+        assert q3["per_class"][c] == pytest.approx(
+            {"precision": p[i], "recall": r[i], "f1": f[i], "support": int((y[keep] == i).sum())}
+        )
     assert q3["f1"] == pytest.approx(f.mean())
     coverage = metrics["coverage"]
     assert coverage["residue_coverage"] == 1.0 and coverage["sequences_longer_than_window"] == 1
@@ -106,10 +109,15 @@ def test_student_run_links_to_its_distillation_run(runs) -> None:
     tags = run.data.tags
     assert tags["mlflow.parentRunId"] == runs.distill_run_id
     assert tags["minprot.distill_run_id"] == runs.distill_run_id and tags["minprot.distill_step"] == "10"
-    assert (tags["minprot.task"], tags["minprot.dataset"], tags["minprot.model_role"]) == ("dna-binding", "PDB1075", "student")
+    assert (tags["minprot.task"], tags["minprot.dataset"], tags["minprot.model_role"]) == (
+        "dna-binding",
+        "PDB1075",
+        "student",
+    )
     assert run.data.params["lr"] == "0.001" and run.data.params["model.layers"] == "1"
     assert run.data.metrics["test/mcc"] == pytest.approx(
-        json.loads((runs.outs["dna_student"] / "metrics.json").read_text())["test"]["mcc"])
+        json.loads((runs.outs["dna_student"] / "metrics.json").read_text())["test"]["mcc"]
+    )
     artifacts = {a.path for a in MlflowClient(tracking_uri=runs.uri).list_artifacts(run.info.run_id)}
     assert {"metrics.json", "predictions.tsv"} <= artifacts
 

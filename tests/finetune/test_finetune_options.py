@@ -1,5 +1,6 @@
 """The fine-tune options are defined once (FinetuneConfig): both front doors accept the same flags and build the
 same config."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,26 @@ def via_typer(argv: list[str]) -> FinetuneConfig:
 
 def test_both_front_doors_build_the_same_config(tmp_path: Path) -> None:
     required = ["--task", "q3", "--model", "m", "--train", "a", "--test", "b", "--out", str(tmp_path)]
-    for extra in ([], ["--epochs", "2", "--batch-size", "4", "--pooling", "mean", "--valid", "v", "--strict",
-                       "--max-train-samples", "10", "--deepspeed_config", "ds.json", "--grad-clip", "0.5"]):
+    for extra in (
+        [],
+        [
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--pooling",
+            "mean",
+            "--valid",
+            "v",
+            "--strict",
+            "--max-train-samples",
+            "10",
+            "--deepspeed_config",
+            "ds.json",
+            "--grad-clip",
+            "0.5",
+        ],
+    ):
         assert via_launch(required + extra + ["--local_rank=1"]) == via_typer(required + extra)
     # Every field the command line may set is a flag of both, with the field's default.
     defaults = via_typer(required)

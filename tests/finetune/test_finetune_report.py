@@ -1,4 +1,5 @@
 """`minprot report` on the fine-tune runs of this session: Tables A–D as markdown and PNG charts."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_report_from_two_stores(runs, tmp_path: Path) -> None:
     out = tmp_path / "report"
     # The shared store (4 runs) and a job's own default store (--out folder with mlflow.db).
-    result = CliRunner().invoke(app, ["report", "--tracking-uri", runs.uri, "--tracking-uri",
-                                      str(runs.outs["mem_student"]), "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["report", "--tracking-uri", runs.uri, "--tracking-uri", str(runs.outs["mem_student"]), "--out", str(out)]
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     text = (out / "report.md").read_text()
     for title in ("Table A", "Table B", "Table C", "Table D"):
@@ -35,7 +37,7 @@ def test_report_from_two_stores(runs, tmp_path: Path) -> None:
     assert "| membrane | DeepLoc | DeepLoc | student | 1 |" in text and "| q3 | CASP12 | CASP12 | teacher | 1 |" in text
     # Table C names the test set (6 + 6 training rows of the SUB).
     assert "| dna-binding | swissprot-human | SUB 85% | student | 12 | PDB186 |" in text
-    assert f"| human | SUB 85% | student | 1 | " in text  # Table D
+    assert "| human | SUB 85% | student | 1 | " in text  # Table D
     for chart in ("table_a_mcc", "table_a_accuracy", "table_b_runtime", "table_c_variants", "table_d_organisms"):
         assert (out / f"{chart}.png").read_bytes()[:8] == PNG and f"![{chart}]({chart}.png)" in text
     payload = json.loads((out / "report.json").read_text())
@@ -56,7 +58,8 @@ def test_saving_is_one_minus_student_over_teacher(runs) -> None:
     (student_row,) = [r for r in table_a.rows if r[:4] == ["dna-binding", "PDB1075", "PDB186", "student"]]
     written = json.loads((runs.outs["dna_student"] / "metrics.json").read_text())["test"]
     assert [s.mean for s in student_row[6:]] == pytest.approx(
-        [written[k] if written[k] is not None else float("nan") for k in METRICS], nan_ok=True)
+        [written[k] if written[k] is not None else float("nan") for k in METRICS], nan_ok=True
+    )
 
 
 def test_seeds_give_mean_and_std(runs) -> None:
@@ -72,8 +75,11 @@ def test_seeds_give_mean_and_std(runs) -> None:
         assert summary["test"][key]["std"] == pytest.approx(np.std(values, ddof=1))
     (row,) = [r for r in build_tables(collect_runs(runs.uri, ["minprot-seeds"]))[0].rows if r[3] == "student"]
     accuracy = row[6 + METRICS.index("accuracy")]
-    assert row[4] == 2 and accuracy.n == 2 and accuracy.std == pytest.approx(
-        np.std([m["test"]["accuracy"] for m in per_seed], ddof=1))
+    assert (
+        row[4] == 2
+        and accuracy.n == 2
+        and accuracy.std == pytest.approx(np.std([m["test"]["accuracy"] for m in per_seed], ddof=1))
+    )
 
 
 def test_report_filters_by_experiment(runs, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
 """The pieces under the job: token ids and label alignment, truncation, length-bucketed batches, model loading."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,8 @@ from transformers import BertTokenizer
 
 from data_prep.tasks import load_task_data
 from minprot_ds.errors import UserError
-from minprot_ds.scoring.heads import build_task_model
 from minprot_ds.finetune.tasks import collate, crop_pieces, encode_split, sample_rows, task_spec, train_batches, whole
+from minprot_ds.scoring.heads import build_task_model
 from minprot_ds.vocab import CLS_ID, PAD_ID, SEP_ID
 
 
@@ -22,9 +23,9 @@ def test_q3_labels_sit_under_their_residues(shared_data: Path, teacher_dir: Path
     short, long_ = len(casp12[0]["sequence"]), len(casp12[1]["sequence"])  # 76 and 106 residues
     ids, labels = batch["input_ids"].numpy(), batch["labels"].numpy()
     assert ids.shape == (2, long_ + 2) and ids[0, 0] == CLS_ID and ids[0, short + 1] == SEP_ID
-    assert (ids[0, short + 2:] == PAD_ID).all() and batch["attention_mask"][0].sum() == short + 2
-    assert labels[0, 1:short + 1].tolist() == casp12[0]["labels"]
-    assert (labels[0, [0, short + 1]] == -100).all() and (labels[0, short + 2:] == -100).all()
+    assert (ids[0, short + 2 :] == PAD_ID).all() and batch["attention_mask"][0].sum() == short + 2
+    assert labels[0, 1 : short + 1].tolist() == casp12[0]["labels"]
+    assert (labels[0, [0, short + 1]] == -100).all() and (labels[0, short + 2 :] == -100).all()
     # The byte table gives the ids ProtBert's own tokenizer gives on space-separated residues.
     tokenizer = BertTokenizer.from_pretrained(teacher_dir)
     assert ids[1].tolist() == tokenizer(" ".join(casp12[1]["sequence"]))["input_ids"]
@@ -46,7 +47,7 @@ def test_training_crops_long_sequences_at_a_seeded_offset_per_epoch(shared_data:
     batch = collate(enc, piece, spec)
     start = piece[0][1]
     assert batch["input_ids"].shape == (1, 514) and batch["labels"].tolist() == [pdb[longest]["label"]]
-    assert batch["input_ids"][0, 1:513].tolist() == enc.tokens[0][start:start + 512].tolist()
+    assert batch["input_ids"][0, 1:513].tolist() == enc.tokens[0][start : start + 512].tolist()
 
 
 def test_capped_pdb14189_sample_is_stratified_and_seeded(shared_data: Path) -> None:
@@ -73,8 +74,9 @@ def test_train_batches_cover_each_row_once_and_follow_the_seed() -> None:
 
 
 def load_model(path: str, spec, seed: int = 0, pooling: str = "cls"):
-    return build_task_model(path, task=spec.name, classes=spec.classes, per_residue=spec.per_residue, seed=seed,
-                            pooling=pooling)
+    return build_task_model(
+        path, task=spec.name, classes=spec.classes, per_residue=spec.per_residue, seed=seed, pooling=pooling
+    )
 
 
 def test_model_gets_a_fresh_head_per_task(teacher_dir: Path) -> None:
@@ -83,6 +85,8 @@ def test_model_gets_a_fresh_head_per_task(teacher_dir: Path) -> None:
     assert seq.head.out_features == 2 and tok.head.out_features == 3 and tok.info.classes == ["H", "E", "C"]
     assert not hasattr(seq.encoder, "pooler") or seq.encoder.pooler is None  # the head reads [CLS] directly
     assert all(p.requires_grad for p in tok.parameters())
+
+
 def test_model_path_errors_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"--model .*nowhere does not exist; pass a folder holding config.json"):
         load_model(str(tmp_path / "nowhere"), task_spec("q3"))

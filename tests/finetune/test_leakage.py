@@ -1,5 +1,6 @@
 """Train/test overlap on the real PDB1075 -> PDB186 benchmark with the real MMseqs2: the command, and a fine-tune's
 metrics.json and filtered test set."""
+
 from __future__ import annotations
 
 import csv
@@ -52,20 +53,45 @@ def test_overlap_command_counts_the_verbatim_copies(pdb: dict[str, Path], overla
     assert copies <= full  # MMseqs2 finds every verbatim copy too
 
 
-def test_finetune_reports_leakage_and_scores_the_filtered_test_set(pdb, overlap_dir: Path, teacher_dir: Path,
-                                                                   tmp_path: Path) -> None:
+def test_finetune_reports_leakage_and_scores_the_filtered_test_set(
+    pdb, overlap_dir: Path, teacher_dir: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "ft"
-    result = CliRunner().invoke(app, [
-        "finetune", "--task", "dna-binding", "--model", str(teacher_dir), "--train", str(pdb["train"]),
-        "--test", str(pdb["test"]), "--out", str(out), "--epochs", "1", "--batch-size", "64", "--lr", "1e-3",
-        "--window", "128", "--stride", "64", "--test-filter", "near-identical",
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "--task",
+            "dna-binding",
+            "--model",
+            str(teacher_dir),
+            "--train",
+            str(pdb["train"]),
+            "--test",
+            str(pdb["test"]),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--lr",
+            "1e-3",
+            "--window",
+            "128",
+            "--stride",
+            "64",
+            "--test-filter",
+            "near-identical",
+        ],
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     metrics = json.loads((out / "metrics.json").read_text())
     leakage = metrics["leakage"]["test"]
     command = json.loads((overlap_dir / "overlap.json").read_text())
-    assert {k: leakage[k] for k in ("exact", "near_identical", "homologs")} == \
-        {k: command[k] for k in ("exact", "near_identical", "homologs")}
+    assert {k: leakage[k] for k in ("exact", "near_identical", "homologs")} == {
+        k: command[k] for k in ("exact", "near_identical", "homologs")
+    }
     assert leakage["exact"] == len(verbatim(pdb))
     # The filtered test set: no exact or near-identical copy of a training row is left in it.
     with open(out / "leakage.tsv", newline="") as handle:

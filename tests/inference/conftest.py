@@ -1,4 +1,5 @@
 """Tiny random ProtBert-format models, fine-tuned-model folders and FASTA files for the predict/embed tests."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,12 +41,14 @@ def encoder_dir(tmp_path_factory) -> Path:
 
 def save_task_model(encoder: Path, task: str, folder: Path, seed: int = 0, pooling: str = "cls") -> Path:
     """A fine-tuned model folder as `minprot finetune` saves it (untrained head, so the test needs no training)."""
-    from minprot_ds.scoring.heads import build_task_model, save_task_model as save
     from minprot_ds.finetune.tasks import task_spec
+    from minprot_ds.scoring.heads import build_task_model
+    from minprot_ds.scoring.heads import save_task_model as save
 
     spec = task_spec(task)
-    model = build_task_model(str(encoder), task=task, classes=spec.classes, per_residue=spec.per_residue, seed=seed,
-                             pooling=pooling)
+    model = build_task_model(
+        str(encoder), task=task, classes=spec.classes, per_residue=spec.per_residue, seed=seed, pooling=pooling
+    )
     with torch.no_grad():  # a head with some spread, so probabilities differ visibly between proteins
         model.head.weight.mul_(100.0)
     save(model, folder, rank=0)

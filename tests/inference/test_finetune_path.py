@@ -1,5 +1,6 @@
 """One code path: `minprot predict` on a fine-tune's labelled test set gives the probabilities in its
 predictions.tsv, long proteins (scored by windows in both) included."""
+
 from __future__ import annotations
 
 import csv
@@ -43,8 +44,19 @@ def labelled(tmp_path_factory, random_sequences, write_fasta) -> dict[str, Path]
 def test_predict_on_the_test_set_gives_the_finetune_probabilities(task, suffix, labelled, encoder_dir, tmp_path):
     key = "dna" if task == "dna-binding" else "q3"
     ft = tmp_path / "ft"
-    finetune(FinetuneConfig(task=task, model=str(encoder_dir), train=labelled[f"{key}_train"],
-                            test=labelled[f"{key}_test"], out=ft, epochs=1, batch_size=4, lr=1e-3, tracking=False))
+    finetune(
+        FinetuneConfig(
+            task=task,
+            model=str(encoder_dir),
+            train=labelled[f"{key}_train"],
+            test=labelled[f"{key}_test"],
+            out=ft,
+            epochs=1,
+            batch_size=4,
+            lr=1e-3,
+            tracking=False,
+        )
+    )
     expected = _tsv(ft / "predictions.tsv")
     out = tmp_path / f"pred{suffix}"
     predict(PredictOptions(model=ft / "model", fasta=labelled["fasta"], out=out, max_tokens=1500, progress=False))
@@ -52,8 +64,9 @@ def test_predict_on_the_test_set_gives_the_finetune_probabilities(task, suffix, 
         got = _tsv(out)
         assert [r["id"] for r in got] == [r["id"] for r in expected]
         assert max(int(r["windows"]) for r in got) > 1  # the long test proteins went through windows
-        np.testing.assert_allclose([float(r["probability"]) for r in got], [float(r["score"]) for r in expected],
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            [float(r["probability"]) for r in got], [float(r["score"]) for r in expected], rtol=1e-5, atol=1e-6
+        )
         return
     table = pq.read_table(out).to_pylist()
     assert sum(len(r["sequence"]) for r in table) == len(expected)  # every residue, none cut at 512

@@ -1,5 +1,6 @@
 """`minprot predict` / `embed` / `merge` in-process on tiny random models: rows, order, failures, budgets,
 windows, embeddings against a hand-written mean, shards, resume refusal, output formats."""
+
 from __future__ import annotations
 
 import csv
@@ -17,7 +18,6 @@ from minprot_ds.errors import UserError
 from minprot_ds.inference.job import merge, run
 from minprot_ds.inference.options import EmbedOptions, PredictOptions
 from minprot_ds.inference.records import clean
-
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:
@@ -92,7 +92,9 @@ def _direct(model_dir: Path, seq: str, per_residue: bool) -> np.ndarray:
     return probs[1:-1] if per_residue else probs
 
 
-def test_a_window_that_covers_the_protein_equals_the_single_pass(dna_model, q3_model, tmp_path, random_sequences, write_fasta):
+def test_a_window_that_covers_the_protein_equals_the_single_pass(
+    dna_model, q3_model, tmp_path, random_sequences, write_fasta
+):
     seqs = random_sequences(6, 30, 400, seed=5)
     fasta = write_fasta(tmp_path / "s.fasta", [(f"s{i}", s) for i, s in enumerate(seqs)])
     predict(dna_model, fasta, tmp_path / "d.tsv", window=400, stride=200)
@@ -195,12 +197,23 @@ def test_cli_errors_are_one_line(encoder_dir, dna_model, proteome, tmp_path, cap
         assert exit_.value.code == 1
         return " ".join(capsys.readouterr().err.split())
 
-    assert "writes .h5, .npz, .parquet" in cli("embed", "--model", str(encoder_dir), "--fasta", str(proteome),
-                                               "--out", str(tmp_path / "x.csv"))
-    assert "has no minprot_task.json" in cli("predict", "--model", str(encoder_dir), "--fasta", str(proteome),
-                                                   "--out", str(tmp_path / "x.tsv"))
-    assert "--max-tokens 100 cannot hold" in cli("predict", "--model", str(dna_model), "--fasta", str(proteome),
-                                                 "--out", str(tmp_path / "x.tsv"), "--max-tokens", "100")
+    assert "writes .h5, .npz, .parquet" in cli(
+        "embed", "--model", str(encoder_dir), "--fasta", str(proteome), "--out", str(tmp_path / "x.csv")
+    )
+    assert "has no minprot_task.json" in cli(
+        "predict", "--model", str(encoder_dir), "--fasta", str(proteome), "--out", str(tmp_path / "x.tsv")
+    )
+    assert "--max-tokens 100 cannot hold" in cli(
+        "predict",
+        "--model",
+        str(dna_model),
+        "--fasta",
+        str(proteome),
+        "--out",
+        str(tmp_path / "x.tsv"),
+        "--max-tokens",
+        "100",
+    )
 
 
 def test_out_of_memory_halves_the_batch_and_a_lone_window_that_fails_is_a_failure(dna_model, random_sequences):
@@ -245,4 +258,7 @@ def test_mlflow_run_is_tagged_and_linked_to_the_finetune_run(dna_model, proteome
     assert run_.data.tags["minprot.job"] == "predict" and run_.data.tags["minprot.task"] == "dna-binding"
     assert run_.data.tags["minprot.finetune_run_id"] == ft_run and run_.data.tags["mlflow.parentRunId"] == ft_run
     assert run_.data.metrics["failures"] == 2 and run_.data.metrics["perf/residues_per_s"] > 0
-    assert json.loads(pq.read_schema(tmp_path / "p.parquet").metadata[b"minprot"])["info"]["finetune"]["mlflow_run_id"] == ft_run
+    assert (
+        json.loads(pq.read_schema(tmp_path / "p.parquet").metadata[b"minprot"])["info"]["finetune"]["mlflow_run_id"]
+        == ft_run
+    )

@@ -1,5 +1,6 @@
 """Real processes: `deepspeed --num_gpus 2 launch/predict.py` on 2 CPU ranks equals a one-process run, and a
 run killed mid-way (SIGKILL, no chance to clean up) resumed by rerunning equals an uninterrupted run."""
+
 from __future__ import annotations
 
 import os
@@ -24,14 +25,21 @@ pytestmark = pytest.mark.slow
 
 
 def _run(cmd: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
-        raise AssertionError(f"{cmd} did not finish in {timeout} s:\n{out[-3000:]}")
+        raise AssertionError(f"{cmd} did not finish in {timeout} s:\n{out[-3000:]}") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out)
 
 
@@ -43,8 +51,22 @@ def test_two_ranks_under_the_deepspeed_launcher_equal_one_process(dna_model, pro
     one = tmp_path / "one.tsv"
     run(PredictOptions(model=dna_model, fasta=proteome, out=one, chunk_records=4, progress=False))
     two = tmp_path / "two.tsv"
-    result = _run([str(BIN / "deepspeed"), "--num_gpus", "2", "launch/predict.py", "--model", str(dna_model),
-                   "--fasta", str(proteome), "--out", str(two), "--chunk-records", "4"])
+    result = _run(
+        [
+            str(BIN / "deepspeed"),
+            "--num_gpus",
+            "2",
+            "launch/predict.py",
+            "--model",
+            str(dna_model),
+            "--fasta",
+            str(proteome),
+            "--out",
+            str(two),
+            "--chunk-records",
+            "4",
+        ]
+    )
     assert result.returncode == 0, result.stdout[-4000:]
     assert "2 ranks" in result.stdout
     a, b = _tsv(one), _tsv(two)
@@ -55,16 +77,33 @@ def test_two_ranks_under_the_deepspeed_launcher_equal_one_process(dna_model, pro
 
 def test_a_killed_run_resumed_equals_an_uninterrupted_one(tmp_path, random_sequences, write_fasta):
     # A model big enough that the run takes seconds, so the kill lands between its first and last chunk.
-    model = save_random_protbert(tmp_path / "model", num_layers=3, hidden_size=64, num_heads=4,
-                                 intermediate_size=256, seed=2)
+    model = save_random_protbert(
+        tmp_path / "model", num_layers=3, hidden_size=64, num_heads=4, intermediate_size=256, seed=2
+    )
     seqs = random_sequences(80, 150, 350, seed=21)
     fasta = write_fasta(tmp_path / "in.fasta", [(f"p{i}", s) for i, s in enumerate(seqs)])
     out = tmp_path / "killed.h5"
     parts = parts_dir(out)
     chunks = 20
-    proc = subprocess.Popen([sys.executable, "launch/predict.py", "embed", "--model", str(model), "--fasta", str(fasta),
-                             "--out", str(out), "--chunk-records", "4"], cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "launch/predict.py",
+            "embed",
+            "--model",
+            str(model),
+            "--fasta",
+            str(fasta),
+            "--out",
+            str(out),
+            "--chunk-records",
+            "4",
+        ],
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while not (parts / "chunk-000000.npz").exists() and proc.poll() is None:
             time.sleep(0.01)

@@ -1,4 +1,5 @@
 """Teacher loading, student construction and the loss-shaped forward, on tiny random BERTs."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from minprot_ds.errors import UserError
 from minprot_ds.distill.losses import distill_loss
+from minprot_ds.errors import UserError
 from minprot_ds.models.masked_lm import build_student, forward_for_loss, load_student, load_teacher, select_layers
 from minprot_ds.vocab import CLS_ID, PAD_ID, SEP_ID, TOKENS
 
@@ -37,7 +38,10 @@ def test_saved_folder_has_protbert_files(tiny_teacher_dir, shared_reference):
     assert (tiny_teacher_dir / "vocab.txt").read_text().split() == (ref / "vocab.txt").read_text().split()
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         assert json.loads((tiny_teacher_dir / name).read_text()) == json.loads((ref / name).read_text())
-    config, ref_config = json.loads((tiny_teacher_dir / "config.json").read_text()), json.loads((ref / "config.json").read_text())
+    config, ref_config = (
+        json.loads((tiny_teacher_dir / "config.json").read_text()),
+        json.loads((ref / "config.json").read_text()),
+    )
     for key in ("architectures", "hidden_act", "vocab_size", "type_vocab_size", "hidden_dropout_prob"):
         assert config[key] == ref_config[key], key
     assert len(TOKENS) == config["vocab_size"]
@@ -76,7 +80,10 @@ def test_student_copies_chosen_layers_embeddings_and_head(tiny_teacher_dir, tmp_
     assert chosen == select_layers(6, 3, strategy, seed=7) and chosen == sorted(chosen)
     assert all(p.requires_grad and p.dtype == torch.float32 for p in student.parameters())
     for s_idx, t_idx in enumerate(chosen):
-        s_layer, t_layer = student.bert.encoder.layer[s_idx].state_dict(), teacher.bert.encoder.layer[t_idx].state_dict()
+        s_layer, t_layer = (
+            student.bert.encoder.layer[s_idx].state_dict(),
+            teacher.bert.encoder.layer[t_idx].state_dict(),
+        )
         assert s_layer.keys() == t_layer.keys()
         assert all(torch.equal(s_layer[k], t_layer[k]) for k in s_layer)
     for s_mod, t_mod in ((student.bert.embeddings, teacher.bert.embeddings), (student.cls, teacher.cls)):
@@ -118,7 +125,9 @@ def test_layer_strategy_validation(num_layers, strategy, message):
 
 
 def test_missing_paths_are_named(tmp_path):
-    with pytest.raises(UserError, match=rf"teacher model folder {tmp_path / 'nope'} does not exist; pass a folder holding config.json"):
+    with pytest.raises(
+        UserError, match=rf"teacher model folder {tmp_path / 'nope'} does not exist; pass a folder holding config.json"
+    ):
         load_teacher(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="has no config.json"):
@@ -137,7 +146,9 @@ def test_hub_id_offline_message():
 def test_checkpoint_without_mlm_head_is_refused(tmp_path):
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path)
+    BertModel(
+        BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(tmp_path)
     with pytest.raises(UserError, match="must be a BertForMaskedLM checkpoint"):
         load_teacher(str(tmp_path))
 

@@ -1,4 +1,5 @@
 """The task model: identical heads for teacher and student, [CLS] or mean pooling, and the model/ folder round trip."""
+
 from __future__ import annotations
 
 import json
@@ -8,16 +9,22 @@ import pytest
 import torch
 
 from minprot_ds.errors import UserError
-from minprot_ds.scoring.heads import (
-    HEAD_FILE, TASK_FILE, build_task_model, load_task_model, residue_mask, save_task_model,
-)
 from minprot_ds.finetune.tasks import collate, encode_split, task_spec, whole
+from minprot_ds.scoring.heads import (
+    HEAD_FILE,
+    TASK_FILE,
+    build_task_model,
+    load_task_model,
+    residue_mask,
+    save_task_model,
+)
 
 
 def build(model: Path, task: str, seed: int = 0, pooling: str = "cls"):
     spec = task_spec(task)
-    return build_task_model(str(model), task=spec.name, classes=spec.classes, per_residue=spec.per_residue,
-                            seed=seed, pooling=pooling)
+    return build_task_model(
+        str(model), task=spec.name, classes=spec.classes, per_residue=spec.per_residue, seed=seed, pooling=pooling
+    )
 
 
 def test_teacher_and_student_heads_are_bitwise_identical_at_step_0(teacher_dir: Path, student_dir: Path) -> None:
@@ -62,7 +69,13 @@ def test_model_folder_round_trip(shared_data: Path, teacher_dir: Path, tmp_path:
     folder = save_task_model(model, tmp_path / "model", rank=0)
     assert {TASK_FILE, HEAD_FILE, "config.json", "model.safetensors", "vocab.txt"} <= {p.name for p in folder.iterdir()}
     info = json.loads((folder / TASK_FILE).read_text())
-    assert (info["task"], info["pooling"], info["per_residue"], info["window"], info["stride"]) == ("q3", "cls", True, 512, 256)
+    assert (info["task"], info["pooling"], info["per_residue"], info["window"], info["stride"]) == (
+        "q3",
+        "cls",
+        True,
+        512,
+        256,
+    )
     assert info["mlflow_run_id"] == "abc" and info["threshold"] is None and info["minprot_version"]
     again = load_task_model(folder)
     with torch.no_grad():
@@ -70,7 +83,9 @@ def test_model_folder_round_trip(shared_data: Path, teacher_dir: Path, tmp_path:
         assert logits.shape == (2, batch["input_ids"].shape[1], 3)
         assert torch.equal(again(batch["input_ids"], batch["attention_mask"]), logits)
         encoder = AutoModel.from_pretrained(folder)  # `embed` reads the encoder like any BERT folder
-        assert torch.equal(encoder(**{k: batch[k] for k in ("input_ids", "attention_mask")}).last_hidden_state,
-                           model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state)
+        assert torch.equal(
+            encoder(**{k: batch[k] for k in ("input_ids", "attention_mask")}).last_hidden_state,
+            model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state,
+        )
     with pytest.raises(UserError, match=f"has no {TASK_FILE}; pass the model/ folder"):
         load_task_model(teacher_dir)

@@ -1,4 +1,5 @@
 """Windows over long proteins: full coverage, the central-residue rule, and the single-pass identity."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,7 @@ def test_windows_cover_every_residue_with_full_length_windows(length):
     assert all(len(w) == 512 for w in windows)
     covered = np.zeros(length, bool)
     for w in windows:
-        covered[w.start:w.end] = True
+        covered[w.start : w.end] = True
     assert covered.all()
 
 
@@ -39,12 +40,14 @@ def test_stitching_recovers_a_position_function_and_weights_count_every_residue_
     length = 1300
     windows = plan_windows(length, 400, 150)
     truth = np.arange(length, dtype=np.float64)[:, None] * np.array([1.0, -1.0])
-    outs = [truth[w.start:w.end] for w in windows]
+    outs = [truth[w.start : w.end] for w in windows]
     np.testing.assert_array_equal(stitch_residues(length, windows, outs), truth)
     weights = window_weights(length, windows)
     assert weights.sum() == pytest.approx(1.0)
     # The per-protein combination of per-window residue means is the mean over all residues.
-    means = [truth[w.start:w.end][owners(length, windows)[w.start:w.end] == k].mean(0) for k, w in enumerate(windows)]
+    means = [
+        truth[w.start : w.end][owners(length, windows)[w.start : w.end] == k].mean(0) for k, w in enumerate(windows)
+    ]
     np.testing.assert_allclose(combine_protein(length, windows, means), truth.mean(0))
 
 

@@ -1,4 +1,5 @@
 """scripts/check_layers.py: the tree keeps its floors, and the checker finds what it is for."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,4 +1,5 @@
 """Fixtures of the tracking tests (the real `mlflow server` fixtures live in tests/conftest.py)."""
+
 from __future__ import annotations
 
 import shutil

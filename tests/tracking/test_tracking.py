@@ -1,4 +1,5 @@
 """Tracker against MLflow's embedded SQLite store and a real `mlflow server` (see conftest.py)."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,6 @@ from mlflow import MlflowClient
 from minprot_ds.distributed import free_port
 from minprot_ds.errors import UserError
 from minprot_ds.tracking import Tracker, _git_state, environment_params, flatten
-
 
 
 def start(run_dir: Path, uri: str | None = None, **kwargs) -> Tracker:

@@ -3,6 +3,7 @@
 `distill_loss` validates its inputs, makes teacher tensors safe for autograd and dispatches to the eager
 reference (reference.py), torch.compile'd eager, or the fused Triton kernels (fused.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from minprot_ds.errors import UserError
 from minprot_ds.distill.losses import fused, reference
+from minprot_ds.errors import UserError
 from minprot_ds.vocab import IGNORE_INDEX
 
 __all__ = ["IGNORE_INDEX", "IMPLS", "LossOutput", "as_constant", "distill_loss", "resolve_impl"]
@@ -123,8 +124,12 @@ def distill_loss(
 
 def _check_shapes(s_logits, t_logits, labels, s_hidden, t_hidden) -> None:
     if s_logits.ndim != 2 or s_logits.shape != t_logits.shape:
-        raise ValueError(f"student/teacher logits must both be [M, V], got {tuple(s_logits.shape)} and {tuple(t_logits.shape)}")
+        raise ValueError(
+            f"student/teacher logits must both be [M, V], got {tuple(s_logits.shape)} and {tuple(t_logits.shape)}"
+        )
     if labels.shape != s_logits.shape[:1]:
         raise ValueError(f"labels must be [M] = [{s_logits.shape[0]}], got {tuple(labels.shape)}")
     if s_hidden.ndim != 2 or s_hidden.shape != t_hidden.shape:
-        raise ValueError(f"student/teacher hidden must both be [N, H], got {tuple(s_hidden.shape)} and {tuple(t_hidden.shape)}")
+        raise ValueError(
+            f"student/teacher hidden must both be [N, H], got {tuple(s_hidden.shape)} and {tuple(t_hidden.shape)}"
+        )

@@ -19,6 +19,7 @@ decorated when triton.language is first imported. So CPU tensors (Triton's inter
 need TRITON_INTERPRET=1 in the environment before anything imports triton; one process runs either
 interpreted or compiled kernels, never both, and a mismatch is reported, not silently worked around.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -26,8 +27,8 @@ import os
 
 import torch
 
-from minprot_ds.errors import UserError
 from minprot_ds.distill.losses.reference import COS_EPS
+from minprot_ds.errors import UserError
 from minprot_ds.vocab import IGNORE_INDEX
 
 MAX_BLOCK = 16384  # one row must fit one block (V = 30 and H = 1024 for ProtBert)
@@ -97,9 +98,23 @@ class _LogitsLoss(torch.autograd.Function):
             block_m, block_v = _blocks(v)
             kd_grad_coef = w_kd * kd_scale / (temperature * m)  # d(c·KD/M)/ds = c/(τ·M)·(q_S − p_T); c = τ² or 1
             _kernels().logits_kernel[(_cdiv(m, block_m),)](
-                s, t, labels.contiguous(), grad, ce, kd_rows, n_labelled,
-                m, v, s.stride(0), t.stride(0), 1.0 / temperature, w_mlm, kd_grad_coef,
-                IGNORE=IGNORE_INDEX, BLOCK_M=block_m, BLOCK_V=block_v,
+                s,
+                t,
+                labels.contiguous(),
+                grad,
+                ce,
+                kd_rows,
+                n_labelled,
+                m,
+                v,
+                s.stride(0),
+                t.stride(0),
+                1.0 / temperature,
+                w_mlm,
+                kd_grad_coef,
+                IGNORE=IGNORE_INDEX,
+                BLOCK_M=block_m,
+                BLOCK_V=block_v,
             )
         mlm = ce.sum() / n_labelled
         kd = kd_rows.sum() * (kd_scale / max(m, 1))
@@ -127,8 +142,18 @@ class _CosineLoss(torch.autograd.Function):
         if n > 0:
             block_n, block_h = _blocks(h)
             _kernels().cosine_kernel[(_cdiv(n, block_n),)](
-                s, t, u, inv_norm, loss_rows, n, h, s.stride(0), t.stride(0), COS_EPS,
-                BLOCK_N=block_n, BLOCK_H=block_h,
+                s,
+                t,
+                u,
+                inv_norm,
+                loss_rows,
+                n,
+                h,
+                s.stride(0),
+                t.stride(0),
+                COS_EPS,
+                BLOCK_N=block_n,
+                BLOCK_H=block_h,
             )
         cos = loss_rows.sum() / max(n, 1)
         ctx.save_for_backward(u, inv_norm)
@@ -140,7 +165,9 @@ class _CosineLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_weighted, _grad_cos):
         if ctx.used:
-            raise RuntimeError("the fused cosine loss reuses its saved buffer as the gradient: backward twice is unsupported")
+            raise RuntimeError(
+                "the fused cosine loss reuses its saved buffer as the gradient: backward twice is unsupported"
+            )
         ctx.used = True
         u, inv_norm = ctx.saved_tensors
         # In place: computed in fp32 (type promotion), rounded once to the student's dtype.
@@ -166,7 +193,6 @@ def loss_terms(
     _check_device(student_logits)
     _check_device(student_hidden)
     w_mlm, w_kd, w_cos = weights
-    logits_part, mlm, kd = _LogitsLoss.apply(student_logits, teacher_logits, labels, temperature, kd_scale,
-                                             w_mlm, w_kd)
+    logits_part, mlm, kd = _LogitsLoss.apply(student_logits, teacher_logits, labels, temperature, kd_scale, w_mlm, w_kd)
     hidden_part, cos = _CosineLoss.apply(student_hidden, teacher_hidden, w_cos)
     return logits_part + hidden_part, mlm, kd, cos

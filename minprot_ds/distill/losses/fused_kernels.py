@@ -3,6 +3,7 @@
 Whether these are compiled or interpreted is fixed when this module and triton.language are first
 imported (TRITON_INTERPRET is read as `@triton.jit` decorates, including triton's own tl.max/tl.sum).
 """
+
 import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
@@ -10,9 +11,23 @@ from triton.runtime.interpreter import InterpretedFunction
 
 @triton.jit
 def logits_kernel(
-    s_ptr, t_ptr, labels_ptr, grad_ptr, ce_ptr, kd_ptr, n_labelled_ptr,
-    M, V, s_stride, t_stride, inv_tau, w_mlm, kd_grad_coef,
-    IGNORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr,
+    s_ptr,
+    t_ptr,
+    labels_ptr,
+    grad_ptr,
+    ce_ptr,
+    kd_ptr,
+    n_labelled_ptr,
+    M,
+    V,
+    s_stride,
+    t_stride,
+    inv_tau,
+    w_mlm,
+    kd_grad_coef,
+    IGNORE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_V: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_V)
@@ -60,9 +75,18 @@ def logits_kernel(
 
 @triton.jit
 def cosine_kernel(
-    s_ptr, t_ptr, u_ptr, inv_norm_ptr, loss_ptr,
-    N, H, s_stride, t_stride, eps,
-    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+    s_ptr,
+    t_ptr,
+    u_ptr,
+    inv_norm_ptr,
+    loss_ptr,
+    N,
+    H,
+    s_stride,
+    t_stride,
+    eps,
+    BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_H)

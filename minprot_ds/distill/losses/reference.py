@@ -5,12 +5,14 @@ Rows are whatever the caller passes: logits rows are usually the masked position
 non-pad positions; labels equal to IGNORE_INDEX take part in L_kd but not in L_mlm, which is how
 "L_kd on every non-pad position" (DistilBERT's default) is expressed.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from minprot_ds.vocab import IGNORE_INDEX
+
 COS_EPS = 1e-8  # as torch.nn.functional.cosine_similarity: cos = s·t / max(|s|·|t|, eps)
 
 

@@ -1,4 +1,5 @@
 """The distillation job end to end: the real deepspeed launcher, 2 CPU ranks, ZeRO-2/3, MLflow store and server."""
+
 from __future__ import annotations
 
 import json
@@ -37,9 +38,22 @@ def test_two_rank_distillation(launch, mlflow_history, tmp_path, request, ds, st
     assert (run_dir / "mlflow.db").exists() == (store == "embedded")
     artifacts = {a.path for a in MlflowClient(uri).list_artifacts(summary["mlflow_run_id"])}
     assert {"student", "deepspeed_config.json", "run_config.json", "data"} <= artifacts
-    for key in ("train/loss", "train/mlm", "train/kd", "train/cos", "train/lr", "train/grad_norm",
-                "perf/residues_per_s", "perf/sequences_per_s", "perf/tflops_per_device", "perf/padding_fraction",
-                "perf/peak_memory_gb", "train/skipped_steps", "valid/student_mlm_accuracy", "valid/teacher_mlm_accuracy"):
+    for key in (
+        "train/loss",
+        "train/mlm",
+        "train/kd",
+        "train/cos",
+        "train/lr",
+        "train/grad_norm",
+        "perf/residues_per_s",
+        "perf/sequences_per_s",
+        "perf/tflops_per_device",
+        "perf/padding_fraction",
+        "perf/peak_memory_gb",
+        "train/skipped_steps",
+        "valid/student_mlm_accuracy",
+        "valid/teacher_mlm_accuracy",
+    ):
         assert key in run.data.metrics, key
     assert run.data.params["config.model.student_layers"] == "2"
     losses = mlflow_history(uri, summary["mlflow_run_id"], "train/loss")
@@ -57,8 +71,12 @@ def test_two_rank_distillation(launch, mlflow_history, tmp_path, request, ds, st
     assert len(preds) == 5 and all(len(p["token_str"].strip()) == 1 for p in preds)
 
     # `minprot export` of the run dir's newest checkpoint gives the same weights as the automatic export.
-    exported = subprocess.run([str(Path(sys.executable).with_name("minprot")), "export", str(run_dir), "--out",
-                               str(tmp_path / "exported")], capture_output=True, text=True, timeout=300)
+    exported = subprocess.run(
+        [str(Path(sys.executable).with_name("minprot")), "export", str(run_dir), "--out", str(tmp_path / "exported")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert exported.returncode == 0, exported.stderr[-2000:]
     again = AutoModelForMaskedLM.from_pretrained(tmp_path / "exported")
     for (name, a), (_, b) in zip(student.state_dict().items(), again.state_dict().items()):
@@ -78,8 +96,9 @@ def test_student_at_step_zero_is_the_chosen_teacher_layers(assets, launch, tmp_p
     config = load_config(DEMO_CONFIG, [*budget, f'data.corpus="{assets["corpus"]}"'])
     assert [len(list(eval_stream(config, rank, 2))) for rank in (0, 1)] == [1, 0]
     run_dir = tmp_path / "run0"
-    proc = launch(run_dir, "--max-steps", "0", *(a for kv in budget for a in ("--set", kv)), ds="cpu_zero3.json",
-                  timeout=300)
+    proc = launch(
+        run_dir, "--max-steps", "0", *(a for kv in budget for a in ("--set", kv)), ds="cpu_zero3.json", timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     valid = json.loads((run_dir / "summary.json").read_text())["valid"]
     assert valid["valid/masked_tokens"] > 0 and 0 <= valid["valid/student_mlm_accuracy"] <= 1
@@ -90,7 +109,9 @@ def test_student_at_step_zero_is_the_chosen_teacher_layers(assets, launch, tmp_p
     layers = json.loads((run_dir / "student" / "minprot.json").read_text())["teacher_layers"]
     assert len(layers) == 2
     for s_layer, t_index in zip(student.bert.encoder.layer, layers):
-        for (name, s), (_, t) in zip(s_layer.state_dict().items(), teacher.bert.encoder.layer[t_index].state_dict().items()):
+        for (name, s), (_, t) in zip(
+            s_layer.state_dict().items(), teacher.bert.encoder.layer[t_index].state_dict().items()
+        ):
             assert torch.equal(s, t), name
     assert torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
 
@@ -122,8 +143,19 @@ def test_diverging_run_skips_steps_then_fails_the_mlflow_run(launch, tmp_path):
     """A learning rate that blows the weights up: non-finite steps are skipped and counted, and after
     run.max_consecutive_skips in a row the job stops with one clear line and the MLflow run is FAILED."""
     run_dir = tmp_path / "diverge"
-    proc = launch(run_dir, "--set", "optimizer.lr=1e12", "--set", "schedule.warmup_steps=0",
-                  "--set", "run.max_consecutive_skips=2", "--set", "run.log_every=1", ranks=0, show_failure=False)
+    proc = launch(
+        run_dir,
+        "--set",
+        "optimizer.lr=1e12",
+        "--set",
+        "schedule.warmup_steps=0",
+        "--set",
+        "run.max_consecutive_skips=2",
+        "--set",
+        "run.log_every=1",
+        ranks=0,
+        show_failure=False,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "steps in a row had a non-finite loss" in proc.stderr and "Traceback" not in proc.stderr
     from mlflow import MlflowClient

@@ -1,6 +1,7 @@
 """Multi-day runs survive: stop and resume give the uninterrupted run's numbers exactly; a rank killed
 while writing a checkpoint costs only the steps since the previous complete one; model-affecting
 changes on resume are refused. Real launcher, 2 CPU ranks, fp32."""
+
 from __future__ import annotations
 
 import json
@@ -74,7 +75,9 @@ def test_resume_from_a_periodic_checkpoint_is_exact(launch, mlflow_history, tmp_
     proc = launch(again, *COMMON, "--resume", str(again / "ckpt" / "global_step8"), ds=ds, steps=STEPS)
     assert proc.returncode == 0
     summary = json.loads((again / "summary.json").read_text())
-    history = MlflowClient(f"sqlite:///{again / 'mlflow.db'}").get_metric_history(summary["mlflow_run_id"], "train/loss")
+    history = MlflowClient(f"sqlite:///{again / 'mlflow.db'}").get_metric_history(
+        summary["mlflow_run_id"], "train/loss"
+    )
     assert sorted(m.step for m in history) == sorted([*range(1, STEPS + 1), *range(9, STEPS + 1)])  # 9-12 redone
     assert_same_run(losses_and_weights(whole, mlflow_history), losses_and_weights(again, mlflow_history))
 
@@ -125,7 +128,10 @@ def test_model_affecting_change_is_refused(launch, stopped_copy):
     assert "data.seed was 0 and is now 7" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in (run / "ckpt").iterdir()) == before
     # Cadences may change on resume.
-    assert launch(run, "--set", "checkpoint.every_steps=3", "--set", "run.log_every=2", ranks=0, steps=STEPS).returncode == 0
+    assert (
+        launch(run, "--set", "checkpoint.every_steps=3", "--set", "run.log_every=2", ranks=0, steps=STEPS).returncode
+        == 0
+    )
 
 
 def test_resume_none_refuses_a_run_dir_with_checkpoints(launch, stopped_copy):
@@ -153,8 +159,18 @@ def test_two_ranks_to_one_keeps_the_global_sample_order(launch, mlflow_history, 
     ds = json.loads((Path(__file__).resolve().parents[3] / "ds_configs" / "cpu_zero2.json").read_text())
     ds["gradient_accumulation_steps"] = 2
     (tmp_path / "accum2.json").write_text(json.dumps(ds))
-    one = launch(moved, *COMMON, *TRACE, "--set", "data.num_workers=0", "--set", "checkpoint.keep_last=10", ranks=0,
-                 ds=str(tmp_path / "accum2.json"), steps=STEPS)
+    one = launch(
+        moved,
+        *COMMON,
+        *TRACE,
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "checkpoint.keep_last=10",
+        ranks=0,
+        ds=str(tmp_path / "accum2.json"),
+        steps=STEPS,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     assert (moved / "ckpt" / "global_step4_universal" / "COMPLETE").is_file()
     assert read_trace(moved) == read_trace(reference_dir)
@@ -186,13 +202,32 @@ def test_sigterm_checkpoints_and_exits_cleanly(assets, mlflow_history, reference
 
     repo = Path(__file__).resolve().parents[3]
     run = tmp_path / "preempted"
-    args = ["--config", str(repo / "launch/configs/demo.toml"), "--deepspeed_config", str(repo / "ds_configs/cpu_zero2.json"),
-            "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher_dropout"]}"',
-            "--set", f'data.corpus="{assets["corpus"]}"', "--set", f"schedule.total_steps={STEPS}",
-            "--set", "eval.every_steps=0", *COMMON]
-    proc = subprocess.Popen(launcher_command(2, repo / "launch/distill.py", args), cwd=repo, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "MINPROT_FAULT_CHECKPOINT": "4:0:stop"})
+    args = [
+        "--config",
+        str(repo / "launch/configs/demo.toml"),
+        "--deepspeed_config",
+        str(repo / "ds_configs/cpu_zero2.json"),
+        "--run-dir",
+        str(run),
+        "--set",
+        f'model.teacher="{assets["teacher_dropout"]}"',
+        "--set",
+        f'data.corpus="{assets["corpus"]}"',
+        "--set",
+        f"schedule.total_steps={STEPS}",
+        "--set",
+        "eval.every_steps=0",
+        *COMMON,
+    ]
+    proc = subprocess.Popen(
+        launcher_command(2, repo / "launch/distill.py", args),
+        cwd=repo,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "MINPROT_FAULT_CHECKPOINT": "4:0:stop"},
+    )
     try:
         ranks = wait_for_stopped_rank(proc)
         # Like SLURM: every process of the job step gets the signal (ranks and their DataLoader workers).
@@ -212,8 +247,9 @@ def test_sigterm_checkpoints_and_exits_cleanly(assets, mlflow_history, reference
     assert (run / "ckpt" / "global_step5" / "COMPLETE").is_file()
     print(f"SIGTERM to exit: {exit_s:.1f} s (stopped at step 5)", file=sys.stderr)
 
-    resumed = subprocess.run(launcher_command(2, repo / "launch/distill.py", args), cwd=repo, capture_output=True,
-                             text=True, timeout=420)
+    resumed = subprocess.run(
+        launcher_command(2, repo / "launch/distill.py", args), cwd=repo, capture_output=True, text=True, timeout=420
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(reference, losses_and_weights(run, mlflow_history))
 
@@ -229,7 +265,9 @@ def wait_for_stopped_rank(proc, timeout: float = 300):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.monotonic() < deadline, "no rank stopped itself in time"
         try:
-            ranks = [p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank" in " ".join(p.cmdline())]
+            ranks = [
+                p for p in psutil.Process(proc.pid).children(recursive=True) if "--local_rank" in " ".join(p.cmdline())
+            ]
             if any(p.status() == psutil.STATUS_STOPPED for p in ranks):
                 return ranks
         except psutil.NoSuchProcess:  # a DataLoader worker came or went
@@ -251,18 +289,48 @@ def torchrun(assets, run: Path, *extra: str, env: dict | None = None, max_restar
     import torch
 
     repo = Path(__file__).resolve().parents[3]
-    args = ["--config", str(repo / "launch/configs/demo.toml"), "--deepspeed_config", str(repo / "ds_configs/cpu_zero2.json"),
-            "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher_dropout"]}"',
-            "--set", f'data.corpus="{assets["corpus"]}"', "--set", f"schedule.total_steps={STEPS}",
-            "--set", "eval.every_steps=0", *COMMON, *TRACE, *extra]
-    cmd = [*prefix, str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
-           "--max-restarts", str(max_restarts), str(repo / "launch/distill.py"), *args]
+    args = [
+        "--config",
+        str(repo / "launch/configs/demo.toml"),
+        "--deepspeed_config",
+        str(repo / "ds_configs/cpu_zero2.json"),
+        "--run-dir",
+        str(run),
+        "--set",
+        f'model.teacher="{assets["teacher_dropout"]}"',
+        "--set",
+        f'data.corpus="{assets["corpus"]}"',
+        "--set",
+        f"schedule.total_steps={STEPS}",
+        "--set",
+        "eval.every_steps=0",
+        *COMMON,
+        *TRACE,
+        *extra,
+    ]
+    cmd = [
+        *prefix,
+        str(Path(sys.executable).with_name("torchrun")),
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        str(max_restarts),
+        str(repo / "launch/distill.py"),
+        *args,
+    ]
     # Output to a file, not a pipe: nobody reads a pipe while the test watches the run, and a full one
     # would block the ranks.
     log = open(run.parent / f"{run.name}.log", "w+")
-    proc = subprocess.Popen(cmd, cwd=repo, text=True, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()),
-                                 **(env or {})})
+    proc = subprocess.Popen(
+        cmd,
+        cwd=repo,
+        text=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()), **(env or {})},
+    )
     proc.log = log
     return proc
 
@@ -322,7 +390,6 @@ def test_torchrun_restarts_after_kills_and_finishes_exactly(assets, mlflow_histo
     import sys
     import time
 
-    import psutil
     from mlflow import MlflowClient
 
     rng = random.Random(12)
@@ -332,6 +399,7 @@ def test_torchrun_restarts_after_kills_and_finishes_exactly(assets, mlflow_histo
     proc = torchrun(assets, run, env={"MINPROT_FAULT_CHECKPOINT": f"8:{ckpt_victim}:rank_file@1"})
     events, lost = [], []
     try:
+
         def kill_after(extra_steps: int, what: str) -> None:
             pids = {p.pid for p in workers(proc)}
             target = steps_done(run) + extra_steps
@@ -343,8 +411,11 @@ def test_torchrun_restarts_after_kills_and_finishes_exactly(assets, mlflow_histo
             victim.send_signal(signal.SIGKILL)
             killed_at, before = time.monotonic(), steps_done(run)
             events.append(f"{what} {victim.pid} SIGKILLed after {before} steps")
-            wait_until(lambda: workers(proc) and not {p.pid for p in workers(proc)} & pids and steps_done(run) > before,
-                       proc, "the restarted attempt's first step")
+            wait_until(
+                lambda: workers(proc) and not {p.pid for p in workers(proc)} & pids and steps_done(run) > before,
+                proc,
+                "the restarted attempt's first step",
+            )
             lost.append(time.monotonic() - killed_at)
 
         wait_until(lambda: (run / "ckpt" / "global_step4" / "COMPLETE").is_file(), proc, "the step-4 checkpoint")
@@ -364,10 +435,16 @@ def test_torchrun_restarts_after_kills_and_finishes_exactly(assets, mlflow_histo
     assert proc.returncode == 0, out[-4000:]
     assert_same_run(reference, losses_and_weights(run, mlflow_history))
     summary = json.loads((run / "summary.json").read_text())
-    restarts = MlflowClient(f"sqlite:///{run / 'mlflow.db'}").get_metric_history(summary["mlflow_run_id"], "elastic/restarts")
+    restarts = MlflowClient(f"sqlite:///{run / 'mlflow.db'}").get_metric_history(
+        summary["mlflow_run_id"], "elastic/restarts"
+    )
     assert sorted(m.value for m in restarts) == [0.0, 1.0, 2.0, 3.0, 4.0]  # one MLflow run across the restarts
-    print(f"chaos: {'; '.join(events)}; restarts {len(restarts) - 1}; kill to the next attempt's first step: "
-          + ", ".join(f"{s:.1f} s" for s in lost) + f"; {steps_done(run)} steps run for {STEPS}", file=sys.stderr)
+    print(
+        f"chaos: {'; '.join(events)}; restarts {len(restarts) - 1}; kill to the next attempt's first step: "
+        + ", ".join(f"{s:.1f} s" for s in lost)
+        + f"; {steps_done(run)} steps run for {STEPS}",
+        file=sys.stderr,
+    )
 
 
 def test_watchdog_names_the_silent_rank_and_torchrun_resumes(assets, mlflow_history, reference, tmp_path):
@@ -381,8 +458,9 @@ def test_watchdog_names_the_silent_rank_and_torchrun_resumes(assets, mlflow_hist
 
     run = tmp_path / "hung"
     timeout_s = 10
-    proc = torchrun(assets, run, "--set", f"run.collective_timeout_s={timeout_s}",
-                    env={"MINPROT_FAULT_CHECKPOINT": "4:1:stop@0"})
+    proc = torchrun(
+        assets, run, "--set", f"run.collective_timeout_s={timeout_s}", env={"MINPROT_FAULT_CHECKPOINT": "4:1:stop@0"}
+    )
     try:
         wait_until(lambda: any(p.status() == psutil.STATUS_STOPPED for p in workers(proc)), proc, "rank 1 to stop")
         stopped_at = time.monotonic()
@@ -399,8 +477,10 @@ def test_watchdog_names_the_silent_rank_and_torchrun_resumes(assets, mlflow_hist
     # one check interval, with room for a loaded machine.
     assert detected_s < timeout_s * 3
     assert_same_run(reference, losses_and_weights(run, mlflow_history))
-    print(f"watchdog: rank 1 stopped -> rank 0 exited after {detected_s:.1f} s "
-          f"(run.collective_timeout_s = {timeout_s})", file=sys.stderr)
+    print(
+        f"watchdog: rank 1 stopped -> rank 0 exited after {detected_s:.1f} s (run.collective_timeout_s = {timeout_s})",
+        file=sys.stderr,
+    )
 
 
 def test_user_error_under_torchrun_is_not_retried(assets, tmp_path):
@@ -427,10 +507,23 @@ def test_two_nodes_on_loopback_match_one_node_with_two_ranks(assets, mlflow_hist
     run = tmp_path / "two_nodes"
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("nodeA slots=1\nnodeB slots=1\n")  # names are only keys with --no_ssh
-    args = ["--config", str(repo / "launch/configs/demo.toml"), "--deepspeed_config", str(repo / "ds_configs/cpu_zero2.json"),
-            "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher_dropout"]}"',
-            "--set", f'data.corpus="{assets["corpus"]}"', "--set", f"schedule.total_steps={STEPS}",
-            "--set", "eval.every_steps=0", *COMMON]
+    args = [
+        "--config",
+        str(repo / "launch/configs/demo.toml"),
+        "--deepspeed_config",
+        str(repo / "ds_configs/cpu_zero2.json"),
+        "--run-dir",
+        str(run),
+        "--set",
+        f'model.teacher="{assets["teacher_dropout"]}"',
+        "--set",
+        f'data.corpus="{assets["corpus"]}"',
+        "--set",
+        f"schedule.total_steps={STEPS}",
+        "--set",
+        "eval.every_steps=0",
+        *COMMON,
+    ]
     launcher = str(Path(sys.executable).with_name("deepspeed"))
 
     def both_nodes(*extra: str) -> None:
@@ -438,12 +531,31 @@ def test_two_nodes_on_loopback_match_one_node_with_two_ranks(assets, mlflow_hist
         procs = []
         for i in range(2):
             log = open(tmp_path / f"node{i}.{len(extra)}.log", "w+")
-            procs.append(subprocess.Popen([launcher, "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(i),
-                                           "--master_addr", "127.0.0.1", "--master_port", port,
-                                           str(repo / "launch/distill.py"), *args, *extra],
-                                          cwd=repo, text=True, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True,
-                                          env={**os.environ, "PYTHONUNBUFFERED": "1", "GLOO_SOCKET_IFNAME": "lo"}))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        launcher,
+                        "--hostfile",
+                        str(hostfile),
+                        "--no_ssh",
+                        "--node_rank",
+                        str(i),
+                        "--master_addr",
+                        "127.0.0.1",
+                        "--master_port",
+                        port,
+                        str(repo / "launch/distill.py"),
+                        *args,
+                        *extra,
+                    ],
+                    cwd=repo,
+                    text=True,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1", "GLOO_SOCKET_IFNAME": "lo"},
+                )
+            )
             procs[-1].log = log
         outs = [finish(p, timeout=900) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
@@ -457,8 +569,9 @@ def test_two_nodes_on_loopback_match_one_node_with_two_ranks(assets, mlflow_hist
 # --- Slurm: preemption notice, checkpoint, requeue, resume ---------------------------------------------
 
 
-def test_slurm_job_signalled_before_its_limit_requeues_and_finishes_exactly(assets, mlflow_history, reference,
-                                                                            slurm_cluster, tmp_path):
+def test_slurm_job_signalled_before_its_limit_requeues_and_finishes_exactly(
+    assets, mlflow_history, reference, slurm_cluster, tmp_path
+):
     """launch/slurm/distill.sbatch on a real one-node Slurm cluster: Slurm signals the batch shell (USR1,
     `--signal=B:USR1@120`) before the job's time limit, the trap forwards it to the ranks, they checkpoint
     and exit 0, the job requeues itself, resumes and ends with the uninterrupted run's student, bitwise.
@@ -477,14 +590,43 @@ def test_slurm_job_signalled_before_its_limit_requeues_and_finishes_exactly(asse
 
     repo = Path(__file__).resolve().parents[3]
     run, out = tmp_path / "slurm_run", tmp_path / "job.out"
-    args = ["--config", str(repo / "launch/configs/demo.toml"), "--deepspeed_config", str(repo / "ds_configs/cpu_zero2.json"),
-            "--run-dir", str(run), "--set", f'model.teacher="{assets["teacher_dropout"]}"',
-            "--set", f'data.corpus="{assets["corpus"]}"', "--set", f"schedule.total_steps={STEPS}",
-            "--set", "eval.every_steps=0", *COMMON]
-    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1",
-           "MINPROT_PROCS_PER_NODE": "2", "MINPROT_FAULT_CHECKPOINT": "4:0:stop"}
-    job = slurm_cluster.run("sbatch", "--parsable", "--time=10", f"--output={out}", str(repo / "launch/slurm/distill.sbatch"),
-                            *args, env=env, cwd=repo).stdout.strip().split(";")[0]
+    args = [
+        "--config",
+        str(repo / "launch/configs/demo.toml"),
+        "--deepspeed_config",
+        str(repo / "ds_configs/cpu_zero2.json"),
+        "--run-dir",
+        str(run),
+        "--set",
+        f'model.teacher="{assets["teacher_dropout"]}"',
+        "--set",
+        f'data.corpus="{assets["corpus"]}"',
+        "--set",
+        f"schedule.total_steps={STEPS}",
+        "--set",
+        "eval.every_steps=0",
+        *COMMON,
+    ]
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONUNBUFFERED": "1",
+        "MINPROT_PROCS_PER_NODE": "2",
+        "MINPROT_FAULT_CHECKPOINT": "4:0:stop",
+    }
+    job = (
+        slurm_cluster.run(
+            "sbatch",
+            "--parsable",
+            "--time=10",
+            f"--output={out}",
+            str(repo / "launch/slurm/distill.sbatch"),
+            *args,
+            env=env,
+            cwd=repo,
+        )
+        .stdout.strip()
+        .split(";")[0]
+    )
 
     def log() -> str:
         return out.read_text() if out.exists() else ""
@@ -493,7 +635,9 @@ def test_slurm_job_signalled_before_its_limit_requeues_and_finishes_exactly(asse
         deadline = time.monotonic() + timeout
         while not (found := predicate()):
             state = slurm_cluster.job(job).get("JobState", "gone")
-            assert state in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING"), f"job {state} before {what}:\n{log()[-4000:]}"
+            assert state in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING"), (
+                f"job {state} before {what}:\n{log()[-4000:]}"
+            )
             assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log()[-4000:]}"
             time.sleep(0.2)
         return found
@@ -520,21 +664,28 @@ def test_slurm_job_signalled_before_its_limit_requeues_and_finishes_exactly(asse
     restarted = time.monotonic()
     wait(lambda: slurm_cluster.job(job).get("JobState") == "COMPLETED", "the requeued job to finish")
     text = log()
-    assert "stop signal: checkpointed step 5" in text and f"step 5/{STEPS}; checkpoint {run / 'ckpt' / 'global_step5'}" in text
+    assert (
+        "stop signal: checkpointed step 5" in text
+        and f"step 5/{STEPS}; checkpoint {run / 'ckpt' / 'global_step5'}" in text
+    )
     assert json.loads((run / "summary.json").read_text())["step"] == STEPS
     summary = json.loads((run / "summary.json").read_text())
     history = MlflowClient(f"sqlite:///{run / 'mlflow.db'}").get_metric_history(summary["mlflow_run_id"], "train/loss")
     assert sorted(m.step for m in history) == list(range(1, STEPS + 1))  # resumed after step 5: nothing redone
     assert_same_run(reference, losses_and_weights(run, mlflow_history))
     to_ckpt = re.search(r"checkpointed step 5 ([0-9.]+)s after the signal", text).group(1)
-    print(f"slurm: limit shortened -> signal at the trap {signalled - limited:.1f} s; rank 0 continued -> step-5 "
-          f"checkpoint {to_ckpt} s (the run's own figure), -> requeue {requeued - signalled:.1f} s; requeue -> job "
-          f"running again {restarted - requeued:.1f} s", file=sys.stderr)
+    print(
+        f"slurm: limit shortened -> signal at the trap {signalled - limited:.1f} s; rank 0 continued -> step-5 "
+        f"checkpoint {to_ckpt} s (the run's own figure), -> requeue {requeued - signalled:.1f} s; requeue -> job "
+        f"running again {restarted - requeued:.1f} s",
+        file=sys.stderr,
+    )
 
 
 @pytest.mark.parametrize("launcher,sig", [("deepspeed", "SIGTERM"), ("torchrun", "SIGUSR1")])
-def test_signal_to_the_launcher_alone_checkpoints_and_resumes_exactly(assets, mlflow_history, reference, tmp_path,
-                                                                       launcher, sig):
+def test_signal_to_the_launcher_alone_checkpoints_and_resumes_exactly(
+    assets, mlflow_history, reference, tmp_path, launcher, sig
+):
     """What people and schedulers do: one signal to the launcher process only (started through
     `python -m minprot_ds.preempt`), not to the ranks. Every rank finishes its step, the job checkpoints,
     everything exits 0, and a plain rerun continues exactly as the uninterrupted run.
@@ -557,14 +708,34 @@ def test_signal_to_the_launcher_alone_checkpoints_and_resumes_exactly(assets, ml
     if launcher == "torchrun":
         proc = torchrun(assets, run, env=env, max_restarts=0, prefix=prefix)
     else:
-        args = ["--config", str(repo / "launch/configs/demo.toml"), "--deepspeed_config",
-                str(repo / "ds_configs/cpu_zero2.json"), "--run-dir", str(run),
-                "--set", f'model.teacher="{assets["teacher_dropout"]}"', "--set", f'data.corpus="{assets["corpus"]}"',
-                "--set", f"schedule.total_steps={STEPS}", "--set", "eval.every_steps=0", *COMMON, *TRACE]
+        args = [
+            "--config",
+            str(repo / "launch/configs/demo.toml"),
+            "--deepspeed_config",
+            str(repo / "ds_configs/cpu_zero2.json"),
+            "--run-dir",
+            str(run),
+            "--set",
+            f'model.teacher="{assets["teacher_dropout"]}"',
+            "--set",
+            f'data.corpus="{assets["corpus"]}"',
+            "--set",
+            f"schedule.total_steps={STEPS}",
+            "--set",
+            "eval.every_steps=0",
+            *COMMON,
+            *TRACE,
+        ]
         log = open(tmp_path / "signalled.log", "w+")
-        proc = subprocess.Popen([*prefix, *launcher_command(2, repo / "launch/distill.py", args)], cwd=repo, text=True,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+        proc = subprocess.Popen(
+            [*prefix, *launcher_command(2, repo / "launch/distill.py", args)],
+            cwd=repo,
+            text=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+        )
         proc.log = log
 
     def stopped_rank():
@@ -594,7 +765,8 @@ def test_signal_to_the_launcher_alone_checkpoints_and_resumes_exactly(assets, ml
         out = finish(rerun, timeout=600)
         assert rerun.returncode == 0, out[-4000:]
     else:
-        again = subprocess.run(launcher_command(2, repo / "launch/distill.py", args), cwd=repo, capture_output=True,
-                               text=True, timeout=600)
+        again = subprocess.run(
+            launcher_command(2, repo / "launch/distill.py", args), cwd=repo, capture_output=True, text=True, timeout=600
+        )
         assert again.returncode == 0, again.stderr[-3000:]
     assert_same_run(reference, losses_and_weights(run, mlflow_history))

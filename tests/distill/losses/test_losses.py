@@ -8,6 +8,7 @@ something else in the process, the Triton tests skip saying so; `TRITON_INTERPRE
 always works. Inputs are fresh random each run; the seed is printed (pytest shows it on failure) and
 MINPROT_TEST_SEED=<seed> replays it.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,11 +22,11 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 if DEVICE.type == "cpu":
     os.environ["TRITON_INTERPRET"] = "1"  # tests/conftest.py sets it too, before any conftest imports triton
 
-import pytest  # noqa: E402
-import torch.nn.functional as F
+import pytest  # noqa: E402  (after TRITON_INTERPRET is set)
+import torch.nn.functional as F  # noqa: E402
 
-from minprot_ds.errors import UserError
-from minprot_ds.distill.losses import IGNORE_INDEX, distill_loss, resolve_impl
+from minprot_ds.distill.losses import IGNORE_INDEX, distill_loss, resolve_impl  # noqa: E402
+from minprot_ds.errors import UserError  # noqa: E402
 
 triton = pytest.importorskip("triton", reason="the fused kernels need the triton package")
 
@@ -43,8 +44,10 @@ def interpret():
     from minprot_ds.distill.losses import fused_kernels
 
     if (DEVICE.type == "cpu") != fused_kernels.interpreted():
-        pytest.skip("these tests run the Triton kernels in its interpreter on CPU tensors; triton was imported "
-                    "in compiled mode before TRITON_INTERPRET=1 was set (run with TRITON_INTERPRET=1 in the environment)")
+        pytest.skip(
+            "these tests run the Triton kernels in its interpreter on CPU tensors; triton was imported "
+            "in compiled mode before TRITON_INTERPRET=1 was set (run with TRITON_INTERPRET=1 in the environment)"
+        )
 
 
 @pytest.fixture
@@ -90,8 +93,17 @@ def run_impl(impl, s_logits, t_logits, labels, s_hidden, t_hidden, tau, weights,
     s = s_logits.to(DEVICE).requires_grad_()
     hs = s_hidden.to(DEVICE).requires_grad_()
     t_logits, labels, t_hidden = t_logits.to(DEVICE), labels.to(DEVICE), t_hidden.to(DEVICE)
-    out = distill_loss(s, t_logits, labels, hs, t_hidden, temperature=tau, weights=weights, impl=impl,
-                       kd_temperature_squared=tau_squared)
+    out = distill_loss(
+        s,
+        t_logits,
+        labels,
+        hs,
+        t_hidden,
+        temperature=tau,
+        weights=weights,
+        impl=impl,
+        kd_temperature_squared=tau_squared,
+    )
     (out.total * loss_scale if loss_scale != 1.0 else out.total).backward()
     out = type(out)(*(x.cpu() for x in (out.total, out.mlm, out.kd, out.cos)))
     if loss_scale != 1.0:
@@ -112,7 +124,9 @@ def check_against_reference(impl, inputs, tau=2.0, weights=(1 / 3, 1 / 3, 1 / 3)
     ref = reference64(*inputs, tau, weights, tau_squared)
     out, g_logits, g_hidden = run_impl(impl, *inputs, tau, weights, tau_squared, loss_scale=loss_scale)
     for name, got, want in zip(("total", "mlm", "kd", "cos"), (out.total, out.mlm, out.kd, out.cos), ref[:4]):
-        assert abs(got.item() - want.item()) <= tol * abs(want.item()) + 1e-12, f"{impl} {name}: {got.item()} vs {want.item()}"
+        assert abs(got.item() - want.item()) <= tol * abs(want.item()) + 1e-12, (
+            f"{impl} {name}: {got.item()} vs {want.item()}"
+        )
     if loss_scale == 1.0:
         assert g_logits.dtype == dtype and g_hidden.dtype == dtype
     assert_rel(g_logits, ref[4], tol, f"{impl} d/d(student logits)")
@@ -133,8 +147,10 @@ def test_matches_float64_reference(impl, dtype, gen, interpret):
 def test_real_shapes_match_float64_reference(impl, dtype, gen, interpret):
     # What a training step feeds the loss; on a GPU this compiles the kernels for ProtBert's widths.
     if DEVICE.type == "cpu" and impl != "eager":
-        pytest.skip(f"impl {impl!r} at real shapes needs a GPU (Triton's interpreter and CPU compiles are too slow "
-                    "here; benchmarks/gpu/run.sh runs these on one)")
+        pytest.skip(
+            f"impl {impl!r} at real shapes needs a GPU (Triton's interpreter and CPU compiles are too slow "
+            "here; benchmarks/gpu/run.sh runs these on one)"
+        )
     inputs = make_inputs(gen, m=REAL_M, n=REAL_N, h=REAL_H, v=REAL_V, dtype=dtype)
     scale = FP16_LOSS_SCALE if dtype == torch.float16 else 1.0
     check_against_reference(impl, inputs, loss_scale=scale)
