@@ -19,7 +19,10 @@ PAGES = [README, *DOCS]
 
 # The two commands for a fresh machine, character for character; CI (.ci/run) runs the second.
 DEMO_COMMAND = "bash scripts/setup.sh && .venv/bin/minprot demo"
-TEST_COMMAND = "bash scripts/setup.sh --with-mmseqs --with-slurm && .venv/bin/python -m pytest"
+TEST_COMMAND = (
+    "bash scripts/setup.sh --with-mmseqs --with-slurm && .venv/bin/ruff check . && .venv/bin/ruff format --check . "
+    "&& .venv/bin/python -m pytest"
+)
 
 # Where repo paths start; a backticked word starting like this must exist in the checkout.
 PATH_ROOTS = (
