@@ -3,7 +3,9 @@
 Reads every import of `minprot_ds/` and `data_prep/` with `ast` (those inside functions too), and fails on
 - a cycle between files;
 - a cycle between packages (a package is a file's folder: `minprot_ds.distill`, `data_prep.tasks`, ...);
-- an import of a package on the same or a higher floor than the importer's, other than its own package.
+- an import of a package on the same or a higher floor than the importer's, other than its own package;
+- an import of the project's own code inside a function, except in `minprot_ds.cli` (whose commands import their
+  job when they run, so that `minprot --help` loads no torch) or with a `# lazy: why` comment on its line.
 
 The floors, lowest first, are written once here and in `minprot_ds/__init__.py`'s docstring (a test checks that
 both list the same packages). Usage: `python scripts/check_layers.py [--graph]`; exit 1 with one line per
@@ -20,6 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = ("minprot_ds", "data_prep")
+LAZY_PACKAGE = "minprot_ds.cli"  # its commands import their job when they run: `minprot --help` stays light
 
 # Lowest first. A package may import its own modules and those of packages on lower floors only.
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
@@ -42,6 +45,7 @@ class Import:
     target: str  # imported module
     line: int
     in_function: bool
+    lazy: bool = False  # a `# lazy:` comment on its line
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -59,7 +63,9 @@ def collect(root: Path = REPO) -> tuple[dict[str, Path], list[Import]]:
     modules = {module_name(p, root): p for r in ROOTS for p in sorted((root / r).rglob("*.py"))}
     imports: list[Import] = []
     for module, path in modules.items():
-        tree = ast.parse(path.read_text(), str(path))
+        text = path.read_text()
+        lines = text.split("\n")
+        tree = ast.parse(text, str(path))
         package = package_of(module, modules)
         functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
         nested = {id(c) for f in functions for c in ast.walk(f)}
@@ -79,7 +85,8 @@ def collect(root: Path = REPO) -> tuple[dict[str, Path], list[Import]]:
                 # `from pkg import module` names the module; `from module import thing` names the module.
                 target = next((n for n in names if n in modules), None)
                 if target is not None and target != module:
-                    seen.add(Import(module, target, node.lineno, id(node) in nested))
+                    lazy = "# lazy:" in lines[node.lineno - 1]
+                    seen.add(Import(module, target, node.lineno, id(node) in nested, lazy))
         imports += sorted(seen, key=lambda i: (i.line, i.target))
     return modules, imports
 
@@ -133,6 +140,11 @@ def violations(root: Path = REPO) -> list[str]:
     package_edges: dict[str, set[str]] = defaultdict(set)
     for imp in imports:
         file_edges[imp.source].add(imp.target)
+        if imp.in_function and not imp.lazy and not imp.source.startswith(LAZY_PACKAGE):
+            problems.append(
+                f"{modules[imp.source].relative_to(root)}:{imp.line}: {imp.target} imported inside a function; "
+                "import it at the top, or say why not in a `# lazy: ...` comment on the line"
+            )
         src_pkg, dst_pkg = package_of(imp.source, modules), package_of(imp.target, modules)
         if src_pkg == dst_pkg:
             continue

@@ -18,6 +18,7 @@ import datasets
 import numpy as np
 from Bio import SwissProt
 
+from data_prep.tasks.mmseqs import cluster_members
 from minprot_ds.data.task_records import SEQUENCE_FEATURES, clean_sequence
 from minprot_ds.errors import UserError
 from minprot_ds.vocab import MAX_RESIDUES
@@ -132,7 +133,6 @@ def build_swissprot(
     threads: int | None = None,
 ) -> tuple[datasets.DatasetDict, dict[str, int]]:
     """The task set and the excluded entries counted by reason; splits by MMseqs2 cluster (see the docstring)."""
-    from data_prep.tasks.mmseqs import cluster_members
 
     columns, excluded = read_swissprot(paths, organism)
     if not columns["id"]:

@@ -34,6 +34,9 @@ import math
 from typing import Any
 
 from minprot_ds.data.batching import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS
+from minprot_ds.distill.flops import PROTBERT_MAX_POSITIONS, bert_params
+from minprot_ds.models.masked_lm import MODEL_PRESETS
+from minprot_ds.vocab import VOCAB_SIZE
 
 GB = 2**30
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -90,10 +93,6 @@ def preset_config(name: str) -> Any:
     """The BertConfig of a model preset's teacher (protbert: ProtBert's own, 40,000 positions)."""
     from transformers import BertConfig
 
-    from minprot_ds.distill.flops import PROTBERT_MAX_POSITIONS
-    from minprot_ds.models.masked_lm import MODEL_PRESETS
-    from minprot_ds.vocab import VOCAB_SIZE
-
     p = MODEL_PRESETS[name]
     return BertConfig(
         vocab_size=VOCAB_SIZE,
@@ -108,7 +107,6 @@ def preset_config(name: str) -> Any:
 
 def model_params(config: Any, num_layers: int) -> int:
     """Parameters of a BertForMaskedLM with this config's widths and `num_layers` layers (tied decoder)."""
-    from minprot_ds.distill.flops import bert_params
 
     return bert_params(
         num_layers,

@@ -8,6 +8,8 @@ from typing import Any
 
 from minprot_ds.bench.memory import MMAP_THRESHOLD, Plan
 from minprot_ds.bench.throughput import RunInputs, Setting, build_setting
+from minprot_ds.distill.engine import untimed
+from minprot_ds.distributed import init_distributed
 
 
 def _status_bytes(pid: int | str, field: str) -> int:
@@ -61,9 +63,6 @@ def measure(
     Returns measured bytes, the baseline it is above and the padded tokens of the largest micro-batch seen.
     """
     import torch
-
-    from minprot_ds.distill.engine import untimed
-    from minprot_ds.distributed import init_distributed
 
     phase_timer = phase_timer or untimed
 

@@ -28,6 +28,8 @@ from torch import nn
 
 from minprot_ds import vocab
 from minprot_ds.data.shards import ShardedCorpus
+from minprot_ds.ds_config import PRECISIONS
+from minprot_ds.models.masked_lm import build_student
 
 
 @dataclass
@@ -130,9 +132,6 @@ class NaiveLoop:
         precision: str = "fp32",
     ):
         from transformers import BertForMaskedLM
-
-        from minprot_ds.ds_config import PRECISIONS
-        from minprot_ds.models.masked_lm import build_student
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.precision, self.dtype = precision, PRECISIONS[precision]

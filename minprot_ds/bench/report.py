@@ -14,6 +14,7 @@ import numpy as np
 
 from minprot_ds.bench.throughput import SPLIT_PHASES
 from minprot_ds.fileio import write_json
+from minprot_ds.tracking import Tracker
 
 TABLE_COLUMNS = (
     "setting",
@@ -194,7 +195,6 @@ def log_to_mlflow(
 ) -> str | None:
     """One MLflow run: inputs as params, each setting's figures as metrics at step = its index, files as
     artifacts. Returns the run id."""
-    from minprot_ds.tracking import Tracker
 
     with Tracker.start(
         tracking_uri=tracking_uri,

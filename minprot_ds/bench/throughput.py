@@ -30,12 +30,17 @@ import torch.distributed as dist
 
 from minprot_ds import distributed
 from minprot_ds.bench.memory import skip_reason
+from minprot_ds.bench.naive import NaiveLoop
 from minprot_ds.data.batching import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS
-from minprot_ds.data.synthetic import sample_lengths
-from minprot_ds.distill.config import COMPILE_MODES
+from minprot_ds.data.synthetic import sample_lengths, write_synthetic_corpus
+from minprot_ds.distill.build import build_engine, build_stream
+from minprot_ds.distill.config import COMPILE_MODES, DistillConfig
 from minprot_ds.distill.flops import mfu, peak_tflops
+from minprot_ds.distill.losses import resolve_impl
+from minprot_ds.distributed import init_distributed
 from minprot_ds.ds_config import PRECISIONS, for_setting
 from minprot_ds.errors import UserError
+from minprot_ds.models.masked_lm import MODEL_PRESETS, save_random_protbert
 
 LOSS_IMPLS = ("eager", "compiled", "triton")
 # The run config's defaults: rows scale with the budget.
@@ -157,7 +162,6 @@ def hardware_info() -> dict[str, Any]:
 
 def random_models(folder: Path, preset_name: str, seed: int = 0) -> tuple[Path, int]:
     """A random teacher in the preset's shape saved as a ProtBert folder; returns (folder, student layers)."""
-    from minprot_ds.models.masked_lm import MODEL_PRESETS, save_random_protbert
 
     if preset_name not in MODEL_PRESETS:
         raise UserError(f"--preset {preset_name!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}.")
@@ -316,9 +320,6 @@ def measure_setting(setting: Setting, inputs: RunInputs, between: Callable[[], A
 
 def build_setting(setting: Setting, inputs: RunInputs, planned_steps: int):
     """(engine, stream) for one setting: the run config a user would write for it."""
-    from minprot_ds.distill.build import build_engine, build_stream
-    from minprot_ds.distill.config import DistillConfig
-    from minprot_ds.distill.losses import resolve_impl
 
     rank = distributed.rank()
     world = distributed.world_size()
@@ -531,7 +532,6 @@ def _paired_baseline(
     log: Callable[[str], None] | None,
 ) -> dict[str, Any]:
     """The naive loop's figures and, per precision, the paired ratio of its fastest setting (see run_benchmark)."""
-    from minprot_ds.bench.naive import NaiveLoop
 
     rank = distributed.rank()
     world = distributed.world_size()
@@ -617,8 +617,6 @@ def prepare_inputs(
 ) -> tuple[str, int, str, str]:
     """(teacher folder, student layers, corpus folder, where the lengths came from), made in `work`
     where not given. Rank 0 writes; other ranks wait at a barrier and read the same folder."""
-    from minprot_ds.data.synthetic import write_synthetic_corpus
-    from minprot_ds.models.masked_lm import MODEL_PRESETS
 
     if preset not in MODEL_PRESETS:
         raise UserError(f"--preset {preset!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}.")
@@ -678,7 +676,6 @@ def benchmark(
     """The whole benchmark on every rank: inputs (made in a scratch folder where not given), the sweep,
     the baseline. `run_inputs` are RunInputs fields (steps, warmup, repeats, ...). Returns the report on
     rank 0, None elsewhere."""
-    from minprot_ds.distributed import init_distributed
 
     rank, _ = init_distributed()
     work, temporary = scratch_dir(work_dir)

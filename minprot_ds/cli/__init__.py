@@ -1,5 +1,8 @@
 """The `minprot` command: one typer app. Every cli module lists its commands the same way, as
-`COMMANDS = [("name", function), ...]`, a name of two words ("data prepare") placing a command in a group."""
+`COMMANDS = [("name", function), ...]`, a name of two words ("data prepare") placing a command in a group.
+
+Commands import their job inside their function, when they run: `minprot --help` and usage errors then load
+neither torch nor the jobs (scripts/check_layers.py allows such imports here, and elsewhere only with a reason)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from minprot_ds.data.manifest import FORMAT, FORMAT_VERSION, Manifest, SplitInfo, write_manifest, write_shard
+from minprot_ds.vocab import STANDARD_RESIDUE_IDS
+
 FALLBACK_MEDIAN, FALLBACK_MEAN = 166.0, 193.0  # UniRef50 (20-512 aa) lengths: the log-normal fallback
 MIN_LEN, MAX_LEN = 20, 512
 
@@ -30,9 +33,6 @@ def write_synthetic_corpus(
 ) -> Path:
     """A prepared corpus (train split only) of random standard residues with the given lengths."""
     import datetime
-
-    from minprot_ds.data.manifest import FORMAT, FORMAT_VERSION, Manifest, SplitInfo, write_manifest, write_shard
-    from minprot_ds.vocab import STANDARD_RESIDUE_IDS
 
     folder = Path(folder)
     (folder / "train").mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import torch
 from minprot_ds.data.stream import BatchingOptions, DistillStream, MaskingOptions, eval_batches
 from minprot_ds.distill.config import DistillConfig
 from minprot_ds.distill.engine import DistillEngine, StudentForLoss, loss_settings
+from minprot_ds.models.masked_lm import build_student, compile_encoders, load_student, load_teacher
 from minprot_ds.optim import build_optimizer, warmup_linear_schedule
 from minprot_ds.tracking import Tracker
 
@@ -68,8 +69,6 @@ def build_engine(config: DistillConfig, ds: dict[str, Any], *, planned_steps: in
     """Teacher (frozen, run precision) + student in a DeepSpeed engine; returns (engine, student config)."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
-
-    from minprot_ds.models.masked_lm import build_student, compile_encoders, load_student, load_teacher
 
     device = torch.device(get_accelerator().current_device_name())
     m = config.model

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.corpus import prepare_corpus
+from minprot_ds.distill.pretrain import pretrain_teacher
 from minprot_ds.distributed import free_port
 from minprot_ds.errors import UserError
+from minprot_ds.models.masked_lm import save_random_protbert
 from minprot_ds.vocab import STANDARD_RESIDUES
 
 TEACHER_SHAPE = dict(num_layers=4, hidden_size=128, num_heads=4, intermediate_size=512)
@@ -79,10 +82,6 @@ def run_demo(
 ) -> dict:
     """Make data, pre-train the teacher, distil on `ranks` CPU ranks; returns RUN/summary.json as a dict."""
     import json
-
-    from data_prep.corpus import prepare_corpus
-    from minprot_ds.distill.pretrain import pretrain_teacher
-    from minprot_ds.models.masked_lm import save_random_protbert
 
     say = console.print if console else print
     run_root.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from minprot_ds.distill.checkpoint import latest_checkpoint, read_marker
 from minprot_ds.errors import UserError
 from minprot_ds.models.folders import METADATA, save_hf_folder
 
@@ -32,8 +33,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     """Export the student of a checkpoint folder (RUN/ckpt/global_stepN) or of a run dir's newest one."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import BertConfig, BertForMaskedLM
-
-    from minprot_ds.distill.checkpoint import latest_checkpoint, read_marker
 
     path = Path(checkpoint)
     if (path / "ckpt").is_dir():  # a run dir

@@ -12,8 +12,9 @@ import signal
 import time
 from pathlib import Path
 
+from minprot_ds.distill.build import build_engine, build_stream, build_tracker, eval_stream, planned_steps
 from minprot_ds.distill.checkpoint import Checkpointer, TrainState
-from minprot_ds.distill.config import DistillConfig
+from minprot_ds.distill.config import DistillConfig, load_config
 from minprot_ds.distill.export import STUDENT_CONFIG, export_student, student_provenance
 from minprot_ds.distill.metrics import StepMeter
 from minprot_ds.distill.options import DistillOptions
@@ -87,7 +88,6 @@ def train(
     world: int,
 ) -> RunResult:
     """The job on joined ranks: build, resume or start, loop, export."""
-    from minprot_ds.distill.build import build_engine, build_stream, build_tracker, eval_stream, planned_steps
 
     # Batches are token-budgeted, so rows per micro-batch vary: max_rows is what DeepSpeed books.
     ds = read_ds_config(
@@ -218,8 +218,6 @@ def start(opts: DistillOptions) -> int:
     """The job from its options (what `minprot distill` and launch/distill.py run): a UserError becomes one
     line on stderr and exit status 1."""
     import sys
-
-    from minprot_ds.distill.config import load_config
 
     overrides = list(opts.set)
     if opts.tracking_uri:

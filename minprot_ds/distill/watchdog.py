@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from minprot_ds.distributed import any_rank, broadcast_object
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import atomic_write
 
@@ -87,7 +88,6 @@ class Watchdog:
 def check_shared_run_dir(run_dir: Path, rank: int, world: int) -> None:
     """Every rank must see the same run dir (checkpoints, heartbeats): rank 0 writes a token, the others
     must read it. Called after the process group is up; the caller broadcasts the token."""
-    from minprot_ds.distributed import broadcast_object
 
     token = f"{socket.gethostname()}:{os.getpid()}:{time.time_ns()}" if rank == 0 else None
     if rank == 0:
@@ -95,7 +95,6 @@ def check_shared_run_dir(run_dir: Path, rank: int, world: int) -> None:
     token = broadcast_object(token)
     path = Path(run_dir) / ".shared_check"
     seen = path.read_text() if path.is_file() else ""
-    from minprot_ds.distributed import any_rank
 
     if any_rank(seen != token):
         raise UserError(

@@ -18,6 +18,9 @@ import torch
 from minprot_ds.errors import UserError
 from minprot_ds.finetune.metrics import Predictions
 from minprot_ds.finetune.tasks import Encoded, TaskSpec
+from minprot_ds.scoring.forward import WindowSettings
+from minprot_ds.scoring.forward import score as forward
+from minprot_ds.scoring.models import TaskScorer
 from minprot_ds.scoring.windows import FINETUNE_LONG_MODES, check_window, plan_protein
 from minprot_ds.vocab import IGNORE_INDEX
 
@@ -47,9 +50,6 @@ def score(
     batches of at most `batch_size` full windows' tokens, stitched by minprot_ds.scoring.windows. Every rank runs the
     same batches, so ZeRO-3's gathers stay in step.
     """
-    from minprot_ds.scoring.forward import WindowSettings
-    from minprot_ds.scoring.forward import score as forward
-    from minprot_ds.scoring.models import TaskScorer
 
     check_window(window, stride, long=long, long_modes=FINETUNE_LONG_MODES)
     plans = [plan_protein(len(t), window, stride, long) for t in enc.tokens]

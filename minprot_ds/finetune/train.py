@@ -23,9 +23,11 @@ import numpy as np
 import torch
 
 from data_prep.tasks.overlap import Overlap, Thresholds, measure
+from minprot_ds.distributed import init_distributed
 from minprot_ds.ds_config import read_ds_config
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import atomic_write
+from minprot_ds.finetune.baselines import homology_transfer, length_only
 from minprot_ds.finetune.evaluate import Scored, score
 from minprot_ds.finetune.inputs import TaskInputs, load_inputs
 from minprot_ds.finetune.metrics import (
@@ -148,8 +150,6 @@ def load(cfg: FinetuneConfig) -> Job:
     check_positions(cfg.window, model.encoder.config.max_position_embeddings, "--model")
     rank, world, ds = 0, 1, None
     if cfg.deepspeed is not None:
-        from minprot_ds.distributed import init_distributed
-
         ds = read_ds_config(
             cfg.deepspeed,
             flag="--deepspeed",
@@ -288,7 +288,6 @@ def write_leakage(job: Job, path: Path) -> Path:
 
 def baselines(job: Job) -> dict[str, dict] | None:
     """Binary tasks: the length-only and homology-transfer baselines on this job's own splits (rank 0)."""
-    from minprot_ds.finetune.baselines import homology_transfer, length_only
 
     if job.spec.per_residue or job.spec.num_labels != 2:
         return None

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from minprot_ds import __version__
+from minprot_ds.distributed import init_distributed
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import atomic_write, write_json
 from minprot_ds.inference import records
@@ -34,9 +35,11 @@ from minprot_ds.inference.options import (
 from minprot_ds.inference.parts import FORMAT, Chunk, Parts, check_same, parts_dir
 from minprot_ds.inference.progress import InferenceProgress
 from minprot_ds.inference.writers import EMBED, PREDICT_PROTEIN, PREDICT_RESIDUE, Row, check_suffix, open_writer
+from minprot_ds.models import provenance as links
 from minprot_ds.options import launch
 from minprot_ds.scoring import forward, heads, models
 from minprot_ds.scoring.windows import DEFAULT_STRIDE, DEFAULT_WINDOW, check_positions
+from minprot_ds.tracking import Tracker, environment_params
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,6 @@ def _distributed() -> tuple[int, int]:
     """This process's rank and the world size: the launcher's process group, or a group of one."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0, 1
-    from minprot_ds.distributed import init_distributed
 
     return init_distributed()
 
@@ -238,8 +240,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tracker(cfg: InferenceOptions, out: Path, rank: int, finetune_run: str | None, manifest: dict[str, Any]):
-    from minprot_ds.models import provenance as links
-    from minprot_ds.tracking import Tracker, environment_params
 
     tracker = Tracker.start(
         tracking_uri=cfg.tracking_uri,

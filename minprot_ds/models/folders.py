@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import deepspeed
 import torch
 
 from minprot_ds import __version__
@@ -26,6 +25,8 @@ def save_gathered(model: torch.nn.Module, rank: int, write: Callable[[], T]) -> 
     Under ZeRO-3 each rank holds a slice of every parameter: all ranks must call this (the gather is a
     collective), and rank 0 writes while the full tensors are assembled. Elsewhere it just calls `write`.
     """
+    import deepspeed  # lazy: importing it probes the accelerator; only saves from a DeepSpeed engine need it
+
     params = list(model.parameters())
     with deepspeed.zero.GatheredParameters(
         params, modifier_rank=None, enabled=bool(params) and hasattr(params[0], "ds_id")

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from minprot_ds.errors import UserError
+from minprot_ds.models.folders import save_gathered, save_hf_folder
+from minprot_ds.models.masked_lm import load_pretrained
 from minprot_ds.scoring.windows import DEFAULT_STRIDE, DEFAULT_WINDOW
 
 TASK_FILE = "minprot_task.json"
@@ -116,8 +118,6 @@ def load_encoder(name_or_path: str | Path, what: str = "--model", *, dtype: torc
     from transformers import BertModel
     from transformers.utils import logging as hf_logging
 
-    from minprot_ds.models.masked_lm import load_pretrained
-
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # an MLM checkpoint's unused `cls.*` weights are expected
     try:
@@ -174,8 +174,6 @@ def build_task_model(
 def save_task_model(model: TaskModel, folder: Path, rank: int) -> Path | None:
     """Write FT_OUT/model/ (every rank calls it: under ZeRO-3 the weights are gathered first; rank 0 writes)."""
     from safetensors.torch import save_file
-
-    from minprot_ds.models.folders import save_gathered, save_hf_folder
 
     def write() -> Path:
         info = dataclasses.asdict(model.info)

@@ -15,6 +15,7 @@ from minprot_ds.ds_config import auto_precision
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import sha256_file
 from minprot_ds.scoring.forward import Scorer
+from minprot_ds.scoring.heads import load_task_model
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 POOLS = ("mean", "cls")
@@ -114,7 +115,6 @@ class TaskScorer(Scorer):
 
 def load_task(folder: Path, dtype: torch.dtype, device: torch.device):
     """A fine-tune's model/ folder (`scoring.heads`' format) as (TaskModel in eval mode, its TaskModelInfo)."""
-    from minprot_ds.scoring.heads import load_task_model
 
     model = load_task_model(check_model_folder(folder))
     return model.to(device=device, dtype=dtype), model.info

@@ -57,3 +57,14 @@ def test_a_file_cycle_an_upward_import_and_a_package_cycle_are_found(tmp_path):
     assert any(p.startswith("file cycle:") and "minprot_ds.bench.memory" in p for p in problems), problems
     assert any("minprot_ds/data/masking.py" in p and "not on a lower floor" in p for p in problems), problems
     assert any(p.startswith("package cycle:") and "minprot_ds.data" in p for p in problems), problems
+    assert any("minprot_ds/bench/memory.py" in p and "inside a function" in p for p in problems), problems
+
+
+def test_an_import_inside_a_function_needs_a_reason(tmp_path):
+    tree = _copy(tmp_path)
+    target = tree / "minprot_ds" / "distill" / "export.py"
+    target.write_text(target.read_text() + "\n\ndef _late():\n    from minprot_ds.fileio import write_json\n")
+    problems = _checker().violations(tree)
+    assert [p for p in problems if "export.py" in p and "inside a function" in p], problems
+    target.write_text(target.read_text().replace("import write_json\n", "import write_json  # lazy: a reason\n"))
+    assert _checker().violations(tree) == []

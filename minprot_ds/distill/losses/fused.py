@@ -63,7 +63,7 @@ def _check_device(t: torch.Tensor) -> None:
 
 
 def _kernels():
-    from minprot_ds.distill.losses import fused_kernels
+    from minprot_ds.distill.losses import fused_kernels  # lazy: needs triton (GPU, or CPU interpreted)
 
     return fused_kernels
 
