@@ -25,7 +25,7 @@ from minprot_ds.ds_config import auto_precision, precision, read_ds_config
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import write_json
 from minprot_ds.models.folders import save_gathered
-from minprot_ds.options import launch
+from minprot_ds.options import launch, mlflow_params
 from minprot_ds.progress import TrainProgress
 from minprot_ds.tracking import environment_params
 
@@ -66,14 +66,23 @@ def run(
     run_dir: str | Path,
     max_steps: int | None = None,
     resume: str = "auto",
+    options: DistillOptions | None = None,
 ) -> RunResult:
+    """The job on this rank. `options` (what the command line said) go to MLflow beside the run config."""
     rank, world = init_distributed()
     run_dir = Path(run_dir)
     check_shared_run_dir(run_dir, rank, world)
     # From here on every rank beats and watches the others (engine build and checkpoint loading included).
     with Watchdog(run_dir, config.run.collective_timeout_s, rank, world):
         return train(
-            config, ds_config=ds_config, run_dir=run_dir, max_steps=max_steps, resume=resume, rank=rank, world=world
+            config,
+            ds_config=ds_config,
+            run_dir=run_dir,
+            max_steps=max_steps,
+            resume=resume,
+            rank=rank,
+            world=world,
+            options=options,
         )
 
 
@@ -86,6 +95,7 @@ def train(
     resume: str,
     rank: int,
     world: int,
+    options: DistillOptions | None = None,
 ) -> RunResult:
     """The job on joined ranks: build, resume or start, loop, export."""
 
@@ -126,6 +136,7 @@ def train(
             tracker.log_params(
                 {
                     "config": config.to_dict(),
+                    "options": mlflow_params(options) if options is not None else {},
                     "deepspeed": ds,
                     "run": {"planned_steps": planned, "world_size": world, "loss_impl": engine.loss.impl},
                 }
@@ -226,7 +237,9 @@ def start(opts: DistillOptions) -> int:
     try:
         cfg = load_config(opts.config, overrides)
         ds_config = default_ds_config(REPO / "ds_configs") if opts.deepspeed_config == "auto" else opts.deepspeed_config
-        result = run(cfg, ds_config=ds_config, run_dir=run_dir, max_steps=opts.max_steps, resume=opts.resume)
+        result = run(
+            cfg, ds_config=ds_config, run_dir=run_dir, max_steps=opts.max_steps, resume=opts.resume, options=opts
+        )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         end_torchrun_job()  # not worth a restart: it would fail the same way

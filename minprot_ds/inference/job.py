@@ -36,7 +36,7 @@ from minprot_ds.inference.parts import FORMAT, Chunk, Parts, check_same, parts_d
 from minprot_ds.inference.progress import InferenceProgress
 from minprot_ds.inference.writers import EMBED, PREDICT_PROTEIN, PREDICT_RESIDUE, Row, check_suffix, open_writer
 from minprot_ds.models import provenance as links
-from minprot_ds.options import launch
+from minprot_ds.options import launch, mlflow_params
 from minprot_ds.scoring import forward, heads, models
 from minprot_ds.scoring.windows import DEFAULT_STRIDE, DEFAULT_WINDOW, check_positions
 from minprot_ds.tracking import Tracker, environment_params
@@ -267,7 +267,7 @@ def _tracker(cfg: InferenceOptions, out: Path, rank: int, finetune_run: str | No
                 "model_sha256": manifest["model"]["sha256"],
                 "input_sha256": manifest["input"]["sha256"],
                 "records": manifest["input"]["records"],
-                "max_tokens": cfg.max_tokens,
+                **mlflow_params(cfg),  # the command line; the settings it resolved to win below
                 "out": str(out),
                 **manifest["settings"],
                 **environment_params(),

@@ -258,6 +258,9 @@ def test_mlflow_run_is_tagged_and_linked_to_the_finetune_run(dna_model, proteome
     assert run_.data.tags["minprot.job"] == "predict" and run_.data.tags["minprot.task"] == "dna-binding"
     assert run_.data.tags["minprot.finetune_run_id"] == ft_run and run_.data.tags["mlflow.parentRunId"] == ft_run
     assert run_.data.metrics["failures"] == 2 and run_.data.metrics["perf/residues_per_s"] > 0
+    # the params are the command's options (PredictOptions), with the settings they resolved to
+    assert run_.data.params["fasta"] == str(proteome) and run_.data.params["max_tokens"] == "8192"
+    assert run_.data.params["window"] == "512"  # the model's, where --window was not given
     assert (
         json.loads(pq.read_schema(tmp_path / "p.parquet").metadata[b"minprot"])["info"]["finetune"]["mlflow_run_id"]
         == ft_run

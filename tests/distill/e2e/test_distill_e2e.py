@@ -56,6 +56,7 @@ def test_two_rank_distillation(launch, mlflow_history, tmp_path, request, ds, st
     ):
         assert key in run.data.metrics, key
     assert run.data.params["config.model.student_layers"] == "2"
+    assert run.data.params["options.config"].endswith("demo.toml")  # the command line (DistillOptions)
     losses = mlflow_history(uri, summary["mlflow_run_id"], "train/loss")
     assert len(losses) == 6  # log_every 5
     assert sum(losses[-2:]) / 2 < losses[0], losses  # loss falls on a learnable corpus
