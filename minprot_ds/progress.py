@@ -1,7 +1,16 @@
-"""Rank-0 progress bars (rich): `_Bar`, the bar every job's progress is built on, and the distillation's steps
-(`TrainProgress`). A predict/embed run's proteins and residues are `minprot_ds.inference.progress`."""
+"""Rank-0 progress (rich): `_Bar`, what every job's progress is built on, and the distillation's steps
+(`TrainProgress`). A predict/embed run's proteins and residues are `minprot_ds.inference.progress`.
+
+On a terminal it is a live bar. Where stderr is not a terminal (a Slurm log, nohup, CI), a bar would print
+once, at the end, cut to 80 columns; there the same progress is whole plain lines instead, one every
+`log_every` steps (step/total, loss, speed, elapsed, ETA), so that an operator tailing the log sees the run."""
 
 from __future__ import annotations
+
+import sys
+import time
+import warnings
+from datetime import timedelta
 
 from rich.console import Console
 from rich.progress import (
@@ -30,6 +39,11 @@ class _Bar:
     ):
         self.enabled = enabled
         self.console = Console(stderr=True)
+        self.plain = enabled and not self.console.is_terminal  # whole lines instead of a live bar
+        self.label = label
+        self.total = total
+        self._started = time.monotonic()
+        self._start_count = completed
         self._progress = Progress(
             TextColumn(f"[bold]{label}"),
             BarColumn(),
@@ -39,24 +53,65 @@ class _Bar:
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
             console=self.console,
-            disable=not enabled,
+            disable=not enabled or self.plain,
             transient=False,
         )
         self._task = self._progress.add_task(label, total=total, completed=completed, info="", **fields)
 
     def __enter__(self):
-        if self.enabled:
+        if self.enabled and not self.plain:
             self._progress.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.enabled:
+        if self.enabled and not self.plain:
             self._progress.stop()
+
+    def line(self, done: int, info: str) -> None:
+        """One whole plain line: `label done/total  info  elapsed H:MM:SS  eta H:MM:SS` (the ETA from the pace
+        since this process started)."""
+        elapsed = time.monotonic() - self._started
+        pace = elapsed / max(done - self._start_count, 1)
+        eta = pace * max(self.total - done, 0) if done > self._start_count else float("nan")
+        print(
+            f"{self.label} {done}/{self.total}  {info}  elapsed {_clock(elapsed)}  eta {_clock(eta)}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def note(self, text: str) -> None:
+        """A line beside the progress (a checkpoint, an evaluation, a signal): above the bar, or plain."""
+        if not self.enabled:
+            return
+        if self.plain:
+            print(text, file=sys.stderr, flush=True)
+        else:
+            self.console.print(text, soft_wrap=True, highlight=False)  # paths in notes stay copyable
+
+
+def quiet_libraries() -> None:
+    """Silence, at their source, library messages that say nothing to the user of a job: DeepSpeed's calls of
+    torch's deprecated `all_gather_into_tensor` (a FutureWarning per rank), and, where stderr is not a terminal,
+    transformers' per-load "Loading weights" / "Writing model shards" bars (junk lines in a log file)."""
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated", category=FutureWarning
+    )
+    if not sys.stderr.isatty():
+        from transformers.utils import logging as hf_logging  # third-party, only where a job runs
+
+        hf_logging.disable_progress_bar()
+
+
+def _clock(seconds: float) -> str:
+    return "?" if seconds != seconds else str(timedelta(seconds=round(seconds)))
 
 
 class TrainProgress(_Bar):
-    def __init__(self, total: int, start: int = 0, enabled: bool = True):
+    """The distillation's steps; plain lines every `log_every` steps (and at the last) where not a terminal."""
+
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, log_every: int = 10):
         super().__init__("distill", [MofNCompleteColumn()], total=total, completed=start, enabled=enabled)
+        self.log_every = log_every
 
     def update(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -65,8 +120,8 @@ class TrainProgress(_Bar):
             f"loss {metrics['train/loss']:.4f}  {metrics['perf/residues_per_s']:,.0f} res/s  "
             f"{metrics['perf/tflops_per_device']:.3g} TFLOP/s"
         )
-        self._progress.update(self._task, completed=step, info=info)
-
-    def note(self, text: str) -> None:
-        if self.enabled:
-            self.console.print(text, soft_wrap=True)  # paths in notes stay copyable
+        if self.plain:
+            if step % self.log_every == 0 or step == self.total:
+                self.line(step, info)
+        else:
+            self._progress.update(self._task, completed=step, info=info)

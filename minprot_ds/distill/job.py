@@ -26,7 +26,7 @@ from minprot_ds.errors import UserError
 from minprot_ds.fileio import write_json
 from minprot_ds.models.folders import save_gathered
 from minprot_ds.options import launch, mlflow_params
-from minprot_ds.progress import TrainProgress
+from minprot_ds.progress import TrainProgress, quiet_libraries
 from minprot_ds.tracking import environment_params
 
 REPO = Path(__file__).resolve().parents[2]  # a checkout: ds_configs/ lives beside the package
@@ -69,6 +69,7 @@ def run(
     options: DistillOptions | None = None,
 ) -> RunResult:
     """The job on this rank. `options` (what the command line said) go to MLflow beside the run config."""
+    quiet_libraries()
     rank, world = init_distributed()
     run_dir = Path(run_dir)
     check_shared_run_dir(run_dir, rank, world)
@@ -149,7 +150,11 @@ def train(
             tracker.log_metrics({"elastic/restarts": float(restart_count())}, step=state.step)
         if checkpointer.load_s is not None:
             tracker.log_metrics({"checkpoint/load_s": checkpointer.load_s}, step=state.step)
-        progress = TrainProgress(total=stop_at, start=state.step, enabled=rank == 0)
+        progress = TrainProgress(total=stop_at, start=state.step, enabled=rank == 0, log_every=config.run.log_every)
+        if checkpointer.last_saved is not None:
+            progress.note(f"resumed from {checkpointer.last_saved} at step {state.step} of {planned}")
+        if restart_count():
+            progress.note(f"torchrun restart {restart_count()}: the job resumed from its newest checkpoint")
         batches = iter(stream)
         with progress:
             while state.step < stop_at:
@@ -172,9 +177,12 @@ def train(
                 if config.eval.every_steps and state.step % config.eval.every_steps == 0:
                     valid = engine.evaluate(eval_stream(config, rank, world), with_teacher=not valid)
                     tracker.log_metrics(valid, step=state.step)
+                    progress.note(f"evaluation at step {state.step}: {_brief(valid)}")
                 stopping = stop_signal.any_rank()
-                if checkpointer.save(state, force=stopping or state.step == stop_at) is not None:
+                saved = checkpointer.save(state, force=stopping or state.step == stop_at)
+                if saved is not None:
                     tracker.log_metrics({"checkpoint/save_s": checkpointer.save_s}, step=state.step)
+                    progress.note(f"checkpoint {saved} ({checkpointer.save_s:.2f} s)")
                 if stopping:
                     waited = time.monotonic() - (stop_signal.received_at or time.monotonic())
                     tracker.log_metrics({"preempt/signal_to_checkpoint_s": waited}, step=state.step)
@@ -196,6 +204,10 @@ def train(
         valid,
         teacher_unchanged=engine.teacher_checksum() == teacher_checksum,
     )
+
+
+def _brief(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
 
 
 def trace_samples(run_dir: Path, rank: int, step: int, samples: list[int]) -> None:

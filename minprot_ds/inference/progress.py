@@ -26,6 +26,9 @@ class InferenceProgress(_Bar):
             return
         seconds = max(time.perf_counter() - self._start, 1e-9)
         info = f"{self.done_proteins / seconds:,.1f} proteins/s  {self.done_residues / seconds:,.0f} residues/s"
+        if self.plain:  # a chunk at a time, as whole lines (not a terminal: a log file)
+            self.line(self.done_residues, f"residues, {self.done_proteins}/{self.proteins} proteins  {info}")
+            return
         self._progress.update(
             self._task, completed=self.done_residues, prot=f"{self.done_proteins}/{self.proteins} proteins", info=info
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,18 @@ def test_two_rank_distillation(launch, mlflow_history, tmp_path, request, ds, st
     assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shm_before
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["step"] == 30 and summary["teacher_unchanged"] is True
+    # stderr is a pipe, as a Slurm log file is: whole plain lines every run.log_every (5) steps, no bar, no noise
+    lines = proc.stderr.splitlines()
+    progress = [line for line in lines if line.startswith("distill ")]
+    assert [line.split()[1] for line in progress] == [f"{s}/30" for s in range(5, 31, 5)], progress
+    assert all(
+        re.search(r" loss \d+\.\d{4} .* res/s .* elapsed \d+:\d\d:\d\d  eta \d+:\d\d:\d\d$", x) for x in progress
+    )
+    assert [x.split()[1] for x in lines if x.startswith("checkpoint ")] == [
+        str(run_dir / "ckpt" / f"global_step{s}") for s in (10, 20, 30)
+    ]
+    assert "━" not in proc.stderr and "all_gather_into_tensor" not in proc.stderr
+    assert "Loading weights" not in proc.stderr
     assert Path(summary["checkpoint"]).name == "global_step30"
 
     from mlflow import MlflowClient
