@@ -35,6 +35,7 @@ def option(
     metavar: str | None = None,
     factory: Callable[[], Any] | None = None,
     log: bool | None = None,
+    positional: bool = False,
 ) -> Any:
     """A dataclass field carrying its command-line help.
 
@@ -42,6 +43,7 @@ def option(
     still work, hidden, with a one-line warning. flag: the flag when it is not the field's name with dashes.
     min: the smallest value a number may take. factory: a default_factory (lists: a repeatable flag).
     log=False: not an MLflow param (default: logged when it is a command-line option).
+    positional: a command-line argument (named by its metavar, default the field's name in capitals), not a flag.
     """
     metadata = {
         "help": help,
@@ -52,6 +54,7 @@ def option(
         "min": min,
         "metavar": metavar,
         "log": cli if log is None else log,
+        "positional": positional,
     }
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
@@ -69,7 +72,14 @@ class CliField:
         return self.field.name
 
     @property
+    def positional(self) -> bool:
+        return self.field.metadata.get("positional", False)
+
+    @property
     def flag(self) -> str:
+        """The flag, or for a positional argument the name --help shows (its metavar)."""
+        if self.positional:
+            return self.field.metadata["metavar"] or self.name.upper()
         return self.field.metadata["flag"] or "--" + self.name.replace("_", "-")
 
     @property
@@ -148,7 +158,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, launcher: bool 
         item = typing.get_args(c.hint)[0] if c.repeated else c.hint
         kind = _bounded(item, meta["min"], c.flag) if meta["min"] is not None else item
         extra: dict[str, Any] = {"metavar": meta["metavar"]} if meta["metavar"] else {}
-        if c.repeated:
+        if c.positional:
+            parser.add_argument(c.name, type=kind, help=c.help, metavar=c.flag)
+        elif c.repeated:
             parser.add_argument(
                 *c.flags, dest=c.name, type=kind, action="append", default=None, help=c.help + " (repeatable)", **extra
             )
@@ -240,7 +252,9 @@ def typer_command(
         extra: dict[str, Any] = {"min": meta["min"]} if meta["min"] is not None else {}
         if meta["metavar"]:
             extra["metavar"] = meta["metavar"]
-        if c.hint is bool:
+        if c.positional:
+            info = typer.Argument(default, help=c.help, metavar=c.flag, show_default=False)
+        elif c.hint is bool:
             flags = [f"{c.flag}/--no-{c.flag.removeprefix('--')}", *meta["aliases"]]
             info = typer.Option(default, *flags, help=c.help)
         else:

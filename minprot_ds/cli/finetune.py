@@ -1,4 +1,5 @@
-"""`minprot finetune` (one downstream job, teacher or student) and `minprot report` (tables from MLflow)."""
+"""`minprot finetune` (one downstream job, teacher or student), `minprot report` (tables from MLflow) and
+`minprot compare` (teacher vs student on the same test rows)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Optional
 import typer
 
 from minprot_ds.cli.common import console
-from minprot_ds.finetune.options import FinetuneConfig
+from minprot_ds.finetune.options import CompareOptions, FinetuneConfig
 from minprot_ds.options import typer_command
 
 
@@ -44,4 +45,21 @@ def report(
     console.print(f"report written to {path}")
 
 
-COMMANDS = [("finetune", finetune), ("report", report)]
+def _compare(opts: CompareOptions) -> int:
+    from minprot_ds.finetune.compare import run_compare
+
+    run_compare(
+        opts.teacher,
+        opts.student,
+        margin=opts.margin,
+        resamples=opts.bootstrap,
+        seed=opts.seed,
+        json_out=opts.json,
+        echo=print,
+    )
+    return 0
+
+
+compare = typer_command(CompareOptions, _compare, CompareOptions.__doc__, "compare")
+
+COMMANDS = [("finetune", finetune), ("report", report), ("compare", compare)]

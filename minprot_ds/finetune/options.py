@@ -70,6 +70,12 @@ class FinetuneConfig:
     near_identity: float = option(0.95, "identity (over --coverage of the test protein) that counts as near-identical")
     homolog_identity: float = option(0.30, "identity (over --coverage of the test protein) that counts as a homolog")
     coverage: float = option(0.80, "fraction of the test protein an alignment must cover to count")
+    bootstrap: int = option(
+        1000,
+        "resamples of the percentile bootstrap (over proteins, seeded) behind every test metric's 95% CI "
+        "(metrics.json `ci95`)",
+        min=1,
+    )
     max_train_samples: Optional[int] = option(None, "cap the training rows: a seeded sample, stratified by label")
     max_eval_samples: Optional[int] = option(None, "cap the valid and test rows: a seeded sample, stratified by label")
     deepspeed: Optional[Path] = option(
@@ -87,3 +93,22 @@ class FinetuneConfig:
     strict: bool = option(False, "fail on the first malformed record instead of skipping it")
     tracking: bool = option(True, cli=False)
     system_metrics: bool = option(False, cli=False)
+
+
+@dataclasses.dataclass
+class CompareOptions:
+    """Teacher vs student on the same test rows: each metric's paired difference with its bootstrap CI, DeLong's
+    test for ROC-AUC, McNemar's for accuracy and a non-inferiority verdict against a margin."""
+
+    teacher: Path = option(
+        help="the teacher's `minprot finetune --out` folder (with --seeds: its seed-N folders)", positional=True
+    )
+    student: Path = option(help="the student's, fine-tuned on the same --test rows", positional=True)
+    margin: float = option(
+        0.98,
+        "the student is non-inferior when the 95% CI of student − MARGIN × teacher lies above 0 "
+        "(0.98: it keeps at least 98% of the teacher's metric, the MinProtBert claim)",
+    )
+    bootstrap: int = option(1000, "paired resamples of the proteins (seeded)", min=1)
+    seed: int = option(0, "seed of the resamples")
+    json: Optional[Path] = option(None, "also write every number to this JSON file")

@@ -41,6 +41,7 @@ from minprot_ds.finetune.metrics import (
 from minprot_ds.finetune.options import FinetuneConfig
 from minprot_ds.finetune.steppers import DeepSpeedStepper, PlainStepper
 from minprot_ds.finetune.tasks import Encoded, TaskSpec, collate, crop_pieces, encode_split, task_spec, train_batches
+from minprot_ds.finetune.uncertainty import confidence_intervals, flat_intervals
 from minprot_ds.models import provenance as links
 from minprot_ds.options import launch, mlflow_params
 from minprot_ds.scoring.heads import TaskModel, build_task_model, save_task_model
@@ -286,20 +287,26 @@ def write_leakage(job: Job, path: Path) -> Path:
     return path
 
 
+def scored_set(pred: Predictions, spec: TaskSpec, resamples: int) -> dict[str, Any]:
+    """A scored set's metrics and their 95% CIs (`ci95`, `ci_method`): proteins resampled, seeded."""
+    return compute_metrics(pred, spec) | confidence_intervals(pred, spec, resamples=resamples)
+
+
 def baselines(job: Job) -> dict[str, dict] | None:
     """Binary tasks: the length-only and homology-transfer baselines on this job's own splits (rank 0)."""
 
     if job.spec.per_residue or job.spec.num_labels != 2:
         return None
     train_y, test_y = np.asarray(job.train.labels), np.asarray(job.test.labels)
+    resamples = job.cfg.bootstrap
     found = {
-        "length": compute_metrics(
-            length_only(job.train.lengths, train_y, job.test.ids, job.test.lengths, test_y), job.spec
+        "length": scored_set(
+            length_only(job.train.lengths, train_y, job.test.ids, job.test.lengths, test_y), job.spec, resamples
         )
     }
     if job.test_overlap is not None:
-        found["homology"] = compute_metrics(
-            homology_transfer(job.test_overlap, train_y, job.test.ids, test_y), job.spec
+        found["homology"] = scored_set(
+            homology_transfer(job.test_overlap, train_y, job.test.ids, test_y), job.spec, resamples
         )
     return found
 
@@ -371,6 +378,7 @@ def write(
     path = write_predictions(scored.predictions, spec, out / PREDICTIONS_FILE)
     written = read_predictions(path, spec)
     test_metrics = compute_metrics(written, spec) | {"loss": scored.loss}
+    test_metrics |= confidence_intervals(written, spec, resamples=cfg.bootstrap)
     filtered = None
     if job.test_overlap is not None and cfg.test_filter != "none":
         kept = np.zeros(len(test), dtype=bool)
@@ -378,7 +386,7 @@ def write(
         filtered = {
             "filter": cfg.test_filter,
             "rows": int(kept.sum()),
-            **compute_metrics(_subset(written, kept[scored.row_of]), spec),
+            **scored_set(_subset(written, kept[scored.row_of]), spec, cfg.bootstrap),
         }
     if job.test_overlap is not None:
         write_leakage(job, out / LEAKAGE_FILE)
@@ -416,12 +424,13 @@ def write(
         "rows": {"train": len(job.train), "valid": len(valid) if valid else 0, "test": len(test)},
     }
     atomic_write(out / METRICS_FILE, json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
-    logged = flat_metrics(test_metrics, "test") | {f"runtime/{k}": v for k, v in runtime.items()}
+    logged = flat_metrics(test_metrics, "test") | flat_intervals(test_metrics["ci95"], "test")
+    logged |= {f"runtime/{k}": v for k, v in runtime.items()}
     logged |= {f"coverage/{k}": v for k, v in scored.coverage.items() if isinstance(v, (int, float))}
     if filtered is not None:
-        logged |= flat_metrics(filtered, "test_filtered")
+        logged |= flat_metrics(filtered, "test_filtered") | flat_intervals(filtered["ci95"], "test_filtered")
     for name, values in (found or {}).items():
-        logged |= flat_metrics(values, f"baseline_{name}")
+        logged |= flat_metrics(values, f"baseline_{name}") | flat_intervals(values["ci95"], f"baseline_{name}")
     tracker.log_metrics(logged, job.total_steps)
     for artifact in (out / METRICS_FILE, path, out / LEAKAGE_FILE):
         if artifact.is_file():

@@ -16,7 +16,7 @@ from minprot_ds.bench.options import MemoryOptions, ThroughputOptions
 from minprot_ds.cli import app
 from minprot_ds.cli.common import run_cli
 from minprot_ds.distill.options import DistillOptions
-from minprot_ds.finetune.options import FinetuneConfig
+from minprot_ds.finetune.options import CompareOptions, FinetuneConfig
 from minprot_ds.inference.options import EmbedOptions, PredictOptions
 from minprot_ds.options import argument_parser, cli_fields, from_namespace, typer_command
 
@@ -31,6 +31,7 @@ JOBS = [  # (the command as users type it, its options, its launch/ script and a
     (["embed"], EmbedOptions, ["launch/predict.py", "embed"]),
     (["bench", "throughput"], ThroughputOptions, None),
     (["bench", "memory"], MemoryOptions, None),
+    (["compare"], CompareOptions, None),  # TEACHER and STUDENT: positional arguments
 ]
 IDS = [" ".join(command) for command, _, _ in JOBS]
 

@@ -14,6 +14,7 @@ from sklearn import metrics as skm
 
 from minprot_ds.finetune.metrics import compute_metrics, json_safe, read_predictions
 from minprot_ds.finetune.tasks import task_spec
+from minprot_ds.finetune.uncertainty import confidence_intervals
 from minprot_ds.scoring.heads import load_task_model
 
 pytestmark = pytest.mark.slow  # the shared `runs` fixture fine-tunes five models (~1 min on 2 busy cores)
@@ -102,6 +103,9 @@ def test_metrics_json_is_the_function_of_predictions_tsv(runs) -> None:
         written = json.loads((out / "metrics.json").read_text())["test"]
         # Exactly equal (JSON round-trips floats); undefined values (NaN) are written as null.
         assert {k: written[k] for k in again} == json_safe(again), name
+        # The CIs too: the same seeded bootstrap over the file's proteins.
+        cis = confidence_intervals(read_predictions(out / "predictions.tsv", spec), spec)
+        assert written["ci95"] == json_safe(cis["ci95"]) and written["ci_method"] == cis["ci_method"], name
 
 
 def test_student_run_links_to_its_distillation_run(runs) -> None:

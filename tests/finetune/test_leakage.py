@@ -16,6 +16,7 @@ from data_prep.tasks.overlap import normalise
 from minprot_ds.cli import app
 from minprot_ds.finetune.metrics import Predictions, compute_metrics, json_safe, read_predictions
 from minprot_ds.finetune.tasks import task_spec
+from minprot_ds.finetune.uncertainty import confidence_intervals
 
 pytestmark = pytest.mark.slow  # MMseqs2 searches and a fine-tune on all of PDB1075 (~1 min on 2 busy cores)
 
@@ -108,4 +109,8 @@ def test_finetune_reports_leakage_and_scores_the_filtered_test_set(
     sub = Predictions([i for i in pred.ids if i in kept], pred.labels[keep], pred.probs[keep], pred.predicted[keep])
     again = json_safe(compute_metrics(sub, spec))
     assert {k: filtered[k] for k in again} == again
+    # Every scored set carries its 95% CIs: the filtered one is the bootstrap of its own proteins.
+    assert filtered["ci95"] == json_safe(confidence_intervals(sub, spec)["ci95"])
+    for scored in (metrics["test"], filtered, *metrics["baselines"].values()):
+        assert set(scored["ci95"]) >= {"accuracy", "roc_auc", "mcc"} and scored["ci_method"]["resamples"] == 1000
     assert metrics["test"]["n"] == 186 and metrics["coverage"]["residue_coverage"] == 1.0
