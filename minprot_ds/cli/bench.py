@@ -7,13 +7,12 @@ Throughput runs in one process (CPU, or the first GPU); for several GPUs run the
 
 from __future__ import annotations
 
-import json
-
 from rich.table import Table
 
 from minprot_ds.bench.options import MemoryOptions, ThroughputOptions
 from minprot_ds.cli.common import make_console
 from minprot_ds.errors import UserError
+from minprot_ds.fileio import read_json
 from minprot_ds.options import typer_command
 
 
@@ -64,7 +63,7 @@ def throughput(o: ThroughputOptions) -> None:
     if o.deepspeed_config is not None:
         if not o.deepspeed_config.is_file():
             raise UserError(f"--deepspeed-config {o.deepspeed_config} does not exist; presets are in ds_configs/.")
-        base = json.loads(o.deepspeed_config.read_text())
+        base = read_json(o.deepspeed_config, "--deepspeed-config")
     projection = {"epochs": o.project_epochs, "sequences": o.sequences, "gpus": o.gpus} if o.project_epochs else None
     stdout = make_console(width=max(make_console().width, 190))
     report = tp.benchmark(
