@@ -14,6 +14,7 @@ from minprot_ds.cli.common import make_console
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import read_json
 from minprot_ds.options import typer_command
+from minprot_ds.outputs import check_out
 
 
 def _split(text: str, kind, option: str) -> list:
@@ -111,6 +112,9 @@ def memory(o: MemoryOptions) -> None:
     and the largest token budget that fits with a margin (minprot_ds/bench/memory.py says how)."""
     from minprot_ds.bench import memory as mem
     from minprot_ds.bench.throughput import default_rows
+
+    if o.json_out is not None:  # a results file, rewritten by every run: only its location is checked here
+        check_out(o.json_out, flag="--json", overwrite=True)
     from minprot_ds.models.masked_lm import MODEL_PRESETS
 
     if o.preset not in MODEL_PRESETS:
