@@ -4,8 +4,8 @@ fine-tune, predict and embed with teacher and student, tracked in MLflow.
 Floors, lowest first; a package imports only its own modules and those of lower floors
 (`scripts/check_layers.py` checks it, with no cycle between files or packages):
 
-1. ground — `minprot_ds/*.py`: errors, vocab, fileio, distributed, ds_config, progress, tracking, options, optim,
-   preempt.
+1. ground — `minprot_ds/*.py`: errors, vocab, fileio, outputs, distributed, ds_config, progress, tracking, options,
+   optim, preempt.
 2. formats — `minprot_ds.data` (corpus shards, manifest, stream, batching, masking; task datasets) and
    `minprot_ds.models` (model folders: loading, students, provenance).
 3. data_prep — `data_prep` (FASTA -> shards), then `data_prep.tasks` (labelled files -> task datasets, MMseqs2).

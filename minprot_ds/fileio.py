@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from minprot_ds.errors import UserError
+
 
 def atomic_write(path: str | Path, data: bytes | str) -> Path:
     """Write to a temp file in the same folder, fsync it, then rename it over `path`."""
@@ -41,6 +43,19 @@ def sha256_file(path: str | Path, digest: Any = None) -> str:
 def write_json(path: str | Path, document: Any) -> Path:
     """`document` as indented JSON, atomically; dataclasses, numpy values and paths are converted."""
     return atomic_write(path, json.dumps(document, indent=2, default=_jsonable) + "\n")
+
+
+def read_json(path: str | Path, what: str = "") -> Any:
+    """A JSON file's document; an unreadable or corrupt file is one UserError naming it (and `what` it is)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except OSError as err:
+        raise UserError(f"cannot read {path}{what and ' (' + what + ')'}: {err.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(
+            f"{path}{what and ' (' + what + ')'} is not valid JSON ({err}); restore or regenerate it"
+        ) from None
 
 
 def _jsonable(value: Any) -> Any:

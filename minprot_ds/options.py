@@ -32,6 +32,7 @@ def option(
     deprecated: tuple[str, ...] = (),
     flag: str | None = None,
     min: int | float | None = None,
+    max: int | float | None = None,
     metavar: str | None = None,
     factory: Callable[[], Any] | None = None,
     log: bool | None = None,
@@ -41,7 +42,8 @@ def option(
 
     cli=False: settable from Python only. aliases: more flags, shown in --help. deprecated: old flags that
     still work, hidden, with a one-line warning. flag: the flag when it is not the field's name with dashes.
-    min: the smallest value a number may take. factory: a default_factory (lists: a repeatable flag).
+    min, max: the smallest and largest value a number may take (both parsers refuse others and --help shows
+    the range; `check_bounds` refuses them from Python). factory: a default_factory (lists: a repeatable flag).
     log=False: not an MLflow param (default: logged when it is a command-line option).
     positional: a command-line argument (named by its metavar, default the field's name in capitals), not a flag.
     """
@@ -52,6 +54,7 @@ def option(
         "deprecated": tuple(deprecated),
         "flag": flag,
         "min": min,
+        "max": max,
         "metavar": metavar,
         "log": cli if log is None else log,
         "positional": positional,
@@ -124,11 +127,45 @@ def warn_deprecated(old: str, new: str) -> None:
     print(f"warning: {old} is deprecated and will be removed; use {new}", file=sys.stderr)
 
 
-def _bounded(kind: type, low: int | float | None, flag: str) -> Callable[[str], Any]:
+def _out_of_range(value: Any, low: int | float | None, high: int | float | None, flag: str) -> str:
+    """'' when `value` is within [low, high], else the sentence that refuses it."""
+    if (low is None or value >= low) and (high is None or value <= high):
+        return ""
+    allowed = " and ".join(
+        ([f"at least {low}"] if low is not None else []) + ([f"at most {high}"] if high is not None else [])
+    )
+    return f"{flag} must be {allowed}, not {value}"
+
+
+def check_bounds(options: Any) -> None:
+    """Refuse a value outside its option's declared range (min=, max=): one UserError naming the flag. The
+    parsers already refuse them; this guards jobs started from Python."""
+    for c in cli_fields(type(options)):
+        low, high = c.field.metadata["min"], c.field.metadata["max"]
+        value = getattr(options, c.name)
+        if (low is None and high is None) or value is None or c.hint is bool:
+            continue
+        for v in value if c.repeated else [value]:
+            problem = _out_of_range(v, low, high, c.flag)
+            if problem:
+                raise UserError(problem)
+
+
+def _bounds_help(meta: dict[str, Any]) -> str:
+    low, high = meta["min"], meta["max"]
+    if low is not None and high is not None:
+        return f" [{low} to {high}]"
+    if low is not None:
+        return f" [at least {low}]"
+    return f" [at most {high}]" if high is not None else ""
+
+
+def _bounded(kind: type, low: int | float | None, high: int | float | None, flag: str) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         value = kind(text)
-        if low is not None and value < low:
-            raise argparse.ArgumentTypeError(f"{flag} must be at least {low}, not {value}")
+        problem = _out_of_range(value, low, high, flag)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
         return value
 
     convert.__name__ = kind.__name__  # argparse names the type in its messages
@@ -156,18 +193,20 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, launcher: bool 
             )
             continue
         item = typing.get_args(c.hint)[0] if c.repeated else c.hint
-        kind = _bounded(item, meta["min"], c.flag) if meta["min"] is not None else item
+        bounded = meta["min"] is not None or meta["max"] is not None
+        kind = _bounded(item, meta["min"], meta["max"], c.flag) if bounded else item
         extra: dict[str, Any] = {"metavar": meta["metavar"]} if meta["metavar"] else {}
+        help = c.help + _bounds_help(meta)
         if c.positional:
-            parser.add_argument(c.name, type=kind, help=c.help, metavar=c.flag)
+            parser.add_argument(c.name, type=kind, help=help, metavar=c.flag)
         elif c.repeated:
             parser.add_argument(
-                *c.flags, dest=c.name, type=kind, action="append", default=None, help=c.help + " (repeatable)", **extra
+                *c.flags, dest=c.name, type=kind, action="append", default=None, help=help + " (repeatable)", **extra
             )
         elif c.required:
-            parser.add_argument(*c.flags, dest=c.name, type=kind, required=True, help=c.help, **extra)
+            parser.add_argument(*c.flags, dest=c.name, type=kind, required=True, help=help, **extra)
         else:
-            parser.add_argument(*c.flags, dest=c.name, type=kind, default=c.default, help=c.help, **extra)
+            parser.add_argument(*c.flags, dest=c.name, type=kind, default=c.default, help=help, **extra)
         for old in meta["deprecated"]:
             parser.add_argument(
                 old,
@@ -249,7 +288,7 @@ def typer_command(
     for c in cli_fields(cls):
         meta = c.field.metadata
         default = ... if c.required else (None if c.repeated else c.default)
-        extra: dict[str, Any] = {"min": meta["min"]} if meta["min"] is not None else {}
+        extra: dict[str, Any] = {k: meta[k] for k in ("min", "max") if meta[k] is not None}
         if meta["metavar"]:
             extra["metavar"] = meta["metavar"]
         if c.positional:

@@ -224,6 +224,15 @@ def label_from_name(path: Path) -> int | None:
     return None
 
 
+def dna_header_id(word: str) -> str:
+    """A header's first word as the DNA-binding benchmarks' records are named: `1ABC_A|1` -> `1ABC_A` (the
+    `|1`/`|2` label tag dropped, as `read_dna_fasta` does); any other word unchanged (`sp|P12345|NAME` too)."""
+    match = _HEADER_LABEL.match(word)
+    if match and match.end() == len(word) and match["label"] in _DNA_HEADER_LABELS:
+        return match["id"]
+    return word
+
+
 def read_dna_fasta(path: Path, out: Records) -> None:
     from_name = label_from_name(path)
     for rec in read_fasta(path):

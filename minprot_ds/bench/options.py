@@ -32,7 +32,7 @@ class ThroughputOptions:
         "auto", "fp32, bf16, fp16; comma-separated to sweep. Default: fp32 on CPU, bf16/fp16 on GPU."
     )
     max_tokens: str = option(str(DEFAULT_MAX_TOKENS), "Token budget(s) per micro-batch, comma-separated.")
-    max_rows: Optional[int] = option(None, _ROWS_HELP)
+    max_rows: Optional[int] = option(None, _ROWS_HELP, min=1)
     zero_stage: str = option("2", "ZeRO stage(s), comma-separated.")
     checkpointing: str = option("off", "Activation checkpointing: off, on, or off,on.")
     loss_impl: str = option("eager", "eager, compiled, triton; comma-separated.")
@@ -71,5 +71,5 @@ class MemoryOptions:
     gpus: int = option(8, "Devices in the job (all nodes).", min=1)
     nodes: int = option(1, "Nodes the devices are spread over.", min=1)
     max_tokens: int = option(DEFAULT_MAX_TOKENS, "Token budget per micro-batch the prediction is for.", min=520)
-    max_rows: Optional[int] = option(None, _ROWS_HELP)
+    max_rows: Optional[int] = option(None, _ROWS_HELP, min=1)
     json_out: Optional[Path] = option(None, "Also write the plan as JSON here.", flag="--json")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typer
 
+from minprot_ds import __version__
 from minprot_ds.cli import bench, data, finetune, jobs, predict, tasks
 from minprot_ds.cli.common import run_cli
 
@@ -18,6 +19,20 @@ GROUPS = {
 MODULES = (data, tasks, bench, jobs, finetune, predict)
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"minprot {__version__}")
+        raise typer.Exit(0)
+
+
+def _main_options(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", is_eager=True, callback=_show_version
+    ),
+) -> None:
+    """Distil ProtBert into a smaller student on DeepSpeed, and measure it downstream."""
+
+
 def build_app() -> typer.Typer:
     app = typer.Typer(
         name="minprot",
@@ -26,6 +41,7 @@ def build_app() -> typer.Typer:
         rich_markup_mode="rich",
         pretty_exceptions_enable=False,
     )
+    app.callback()(_main_options)
     groups = {name: typer.Typer(help=help, no_args_is_help=True) for name, help in GROUPS.items()}
     for name, group in groups.items():
         app.add_typer(group, name=name)

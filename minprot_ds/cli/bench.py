@@ -7,14 +7,14 @@ Throughput runs in one process (CPU, or the first GPU); for several GPUs run the
 
 from __future__ import annotations
 
-import json
-
 from rich.table import Table
 
 from minprot_ds.bench.options import MemoryOptions, ThroughputOptions
 from minprot_ds.cli.common import make_console
 from minprot_ds.errors import UserError
+from minprot_ds.fileio import read_json
 from minprot_ds.options import typer_command
+from minprot_ds.outputs import check_out
 
 
 def _split(text: str, kind, option: str) -> list:
@@ -64,7 +64,7 @@ def throughput(o: ThroughputOptions) -> None:
     if o.deepspeed_config is not None:
         if not o.deepspeed_config.is_file():
             raise UserError(f"--deepspeed-config {o.deepspeed_config} does not exist; presets are in ds_configs/.")
-        base = json.loads(o.deepspeed_config.read_text())
+        base = read_json(o.deepspeed_config, "--deepspeed-config")
     projection = {"epochs": o.project_epochs, "sequences": o.sequences, "gpus": o.gpus} if o.project_epochs else None
     stdout = make_console(width=max(make_console().width, 190))
     report = tp.benchmark(
@@ -112,6 +112,9 @@ def memory(o: MemoryOptions) -> None:
     and the largest token budget that fits with a margin (minprot_ds/bench/memory.py says how)."""
     from minprot_ds.bench import memory as mem
     from minprot_ds.bench.throughput import default_rows
+
+    if o.json_out is not None:  # a results file, rewritten by every run: only its location is checked here
+        check_out(o.json_out, flag="--json", overwrite=True)
     from minprot_ds.models.masked_lm import MODEL_PRESETS
 
     if o.preset not in MODEL_PRESETS:

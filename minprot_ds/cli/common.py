@@ -28,18 +28,36 @@ def make_console(**options) -> Console:
 console = make_console(stderr=True)
 
 
+def _no_flag_placeholders(command) -> None:
+    """Flags take no value: no `<bool>` placeholder beside them in --help (typer shows one by default)."""
+    for param in getattr(command, "params", []):
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _no_flag_placeholders(sub)
+
+
 def run_cli(app: typer.Typer, args: list[str] | None = None) -> None:
     """Run a typer app (on `args`, default sys.argv). Usage mistakes (unknown command or option, missing
     argument, bad value) print typer's usage message and exit 2; a UserError prints as one red line on
-    stderr and exits 1."""
+    stderr and exits 1, as does an OSError (the file and the reason); Ctrl-C says that a rerun resumes."""
+    command = typer.main.get_command(app)
+    _no_flag_placeholders(command)
     try:
-        code = app(args=args, standalone_mode=False)
+        code = command.main(args=args, prog_name=app.info.name, standalone_mode=False)
     except USAGE_ERRORS as err:
         err.show()
         sys.exit(err.exit_code)
     except UserError as err:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         sys.exit(1)
+    except OSError as err:  # a file the user named could not be read or written: say which, no traceback
+        where = f" {err.filename}" if err.filename else ""
+        console.print(f"[bold red]error:[/]{where}: {err.strerror or err}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun the same command to resume (finished work is kept)", highlight=False)
+        sys.exit(130)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
     except typer.Abort:

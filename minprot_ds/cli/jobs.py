@@ -34,9 +34,9 @@ distill = typer_command(
 
 def demo(
     run_root: Path = typer.Option(Path("runs/demo"), "--run-root", help="folder for the corpus, teacher and run"),
-    ranks: int = typer.Option(2, help="CPU ranks the deepspeed launcher starts"),
-    teacher_steps: int = typer.Option(200, help="MLM pre-training steps of the tiny teacher"),
-    distill_steps: int = typer.Option(100, help="distillation steps (the planned run)"),
+    ranks: int = typer.Option(2, min=1, help="CPU ranks the deepspeed launcher starts"),
+    teacher_steps: int = typer.Option(200, min=1, help="MLM pre-training steps of the tiny teacher"),
+    distill_steps: int = typer.Option(100, min=1, help="distillation steps (the planned run)"),
     ds_config: str = typer.Option("ds_configs/cpu_zero2.json", help="DeepSpeed config, relative to the checkout"),
 ) -> None:
     """Run the embedded default end to end on CPU: synthetic corpus → tiny teacher → 2-rank distillation.
@@ -74,8 +74,8 @@ def closing_note(summary: dict) -> str:
 def pretrain_teacher(
     folder: Path = typer.Argument(..., help="a BertForMaskedLM folder (e.g. made by the demo); trained in place"),
     corpus: Path = typer.Option(..., help="a prepared corpus (minprot data prepare)"),
-    steps: int = typer.Option(300, help="MLM steps"),
-    lr: float = typer.Option(2e-3, help="peak learning rate (one-cycle schedule)"),
+    steps: int = typer.Option(300, min=1, help="MLM steps"),
+    lr: float = typer.Option(2e-3, min=0.0, help="peak learning rate (one-cycle schedule)"),
     seed: int = typer.Option(0),
 ) -> None:
     """Pre-train a small teacher briefly by MLM (for demos and tests; the real teacher is ProtBert)."""
@@ -88,11 +88,12 @@ def pretrain_teacher(
 def export(
     source: Path = typer.Argument(..., help="a run dir (its newest complete checkpoint) or RUN/ckpt/global_stepN"),
     out: Path = typer.Option(..., "--out", help="folder for the Hugging Face student"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an --out that is not this checkpoint's export"),
 ) -> None:
     """Export a checkpoint's student as a Hugging Face folder (safetensors, tokenizer, minprot.json)."""
     from minprot_ds.distill.export import export_checkpoint
 
-    folder = export_checkpoint(source, out)
+    folder = export_checkpoint(source, out, overwrite=overwrite)
     console.print(f"student exported to {folder} (load with AutoModelForMaskedLM.from_pretrained)")
 
 

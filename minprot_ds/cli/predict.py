@@ -27,8 +27,9 @@ predict = typer_command(
     PredictOptions.__doc__
     + """
 
-    Refused records go to OUT.failures.tsv; counts and provenance to OUT's .json. Rerunning the same
-    command after a crash continues from OUT.parts/.""",
+    A refused record keeps its row (empty probability, its reason in the `status` column) and is listed in
+    OUT.failures.tsv; counts and provenance go to OUT.json (e.g. dna.tsv.json). Rerunning the same command
+    after a crash continues from OUT.parts/; an existing OUT that is not this command's needs --overwrite.""",
     "predict",
     launcher=True,
 )
@@ -39,13 +40,14 @@ def merge(
     parts: list[Path] = typer.Argument(..., help="OUT.parts folders of the shards (copied from each machine)"),
     out: Path = typer.Option(..., help="the output file (its suffix picks the format, as for predict/embed)"),
     threshold: Optional[float] = typer.Option(
-        None, help="predict: the positive label's threshold (default: the run's)"
+        None, min=0.0, max=1.0, help="predict: the positive label's threshold (default: the run's)"
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out that is not this merge's"),
 ) -> None:
     """Assemble the output of a `--shard i/N` run from its shards' parts folders."""
     from minprot_ds.inference.job import merge as merge_parts
 
-    merge_parts(parts, out, threshold=threshold, echo=console.print)
+    merge_parts(parts, out, threshold=threshold, echo=console.print, overwrite=overwrite)
 
 
 COMMANDS = [("predict", predict), ("embed", embed), ("merge", merge)]

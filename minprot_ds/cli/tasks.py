@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from minprot_ds.cli.common import console
+from minprot_ds.outputs import check_out
 
 _FORMATS = "auto|netsurfp-csv|flip|deeploc-fasta|deeploc-csv|dna-fasta|labelled-csv"
 
@@ -32,7 +33,10 @@ def _print_summary(title: str, data, level: str, dropped: dict[str, dict[str, in
         for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]):
             console.print(f"  {kind}: {n} {reason}", highlight=False)
     if long:
-        console.print(f"  note: {long} sequences longer than 512 residues kept (the fine-tune job truncates them)")
+        console.print(
+            f"  note: {long} sequences longer than 512 residues kept (the fine-tune job scores them by "
+            "overlapping windows; --long truncate cuts them)"
+        )
 
 
 def _save(data, out: Path, meta) -> None:
@@ -57,9 +61,11 @@ def swissprot(
     ),
     coverage: float = typer.Option(0.8, help="minimum alignment coverage of the clustering (mmseqs -c)"),
     threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing, non-empty --out"),
 ) -> None:
     """DNA-binding task from reviewed, complete (no Fragment flag) Swiss-Prot entries of 20-512 residues: label 1 iff
     keyword DNA-binding (KW-0238); split by MMseqs2 cluster."""
+    check_out(out, folder=True, overwrite=overwrite)
     from data_prep.tasks.swissprot import build_swissprot
     from minprot_ds.data.task_store import TaskMeta
 
@@ -88,6 +94,7 @@ def task(
     ),
     name: Optional[str] = typer.Option(None, help="dataset name for reports (default: the first input's name)"),
     strict: bool = typer.Option(False, help="fail on the first malformed record instead of skipping and counting"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing, non-empty --out"),
 ) -> None:
     """Convert benchmark files into a task folder the fine-tune jobs read.
 
@@ -101,6 +108,7 @@ def task(
     ../shared/data/dna_binding/pdb14189 --out tasks/pdb14189` and `minprot data task PDB2272_DIR --out tasks/pdb2272`
     (or pass those folders to `minprot finetune`).
     """
+    check_out(out, folder=True, overwrite=overwrite)
     from data_prep.tasks.formats import FORMATS, read_inputs
     from minprot_ds.data.task_store import TaskMeta
 
@@ -136,9 +144,11 @@ def reduce_cmd(
     identity: float = typer.Option(0.85, help="minimum sequence identity within a cluster (mmseqs --min-seq-id)"),
     coverage: float = typer.Option(0.8, help="minimum alignment coverage (mmseqs -c)"),
     threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing, non-empty --out"),
 ) -> None:
     """SUB: cluster the train and valid splits with `mmseqs easy-cluster` and keep one representative per cluster; the
     test split is kept unchanged."""
+    check_out(out, folder=True, overwrite=overwrite)
     from data_prep.tasks.mmseqs import reduce
     from minprot_ds.data.task_store import load_task_folder
 
@@ -154,9 +164,11 @@ def random_subset_cmd(
     like: Path = typer.Option(..., help="folder whose split sizes to copy (the SUB made from FOLDER)"),
     out: Path = typer.Option(..., help="folder for the random control (CUT)"),
     seed: int = typer.Option(0, help="sampling seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing, non-empty --out"),
 ) -> None:
     """CUT: a seeded random subset with, per split and label, as many rows as --like (the control for SUB); the test
     split is kept unchanged."""
+    check_out(out, folder=True, overwrite=overwrite)
     from data_prep.tasks.mmseqs import random_subset
     from minprot_ds.data.task_store import load_task_folder
 
@@ -211,9 +223,11 @@ def overlap_cmd(
     homolog_identity: float = typer.Option(0.30, help="identity over --coverage of the query that counts as a homolog"),
     coverage: float = typer.Option(0.80, help="fraction of the query protein an alignment must cover"),
     threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing, non-empty --out"),
 ) -> None:
     """How many QUERY sequences occur in TARGET: exact copies, near-identical and homologous ones (MMseqs2
     easy-search)."""
+    check_out(out, folder=True, overwrite=overwrite)
     from data_prep.tasks.overlap import Thresholds, measure, write_hits
     from minprot_ds.fileio import write_json
 

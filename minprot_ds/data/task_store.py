@@ -17,6 +17,7 @@ import datasets
 
 from minprot_ds.data.task_records import Level, label_column
 from minprot_ds.errors import UserError
+from minprot_ds.fileio import read_json
 from minprot_ds.vocab import IGNORE_INDEX
 
 META_NAME = "minprot_task.json"
@@ -82,7 +83,7 @@ def read_meta(folder: Path) -> TaskMeta | None:
     path = folder / META_NAME
     if not path.is_file():
         return None
-    raw = json.loads(path.read_text())
+    raw = read_json(path, "a task folder's metadata; rebuild the folder with `minprot data ...`")
     fields = {f.name for f in dataclasses.fields(TaskMeta)}
     return TaskMeta(**{k: v for k, v in raw.items() if k in fields})
 

@@ -3,6 +3,7 @@ naming where it came from (MLflow run id, step, teacher, chosen layers)."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import torch
 
 from minprot_ds.distill.checkpoint import latest_checkpoint, read_marker
 from minprot_ds.errors import UserError
-from minprot_ds.models.folders import METADATA, save_hf_folder
+from minprot_ds.models.folders import METADATA, read_metadata, save_hf_folder
+from minprot_ds.outputs import check_out
 
 STUDENT_CONFIG = "student_config.json"  # saved in the run dir at start, so checkpoints can be exported
 
@@ -29,12 +31,16 @@ def student_provenance(config: Any) -> dict[str, Any]:
     }
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
-    """Export the student of a checkpoint folder (RUN/ckpt/global_stepN) or of a run dir's newest one."""
+def export_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Export the student of a checkpoint folder (RUN/ckpt/global_stepN) or of a run dir's newest one. An
+    existing --out is replaced only when it is the export of the same checkpoint, or with `overwrite`."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import BertConfig, BertForMaskedLM
 
     path = Path(checkpoint)
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is a file"
+        raise UserError(f"{path} {what}; pass a run dir or RUN_DIR/ckpt/global_stepN")
     if (path / "ckpt").is_dir():  # a run dir
         folder = latest_checkpoint(path / "ckpt")
         if folder is None:
@@ -48,10 +54,21 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
             "pass RUN_DIR or RUN_DIR/ckpt/global_stepN."
         )
     state = read_marker(folder)
+
+    def same_checkpoint(existing: Path) -> bool:
+        return (existing / METADATA).is_file() and read_metadata(existing).get("checkpoint") == str(folder)
+
+    check_out(out, folder=True, overwrite=overwrite, ours=same_checkpoint)
     config = BertConfig.from_json_file(str(run_dir / STUDENT_CONFIG))
     with torch.device("meta"):
         model = BertForMaskedLM(config)
-    weights = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    try:
+        weights = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as err:
+        raise UserError(
+            f"checkpoint {folder} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]}); it is "
+            "truncated or corrupt: export an earlier global_stepN"
+        ) from None
     # The DeepSpeed module wraps the HF model as `.mlm` (see engine.StudentForLoss).
     weights = {k.removeprefix("mlm."): v for k, v in weights.items()}
     model.load_state_dict(weights, strict=False, assign=True)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from minprot_ds.data.stream import BatchingOptions, DistillStream, MaskingOptions, eval_batches
+from minprot_ds.errors import UserError
 from minprot_ds.models.masked_lm import forward_for_loss
 
 
@@ -37,12 +38,20 @@ def pretrain_teacher(
     """Train the BertForMaskedLM in `folder` by MLM for `steps` steps, save it back; returns valid accuracy."""
     from transformers import BertForMaskedLM
 
+    if steps < 1:
+        raise UserError(f"--steps {steps}: the teacher's pre-training needs at least 1 step")
     torch.manual_seed(seed)
     model = BertForMaskedLM.from_pretrained(folder)
     batching, masking = BatchingOptions(max_tokens=max_tokens, max_rows=64), MaskingOptions()
     stream = DistillStream(corpus, "train", seed=seed, batching=batching, masking=masking)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    # OneCycleLR's warm-up must last more than one step (10% of 10 steps divides by zero): short runs warm up
+    # over 2 steps, and a run of fewer than 4 steps keeps the peak rate.
+    if steps >= 4:
+        pct = max(0.1, 2.5 / steps)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=pct)
+    else:
+        schedule = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     model.train()
     for step, (batch,) in zip(range(1, steps + 1), stream):
         out = forward_for_loss(model, batch["input_ids"], batch["attention_mask"], batch["labels"])

@@ -27,14 +27,17 @@ class FinetuneConfig:
     test: Path = option(help="test set (its 'test' split, or the whole set when it has one split)")
     out: Path = option(help="folder for metrics.json, predictions.tsv, model/ and the default MLflow store")
     valid: Optional[Path] = option(None, "validation set (default: --train's own valid split, if it has one)")
-    epochs: int = option(3, "passes over the training set")
-    batch_size: int = option(8, "sequences per optimizer step: the global batch, split over the ranks under deepspeed")
-    lr: float = option(2e-5, "AdamW peak learning rate (linear decay to 0)")
-    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    epochs: int = option(3, "passes over the training set", min=1)
+    batch_size: int = option(
+        8, "sequences per optimizer step: the global batch, split over the ranks under deepspeed", min=1
+    )
+    lr: float = option(2e-5, "AdamW peak learning rate (linear decay to 0)", min=0.0)
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)", min=0.0)
     grad_clip: float = option(
         1.0,
         "gradient-norm clip of plain PyTorch training (Hugging Face Trainer's default; "
         "under --deepspeed its JSON's gradient_clipping applies)",
+        min=0.0,
     )
     seed: int = option(0, "seed of the head's initial weights, the batch order and dropout")
     seeds: Optional[str] = option(
@@ -54,8 +57,8 @@ class FinetuneConfig:
         "windows; training crops them at a seeded random offset each epoch) | truncate "
         "(score and train on the first --window residues only, the old behaviour)",
     )
-    window: int = option(512, "residues per model input (ProtBert: 512, i.e. 514 tokens with [CLS] and [SEP])")
-    stride: int = option(256, "residues between the starts of overlapping windows")
+    window: int = option(512, "residues per model input (ProtBert: 512, i.e. 514 tokens with [CLS] and [SEP])", min=1)
+    stride: int = option(256, "residues between the starts of overlapping windows", min=1)
     leakage: bool = option(
         True,
         "measure with MMseqs2 how much of the test (and valid) set the training rows "
@@ -67,9 +70,13 @@ class FinetuneConfig:
         "(drop exact and near-identical copies of training rows) | homologs (drop "
         "those and homologs too)",
     )
-    near_identity: float = option(0.95, "identity (over --coverage of the test protein) that counts as near-identical")
-    homolog_identity: float = option(0.30, "identity (over --coverage of the test protein) that counts as a homolog")
-    coverage: float = option(0.80, "fraction of the test protein an alignment must cover to count")
+    near_identity: float = option(
+        0.95, "identity (over --coverage of the test protein) that counts as near-identical", min=0.0, max=1.0
+    )
+    homolog_identity: float = option(
+        0.30, "identity (over --coverage of the test protein) that counts as a homolog", min=0.0, max=1.0
+    )
+    coverage: float = option(0.80, "fraction of the test protein an alignment must cover to count", min=0.0, max=1.0)
     bootstrap: int = option(
         1000,
         "resamples of the percentile bootstrap (over proteins, seeded) behind every test metric's 95% CI "
@@ -91,6 +98,11 @@ class FinetuneConfig:
         None, "name of the train set in reports (default: its minprot_task.json name or file name)"
     )
     strict: bool = option(False, "fail on the first malformed record instead of skipping it")
+    overwrite: bool = option(
+        False,
+        "replace the outputs in --out of a fine-tune with other options (a rerun with the same needs none)",
+        log=False,
+    )
     tracking: bool = option(True, cli=False)
     system_metrics: bool = option(False, cli=False)
 
@@ -108,6 +120,8 @@ class CompareOptions:
         0.98,
         "the student is non-inferior when the 95% CI of student − MARGIN × teacher lies above 0 "
         "(0.98: it keeps at least 98% of the teacher's metric, the MinProtBert claim)",
+        min=0.0,
+        max=1.0,
     )
     bootstrap: int = option(1000, "paired resamples of the proteins (seeded)", min=1)
     seed: int = option(0, "seed of the resamples")

@@ -26,7 +26,7 @@ from data_prep.tasks.overlap import Overlap, Thresholds, measure
 from minprot_ds.distributed import init_distributed
 from minprot_ds.ds_config import read_ds_config
 from minprot_ds.errors import UserError
-from minprot_ds.fileio import atomic_write
+from minprot_ds.fileio import atomic_write, read_json
 from minprot_ds.finetune.baselines import homology_transfer, length_only
 from minprot_ds.finetune.evaluate import Scored, score
 from minprot_ds.finetune.inputs import TaskInputs, load_inputs
@@ -43,7 +43,8 @@ from minprot_ds.finetune.steppers import DeepSpeedStepper, PlainStepper
 from minprot_ds.finetune.tasks import Encoded, TaskSpec, collate, crop_pieces, encode_split, task_spec, train_batches
 from minprot_ds.finetune.uncertainty import confidence_intervals, flat_intervals
 from minprot_ds.models import provenance as links
-from minprot_ds.options import launch, mlflow_params
+from minprot_ds.options import check_bounds, launch, mlflow_params
+from minprot_ds.outputs import check_out
 from minprot_ds.scoring.heads import TaskModel, build_task_model, save_task_model
 from minprot_ds.scoring.windows import FINETUNE_LONG_MODES, check_positions, check_window
 from minprot_ds.tracking import Tracker, environment_params
@@ -98,6 +99,7 @@ class Job:
 
 
 def _check(cfg: FinetuneConfig) -> None:
+    check_bounds(cfg)
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
@@ -106,6 +108,16 @@ def _check(cfg: FinetuneConfig) -> None:
         raise UserError(f"unknown --test-filter {cfg.test_filter!r}; choose one of: {', '.join(TEST_FILTERS)}")
     if cfg.test_filter != "none" and not cfg.leakage:
         raise UserError(f"--test-filter {cfg.test_filter} needs the leakage search; drop --no-leakage")
+    check_out(cfg.out, folder=True, overwrite=cfg.overwrite, ours=lambda out: _same_run(out, cfg))
+
+
+def _same_run(out: Path, cfg: FinetuneConfig) -> bool:
+    """--out holds no fine-tune's outputs (e.g. only a shared MLflow store), or those of one with these options."""
+    if not any((out / name).exists() for name in (METRICS_FILE, PREDICTIONS_FILE, MODEL_DIR)):
+        return True
+    if not (out / METRICS_FILE).is_file():
+        return False
+    return read_json(out / METRICS_FILE).get("options") == json_safe(mlflow_params(cfg))
 
 
 def _overlap(split: Encoded, train: Encoded, cfg: FinetuneConfig) -> Overlap:
@@ -422,6 +434,7 @@ def write(
         "global_batch": cfg.batch_size,
         "device": str(job.stepper.device),
         "rows": {"train": len(job.train), "valid": len(valid) if valid else 0, "test": len(test)},
+        "options": mlflow_params(job.cfg),  # a rerun with the same options may replace these outputs
     }
     atomic_write(out / METRICS_FILE, json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
     logged = flat_metrics(test_metrics, "test") | flat_intervals(test_metrics["ci95"], "test")

@@ -1,5 +1,5 @@
 """One `predict` or `embed` job: index the input, compute this rank's missing chunks, and (rank 0, or
-`minprot merge`) write OUT, OUT.failures.tsv and the summary OUT's-stem.json.
+`minprot merge`) write OUT, OUT.failures.tsv and the summary OUT.json (e.g. dna.tsv.json).
 
 Several ranks (`deepspeed --num_gpus N launch/predict.py`) or machines (`--shard i/N`) each take every
 N-th chunk of the input; the output is assembled from the chunk files in input order, so it is the same
@@ -23,7 +23,7 @@ import torch
 from minprot_ds import __version__
 from minprot_ds.distributed import init_distributed
 from minprot_ds.errors import UserError
-from minprot_ds.fileio import atomic_write, write_json
+from minprot_ds.fileio import atomic_write, read_json, write_json
 from minprot_ds.inference import records
 from minprot_ds.inference.options import (
     DEFAULT_CHUNK,
@@ -34,9 +34,18 @@ from minprot_ds.inference.options import (
 )
 from minprot_ds.inference.parts import FORMAT, Chunk, Parts, check_same, parts_dir
 from minprot_ds.inference.progress import InferenceProgress
-from minprot_ds.inference.writers import EMBED, PREDICT_PROTEIN, PREDICT_RESIDUE, Row, check_suffix, open_writer
+from minprot_ds.inference.writers import (
+    EMBED,
+    PREDICT_PROTEIN,
+    PREDICT_RESIDUE,
+    Row,
+    check_suffix,
+    open_writer,
+    tsv_field,
+)
 from minprot_ds.models import provenance as links
-from minprot_ds.options import launch, mlflow_params
+from minprot_ds.options import check_bounds, launch, mlflow_params
+from minprot_ds.outputs import check_out
 from minprot_ds.scoring import forward, heads, models
 from minprot_ds.scoring.windows import DEFAULT_STRIDE, DEFAULT_WINDOW, check_positions
 from minprot_ds.tracking import Tracker, environment_params
@@ -79,7 +88,34 @@ def _barrier() -> None:
 
 
 def summary_path(out: Path) -> Path:
+    """OUT.json after the whole name (x.tsv.json), so x.tsv and x.h5 in one folder keep their own summaries."""
+    return Path(str(out) + ".json")
+
+
+def old_summary_path(out: Path) -> Path:
+    """Where minprot <= 0.1.0 wrote the summary (x.json for x.tsv); still read to recognise its outputs."""
     return Path(out).with_suffix(".json")
+
+
+def made_by(command: str) -> Callable[[Path], bool]:
+    """Whether an existing OUT is this command's: its parts folder or its summary says so (the parts manifest
+    then refuses other inputs and settings; without parts the whole output is computed again)."""
+
+    def ours(out: Path) -> bool:
+        manifest = parts_dir(out) / "manifest.json"
+        if manifest.is_file():
+            return read_json(manifest).get("command") == command
+        for path in (summary_path(out), old_summary_path(out)):
+            if path.is_file():
+                try:
+                    doc = read_json(path)
+                except UserError:
+                    continue
+                if doc.get("command") == command and Path(str(doc.get("output", ""))).name == Path(out).name:
+                    return True
+        return False
+
+    return ours
 
 
 def failures_path(out: Path) -> Path:
@@ -98,6 +134,7 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
     say = echo or log.info
     if cfg.command not in ("predict", "embed"):
         raise ValueError(cfg.command)
+    check_bounds(cfg)
     layers = parse_layers(cfg.layers) if cfg.command == "embed" else ()
     if cfg.command == "embed" and cfg.pooling not in models.POOLS:
         raise UserError(f"--pooling {cfg.pooling!r} is unknown; choose one of: {', '.join(models.POOLS)}")
@@ -106,10 +143,13 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
     shard_i, shards = parse_shard(cfg.shard)
     out = Path(cfg.out)
     fasta = Path(cfg.fasta)
+    if fasta.is_dir():
+        raise UserError(f"--fasta {fasta} is a folder; pass a FASTA file (plain or .gz)")
     if not fasta.is_file():
         raise UserError(f"--fasta {fasta} does not exist; pass a FASTA file (plain or .gz)")
     if cfg.command == "embed":
         check_suffix(out, EMBED, "embed")
+    check_out(out, overwrite=cfg.overwrite, ours=made_by(cfg.command))
     rank, world = _distributed()
     if world > 1 and shards > 1:
         raise UserError(
@@ -216,7 +256,7 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
                     f"shards: once all have run, `minprot merge --out {out} PARTS...` writes {out}"
                 )
                 return JobResult(None, {"speed": speed}, len(mine))
-        summary = finalize([parts.folder], out, echo=say, speed=speed)
+        summary = finalize([parts.folder], out, echo=say, speed=speed, threshold=info.get("threshold"))
         tracker.log_metrics({f"perf/{k}": v for k, v in speed.items()} | _count_metrics(summary), 0)
         tracker.log_artifact(summary_path(out))
     return JobResult(out, summary, len(mine))
@@ -441,16 +481,20 @@ def finalize(
             for j, idx in enumerate(ch.index.tolist()):
                 st = int(ch.status[j])
                 counts["records"] += 1
+                failed = ""
                 if st == records.FAILED:
-                    fail_lines.append(f"{idx}\t{ch.ids[j]}\t{ch.failures[j]}")
-                    failure_reasons[ch.failures[j].split(":")[0].split(" (")[0]] += 1
+                    failed = ch.failures[j]
+                    failure_reasons[failed.split(":")[0].split(" (")[0]] += 1
+                elif st == records.DUPLICATE and int(ch.canonical[j]) not in cache:
+                    # its first occurrence failed (out of memory, --long skip)
+                    failed = f"same sequence as record {int(ch.canonical[j])}, which failed"
+                    failure_reasons["same sequence as a failed record"] += 1
+                if failed:
+                    fail_lines.append(f"{idx}\t{tsv_field(ch.ids[j])}\t{tsv_field(failed)}")
+                    writer.add(Row(ch.ids[j], ch.descriptions[j], ch.sequences[j], None, 0, False, failed))
                     continue
                 if st == records.DUPLICATE:
                     c = int(ch.canonical[j])
-                    if c not in cache:  # its first occurrence failed (out of memory, --long skip)
-                        fail_lines.append(f"{idx}\t{ch.ids[j]}\tsame sequence as record {c}, which failed")
-                        failure_reasons["same sequence as a failed record"] += 1
-                        continue
                     value, windows = cache[c]
                     counts["duplicates"] += 1
                 else:
@@ -491,5 +535,22 @@ def finalize(
     return summary
 
 
-def merge(folders: list[Path], out: Path, threshold: float | None = None, echo=None) -> dict[str, Any]:
+def merge(
+    folders: list[Path], out: Path, threshold: float | None = None, echo=None, overwrite: bool = False
+) -> dict[str, Any]:
+    """`minprot merge`: the parts folders checked and OUT checked writable (and not someone else's) first."""
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise UserError(f"--threshold {threshold} is outside [0, 1]; it is a probability")
+    commands = set()
+    for folder in map(Path, folders):
+        manifest = Parts(folder).read_manifest()
+        if manifest is None:
+            raise UserError(
+                f"{folder} does not exist; pass the OUT.parts folders of a predict/embed --shard run"
+                if not folder.exists()
+                else f"{folder} holds no manifest.json: it is not the parts folder of a predict/embed run "
+                "(they are named OUT.parts)"
+            )
+        commands.add(manifest.get("command"))
+    check_out(out, overwrite=overwrite, ours=lambda p: any(made_by(c)(p) for c in commands))
     return finalize(folders, out, echo=echo, threshold=threshold)

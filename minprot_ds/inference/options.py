@@ -12,6 +12,7 @@ from typing import ClassVar, Optional
 
 from minprot_ds.data.batching import DEFAULT_MAX_TOKENS
 from minprot_ds.options import option
+from minprot_ds.scoring.windows import DEFAULT_STRIDE, DEFAULT_WINDOW
 
 DEFAULT_CHUNK = 1000
 DEFAULT_CHUNK_PER_RESIDUE = 100  # L x H matrices: a chunk of 1000 ProtBert proteins would hold ~1.6 GB
@@ -26,12 +27,12 @@ class InferenceOptions:
     fasta: Path = option(help="input FASTA, plain or .gz (read as a stream)")
     out: Path = option(help="the output file (its suffix picks the format)")
     max_tokens: int = option(
-        DEFAULT_MAX_TOKENS, "padded tokens per batch (rows x (longest + 2)); results do not depend on it"
+        DEFAULT_MAX_TOKENS, "padded tokens per batch (rows x (longest + 2)); results do not depend on it", min=1
     )
     window: Optional[int] = option(
-        None, "residues per window for long proteins (default: the fine-tuned model's, else 512)"
+        None, "residues per window for long proteins (default: the fine-tuned model's, else 512)", min=1
     )
-    stride: Optional[int] = option(None, "residues between window starts (default: the model's, else 256)")
+    stride: Optional[int] = option(None, "residues between window starts (default: the model's, else 256)", min=1)
     long: str = option(
         "window",
         "proteins longer than --window: window (overlapping windows, stitched) | truncate "
@@ -45,24 +46,31 @@ class InferenceOptions:
         None,
         f"input records per resumable chunk of OUT.parts/ (default "
         f"{DEFAULT_CHUNK}; {DEFAULT_CHUNK_PER_RESIDUE} for per-residue outputs)",
+        min=1,
     )
     shard: Optional[str] = option(
         None, "i/N: compute only this machine's share; then `minprot merge` the parts folders"
     )
     mlflow: bool = option(False, "log the run to MLflow (tagged with the fine-tune run that made the model)")
     tracking_uri: Optional[str] = option(None, "MLflow store (default: SQLite beside --out)")
+    overwrite: bool = option(
+        False, "replace an existing --out that this command did not make with the same inputs", log=False
+    )
     progress: bool = option(True, "show the progress bar", log=False)
     experiment: str = option("minprot-predict", cli=False)
 
 
 @dataclasses.dataclass(kw_only=True)
 class PredictOptions(InferenceOptions):
-    """Score every protein of a FASTA with a fine-tuned model: one row per record, in input order."""
+    """Score every protein of a FASTA with a fine-tuned model: one row per input record, in input order (a failed
+    record with an empty probability and its reason in the `status` column)."""
 
     command: ClassVar[str] = "predict"
     model: Path = option(help="a fine-tune's model/ folder (it carries its task, head and threshold)")
     out: Path = option(help="dna-binding/membrane: .tsv or .parquet; q3: .parquet, .ss3 or .tsv (per residue)")
-    threshold: Optional[float] = option(None, "probability for the positive label (default: the model's)")
+    threshold: Optional[float] = option(
+        None, "probability for the positive label (default: the model's)", min=0.0, max=1.0
+    )
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -83,3 +91,6 @@ class EmbedOptions(InferenceOptions):
     per_residue: bool = option(False, "store L x H per protein instead of one vector")
     layers: str = option("-1", "comma-separated hidden states (0 = embeddings, -1 = last), concatenated")
     half: bool = option(False, "store fp16")
+    window: Optional[int] = option(None, f"residues per window for long proteins (default {DEFAULT_WINDOW})", min=1)
+    stride: Optional[int] = option(None, f"residues between window starts (default {DEFAULT_STRIDE})", min=1)
+    mlflow: bool = option(False, "log the run to MLflow (its settings, fingerprints, speed and counts)")

@@ -15,7 +15,6 @@ and the parts of separate machines can be merged by copying their chunk files to
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from minprot_ds.errors import UserError
-from minprot_ds.fileio import atomic_write, write_json
+from minprot_ds.fileio import atomic_write, read_json, write_json
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -123,7 +122,7 @@ class Parts:
     def read_manifest(self) -> dict[str, Any] | None:
         if not self.manifest_path.is_file():
             return None
-        return json.loads(self.manifest_path.read_text())
+        return read_json(self.manifest_path, f"delete {self.folder} to start again")
 
     def open(self, manifest: dict[str, Any]) -> int:
         """Start or continue: write the manifest, or check it against the existing one; returns chunks done."""

@@ -20,6 +20,7 @@ import numpy as np
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from data_prep.fasta import read_blocks
+from data_prep.tasks.readers import dna_header_id
 from minprot_ds import vocab
 from minprot_ds.errors import UserError
 
@@ -49,8 +50,10 @@ def clean(raw: str) -> tuple[str, str]:
 
 
 def _split_header(title: str) -> tuple[str, str]:
+    """(id, description): the first word, without a DNA benchmark's `|1`/`|2` label tag so that ids join with
+    finetune's predictions.tsv, and the rest."""
     parts = title.strip().split(None, 1)
-    return (parts[0] if parts else ""), (parts[1] if len(parts) > 1 else "")
+    return (dna_header_id(parts[0]) if parts else ""), (parts[1] if len(parts) > 1 else "")
 
 
 def _raw_records(path: Path) -> Iterator[tuple[str, str, bytes]]:

@@ -1,10 +1,14 @@
-"""Output files, one row (or dataset) per input record in input order, chosen by OUT's suffix.
+"""Output files in input order, chosen by OUT's suffix.
 
 predict, per protein (dna-binding, membrane): .tsv / .parquet with id, description, length, probability,
 label, windows. predict, per residue (q3): .parquet (one row per protein, list columns), .ss3 (header,
 sequence, states), .tsv (one row per residue). embed: .h5 (bio_embeddings' layout: one dataset per protein,
 the id in attribute `original_id`), .npz (one array per id), .parquet (id, description, length, embedding).
-Records without an output (failures) get no row; they are listed in OUT.failures.tsv.
+Tables (predict's .tsv/.parquet per protein, q3's .parquet, embed's .parquet) hold one row per input record in
+input order: a record that failed has an empty probability (or embedding) and its reason in the `status` column
+(`ok` otherwise). Formats keyed by id or residue (.h5, .npz, .ss3, q3's per-residue .tsv) hold only the records
+with an output. Every failure is also listed in OUT.failures.tsv. TSV fields are escaped (backslash, tab,
+newline and carriage return as backslash escapes), so a tab in a FASTA description cannot shift a column.
 """
 
 from __future__ import annotations
@@ -29,9 +33,15 @@ class Row:
     id: str
     description: str
     sequence: str
-    value: np.ndarray  # [C] / [L, C] probabilities, or an embedding [H] / [L, H]
+    value: np.ndarray | None  # [C] / [L, C] probabilities, or an embedding [H] / [L, H]; None: failed
     windows: int
     truncated: bool
+    status: str = "ok"  # or why the record has no output
+
+
+def tsv_field(text: str) -> str:
+    """A TSV field: backslash, tab, newline and carriage return escaped (as PostgreSQL's text format does)."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def check_suffix(out: Path, allowed: tuple[str, ...], what: str) -> str:
@@ -44,8 +54,12 @@ def check_suffix(out: Path, allowed: tuple[str, ...], what: str) -> str:
 
 
 def h5_name(rid: str) -> str:
-    """An HDF5 dataset name for an id ('/' separates groups in HDF5, so it is escaped, as is '%')."""
-    return rid.replace("%", "%25").replace("/", "%2F") or "%"
+    """An HDF5 dataset name for an id ('/' separates groups in HDF5, and '.'/'..' name groups, so they are
+    escaped, as is '%')."""
+    name = rid.replace("%", "%25").replace("/", "%2F")
+    if name in (".", ".."):
+        return name.replace(".", "%2E")
+    return name or "%"
 
 
 def label_of(probs: np.ndarray, classes: list[str], threshold: float | None) -> str:
@@ -71,13 +85,15 @@ class ProteinTsv(Writer):
         super().__init__(path, meta)
         self.classes, self.threshold = classes, threshold
         self.fh = open(path, "w")
-        self.fh.write("id\tdescription\tlength\tprobability\tlabel\twindows\n")
+        self.fh.write("id\tdescription\tlength\tprobability\tlabel\twindows\tstatus\n")
 
     def add(self, row):
-        label = label_of(row.value, self.classes, self.threshold)
-        self.fh.write(
-            f"{row.id}\t{row.description}\t{len(row.sequence)}\t{float(row.value[1]):.6g}\t{label}\t{row.windows}\n"
-        )
+        if row.value is None:
+            prob = label = ""
+        else:
+            prob, label = f"{float(row.value[1]):.6g}", label_of(row.value, self.classes, self.threshold)
+        fields = [tsv_field(row.id), tsv_field(row.description), str(len(row.sequence)), prob, label]
+        self.fh.write("\t".join([*fields, str(row.windows), tsv_field(row.status)]) + "\n")
 
     def close(self):
         self.fh.close()
@@ -134,6 +150,7 @@ class ProteinParquet(ArrowWriter):
                 ("probability", pa.float64()),
                 ("label", pa.string()),
                 ("windows", pa.int32()),
+                ("status", pa.string()),
             ],
             metadata={"minprot": json.dumps(self.meta)},
         )
@@ -144,9 +161,10 @@ class ProteinParquet(ArrowWriter):
                 "id": row.id,
                 "description": row.description,
                 "length": len(row.sequence),
-                "probability": float(row.value[1]),
-                "label": label_of(row.value, self.classes, self.threshold),
+                "probability": None if row.value is None else float(row.value[1]),
+                "label": None if row.value is None else label_of(row.value, self.classes, self.threshold),
                 "windows": row.windows,
+                "status": row.status,
             }
         )
 
@@ -167,19 +185,22 @@ class ResidueParquet(ArrowWriter):
             ("states", pa.string()),
         ]
         fields += [(f"prob_{c}", pa.list_(pa.float32())) for c in self.classes]
-        return pa.schema(fields + [("windows", pa.int32())], metadata={"minprot": json.dumps(self.meta)})
+        fields += [("windows", pa.int32()), ("status", pa.string())]
+        return pa.schema(fields, metadata={"minprot": json.dumps(self.meta)})
 
     def add(self, row):
+        failed = row.value is None
         d = {
             "id": row.id,
             "description": row.description,
             "length": len(row.sequence),
             "sequence": row.sequence,
-            "states": states(row.value, self.classes),
+            "states": None if failed else states(row.value, self.classes),
             "windows": row.windows,
+            "status": row.status,
         }
         for c, name in enumerate(self.classes):
-            d[f"prob_{name}"] = row.value[:, c].astype(np.float32)
+            d[f"prob_{name}"] = None if failed else row.value[:, c].astype(np.float32)
         self.add_dict(d)
 
 
@@ -194,6 +215,8 @@ class ResidueSs3(Writer):
         self.fh = open(path, "w")
 
     def add(self, row):
+        if row.value is None:
+            return
         header = f"{row.id} {row.description}".rstrip()
         self.fh.write(f">{header}\n{row.sequence[: len(row.value)]}\n{states(row.value, self.classes)}\n")
 
@@ -209,9 +232,12 @@ class ResidueTsv(Writer):
         self.fh.write("id\tposition\tresidue\tstate\t" + "\t".join(f"prob_{c}" for c in classes) + "\n")
 
     def add(self, row):
+        if row.value is None:
+            return
         names = np.asarray(self.classes)[row.value.argmax(axis=1)]
+        rid = tsv_field(row.id)
         for i, (p, s) in enumerate(zip(row.value, names)):
-            self.fh.write(f"{row.id}\t{i + 1}\t{row.sequence[i]}\t{s}\t" + "\t".join(f"{x:.6g}" for x in p) + "\n")
+            self.fh.write(f"{rid}\t{i + 1}\t{row.sequence[i]}\t{s}\t" + "\t".join(f"{x:.6g}" for x in p) + "\n")
 
     def close(self):
         self.fh.close()
@@ -226,6 +252,8 @@ class EmbedH5(Writer):
         self.file.attrs["minprot"] = json.dumps(meta)
 
     def add(self, row):
+        if row.value is None:
+            return
         ds = self.file.create_dataset(h5_name(row.id), data=row.value)
         ds.attrs["original_id"] = row.id
         ds.attrs["description"] = row.description
@@ -244,6 +272,8 @@ class EmbedNpz(Writer):
         self.zip = zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True)
 
     def add(self, row):
+        if row.value is None:
+            return
         with self.zip.open(f"{row.id}.npy", "w", force_zip64=True) as fh:
             np.lib.format.write_array(fh, np.ascontiguousarray(row.value), allow_pickle=False)
 
@@ -270,6 +300,7 @@ class EmbedParquet(ArrowWriter):
                 ("length", pa.int64()),
                 ("embedding", col),
                 ("windows", pa.int32()),
+                ("status", pa.string()),
             ],
             metadata={"minprot": json.dumps(self.meta)},
         )
@@ -280,8 +311,9 @@ class EmbedParquet(ArrowWriter):
                 "id": row.id,
                 "description": row.description,
                 "length": len(row.sequence),
-                "embedding": list(row.value) if self.per_residue else row.value,
+                "embedding": None if row.value is None else list(row.value) if self.per_residue else row.value,
                 "windows": row.windows,
+                "status": row.status,
             }
         )
 

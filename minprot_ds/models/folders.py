@@ -3,7 +3,6 @@ naming where it came from (`minprot.json` for a distilled student)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,7 +10,7 @@ from typing import Any, TypeVar
 import torch
 
 from minprot_ds import __version__
-from minprot_ds.fileio import write_json
+from minprot_ds.fileio import read_json, write_json
 from minprot_ds.vocab import write_tokenizer_files
 
 METADATA = "minprot.json"
@@ -47,4 +46,4 @@ def save_hf_folder(model: Any, out: str | Path, metadata_file: str, metadata: di
 def read_metadata(folder: str | Path) -> dict[str, Any]:
     """The provenance of an exported student (empty for models minprot did not export)."""
     path = Path(folder) / METADATA
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path, "an exported student's provenance") if path.is_file() else {}

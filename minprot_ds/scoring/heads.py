@@ -17,7 +17,6 @@ as BERT initialises, bias 0), so for one seed and hidden size teacher and studen
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from minprot_ds.errors import UserError
+from minprot_ds.fileio import read_json
 from minprot_ds.models.folders import save_gathered, save_hf_folder
 from minprot_ds.models.masked_lm import load_pretrained
 from minprot_ds.scoring.windows import DEFAULT_STRIDE, DEFAULT_WINDOW
@@ -58,7 +58,7 @@ class TaskModelInfo:
         path = Path(folder) / TASK_FILE
         if not path.is_file():
             raise UserError(f"{folder} has no {TASK_FILE}; pass the model/ folder of a `minprot finetune` output")
-        raw = json.loads(path.read_text())
+        raw = read_json(path, "the fine-tuned model's task; rerun `minprot finetune` to rewrite it")
         known = {f.name for f in dataclasses.fields(cls)}
         missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in raw]
         if missing:

@@ -44,22 +44,29 @@ def test_rows_follow_the_input_with_duplicates_and_bad_records_handled(dna_model
     result = predict(dna_model, proteome, tmp_path / "p.tsv", chunk_records=7)
     rows = read_tsv(tmp_path / "p.tsv")
     records = fasta_titles(proteome)
-    good = [(t, s) for t, s in records if clean(s)[0]]
-    assert [r["id"] for r in rows] == [t.split()[0] for t, _ in good]  # 1:1, input order
-    assert [r["description"] for r in rows] == [t.split(None, 1)[1] for t, _ in good]
-    assert [int(r["length"]) for r in rows] == [len(clean(s)[0]) for _, s in good]
+    assert [r["id"] for r in rows] == [t.split()[0] for t, _ in records]  # one row per record, input order
+    assert [r["description"] for r in rows] == [t.split(None, 1)[1] for t, _ in records]
+    assert [int(r["length"]) for r in rows] == [len(clean(s)[0]) for _, s in records]
+    failed = [r for r in rows if r["status"] != "ok"]
+    assert [(r["id"], r["probability"], r["label"]) for r in failed] == [("bad_letters", "", ""), ("empty", "", "")]
+    assert "J" in failed[0]["status"] and failed[1]["status"] == "no residues"
     by_id = {r["id"]: r for r in rows}
     assert by_id["same_as_2"]["probability"] == by_id["prot2"]["probability"]
     assert by_id["lower"]["length"] == "50"
     failures = read_tsv(tmp_path / "p.tsv.failures.tsv")
     assert [f["id"] for f in failures] == ["bad_letters", "empty"]
     assert "J" in failures[0]["reason"] and "no residues" in failures[1]["reason"]
-    summary = json.loads((tmp_path / "p.json").read_text())
+    summary = json.loads((tmp_path / "p.tsv.json").read_text())
     c = summary["counts"]
-    assert (c["records"], c["written"], c["duplicates"], sum(c["failures"].values())) == (len(records), len(rows), 1, 2)
+    assert (c["records"], c["written"], c["duplicates"], sum(c["failures"].values())) == (
+        len(rows),
+        len(rows) - 2,
+        1,
+        2,
+    )
     assert c["windowed"] == sum(int(r["windows"]) > 1 for r in rows) > 0
     assert summary["model"]["sha256"] and summary["info"]["task"] == "dna-binding"
-    assert {r["label"] for r in rows} <= {"non-binding", "DNA-binding"}
+    assert {r["label"] for r in rows if r["status"] == "ok"} <= {"non-binding", "DNA-binding"}
     assert result.summary["counts"] == c
 
 
@@ -75,8 +82,8 @@ def test_duplicate_ids_are_refused_with_the_list_or_renamed(dna_model, tmp_path,
 def test_the_token_budget_does_not_change_the_probabilities(dna_model, proteome, tmp_path):
     predict(dna_model, proteome, tmp_path / "small.tsv", max_tokens=520)
     predict(dna_model, proteome, tmp_path / "big.tsv", max_tokens=16384)
-    small = [float(r["probability"]) for r in read_tsv(tmp_path / "small.tsv")]
-    big = [float(r["probability"]) for r in read_tsv(tmp_path / "big.tsv")]
+    small = [float(r["probability"]) for r in read_tsv(tmp_path / "small.tsv") if r["status"] == "ok"]
+    big = [float(r["probability"]) for r in read_tsv(tmp_path / "big.tsv") if r["status"] == "ok"]
     np.testing.assert_allclose(small, big, atol=1e-5)
 
 
@@ -117,7 +124,10 @@ def test_long_proteins_by_windows_truncation_or_skip(q3_model, tmp_path, random_
     assert lines[0] == ">long" and lines[1] == seq and len(lines[2]) == 700 and set(lines[2]) <= set("HEC")
     predict(q3_model, fasta, tmp_path / "t.parquet", window=300, stride=150, long="truncate")
     rows = pq.read_table(tmp_path / "t.parquet").to_pylist()
-    assert len(rows[0]["prob_H"]) == 300 and json.loads((tmp_path / "t.json").read_text())["counts"]["truncated"] == 1
+    assert (
+        len(rows[0]["prob_H"]) == 300
+        and json.loads((tmp_path / "t.parquet.json").read_text())["counts"]["truncated"] == 1
+    )
     predict(q3_model, fasta, tmp_path / "s.tsv", window=300, stride=150, long="skip")
     assert {r["id"] for r in read_tsv(tmp_path / "s.tsv")} == {"short"}
     assert "--long skip" in read_tsv(tmp_path / "s.tsv.failures.tsv")[0]["reason"]

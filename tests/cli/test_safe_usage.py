@@ -1,0 +1,74 @@
+"""What a user can type at the commands other than predict/embed: each mistake is one line and a non-zero exit,
+never a traceback (out-of-range values are usage errors, exit 2), and `minprot --version`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from minprot_ds.cli import app
+from minprot_ds.cli.common import run_cli
+
+
+def error(capsys, *args: str, code: int = 1) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(app, list(args))
+    err = capsys.readouterr().err
+    assert exit_.value.code == code, err
+    assert "Traceback" not in err
+    if code == 1:
+        assert len(err.strip().splitlines()) == 1, err
+    return " ".join(err.split())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["finetune", "--task", "q3", "--model", "m", "--train", "t", "--test", "t", "--out", "o", "--lr", "-1"],
+        ["bench", "memory", "--max-rows", "0"],
+        ["demo", "--ranks", "0"],
+        ["demo", "--teacher-steps", "0"],
+        ["pretrain-teacher", "x", "--corpus", "c", "--steps", "0"],
+    ],
+)
+def test_out_of_range_values_are_usage_errors(capsys, args):
+    error(capsys, *args, code=2)
+
+
+def test_export_of_a_missing_run_says_so(capsys, tmp_path):
+    msg = error(capsys, "export", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "s"))
+    assert "no-such-run does not exist" in msg and "student_config" not in msg
+
+
+def test_a_corrupt_task_file_is_named(capsys, tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "minprot_task.json").write_text("{not json")
+    fasta = tmp_path / "in.fasta"
+    fasta.write_text(">a\nMKTAYIAKQR\n")
+    msg = error(capsys, "predict", "--model", str(model), "--fasta", str(fasta), "--out", str(tmp_path / "o.tsv"))
+    assert "minprot_task.json" in msg and "not valid JSON" in msg
+
+
+def test_a_task_folder_out_that_exists_is_refused(capsys, tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "data.txt").write_text("keep")
+    msg = error(capsys, "data", "task", str(tmp_path / "in.csv"), "--out", str(tmp_path / "taken"))
+    assert "--overwrite" in msg
+
+
+def test_version_and_help_import_no_torch():
+    code = (
+        "import sys\nfrom minprot_ds.cli import app\nfrom minprot_ds.cli.common import run_cli\n"
+        "try:\n    run_cli(app, ['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('heavy:', sorted(m for m in ('torch', 'sklearn') if m in sys.modules), file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "heavy: []" in done.stderr
+    version = subprocess.run(
+        [sys.executable, "-c", "from minprot_ds.cli import main; main()", "--version"], capture_output=True, text=True
+    )
+    assert version.returncode == 0 and version.stdout.startswith("minprot ")
