@@ -196,7 +196,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, launcher: bool 
         bounded = meta["min"] is not None or meta["max"] is not None
         kind = _bounded(item, meta["min"], meta["max"], c.flag) if bounded else item
         extra: dict[str, Any] = {"metavar": meta["metavar"]} if meta["metavar"] else {}
-        help = c.help + _bounds_help(meta)
+        help = (c.help + _bounds_help(meta)).replace("%", "%%")  # argparse formats help with %
         if c.positional:
             parser.add_argument(c.name, type=kind, help=help, metavar=c.flag)
         elif c.repeated:

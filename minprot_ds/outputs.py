@@ -48,30 +48,20 @@ def check_out(
 
 
 def writable_folder(where: Path, flag: str = "--out", *, shown: Path | None = None) -> Path:
-    """Make `where` (and its parents) if needed and prove a file can be created in it; one UserError if not."""
+    """Prove that `where` exists or can be made, and that a file can be created there; one UserError if not.
+
+    Nothing is left behind: a folder that does not exist yet is tried through its nearest existing parent
+    (made later by the job that writes, after its inputs have been checked)."""
     shown = where if shown is None else shown
     where = Path(where) if str(where) else Path(".")
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        blocked = _first_file(where)
-        raise UserError(f"{flag} {shown}: {blocked} is a file, not a folder; choose another {flag}") from None
-    except OSError as err:
-        raise UserError(
-            f"{flag} {shown}: cannot make the folder {where} ({err.strerror}); choose another {flag}"
-        ) from None
-    probe = where / f".minprot-probe-{os.getpid()}"
+    existing = next((p for p in [where, *where.parents] if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise UserError(f"{flag} {shown}: {existing} is a file, not a folder; choose another {flag}")
+    probe = existing / f".minprot-probe-{os.getpid()}"
     try:
         fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise UserError(f"{flag} {shown}: cannot write in {where} ({err.strerror}); choose another {flag}") from None
-    return where
-
-
-def _first_file(where: Path) -> Path:
-    for parent in [where, *where.parents]:
-        if parent.exists() and not parent.is_dir():
-            return parent
+        raise UserError(f"{flag} {shown}: cannot write in {existing} ({err.strerror}); choose another {flag}") from None
     return where

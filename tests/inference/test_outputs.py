@@ -85,7 +85,7 @@ def test_an_unwritable_location_is_one_line(encoder_dir, small_fasta, capsys):
     msg = one_line_error(
         capsys, "embed", "--model", str(encoder_dir), "--fasta", str(small_fasta), "--out", "/proc/minprot/x.h5"
     )
-    assert "cannot make the folder /proc/minprot" in msg
+    assert "cannot write in /proc" in msg
 
 
 def test_a_read_only_folder_is_one_line(encoder_dir, small_fasta, tmp_path, capsys):
