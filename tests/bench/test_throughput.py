@@ -145,7 +145,6 @@ class _FakeNaive:
 def test_baseline_is_paired_window_by_window_with_the_fastest_setting(monkeypatch):
     """The ratio is the median of per-pair ratios; a precision's only setting is measured once, a swept
     precision's fastest is measured again with the baseline between its windows."""
-    import minprot_ds.bench.naive as naive
 
     calls = []
     speed = {(2, "fp32"): [300.0, 400.0, 500.0], (1, "bf16"): [1000.0, 900.0, 800.0], (2, "bf16"): [10.0] * 3}
@@ -165,7 +164,7 @@ def test_baseline_is_paired_window_by_window_with_the_fastest_setting(monkeypatc
         )
 
     monkeypatch.setattr(tp, "measure_setting", fake_measure)
-    monkeypatch.setattr(naive, "NaiveLoop", _FakeNaive)
+    monkeypatch.setattr(tp, "NaiveLoop", _FakeNaive)
     _FakeNaive.rates, _FakeNaive.made = iter([100.0, 200.0, 100.0, 50.0, 50.0, 50.0]), []
     settings = [
         tp.Setting(8192, 64, 2, False, "eager", "fp32"),
