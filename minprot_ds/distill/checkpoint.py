@@ -328,11 +328,16 @@ def _serialize(obj: Any) -> bytes:
     return buf.getvalue()
 
 
+# Model-affecting settings added after checkpoints were written: the value those checkpoints ran with.
+PREDATING = {"loss.normalize": "micro-batch"}
+
+
 def check_compatible(saved: TrainState, now: dict[str, Any], folder: Path) -> None:
     """A resumed run may change cadences or max steps, never what shapes the model or the data order."""
+    before = {**PREDATING, **saved.model_affecting} if saved.model_affecting else {}
     for key, value in now.items():
-        if key in saved.model_affecting and saved.model_affecting[key] != value:
+        if key in before and before[key] != value:
             raise UserError(
-                f"cannot resume from {folder}: {key} was {saved.model_affecting[key]!r} and is now {value!r}; "
+                f"cannot resume from {folder}: {key} was {before[key]!r} and is now {value!r}; "
                 f"restore it, or start a new run dir (or --resume none with a fresh --run-dir)."
             )

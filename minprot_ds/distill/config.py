@@ -17,7 +17,7 @@ import tomllib
 
 from minprot_ds.data.batching import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS
 from minprot_ds.data.masking import MaskingOptions
-from minprot_ds.distill.engine import KD_POSITIONS
+from minprot_ds.distill.engine import KD_POSITIONS, NORMALIZE
 from minprot_ds.distill.losses import IMPLS
 from minprot_ds.errors import UserError
 
@@ -53,6 +53,9 @@ class LossConfig:
     kd_positions: str = "masked"  # masked | all (DistilBERT's default: every non-pad position)
     kd_temperature_squared: bool = True  # L_kd times τ² (DistilBERT); false: MinProtBert's public loop
     impl: str = "auto"  # auto | eager | compiled | triton
+    # global-tokens: each term over the step's global count of its tokens (Megatron); micro-batch: a mean per
+    # micro-batch, averaged (the old behaviour). Model-affecting. See minprot_ds/distill/engine.py.
+    normalize: str = "global-tokens"
 
 
 @dataclasses.dataclass
@@ -125,7 +128,7 @@ class DistillConfig:
         return [int(i) for i in strategy.split(",")]
 
     def model_affecting(self) -> dict[str, Any]:
-        """The settings a resumed run must not change (shapes, layers, data order, masking)."""
+        """The settings a resumed run must not change (shapes, layers, data order, masking, loss weighting)."""
         m, d = self.model, self.data
         return {
             "model.teacher": m.teacher,
@@ -138,6 +141,7 @@ class DistillConfig:
             "data.max_rows": d.max_rows,
             "data.pad_to_multiple_of": d.pad_to_multiple_of,
             "data.mask_probability": d.mask_probability,
+            "loss.normalize": self.loss.normalize,
         }
 
 
@@ -262,6 +266,8 @@ def validate(c: DistillConfig, source: str = "config") -> None:
         fail("loss.weights", "must be three non-negative numbers (mlm, kd, cos), not all zero")
     if c.loss.kd_positions not in KD_POSITIONS:
         fail("loss.kd_positions", f"must be {' or '.join(KD_POSITIONS)}, not {c.loss.kd_positions!r}")
+    if c.loss.normalize not in NORMALIZE:
+        fail("loss.normalize", f"must be {' or '.join(NORMALIZE)}, not {c.loss.normalize!r}")
     if c.loss.impl not in IMPLS:
         fail("loss.impl", f"must be one of {', '.join(IMPLS)}, not {c.loss.impl!r}")
     if c.optimizer.lr <= 0:

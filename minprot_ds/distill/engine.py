@@ -6,6 +6,16 @@ DeepSpeed engine's forward returns exactly what the loss needs (hidden states at
 MLM logits at masked positions only, or at every non-pad position with loss.kd_positions = "all").
 A step is five phases, each a method the step calls in turn (teacher_forward, student_forward, loss_of,
 backward, optimizer_step); `step(..., phase_timer=...)` lets the throughput benchmark time each one.
+
+Normalisation (loss.normalize). "global-tokens" (the default, as Megatron's per-token loss): each term is
+divided by the optimizer step's global count of the rows it covers (masked labels for L_mlm, the head's rows
+for L_kd, non-pad positions for L_cos; all micro-batches of the step, all ranks), so every token of the step
+weighs alike and the step's gradient is that of one batch holding all its sequences. DeepSpeed divides each
+micro-batch's loss by the accumulation steps G and averages gradients over the W data-parallel ranks; the
+divisors are count / (W·G), which undoes that exactly. "micro-batch" (the old behaviour): each micro-batch's
+terms are means over its own rows, and DeepSpeed averages those means, so a token in a micro-batch of few
+masked positions weighs more. Either way the logged train losses are per-token means: over the whole step
+(global-tokens), or the mean of the micro-batches' means (micro-batch).
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ class StudentForLoss(nn.Module):
 
 
 KD_POSITIONS = ("masked", "all")
+NORMALIZE = ("global-tokens", "micro-batch")  # loss.normalize: see the module's docstring
 
 
 @dataclasses.dataclass
@@ -48,13 +59,14 @@ class LossSettings:
     impl: str  # as resolved: eager | triton | compiled
     kd_positions: str = "masked"  # masked | all: where the MLM head runs and L_kd is taken
     kd_temperature_squared: bool = True  # L_kd times τ² (DistilBERT) or not (MinProtBert's public loop)
+    normalize: str = "global-tokens"  # global-tokens | micro-batch: see the module's docstring
 
 
 @dataclasses.dataclass
 class StepStats:
     """One optimizer step, summed or averaged over all ranks (identical on every rank)."""
 
-    loss: float
+    loss: float  # the terms as per-token means over the step (see the module's docstring on normalisation)
     mlm: float
     kd: float
     cos: float
@@ -125,7 +137,10 @@ class DistillEngine:
         )
         return ForLossOutputs(hidden=hidden, logits=logits, labels=labels)
 
-    def loss_of(self, student: ForLossOutputs, teacher: ForLossOutputs) -> LossOutput:
+    def loss_of(
+        self, student: ForLossOutputs, teacher: ForLossOutputs, divisors: tuple[float, float, float] | None = None
+    ) -> LossOutput:
+        """The loss of one micro-batch: means over its own rows, or its sums over `divisors` (step_divisors)."""
         return distill_loss(
             student.logits,
             teacher.logits,
@@ -136,7 +151,22 @@ class DistillEngine:
             weights=self.loss.weights,
             impl=self.loss.impl,
             kd_temperature_squared=self.loss.kd_temperature_squared,
+            divisors=divisors,
         )
+
+    def step_divisors(self, micro_batches: list[dict]) -> tuple[float, float, float] | None:
+        """What each term's sum is divided by in this step (None under loss.normalize = "micro-batch"): the
+        step's global count of its rows, over the W·G by which DeepSpeed divides (see the module's docstring)."""
+        if self.loss.normalize == "micro-batch":
+            return None
+        counts = [0.0, 0.0, 0.0]  # masked labels (L_mlm), the head's rows (L_kd), non-pad positions (L_cos)
+        for batch in micro_batches:
+            labelled, non_pad = int((batch["labels"] != IGNORE_INDEX).sum()), int(batch["attention_mask"].sum())
+            counts[0] += labelled
+            counts[1] += non_pad if self._all_positions else labelled
+            counts[2] += non_pad
+        averaged_over = self.student.dp_world_size * self.student.gradient_accumulation_steps()
+        return tuple(max(c, 1.0) / averaged_over for c in self._all_reduce(counts))
 
     def backward(self, out: LossOutput, student: ForLossOutputs, finite: bool) -> None:
         if finite:
@@ -163,6 +193,7 @@ class DistillEngine:
         nonfinite = 0.0
         skipped_before = self.student.skipped_steps
         samples = [int(i) for batch in micro_batches for i in batch["sample_index"]]
+        divisors = self.step_divisors(micro_batches)
         for batch in micro_batches:
             batch = self.to_device(batch)
             with phase_timer("teacher_forward"):
@@ -170,7 +201,7 @@ class DistillEngine:
             with phase_timer("student_forward"):
                 student = self.student_forward(batch)
             with phase_timer("loss"):
-                out = self.loss_of(student, teacher)
+                out = self.loss_of(student, teacher, divisors)
             # Every rank must agree before backward, so all of them take the same path.
             finite = self._all_reduce([0.0 if bool(torch.isfinite(out.total)) else 1.0], dist.ReduceOp.MAX)[0] == 0
             with phase_timer("backward"):
@@ -284,6 +315,7 @@ def loss_settings(
     *,
     kd_positions: str = "masked",
     kd_temperature_squared: bool = True,
+    normalize: str = "global-tokens",
 ) -> LossSettings:
     return LossSettings(
         temperature=temperature,
@@ -291,4 +323,5 @@ def loss_settings(
         impl=resolve_impl(impl, device),
         kd_positions=kd_positions,
         kd_temperature_squared=kd_temperature_squared,
+        normalize=normalize,
     )

@@ -174,6 +174,21 @@ def test_load_refuses(group, tmp_path):
         ).load("auto")
 
 
+def test_a_changed_loss_normalization_is_refused_and_older_checkpoints_count_as_micro_batch(tmp_path):
+    """loss.normalize changes the gradients: a resume must keep it. A checkpoint written before the key existed
+    ran with the per-micro-batch mean."""
+    now = {"data.seed": 0, "loss.normalize": "global-tokens"}
+    ckpt_module.check_compatible(TrainState(model_affecting=dict(now)), now, tmp_path)
+    with pytest.raises(UserError, match="loss.normalize was 'global-tokens' and is now 'micro-batch'"):
+        ckpt_module.check_compatible(
+            TrainState(model_affecting=dict(now)), {**now, "loss.normalize": "micro-batch"}, tmp_path
+        )
+    older = TrainState(model_affecting={"data.seed": 0})
+    with pytest.raises(UserError, match="loss.normalize was 'micro-batch' and is now 'global-tokens'"):
+        ckpt_module.check_compatible(older, now, tmp_path)
+    ckpt_module.check_compatible(older, {**now, "loss.normalize": "micro-batch"}, tmp_path)
+
+
 def test_incomplete_checkpoint_is_skipped(group, tmp_path):
     engine, cursor = make_engine(), Cursor()
     cp = checkpointer(tmp_path, engine, cursor)

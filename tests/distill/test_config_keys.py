@@ -107,6 +107,16 @@ def probe_loss(config: DistillConfig, tmp: Path):
     return engine.loss.impl, student.logits.shape[0], round(float(out.total), 6), round(float(out.kd), 6)
 
 
+def probe_step_divisors(config: DistillConfig, tmp: Path):
+    """What one step's loss terms are divided by (None: each micro-batch's own counts), and the model_affecting
+    entry a resume compares."""
+    from minprot_ds.distill.build import build_stream
+
+    engine, _ = _engine(config)
+    step = next(iter(build_stream(config, "train", rank=0, world_size=1, grad_accum=1)))
+    return engine.step_divisors(step), config.model_affecting()["loss.normalize"]
+
+
 def probe_loss_impl(config: DistillConfig, tmp: Path):
     """The implementation the engine's loss runs (resolved for this device; not run: compiling takes a minute)."""
     engine, _ = _engine(config)
@@ -199,6 +209,7 @@ KEYS: dict[str, tuple[str, list[str], typing.Callable]] = {
     "loss.kd_positions": ('"all"', [], probe_loss),
     "loss.kd_temperature_squared": ("false", [], probe_loss),
     "loss.impl": ('"compiled"', [], probe_loss_impl),
+    "loss.normalize": ('"micro-batch"', [], probe_step_divisors),
     "optimizer.lr": ("1e-3", [], probe_optimizer),
     "optimizer.weight_decay": ("0.1", [], probe_optimizer),
     "optimizer.betas": ("[0.8, 0.99]", [], probe_optimizer),

@@ -28,7 +28,7 @@ def tiny(tmp_path_factory):
     return {"teacher": teacher, "corpus": write_synthetic_corpus(root / "corpus", lengths)}
 
 
-def build(tiny, *overrides: str):
+def build(tiny, *overrides: str, dtype: torch.dtype = torch.float32):
     """(engine, stream) as the distillation builds them, from the run config with `overrides`."""
     from minprot_ds.distill.build import build_engine, build_stream
     from minprot_ds.distributed import init_distributed
@@ -53,7 +53,7 @@ def build(tiny, *overrides: str):
     ds = read_ds_config(
         REPO / "ds_configs" / "cpu_zero2.json", flag="test", owner="the run config", micro_batch=config.data.max_rows
     )
-    engine, _ = build_engine(config, ds, planned_steps=50, dtype=torch.float32)
+    engine, _ = build_engine(config, ds, planned_steps=50, dtype=dtype)
     return engine, build_stream(config, "train", rank=0, world_size=1, grad_accum=1)
 
 
@@ -75,6 +75,28 @@ def test_a_step_trains_the_student_never_the_teacher_and_counts_what_it_did(tiny
     assert stats.flops == engine.micro_batch_flops(b).useful and not stats.skipped
     assert stats.loss == pytest.approx((stats.mlm + stats.kd + stats.cos) / 3, rel=1e-5)
     assert stats.samples == [int(i) for i in b["sample_index"]]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_student_starts_from_the_teachers_fp32_weights_whatever_the_run_precision(tiny, dtype):
+    """The run's half precision (here the dtype alone, on CPU) casts the frozen teacher only after the student
+    was copied from its fp32 load: the student's initial weights are the checkpoint's, bit for bit."""
+    from minprot_ds.models.masked_lm import load_teacher
+
+    engine, _ = build(tiny, dtype=dtype)
+    assert {p.dtype for p in engine.teacher.parameters()} == {dtype}
+    fp32 = load_teacher(str(tiny["teacher"])).state_dict()
+    student = engine.student.module.mlm
+    layers = student.config.minprot_teacher_layers
+    prefix, rounded = "bert.encoder.layer.", 0
+    for name, value in student.state_dict().items():
+        source = name
+        if name.startswith(prefix):
+            index, rest = name[len(prefix) :].split(".", 1)
+            source = f"{prefix}{layers[int(index)]}.{rest}"
+        assert value.dtype == torch.float32 and torch.equal(value, fp32[source]), name
+        rounded += not torch.equal(fp32[source].to(dtype).float(), fp32[source])
+    assert rounded > 0  # a copy of the cast teacher would differ: the test can tell
 
 
 def test_phase_timer_sees_each_phase_of_each_micro_batch_in_order(tiny):
@@ -151,8 +173,8 @@ def test_a_non_finite_loss_is_skipped_on_every_rank_and_not_counted(tiny, monkey
     engine, stream = build(tiny)
     loss_of = engine.loss_of
 
-    def poisoned(student, teacher):
-        out = loss_of(student, teacher)
+    def poisoned(student, teacher, divisors=None):
+        out = loss_of(student, teacher, divisors)
         out.total = out.total * float("nan")
         return out
 

@@ -85,6 +85,7 @@ def distill_loss(
     weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3),
     impl: str = "eager",
     kd_temperature_squared: bool = True,
+    divisors: tuple[float, float, float] | None = None,
 ) -> LossOutput:
     """L = w_mlm·L_mlm + w_kd·L_kd + w_cos·L_cos.
 
@@ -95,6 +96,11 @@ def distill_loss(
     L_cos is the mean of 1 − cos(h_S, h_T). M = 0 or N = 0 gives 0 for its terms (zero gradient).
     M and N are independent (L_kd over every non-pad position passes M = N rows, labels −100 where
     unmasked). No gradient reaches teacher tensors.
+
+    `divisors` = (n_mlm, n_kd, n_cos) replaces the three counts the terms' sums are divided by (labelled
+    rows, logits rows, hidden rows of this call): the engine passes the optimizer step's global counts
+    (see DistillEngine.step), so that a term is a sum over this call's rows of a per-token mean taken over
+    the whole step.
     """
     _check_shapes(student_logits, teacher_logits, labels, student_hidden, teacher_hidden)
     if not temperature > 0:
@@ -102,6 +108,11 @@ def distill_loss(
     if len(weights) != 3:
         raise UserError(f"loss weights must be three numbers (mlm, kd, cos), got {weights!r}")
     weights = tuple(float(w) for w in weights)
+    if divisors is not None:
+        if len(divisors) != 3 or not all(d > 0 for d in divisors):
+            raise ValueError(f"loss divisors must be three positive counts (mlm, kd, cos), got {divisors!r}")
+        # A tensor, not floats: torch.compile would specialise on each step's counts and recompile.
+        divisors = torch.tensor(divisors, dtype=torch.float64, device=student_logits.device)
     chosen = resolve_impl(impl, student_logits.device)
     args = (
         student_logits,
@@ -112,6 +123,7 @@ def distill_loss(
         float(temperature),
         weights,
         float(temperature) ** 2 if kd_temperature_squared else 1.0,
+        divisors,
     )
     if chosen == "triton":
         total, mlm, kd, cos = fused.loss_terms(*args)

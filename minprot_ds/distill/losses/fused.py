@@ -87,16 +87,30 @@ class _LogitsLoss(torch.autograd.Function):
     """(w_mlm·L_mlm + w_kd·L_kd, L_mlm, L_kd); only the first output is differentiable."""
 
     @staticmethod
-    def forward(ctx, s_logits, t_logits, labels, temperature: float, kd_scale: float, w_mlm: float, w_kd: float):
+    def forward(
+        ctx,
+        s_logits,
+        t_logits,
+        labels,
+        temperature: float,
+        kd_scale: float,
+        w_mlm: float,
+        w_kd: float,
+        divisors: torch.Tensor | None,
+    ):
         s, t = _row_major(s_logits), _row_major(t_logits)
         m, v = s.shape
         grad = torch.empty((m, v), dtype=torch.float32, device=s.device)
         ce = torch.empty(m, dtype=torch.float32, device=s.device)
         kd_rows = torch.empty(m, dtype=torch.float32, device=s.device)
-        n_labelled = (labels != IGNORE_INDEX).sum().clamp_min(1).to(torch.float32)
+        if divisors is None:
+            n_labelled = (labels != IGNORE_INDEX).sum().clamp_min(1).to(torch.float32)
+            n_kd = max(m, 1)
+        else:
+            n_labelled, n_kd = divisors[0].to(device=s.device, dtype=torch.float32), float(divisors[1])
         if m > 0:
             block_m, block_v = _blocks(v)
-            kd_grad_coef = w_kd * kd_scale / (temperature * m)  # d(c·KD/M)/ds = c/(τ·M)·(q_S − p_T); c = τ² or 1
+            kd_grad_coef = w_kd * kd_scale / (temperature * n_kd)  # d(c·KD/n)/ds = c/(τ·n)·(q_S − p_T); c = τ² or 1
             _kernels().logits_kernel[(_cdiv(m, block_m),)](
                 s,
                 t,
@@ -117,7 +131,7 @@ class _LogitsLoss(torch.autograd.Function):
                 BLOCK_V=block_v,
             )
         mlm = ce.sum() / n_labelled
-        kd = kd_rows.sum() * (kd_scale / max(m, 1))
+        kd = kd_rows.sum() * (kd_scale / n_kd)
         ctx.save_for_backward(grad)
         ctx.student_dtype = s_logits.dtype
         ctx.mark_non_differentiable(mlm, kd)
@@ -126,14 +140,14 @@ class _LogitsLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_weighted, _grad_mlm, _grad_kd):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_weighted).to(ctx.student_dtype), None, None, None, None, None, None
+        return (grad * grad_weighted).to(ctx.student_dtype), None, None, None, None, None, None, None
 
 
 class _CosineLoss(torch.autograd.Function):
     """(w_cos·L_cos, L_cos); only the first output is differentiable."""
 
     @staticmethod
-    def forward(ctx, s_hidden, t_hidden, w_cos: float):
+    def forward(ctx, s_hidden, t_hidden, w_cos: float, divisor: float | None):
         s, t = _row_major(s_hidden), _row_major(t_hidden)
         n, h = s.shape
         u = torch.empty((n, h), dtype=s_hidden.dtype, device=s.device)
@@ -155,9 +169,10 @@ class _CosineLoss(torch.autograd.Function):
                 BLOCK_N=block_n,
                 BLOCK_H=block_h,
             )
-        cos = loss_rows.sum() / max(n, 1)
+        n_cos = max(n, 1) if divisor is None else divisor
+        cos = loss_rows.sum() / n_cos
         ctx.save_for_backward(u, inv_norm)
-        ctx.row_coef = w_cos / max(n, 1)
+        ctx.row_coef = w_cos / n_cos
         ctx.used = False
         ctx.mark_non_differentiable(cos)
         return w_cos * cos, cos
@@ -172,7 +187,7 @@ class _CosineLoss(torch.autograd.Function):
         u, inv_norm = ctx.saved_tensors
         # In place: computed in fp32 (type promotion), rounded once to the student's dtype.
         u.mul_((inv_norm * (grad_weighted * ctx.row_coef)).unsqueeze(1))
-        return u, None, None
+        return u, None, None, None
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -188,11 +203,16 @@ def loss_terms(
     temperature: float,
     weights: tuple[float, float, float],
     kd_scale: float,
+    divisors: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, mlm, kd, cos) from the fused kernels; same contract as reference.loss_terms."""
     _check_device(student_logits)
     _check_device(student_hidden)
     w_mlm, w_kd, w_cos = weights
-    logits_part, mlm, kd = _LogitsLoss.apply(student_logits, teacher_logits, labels, temperature, kd_scale, w_mlm, w_kd)
-    hidden_part, cos = _CosineLoss.apply(student_hidden, teacher_hidden, w_cos)
+    logits_part, mlm, kd = _LogitsLoss.apply(
+        student_logits, teacher_logits, labels, temperature, kd_scale, w_mlm, w_kd, divisors
+    )
+    hidden_part, cos = _CosineLoss.apply(
+        student_hidden, teacher_hidden, w_cos, None if divisors is None else float(divisors[2])
+    )
     return logits_part + hidden_part, mlm, kd, cos

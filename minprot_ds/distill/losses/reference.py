@@ -25,9 +25,14 @@ def loss_terms(
     temperature: float,
     weights: tuple[float, float, float],
     kd_scale: float,
+    divisors: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, mlm, kd, cos) as 0-dim fp32 tensors (float64 if the student is float64); L_kd is
     multiplied by `kd_scale` (τ² as in DistilBERT, or 1).
+
+    Each term is a sum over its rows divided by a count: by default this call's own (labelled rows,
+    logits rows, hidden rows: a mean); `divisors`, a [3] tensor, replaces the three counts (the engine
+    passes the optimizer step's global counts, so that every token of the step weighs alike).
 
     Teacher tensors and labels must already be plain constants (see losses.as_constant): autograd saves
     them for the student's backward.
@@ -38,19 +43,23 @@ def loss_terms(
     num_rows = s.shape[0]
 
     # Sums divided by clamped counts, so zero rows give 0 (with zero gradient), never 0/0.
-    n_labelled = (labels != IGNORE_INDEX).sum().clamp_min(1).to(acc)
+    if divisors is None:
+        n_labelled = (labels != IGNORE_INDEX).sum().clamp_min(1).to(acc)
+        n_kd, n_cos = max(num_rows, 1), max(student_hidden.shape[0], 1)
+    else:
+        n_labelled, n_kd, n_cos = divisors.to(acc).unbind()
     mlm = F.cross_entropy(s, labels, ignore_index=IGNORE_INDEX, reduction="sum") / n_labelled
 
     p_teacher = F.softmax(t / temperature, dim=-1)
     log_q_student = F.log_softmax(s / temperature, dim=-1)
-    kd = -(p_teacher * log_q_student).sum() * kd_scale / max(num_rows, 1)
+    kd = -(p_teacher * log_q_student).sum() * kd_scale / n_kd
 
     hs = student_hidden.to(acc)
     ht = teacher_hidden.to(acc)
     dot = (hs * ht).sum(dim=-1)
     norms = torch.linalg.vector_norm(hs, dim=-1) * torch.linalg.vector_norm(ht, dim=-1)
     cos_rows = dot / norms.clamp_min(COS_EPS)
-    cos = (1.0 - cos_rows).sum() / max(hs.shape[0], 1)
+    cos = (1.0 - cos_rows).sum() / n_cos
 
     w_mlm, w_kd, w_cos = weights
     total = w_mlm * mlm + w_kd * kd + w_cos * cos

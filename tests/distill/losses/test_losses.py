@@ -271,3 +271,28 @@ def test_compiled_matches_float64_reference(gen):
     # Fresh tensors: on CPU run_impl's .to(DEVICE) is the input itself, whose .grad would accumulate.
     inputs = make_inputs(gen, m=64, n=100, h=32)
     check_against_reference("compiled", inputs, weights=(1.0, 0.5, 0.1), tau_squared=False)
+
+
+@pytest.mark.parametrize("impl", ["eager", "triton", "compiled"])
+def test_pieces_divided_by_the_whole_count_sum_to_the_whole(impl, gen, interpret):
+    """What the engine does per optimizer step (loss.normalize = "global-tokens"): every piece (micro-batch)
+    divides its sums by the whole's counts, so the pieces' losses and gradients add up to the whole's mean."""
+    s, t, labels, hs, ht = make_inputs(gen, 90, 70, ignore_some=True)
+    weights, tau = (0.5, 0.3, 0.2), 2.0
+    whole, g_logits, g_hidden = run_impl(impl, s, t, labels, hs, ht, tau, weights)
+    divisors = (float((labels != IGNORE_INDEX).sum()), 90.0, 70.0)
+    total, parts_logits, parts_hidden = 0.0, [], []
+    for rows, hidden_rows in ((slice(0, 17), slice(0, 40)), (slice(17, 90), slice(40, 70))):
+        ps = s[rows].detach().to(DEVICE).requires_grad_()
+        phs = hs[hidden_rows].detach().to(DEVICE).requires_grad_()
+        args = (t[rows].to(DEVICE), labels[rows].to(DEVICE))
+        out = distill_loss(
+            ps, *args, phs, ht[hidden_rows].to(DEVICE), temperature=tau, weights=weights, impl=impl, divisors=divisors
+        )
+        out.total.backward()
+        total += out.total.item()
+        parts_logits.append(ps.grad.cpu())
+        parts_hidden.append(phs.grad.cpu())
+    assert total == pytest.approx(whole.total.item(), rel=1e-5)
+    assert_rel(torch.cat(parts_logits), g_logits, 1e-5, f"{impl} d/d(student logits)")
+    assert_rel(torch.cat(parts_hidden), g_hidden, 1e-5, f"{impl} d/d(student hidden)")
