@@ -61,7 +61,6 @@ def test_cli_refuses_foreign_out_folder(shared_data: Path, tmp_path: Path) -> No
     result = CliRunner().invoke(
         app, ["data", "task", str(shared_data / "secondary_structure/CASP12_HHblits.csv"), "--out", str(tmp_path)]
     )
-    assert isinstance(result.exception, UserError) and "not a task folder made by `minprot data`" in str(
-        result.exception
-    )
+    # the one rule for outputs (minprot_ds/outputs.py): refused before any reading, naming --overwrite
+    assert isinstance(result.exception, UserError) and "pass --overwrite to replace it" in str(result.exception)
     assert (tmp_path / "keep.txt").read_text() == "mine"
