@@ -96,6 +96,26 @@ def make_student(folder: Path, distill_run_id: str, step: int = 10) -> Path:
     return folder
 
 
+@pytest.fixture
+def cli_error(capsys):
+    """cli_error(*args, code=1): run `minprot ARGS`, expect exit `code` without a traceback (code 1: one line on
+    stderr, a UserError) and return stderr with its whitespace folded."""
+    from minprot_ds.cli import app
+    from minprot_ds.cli.common import run_cli
+
+    def run(*args: str, code: int = 1) -> str:
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(app, list(args))
+        err = capsys.readouterr().err
+        assert exit_.value.code == code, err
+        assert "Traceback" not in err
+        if code == 1:
+            assert len(err.strip().splitlines()) == 1, err
+        return " ".join(err.split())
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real public datasets in ../shared/data (never copied into the project)."""

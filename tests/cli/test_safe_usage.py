@@ -8,20 +8,6 @@ import sys
 
 import pytest
 
-from minprot_ds.cli import app
-from minprot_ds.cli.common import run_cli
-
-
-def error(capsys, *args: str, code: int = 1) -> str:
-    with pytest.raises(SystemExit) as exit_:
-        run_cli(app, list(args))
-    err = capsys.readouterr().err
-    assert exit_.value.code == code, err
-    assert "Traceback" not in err
-    if code == 1:
-        assert len(err.strip().splitlines()) == 1, err
-    return " ".join(err.split())
-
 
 @pytest.mark.parametrize(
     "args",
@@ -33,30 +19,30 @@ def error(capsys, *args: str, code: int = 1) -> str:
         ["pretrain-teacher", "x", "--corpus", "c", "--steps", "0"],
     ],
 )
-def test_out_of_range_values_are_usage_errors(capsys, args):
-    error(capsys, *args, code=2)
+def test_out_of_range_values_are_usage_errors(cli_error, args):
+    cli_error(*args, code=2)
 
 
-def test_export_of_a_missing_run_says_so(capsys, tmp_path):
-    msg = error(capsys, "export", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "s"))
+def test_export_of_a_missing_run_says_so(cli_error, tmp_path):
+    msg = cli_error("export", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "s"))
     assert "no-such-run does not exist" in msg and "student_config" not in msg
 
 
-def test_a_corrupt_task_file_is_named(capsys, tmp_path):
+def test_a_corrupt_task_file_is_named(cli_error, tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
     (model / "minprot_task.json").write_text("{not json")
     fasta = tmp_path / "in.fasta"
     fasta.write_text(">a\nMKTAYIAKQR\n")
-    msg = error(capsys, "predict", "--model", str(model), "--fasta", str(fasta), "--out", str(tmp_path / "o.tsv"))
+    msg = cli_error("predict", "--model", str(model), "--fasta", str(fasta), "--out", str(tmp_path / "o.tsv"))
     assert "minprot_task.json" in msg and "not valid JSON" in msg
 
 
-def test_a_task_folder_out_that_exists_is_refused(capsys, tmp_path):
+def test_a_task_folder_out_that_exists_is_refused(cli_error, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "data.txt").write_text("keep")
-    msg = error(capsys, "data", "task", str(tmp_path / "in.csv"), "--out", str(tmp_path / "taken"))
+    msg = cli_error("data", "task", str(tmp_path / "in.csv"), "--out", str(tmp_path / "taken"))
     assert "--overwrite" in msg
 
 

@@ -12,8 +12,6 @@ from pathlib import Path
 import h5py
 import pytest
 
-from minprot_ds.cli import app
-from minprot_ds.cli.common import run_cli
 from minprot_ds.errors import UserError
 from minprot_ds.inference.job import merge, run
 from minprot_ds.inference.options import EmbedOptions, PredictOptions
@@ -39,17 +37,6 @@ def small_fasta(tmp_path, write_fasta) -> Path:
     return write_fasta(tmp_path / "in.fasta", [("a first", SEQ), ("b second", SEQ[::-1]), ("c third", SEQ[:40])])
 
 
-def one_line_error(capsys, *args: str, code: int = 1) -> str:
-    with pytest.raises(SystemExit) as exit_:
-        run_cli(app, list(args))
-    err = capsys.readouterr().err
-    assert exit_.value.code == code, err
-    assert "Traceback" not in err
-    if code == 1:
-        assert len(err.strip().splitlines()) == 1, err
-    return " ".join(err.split())
-
-
 def test_a_rerun_with_another_threshold_relabels_the_output(dna_model, small_fasta, tmp_path):
     out = tmp_path / "p.tsv"
     predict(dna_model, small_fasta, out, threshold=0.0)
@@ -71,32 +58,28 @@ def test_an_existing_file_that_is_not_ours_is_refused_naming_overwrite(dna_model
     predict(dna_model, small_fasta, out)  # our own output, same inputs: a rerun needs no --overwrite
 
 
-def test_out_naming_a_folder_is_refused_before_any_compute(dna_model, small_fasta, tmp_path, capsys):
+def test_out_naming_a_folder_is_refused_before_any_compute(dna_model, small_fasta, tmp_path, cli_error):
     folder = tmp_path / "adir.tsv"
     folder.mkdir()
-    msg = one_line_error(
-        capsys, "predict", "--model", str(dna_model), "--fasta", str(small_fasta), "--out", str(folder)
-    )
+    msg = cli_error("predict", "--model", str(dna_model), "--fasta", str(small_fasta), "--out", str(folder))
     assert "is a folder" in msg
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir.tsv", "in.fasta"]  # no .partial, no parts
 
 
-def test_an_unwritable_location_is_one_line(encoder_dir, small_fasta, capsys):
-    msg = one_line_error(
-        capsys, "embed", "--model", str(encoder_dir), "--fasta", str(small_fasta), "--out", "/proc/minprot/x.h5"
-    )
+def test_an_unwritable_location_is_one_line(encoder_dir, small_fasta, cli_error):
+    msg = cli_error("embed", "--model", str(encoder_dir), "--fasta", str(small_fasta), "--out", "/proc/minprot/x.h5")
     assert "cannot write in /proc" in msg
 
 
-def test_a_read_only_folder_is_one_line(encoder_dir, small_fasta, tmp_path, capsys):
+def test_a_read_only_folder_is_one_line(encoder_dir, small_fasta, tmp_path, cli_error):
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o555)
     try:
         if os.access(folder, os.W_OK):  # root: mode bits do not stop it (the /proc test above covers root)
             pytest.skip("this user can write in a chmod 555 folder (root); the /proc test covers the refusal")
-        msg = one_line_error(
-            capsys, "embed", "--model", str(encoder_dir), "--fasta", str(small_fasta), "--out", str(folder / "x.h5")
+        msg = cli_error(
+            "embed", "--model", str(encoder_dir), "--fasta", str(small_fasta), "--out", str(folder / "x.h5")
         )
         assert f"cannot write in {folder}" in msg
     finally:
@@ -134,10 +117,10 @@ def test_a_dna_benchmark_label_tag_is_not_part_of_the_id(dna_model, tmp_path, wr
     assert [r["id"] for r in rows(tmp_path / "l.tsv")] == ["1ABC_A", "sp|P1|NAME_HUMAN"]  # as predictions.tsv
 
 
-def test_values_out_of_range_are_refused(dna_model, small_fasta, tmp_path, capsys):
+def test_values_out_of_range_are_refused(dna_model, small_fasta, tmp_path, cli_error):
     args = ["predict", "--model", str(dna_model), "--fasta", str(small_fasta), "--out", str(tmp_path / "o.tsv")]
     for flag, value in (("--window", "0"), ("--stride", "0"), ("--threshold", "1.5")):
-        msg = one_line_error(capsys, *args, flag, value, code=2)
+        msg = cli_error(*args, flag, value, code=2)
         assert flag in msg
     with pytest.raises(UserError, match="--window must be at least 1, not 0"):
         predict(dna_model, small_fasta, tmp_path / "o.tsv", window=0)
@@ -145,9 +128,9 @@ def test_values_out_of_range_are_refused(dna_model, small_fasta, tmp_path, capsy
         predict(dna_model, small_fasta, tmp_path / "o.tsv", threshold=1.5)
 
 
-def test_merge_words_and_out(dna_model, small_fasta, tmp_path, capsys):
-    assert "nope.parts does not exist" in one_line_error(
-        capsys, "merge", str(tmp_path / "nope.parts"), "--out", str(tmp_path / "m.tsv")
+def test_merge_words_and_out(dna_model, small_fasta, tmp_path, cli_error):
+    assert "nope.parts does not exist" in cli_error(
+        "merge", str(tmp_path / "nope.parts"), "--out", str(tmp_path / "m.tsv")
     )
     predict(dna_model, small_fasta, tmp_path / "s.tsv", shard="0/1")
     (tmp_path / "taken.tsv").write_text("keep me\n")
@@ -156,6 +139,6 @@ def test_merge_words_and_out(dna_model, small_fasta, tmp_path, capsys):
     assert (tmp_path / "taken.tsv").read_text() == "keep me\n"
 
 
-def test_a_fasta_folder_is_named_a_folder(dna_model, tmp_path, capsys):
-    msg = one_line_error(capsys, "predict", "--model", str(dna_model), "--fasta", str(tmp_path), "--out", "x.tsv")
+def test_a_fasta_folder_is_named_a_folder(dna_model, tmp_path, cli_error):
+    msg = cli_error("predict", "--model", str(dna_model), "--fasta", str(tmp_path), "--out", "x.tsv")
     assert "is a folder" in msg
