@@ -476,7 +476,7 @@ def write(
     plot = reliability_plot(
         curves,
         binary,
-        f"{spec.name}: {job.role} {Path(str(cfg.model)).name} on {inputs.test_dataset.label}",
+        f"{spec.name}: {job.role} ({Path(str(cfg.model)).name}) on {inputs.test_dataset.label}",
         out / RELIABILITY_FILE,
     )
     calibration = {

@@ -191,3 +191,39 @@ def test_runs_that_differ_only_in_pooling_are_never_merged(runs, tmp_path: Path)
         "| --pooling mean | full | student | 1 | 186 | 93 | not measured | 0.900 [0.85, 0.95] |"
         in (tmp_path / "report" / "report.md").read_text()
     )
+
+
+def test_a_real_run_with_other_pooling_gets_its_own_row(runs, sets, tmp_path: Path) -> None:
+    import shutil
+
+    from minprot_ds.finetune.options import FinetuneConfig
+    from minprot_ds.finetune.report import check_mergeable
+    from minprot_ds.finetune.train import run
+
+    # The dna_student run again with --pooling mean, into a copy of the session's store.
+    shutil.copyfile(runs.root / "store" / "mlflow.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run(
+        FinetuneConfig(
+            task="dna-binding",
+            model=str(runs.student),
+            train=sets["dna_train"],
+            test=sets["dna_test"],
+            out=tmp_path / "mean",
+            tracking_uri=uri,
+            experiment="minprot-pooling",
+            pooling="mean",
+            epochs=1,
+            batch_size=4,
+            lr=1e-3,
+        )
+    )
+    rows = [r for r in collect_runs(uri, ["minprot-finetune", "minprot-pooling"]) if r.role == "student"]
+    pair = [r for r in rows if r.task == "dna-binding" and r.dataset_label == "PDB1075"]
+    assert sorted(r.settings["pooling"] for r in pair) == ["cls", "mean"]
+    with pytest.raises(UserError, match=r"differ in --pooling \(cls vs mean\)"):
+        check_mergeable(pair)
+    table_a = build_tables(rows)[0]
+    setting, model, count = (table_a.columns.index(c) for c in ("setting", "model", "runs"))
+    found = [r for r in table_a.rows if r[:3] == ["dna-binding", "PDB1075", "PDB186"] and r[model] == "student"]
+    assert sorted((r[setting], r[count]) for r in found) == [("--pooling cls", 1), ("--pooling mean", 1)]
