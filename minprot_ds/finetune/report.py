@@ -318,6 +318,8 @@ def table_a(rows: list[RunRow]) -> Table:
             for (_, role, provenance), mine in models.items():
                 check_mergeable(mine)
                 found = [of_model(r) for r in mine if of_model(r)]
+                if not found:
+                    continue
                 alike = {k[2] for k in models if k[1] == role}  # models of this role: name them when several
                 name = role if len(alike) == 1 else f"{role} ({provenance})"
                 t.rows.append(_line(head, scored_on, name, found, leak))
@@ -328,7 +330,8 @@ def table_a(rows: list[RunRow]) -> Table:
     t.note = (
         "Runs merge only when every option that changes the numbers is equal (all fine-tune options but "
         + ", ".join(f"--{k.replace('_', '-')}" for k in sorted(IGNORED))
-        + ") and the model's provenance too; `setting` names the options that differ between the report's runs. "
+        + ") and the model's provenance too; `setting` names the options that differ between runs of one task, "
+        "train and test set. "
         "One run: its value [95% bootstrap CI]; several (seeds): mean ± sample std [the runs' mean CI bounds]. "
         "Baselines (binary tasks, same rows): length = logistic regression on sequence length; homology = the "
         "label of the best MMseqs2 hit among the training rows. leak-free = the rows --test-filter keeps."
