@@ -3,7 +3,10 @@
 One code path for every consumer (fine-tune evaluation, `predict`, `embed`), so a protein is scored the
 same way wherever it is scored. The rules:
 - windows of `window` residues start every `stride` residues; the last one is moved back to end at the
-  protein's last residue, so no residue is missed and no window is shorter than the others;
+  protein's last residue, so no residue is missed and no window is shorter than the others; when that last
+  start lies less than a quarter stride after the one before (a 769-residue protein: 0, 256, 257), the one
+  before is dropped, provided the windows left still cover every residue (0, 257): a near-duplicate window
+  costs a forward pass and adds nothing;
 - per-residue outputs: each residue takes the value from the window where it sits most centrally (the
   largest distance to the nearer edge of the window; on a tie, the earlier window);
 - per-protein outputs (class probabilities, pooled embeddings): the mean over windows weighted by the
@@ -69,7 +72,14 @@ def plan_windows(length: int, window: int = DEFAULT_WINDOW, stride: int = DEFAUL
     if length <= window:
         return [Window(0, length)]
     starts = list(range(0, length - window, stride)) + [length - window]
+    if len(starts) >= 3 and starts[-1] - starts[-2] < min_step(stride) and starts[-3] + window >= starts[-1]:
+        del starts[-2]
     return [Window(s, s + window) for s in starts]
+
+
+def min_step(stride: int) -> int:
+    """The closest a last window may start after the one before it before that one is dropped (a quarter stride)."""
+    return max(1, stride // 4)
 
 
 def plan_protein(length: int, window: int, stride: int, long: str = "window") -> list[Window] | None:

@@ -55,3 +55,21 @@ def test_stitching_recovers_a_position_function_and_weights_count_every_residue_
 def test_bad_window_settings_are_refused_by_name(window, stride, match):
     with pytest.raises(UserError, match=match):
         plan_windows(1000, window, stride)
+
+
+def test_a_last_window_just_after_the_previous_one_replaces_it():
+    # 769 residues: range(0, 257, 256) + [257] used to give 0, 256 and 257, two nearly identical passes.
+    assert [w.start for w in plan_windows(769, 512, 256)] == [0, 257]
+    assert [w.start for w in plan_windows(1024 + 63, 512, 256)] == [0, 256, 575]  # 575 - 512 < 64: 512 dropped
+    assert [w.start for w in plan_windows(1024 + 64, 512, 256)] == [0, 256, 512, 576]  # 64 apart: both kept
+    # Dropping would leave a gap when stride == window: the close start is kept then.
+    assert [w.start for w in plan_windows(1030, 512, 512)] == [0, 512, 518]
+    for length in range(513, 3000, 29):
+        for window, stride in ((512, 256), (512, 512), (400, 150), (100, 1)):
+            windows = plan_windows(length, window, stride)
+            covered = np.zeros(length, bool)
+            for w in windows:
+                covered[w.start : w.end] = True
+            assert covered.all() and all(len(w) == window for w in windows), (length, window, stride)
+            starts = [w.start for w in windows]
+            assert starts == sorted(set(starts))
