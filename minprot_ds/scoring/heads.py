@@ -10,7 +10,7 @@ as BERT initialises, bias 0), so for one seed and hidden size teacher and studen
 - the encoder as a Hugging Face BERT folder (config.json, model.safetensors, ProtBert's vocab files):
   `AutoModel.from_pretrained` loads it;
 - `head.safetensors`: the head's `weight` [C, H] and `bias` [C];
-- `minprot_task.json`: `TaskModelInfo` (task, classes, pooling, threshold, window, stride, where the encoder
+- `minprot_task.json`: `TaskModelInfo` (task, classes, pooling, threshold, window, stride, aggregate, where the encoder
   came from, the fine-tune's MLflow run id).
 """
 
@@ -51,6 +51,7 @@ class TaskModelInfo:
     source_model: str  # what --model named
     provenance: dict[str, Any]  # the source's minprot.json (a student's distillation run), {} for a teacher
     mlflow_run_id: str | None = None  # the fine-tune run
+    aggregate: str = "mean"  # protein-level tasks: how window probabilities combine (scoring.windows.AGGREGATES)
     minprot_version: str = ""
 
     @classmethod
@@ -146,6 +147,7 @@ def build_task_model(
     pooling: str = "cls",
     window: int = DEFAULT_WINDOW,
     stride: int = DEFAULT_STRIDE,
+    aggregate: str = "mean",
     provenance: dict[str, Any] | None = None,
 ) -> TaskModel:
     """A ProtBert-format encoder (teacher or student folder, or a hub id) + a fresh head, fp32, all trainable."""
@@ -165,6 +167,7 @@ def build_task_model(
         seed=seed,
         source_model=str(name_or_path),
         provenance=dict(provenance or {}),
+        aggregate=aggregate,
     )
     model = TaskModel(encoder, init_head(hidden, len(classes), seed), info)
     model.requires_grad_(True)

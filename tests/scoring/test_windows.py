@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from minprot_ds.errors import UserError
-from minprot_ds.scoring.windows import Window, combine_protein, owners, plan_windows, stitch_residues, window_weights
+from minprot_ds.scoring.windows import (
+    Window,
+    check_window,
+    combine_protein,
+    owners,
+    plan_windows,
+    stitch_residues,
+    window_weights,
+)
 
 
 def test_a_protein_that_fits_is_one_window_and_stitching_returns_it_unchanged():
@@ -73,3 +81,14 @@ def test_a_last_window_just_after_the_previous_one_replaces_it():
             assert covered.all() and all(len(w) == window for w in windows), (length, window, stride)
             starts = [w.start for w in windows]
             assert starts == sorted(set(starts))
+
+
+def test_aggregate_max_takes_the_window_most_confident_in_the_positive_class():
+    windows = plan_windows(1000, 512, 256)  # 0, 256, 488
+    probs = [np.array([0.9, 0.1]), np.array([0.2, 0.8]), np.array([0.6, 0.4])]
+    np.testing.assert_array_equal(combine_protein(1000, windows, probs, "max"), probs[1])
+    mean = combine_protein(1000, windows, probs)  # the default: weighted by the residues each window owns
+    np.testing.assert_allclose(mean, window_weights(1000, windows) @ np.stack(probs))
+    assert mean[1] < 0.8
+    with pytest.raises(UserError, match="unknown --aggregate 'median'"):
+        check_window(512, 256, aggregate="median")
