@@ -221,7 +221,8 @@ def _split(opts: SplitOptions) -> None:
     )
     excluded.update(removals(report))
     title = opts.name or opts.inputs[0].name
-    _print_summary(f"{title}: split without homologs across", split, level, {"excluded": excluded})
+    dropped = {"skipped": dict(read.skipped), "excluded": excluded}
+    _print_summary(f"{title}: split without homologs across", split, level, dropped)
     _print_split(report, leakage)
     options = {k: v for k, v in dataclasses.asdict(opts).items() if k not in ("inputs", "out", "overwrite", "name")}
     meta = TaskMeta(opts.task, level, title, "full", read.sources, dict(read.skipped), excluded, {"split": options})
