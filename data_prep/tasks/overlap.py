@@ -18,8 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data_prep.tasks.mmseqs import _check_fraction, run_mmseqs, write_fasta
+from minprot_ds.errors import UserError
 from minprot_ds.vocab import rare_to_x
 
+SENSITIVITY = 7.5  # MMseqs2's most sensitive preset; its default 5.7 misses about 1 homolog in 10 (DESIGN.md)
 HITS_COLUMNS = ("query", "target", "identity", "query_coverage", "target_coverage", "evalue", "bits")
 
 
@@ -33,6 +35,11 @@ class Thresholds:
         _check_fraction("--near-identity", self.near_identity)
         _check_fraction("--homolog-identity", self.homolog_identity)
         _check_fraction("--coverage", self.coverage)
+        if self.near_identity < self.homolog_identity:
+            raise UserError(
+                f"--near-identity {self.near_identity} is below --homolog-identity {self.homolog_identity}; "
+                "near-identical copies are the closest homologs, so raise --near-identity or lower --homolog-identity"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +66,7 @@ class Overlap:
     classes: list[str]  # per query: "exact" | "near-identical" | "homolog" | "none"
     best: list[Hit | None]  # per query: the best-scoring hit (bits), None when MMseqs2 found none
     hits: list[Hit]
+    sensitivity: float = SENSITIVITY
 
     def summary(self) -> dict:
         """overlap.json / metrics.json's `leakage`: counts and the thresholds that define them."""
@@ -69,7 +77,7 @@ class Overlap:
             "near_identical": self.near_identical,
             "homologs": self.homologs,
             "thresholds": dataclasses.asdict(self.thresholds),
-            "tool": "mmseqs easy-search",
+            "tool": f"mmseqs easy-search -s {self.sensitivity}",
         }
 
     def rows_passing(self, test_filter: str) -> list[int]:
@@ -86,8 +94,10 @@ def normalise(sequence: str) -> str:
     return rare_to_x("".join(sequence.split()).upper())
 
 
-def search(queries: Sequence[str], targets: Sequence[str], *, threads: int | None = None) -> list[Hit]:
-    """Every hit `mmseqs easy-search` reports (default sensitivity and E-value), by row indices."""
+def search(
+    queries: Sequence[str], targets: Sequence[str], *, sensitivity: float = SENSITIVITY, threads: int | None = None
+) -> list[Hit]:
+    """Every hit `mmseqs easy-search -s SENSITIVITY` reports (default E-value), by row indices."""
     with tempfile.TemporaryDirectory(prefix="minprot-overlap-") as tmp:
         work = Path(tmp)
         write_fasta([normalise(s) for s in queries], work / "query.fasta")
@@ -98,6 +108,8 @@ def search(queries: Sequence[str], targets: Sequence[str], *, threads: int | Non
             "target.fasta",
             "hits.m8",
             "tmp",
+            "-s",
+            str(sensitivity),
             "-v",
             "1",
             "--format-output",
@@ -114,12 +126,17 @@ def search(queries: Sequence[str], targets: Sequence[str], *, threads: int | Non
 
 
 def measure(
-    queries: Sequence[str], targets: Sequence[str], thresholds: Thresholds = Thresholds(), *, threads: int | None = None
+    queries: Sequence[str],
+    targets: Sequence[str],
+    thresholds: Thresholds = Thresholds(),
+    *,
+    sensitivity: float = SENSITIVITY,
+    threads: int | None = None,
 ) -> Overlap:
     """Classify every query sequence by its closest target (see the module's docstring)."""
     thresholds.check()
     target_set = {normalise(s) for s in targets}
-    hits = search(queries, targets, threads=threads) if queries and targets else []
+    hits = search(queries, targets, sensitivity=sensitivity, threads=threads) if queries and targets else []
     best: list[Hit | None] = [None] * len(queries)
     near = [False] * len(queries)
     homolog = [False] * len(queries)
@@ -151,6 +168,7 @@ def measure(
         classes,
         best,
         hits,
+        sensitivity,
     )
 
 

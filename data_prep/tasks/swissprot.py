@@ -1,10 +1,11 @@
 """Swiss-Prot flat files -> the DNA-binding task: reviewed, complete (no `DE Flags: Fragment`) entries of one
 organism group, 20-512 residues, label 1 iff the entry carries the keyword "DNA-binding" (KW-0238).
 
-The 85 / 7.5 / 7.5 train / valid / test split is homology-aware: MMseqs2 clusters the entries first
-(`--identity`, default 30%, over 80% coverage) and whole clusters go to one split, drawn per label (a
-cluster's label is its majority label) so every split keeps the label balance. A test protein then has no
-training protein in its cluster; SUB and CUT made from the set keep this test split unchanged.
+The 85 / 7.5 / 7.5 train / valid / test split is leak-free by construction (data_prep/tasks/split.py):
+connected components of a sensitive all-vs-all MMseqs2 search (`--identity`, default 30%, over 80% of the
+shorter protein) go whole to one split, drawn per label so every split keeps the label balance, and the
+leakage measure then checks that no test or valid protein has a homolog in train. SUB and CUT made from the
+set keep this test split unchanged.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
-import numpy as np
 from Bio import SwissProt
 
-from data_prep.tasks.mmseqs import cluster_members
+from data_prep.tasks.split import DEFAULT_SENSITIVITY, removals, split_and_check
 from minprot_ds.data.task_records import SEQUENCE_FEATURES, clean_sequence
 from minprot_ds.errors import UserError
 from minprot_ds.vocab import MAX_RESIDUES
@@ -94,35 +94,6 @@ def read_swissprot(paths: Sequence[str | Path], organism: str) -> tuple[dict[str
     return columns, excluded
 
 
-def cluster_split(
-    labels: Sequence[int], clusters: Sequence[int], seed: int, fractions: dict[str, float] = SPLIT_FRACTIONS
-) -> dict[str, list[int]]:
-    """Row indices per split with every cluster inside one split; clusters are drawn per (majority) label in a
-    seeded order, the smaller splits filled first up to their share of that label's rows."""
-    rng = np.random.default_rng(seed)
-    members: dict[int, list[int]] = collections.defaultdict(list)
-    for i, c in enumerate(clusters):
-        members[c].append(i)
-    by_label: dict[int, list[int]] = collections.defaultdict(list)
-    for c, rows in members.items():
-        votes = [labels[i] for i in rows]
-        by_label[max(sorted(set(votes)), key=votes.count)].append(c)
-    names = list(fractions)
-    out: dict[str, list[int]] = {name: [] for name in names}
-    for y in sorted(by_label):
-        order = [by_label[y][k] for k in rng.permutation(len(by_label[y]))]
-        total = sum(len(members[c]) for c in order)
-        targets = {n: round(total * fractions[n]) for n in names[1:]}
-        filled = dict.fromkeys(names[1:], 0)
-        for c in order:
-            open_splits = [n for n in names[1:] if filled[n] < targets[n]]
-            name = open_splits[-1] if open_splits else names[0]  # test first, then valid, the rest to train
-            out[name].extend(members[c])
-            if name in filled:
-                filled[name] += len(members[c])
-    return {name: sorted(rows) for name, rows in out.items()}
-
-
 def build_swissprot(
     paths: Sequence[str | Path],
     organism: str,
@@ -130,9 +101,11 @@ def build_swissprot(
     *,
     identity: float = 0.3,
     coverage: float = 0.8,
+    sensitivity: float = DEFAULT_SENSITIVITY,
     threads: int | None = None,
-) -> tuple[datasets.DatasetDict, dict[str, int]]:
-    """The task set and the excluded entries counted by reason; splits by MMseqs2 cluster (see the docstring)."""
+) -> tuple[datasets.DatasetDict, dict[str, int], dict, dict]:
+    """The task set, the excluded entries counted by reason, split.json's and leakage.json's contents (see the
+    module's docstring)."""
 
     columns, excluded = read_swissprot(paths, organism)
     if not columns["id"]:
@@ -140,6 +113,15 @@ def build_swissprot(
             f"no reviewed {organism} entries of {MIN_RESIDUES}-{MAX_RESIDUES} residues in {', '.join(map(str, paths))}"
         )
     full = datasets.Dataset.from_dict(columns, features=SEQUENCE_FEATURES)
-    clusters = cluster_members(columns["sequence"], identity, coverage, threads)
-    parts = cluster_split(columns["label"], clusters, seed)
-    return datasets.DatasetDict({name: full.select(rows) for name, rows in parts.items()}), dict(excluded)
+    split, report, leakage = split_and_check(
+        full,
+        "sequence",
+        fractions=SPLIT_FRACTIONS,
+        identity=identity,
+        coverage=coverage,
+        sensitivity=sensitivity,
+        seed=seed,
+        threads=threads,
+    )
+    excluded.update(removals(report))
+    return split, dict(excluded), report, leakage

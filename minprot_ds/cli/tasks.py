@@ -1,7 +1,8 @@
-"""`minprot data swissprot|task|reduce|random-subset|conflicts|overlap`: downstream task datasets."""
+"""`minprot data swissprot|task|split|reduce|random-subset|conflicts|overlap`: downstream task datasets."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Optional
 
@@ -9,6 +10,7 @@ import typer
 from rich.table import Table
 
 from minprot_ds.cli.common import console
+from minprot_ds.options import option, typer_command
 from minprot_ds.outputs import check_out
 
 _FORMATS = "auto|netsurfp-csv|flip|deeploc-fasta|deeploc-csv|dna-fasta|labelled-csv"
@@ -53,24 +55,30 @@ def swissprot(
     files: list[Path] = typer.Argument(..., help="UniProt flat file(s): uniprot_sprot.dat or .dat.gz"),
     organism: str = typer.Option(..., help="human | c-elegans | bacteria-archaea | an NCBI taxid (e.g. 10090)"),
     out: Path = typer.Option(..., help="task folder to write (datasets save_to_disk + minprot_task.json)"),
-    seed: int = typer.Option(0, help="seed of the cluster-wise, label-stratified 85/7.5/7.5 train/valid/test split"),
+    seed: int = typer.Option(0, help="seed of the component-wise, label-stratified 85/7.5/7.5 train/valid/test split"),
     identity: float = typer.Option(
         0.3,
-        help="MMseqs2 clustering identity; whole clusters go to one split, so no test "
-        "protein shares a cluster with a training protein",
+        help="identity that links two proteins; whole connected components go to one split, so no test protein "
+        "has a homolog in train (as `minprot data split`)",
     ),
-    coverage: float = typer.Option(0.8, help="minimum alignment coverage of the clustering (mmseqs -c)"),
+    coverage: float = typer.Option(0.8, help="fraction of the shorter protein a linking alignment must cover"),
+    sensitivity: float = typer.Option(7.5, help="mmseqs -s of the all-vs-all search and of the leakage check"),
     threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing, non-empty --out"),
 ) -> None:
     """DNA-binding task from reviewed, complete (no Fragment flag) Swiss-Prot entries of 20-512 residues: label 1 iff
-    keyword DNA-binding (KW-0238); split by MMseqs2 cluster."""
+    keyword DNA-binding (KW-0238); split by connected components of an MMseqs2 search, checked for leakage (split.json,
+    leakage.json)."""
     check_out(out, folder=True, overwrite=overwrite)
+    from data_prep.tasks.split import write_reports
     from data_prep.tasks.swissprot import build_swissprot
     from minprot_ds.data.task_store import TaskMeta
 
-    data, excluded = build_swissprot(files, organism, seed, identity=identity, coverage=coverage, threads=threads)
+    data, excluded, report, leakage = build_swissprot(
+        files, organism, seed, identity=identity, coverage=coverage, sensitivity=sensitivity, threads=threads
+    )
     _print_summary(f"Swiss-Prot DNA-binding, {organism}", data, "sequence", {"excluded": excluded})
+    _print_split(report, leakage)
     meta = TaskMeta(
         "dna-binding",
         "sequence",
@@ -78,9 +86,14 @@ def swissprot(
         "full",
         [str(f) for f in files],
         excluded=excluded,
-        options={"organism": organism, "seed": seed, "split": {"identity": identity, "coverage": coverage}},
+        options={
+            "organism": organism,
+            "seed": seed,
+            "split": {"identity": identity, "coverage": coverage, "sensitivity": sensitivity},
+        },
     )
     _save(data, out, meta)
+    write_reports(out, report, leakage)
 
 
 def task(
@@ -136,6 +149,117 @@ def task(
         {"format": report.format, "strict": strict},
     )
     _save(report.data, out, meta)
+
+
+@dataclasses.dataclass
+class SplitOptions:
+    """Pool labelled set(s) and split them into train / valid / test with no homolog across the splits: connected
+    components of an all-vs-all MMseqs2 search go whole to one split, drawn per label; the leakage measure then
+    checks test -> train and valid -> train (split.json, leakage.json beside the task folder)."""
+
+    inputs: list[Path] = option(
+        help="labelled set(s), each in any format `data task` reads or a task folder; pooled, identical sequences "
+        "kept once, those whose copies disagree on the label dropped (label_conflicts.tsv)",
+        positional=True,
+        metavar="INPUT",
+    )
+    task: str = option(help="dna-binding | membrane | q3")
+    out: Path = option(help="task folder to write (train, valid, test; what `minprot finetune --train/--test` reads)")
+    valid: float = option(0.075, "fraction of the proteins for the valid split, drawn per label", min=0.0, max=0.5)
+    test: float = option(0.075, "fraction of the proteins for the test split, drawn per label", min=0.0, max=0.5)
+    identity: float = option(
+        0.3, "identity (MMseqs2 fident) at which two proteins are linked and kept in one split", min=0.0, max=1.0
+    )
+    coverage: float = option(0.8, "fraction of the shorter protein a linking alignment must cover", min=0.0, max=1.0)
+    sensitivity: float = option(
+        7.5, "mmseqs -s of the all-vs-all search and of the leakage check (7.5: most sensitive)", min=1.0, max=7.5
+    )
+    min_length: Optional[int] = option(None, "drop proteins shorter than this (counted)", min=1)
+    max_length: Optional[int] = option(None, "drop proteins longer than this (counted), e.g. 512", min=1)
+    seed: int = option(0, "seed of the order in which components are drawn")
+    name: Optional[str] = option(None, "dataset name for reports (default: the first input's name)")
+    threads: Optional[int] = option(None, "mmseqs threads (default: all cores)", min=1)
+    strict: bool = option(False, "fail on the first malformed record instead of skipping and counting")
+    overwrite: bool = option(False, "replace an existing, non-empty --out")
+
+
+def _split(opts: SplitOptions) -> None:
+    check_out(opts.out, folder=True, overwrite=opts.overwrite)
+    from data_prep.tasks.formats import TASKS
+    from data_prep.tasks.split import (
+        length_filter,
+        pool,
+        read_labelled,
+        removals,
+        split_and_check,
+        write_conflicts,
+        write_reports,
+    )
+    from minprot_ds.data.task_store import TaskMeta
+
+    read = read_labelled(opts.inputs, opts.task, strict=opts.strict)
+    level = TASKS[opts.task]
+    pooled = pool(read.parts, level)
+    excluded = dict(read.excluded)
+    if pooled.duplicates:
+        excluded["duplicate sequence with the same label (kept once)"] = pooled.duplicates
+    if pooled.conflicts:
+        excluded["identical sequences with different labels (label_conflicts.tsv)"] = sum(map(len, pooled.conflicts))
+    data, outside = length_filter(pooled.data, opts.min_length, opts.max_length)
+    if outside:
+        excluded[f"outside {opts.min_length or 1}-{opts.max_length or 'any'} residues"] = outside
+    fractions = {"train": 1.0 - opts.valid - opts.test, "valid": opts.valid, "test": opts.test}
+    split, report, leakage = split_and_check(
+        data,
+        level,
+        fractions=fractions,
+        identity=opts.identity,
+        coverage=opts.coverage,
+        sensitivity=opts.sensitivity,
+        seed=opts.seed,
+        threads=opts.threads,
+    )
+    excluded.update(removals(report))
+    title = opts.name or opts.inputs[0].name
+    dropped = {"skipped": dict(read.skipped), "excluded": excluded}
+    _print_summary(f"{title}: split without homologs across", split, level, dropped)
+    _print_split(report, leakage)
+    options = {k: v for k, v in dataclasses.asdict(opts).items() if k not in ("inputs", "out", "overwrite", "name")}
+    meta = TaskMeta(opts.task, level, title, "full", read.sources, dict(read.skipped), excluded, {"split": options})
+    _save(split, opts.out, meta)
+    write_reports(opts.out, report, leakage)
+    if pooled.conflicts:
+        console.print(
+            f"  {len(pooled.conflicts)} sequences occur with different labels: wrote "
+            f"{write_conflicts(pooled.conflicts, opts.out / 'label_conflicts.tsv')}"
+        )
+
+
+split_cmd = typer_command(SplitOptions, _split, SplitOptions.__doc__, "data split")
+
+
+def _print_split(report: dict, leakage: dict) -> None:
+    console.print(
+        f"  {report['proteins']} proteins, {report['links']} links at >= {report['identity']:.0%} identity over "
+        f"{report['coverage_of_shorter']:.0%} of the shorter (mmseqs -s {report['sensitivity']}), "
+        f"{report['components']} components (largest {report['largest_component']}); "
+        f"{report['removed_to_cut_links']} proteins removed to cut links across splits, "
+        f"{report['removed_by_the_leakage_check']} by the leakage check",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for name, row in report["fractions"].items():
+        console.print(
+            f"  {name}: {row['achieved']:.2%} of the proteins (requested {row['requested']:.2%})", highlight=False
+        )
+    for side in ("test->train", "valid->train"):
+        found = leakage[side]
+        before = found["before_removal"]
+        console.print(
+            f"  leakage {side}: {found['homologs']} of {found['query_sequences']} with a homolog after the check "
+            f"removed the {before['homologs']} the components missed ({before['near_identical']} near-identical)",
+            highlight=False,
+        )
 
 
 def reduce_cmd(
@@ -222,6 +346,7 @@ def overlap_cmd(
     ),
     homolog_identity: float = typer.Option(0.30, help="identity over --coverage of the query that counts as a homolog"),
     coverage: float = typer.Option(0.80, help="fraction of the query protein an alignment must cover"),
+    sensitivity: float = typer.Option(7.5, help="mmseqs -s of the search (7.5: its most sensitive preset)"),
     threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing, non-empty --out"),
 ) -> None:
@@ -231,10 +356,10 @@ def overlap_cmd(
     from data_prep.tasks.overlap import Thresholds, measure, write_hits
     from minprot_ds.fileio import write_json
 
+    thresholds = Thresholds(near_identity, homolog_identity, coverage)
+    thresholds.check()
     q, t = _sequences(query, "test", task_name), _sequences(target, "train", task_name)
-    found = measure(
-        q["sequence"], t["sequence"], Thresholds(near_identity, homolog_identity, coverage), threads=threads
-    )
+    found = measure(q["sequence"], t["sequence"], thresholds, sensitivity=sensitivity, threads=threads)
     out.mkdir(parents=True, exist_ok=True)
     summary = found.summary() | {"query": str(query), "target": str(target)}
     write_json(out / "overlap.json", summary)
@@ -277,6 +402,7 @@ def _derived(meta, level: str, folder: Path, variant: str, options: dict):
 COMMANDS = [
     ("data swissprot", swissprot),
     ("data task", task),
+    ("data split", split_cmd),
     ("data reduce", reduce_cmd),
     ("data random-subset", random_subset_cmd),
     ("data conflicts", conflicts_cmd),

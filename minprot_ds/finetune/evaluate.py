@@ -43,6 +43,7 @@ def score(
     window: int,
     stride: int,
     long: str = "window",
+    aggregate: str = "mean",
 ) -> Scored:
     """Predictions for every row (every covered residue for per-residue tasks), the loss and the coverage.
 
@@ -51,7 +52,7 @@ def score(
     same batches, so ZeRO-3's gathers stay in step.
     """
 
-    check_window(window, stride, long=long, long_modes=FINETUNE_LONG_MODES)
+    check_window(window, stride, long=long, long_modes=FINETUNE_LONG_MODES, aggregate=aggregate)
     plans = [plan_protein(len(t), window, stride, long) for t in enc.tokens]
     pieces = sum(len(ws) for ws in plans)
     module.eval()
@@ -59,7 +60,7 @@ def score(
         scored = forward(
             TaskScorer(module, spec.per_residue),
             dict(enumerate(enc.sequences)),
-            WindowSettings(window, stride, long),
+            WindowSettings(window, stride, long, aggregate),
             batch_size * (window + 2),
             device,
         )
@@ -73,6 +74,7 @@ def score(
         "long": long,
         "window": window,
         "stride": stride,
+        "aggregate": aggregate,
         "windows": pieces,
         "sequences": len(enc),
         "sequences_longer_than_window": int((lengths > window).sum()),

@@ -59,6 +59,12 @@ class FinetuneConfig:
     )
     window: int = option(512, "residues per model input (ProtBert: 512, i.e. 514 tokens with [CLS] and [SEP])", min=1)
     stride: int = option(256, "residues between the starts of overlapping windows", min=1)
+    aggregate: str = option(
+        "mean",
+        "protein-level tasks, proteins longer than --window: how the windows' probabilities combine: mean (weighted "
+        "by the residues each window owns) | max (the window most confident in the positive class); stored in the "
+        "model for `minprot predict`",
+    )
     leakage: bool = option(
         True,
         "measure with MMseqs2 how much of the test (and valid) set the training rows "

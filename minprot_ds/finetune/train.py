@@ -106,7 +106,7 @@ def _check(cfg: FinetuneConfig) -> None:
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
-    check_window(cfg.window, cfg.stride, long=cfg.long, long_modes=FINETUNE_LONG_MODES)
+    check_window(cfg.window, cfg.stride, long=cfg.long, long_modes=FINETUNE_LONG_MODES, aggregate=cfg.aggregate)
     if cfg.test_filter not in TEST_FILTERS:
         raise UserError(f"unknown --test-filter {cfg.test_filter!r}; choose one of: {', '.join(TEST_FILTERS)}")
     if cfg.test_filter != "none" and not cfg.leakage:
@@ -163,6 +163,7 @@ def load(cfg: FinetuneConfig) -> Job:
         pooling=cfg.pooling,
         window=cfg.window,
         stride=cfg.stride,
+        aggregate=cfg.aggregate,
         provenance=provenance,
     )
     check_positions(cfg.window, model.encoder.config.max_position_embeddings, "--model")
@@ -225,6 +226,7 @@ def _score(job: Job, enc: Encoded) -> Scored:
         window=cfg.window,
         stride=cfg.stride,
         long=cfg.long,
+        aggregate=cfg.aggregate,
     )
 
 

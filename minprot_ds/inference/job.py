@@ -167,6 +167,7 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
         scorer: forward.Scorer = models.EmbedScorer(encoder, cfg.pooling, layers, cfg.per_residue)
         info: dict[str, Any] = {"per_residue": cfg.per_residue, "dim": scorer.dim}
         window, stride = cfg.window or DEFAULT_WINDOW, cfg.stride or DEFAULT_STRIDE
+        aggregate = "mean"  # embeddings: every residue counts once
         finetune_run = None
     else:
         task_model, task_info = models.load_task(model_dir, dtype, device)
@@ -188,8 +189,9 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
             },
         }
         window, stride = cfg.window or task_info.window, cfg.stride or task_info.stride
+        aggregate = task_info.aggregate  # as the fine-tune scored its test set
         finetune_run = task_info.mlflow_run_id
-    settings = forward.WindowSettings(window, stride, cfg.long)
+    settings = forward.WindowSettings(window, stride, cfg.long, aggregate)
     settings.check(cfg.max_tokens)
     positions = (encoder if cfg.command == "embed" else task_model.encoder).config.max_position_embeddings
     check_positions(window, positions, f"--model {model_dir}")
@@ -207,6 +209,7 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
         "settings": {
             "window": window,
             "stride": stride,
+            "aggregate": aggregate,
             "long": cfg.long,
             "precision": precision,
             "chunk_records": cfg.chunk_records,

@@ -37,9 +37,10 @@ class WindowSettings:
     window: int = DEFAULT_WINDOW
     stride: int = DEFAULT_STRIDE
     long: str = "window"  # what happens to proteins longer than `window` (windows.LONG_MODES)
+    aggregate: str = "mean"  # how class probabilities of a protein's windows combine (windows.AGGREGATES)
 
     def check(self, max_tokens: int) -> None:
-        check_window(self.window, self.stride, long=self.long)
+        check_window(self.window, self.stride, long=self.long, aggregate=self.aggregate)
         if max_tokens < self.window + 2:
             raise UserError(
                 f"--max-tokens {max_tokens} cannot hold one window of {self.window} residues plus [CLS] "
@@ -56,11 +57,13 @@ class Scorer:
 
     `run(input_ids, attention_mask, lengths)` returns a list of numpy arrays, one per row: [D] or [n_i, D].
     `mean_over_residues`: per-protein outputs that are a mean over residues (embeddings with --pool mean),
-    which windows combine by stitching residues first, so every residue counts once.
+    which windows combine by stitching residues first, so every residue counts once. `probabilities`: class
+    probabilities, which `WindowSettings.aggregate` combines (embeddings always take the weighted mean).
     """
 
     per_residue: bool = False
     mean_over_residues: bool = False
+    probabilities: bool = False  # per-protein class probabilities, which --aggregate max may combine
 
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: Sequence[int]) -> list[np.ndarray]:
         raise NotImplementedError
@@ -165,7 +168,11 @@ def score(
                 done, residues = done + 1, residues + len(proteins[key])
                 if key not in result.failures:
                     result.outputs[key] = _stitch(
-                        scorer, len(proteins[key]), plans[key], [window_out.pop((key, p)) for p in piece_index[key]]
+                        scorer,
+                        len(proteins[key]),
+                        plans[key],
+                        [window_out.pop((key, p)) for p in piece_index[key]],
+                        settings.aggregate,
                     )
                     result.windows[key] = len(plans[key])
                 else:
@@ -176,7 +183,7 @@ def score(
     return result
 
 
-def _stitch(scorer: Scorer, length: int, plan: list[Window], outs: list[np.ndarray]) -> np.ndarray:
+def _stitch(scorer: Scorer, length: int, plan: list[Window], outs: list[np.ndarray], aggregate: str) -> np.ndarray:
     covered = plan[-1].end  # < length when --long truncate cut the protein
     if scorer.per_residue:
         return stitch_residues(covered, plan, outs)
@@ -184,4 +191,4 @@ def _stitch(scorer: Scorer, length: int, plan: list[Window], outs: list[np.ndarr
         if len(plan) == 1:
             return outs[0].mean(axis=0)
         return stitch_residues(covered, plan, outs).mean(axis=0)
-    return combine_protein(covered, plan, outs)
+    return combine_protein(covered, plan, outs, aggregate if scorer.probabilities else "mean")

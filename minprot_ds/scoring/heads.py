@@ -12,6 +12,8 @@ as BERT initialises, bias 0), so for one seed and hidden size teacher and studen
 - `head.safetensors`: the head's `weight` [C, H] and `bias` [C];
 - `minprot_task.json`: `TaskModelInfo` (task, classes, pooling, threshold and where it came from, window,
   stride, where the encoder came from, the fine-tune's MLflow run id).
+- `minprot_task.json`: `TaskModelInfo` (task, classes, pooling, threshold, window, stride, aggregate, where the encoder
+  came from, the fine-tune's MLflow run id).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class TaskModelInfo:
     provenance: dict[str, Any]  # the source's minprot.json (a student's distillation run), {} for a teacher
     mlflow_run_id: str | None = None  # the fine-tune run
     threshold_source: str | None = None  # "valid" (chosen there, finetune.calibration) | "default" (0.5); older: None
+    aggregate: str = "mean"  # protein-level tasks: how window probabilities combine (scoring.windows.AGGREGATES)
     minprot_version: str = ""
 
     @classmethod
@@ -147,6 +150,7 @@ def build_task_model(
     pooling: str = "cls",
     window: int = DEFAULT_WINDOW,
     stride: int = DEFAULT_STRIDE,
+    aggregate: str = "mean",
     provenance: dict[str, Any] | None = None,
 ) -> TaskModel:
     """A ProtBert-format encoder (teacher or student folder, or a hub id) + a fresh head, fp32, all trainable."""
@@ -167,6 +171,7 @@ def build_task_model(
         source_model=str(name_or_path),
         provenance=dict(provenance or {}),
         threshold_source="default" if len(classes) == 2 and not per_residue else None,
+        aggregate=aggregate,
     )
     model = TaskModel(encoder, init_head(hidden, len(classes), seed), info)
     model.requires_grad_(True)

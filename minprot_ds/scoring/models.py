@@ -102,6 +102,8 @@ class EmbedScorer(Scorer):
 class TaskScorer(Scorer):
     """Class probabilities of a fine-tuned model (heads.TaskModel): [C] per window, or [n, C] per residue."""
 
+    probabilities = True
+
     def __init__(self, model: torch.nn.Module, per_residue: bool):
         self.model = model
         self.per_residue = per_residue

@@ -3,11 +3,16 @@
 One code path for every consumer (fine-tune evaluation, `predict`, `embed`), so a protein is scored the
 same way wherever it is scored. The rules:
 - windows of `window` residues start every `stride` residues; the last one is moved back to end at the
-  protein's last residue, so no residue is missed and no window is shorter than the others;
+  protein's last residue, so no residue is missed and no window is shorter than the others; when that last
+  start lies less than a quarter stride after the one before (a 769-residue protein: 0, 256, 257), the one
+  before is dropped, provided the windows left still cover every residue (0, 257): a near-duplicate window
+  costs a forward pass and adds nothing;
 - per-residue outputs: each residue takes the value from the window where it sits most centrally (the
   largest distance to the nearer edge of the window; on a tie, the earlier window);
 - per-protein outputs (class probabilities, pooled embeddings): the mean over windows weighted by the
-  number of residues each window owns under the rule above, i.e. every residue counts once.
+  number of residues each window owns under the rule above, i.e. every residue counts once; or, for class
+  probabilities under `--aggregate max`, the output of the window with the highest probability of the
+  positive (last) class, for a property one region of a long protein carries (a DNA-binding domain).
 A protein no longer than `window` is one window, and stitching it returns the single pass unchanged.
 A protein longer than the window follows `--long`: window (the rules above), truncate (its first window only)
 or skip (not scored; predict and embed only). The checks of --window, --stride and --long live here too.
@@ -36,13 +41,23 @@ class Window:
         return self.end - self.start
 
 
+AGGREGATES = ("mean", "max")  # how a protein-level task combines its windows' class probabilities
 LONG_MODES = ("window", "truncate", "skip")  # what happens to a protein longer than the window
 FINETUNE_LONG_MODES = ("window", "truncate")  # a fine-tune scores every row of its splits: no skip
 
 
-def check_window(window: int, stride: int, *, long: str = "window", long_modes: Sequence[str] = LONG_MODES) -> None:
-    """Refuse, naming the flag, a --long outside `long_modes`, a --window under 1 residue or a --stride outside
-    1..window."""
+def check_window(
+    window: int,
+    stride: int,
+    *,
+    long: str = "window",
+    long_modes: Sequence[str] = LONG_MODES,
+    aggregate: str = "mean",
+) -> None:
+    """Refuse, naming the flag, a --long outside `long_modes`, an --aggregate outside AGGREGATES, a --window
+    under 1 residue or a --stride outside 1..window."""
+    if aggregate not in AGGREGATES:
+        raise UserError(f"unknown --aggregate {aggregate!r}; choose one of: {', '.join(AGGREGATES)}")
     if long not in long_modes:
         raise UserError(f"unknown --long {long!r}; choose one of: {', '.join(long_modes)}")
     if window < 1:
@@ -69,7 +84,14 @@ def plan_windows(length: int, window: int = DEFAULT_WINDOW, stride: int = DEFAUL
     if length <= window:
         return [Window(0, length)]
     starts = list(range(0, length - window, stride)) + [length - window]
+    if len(starts) >= 3 and starts[-1] - starts[-2] < min_step(stride) and starts[-3] + window >= starts[-1]:
+        del starts[-2]
     return [Window(s, s + window) for s in starts]
+
+
+def min_step(stride: int) -> int:
+    """The closest a last window may start after the one before it before that one is dropped (a quarter stride)."""
+    return max(1, stride // 4)
 
 
 def plan_protein(length: int, window: int, stride: int, long: str = "window") -> list[Window] | None:
@@ -117,10 +139,15 @@ def window_weights(length: int, windows: list[Window]) -> np.ndarray:
     return counts / counts.sum()
 
 
-def combine_protein(length: int, windows: list[Window], outputs: list[np.ndarray]) -> np.ndarray:
-    """A per-protein output (probabilities, a pooled vector) from each window's: the owned-residue-weighted mean."""
+def combine_protein(
+    length: int, windows: list[Window], outputs: list[np.ndarray], aggregate: str = "mean"
+) -> np.ndarray:
+    """A per-protein output (probabilities, a pooled vector) from each window's: the owned-residue-weighted mean,
+    or (aggregate "max", class probabilities) the window whose last class is the most probable."""
     if len(windows) == 1:
         return np.asarray(outputs[0])
+    if aggregate == "max":
+        return np.asarray(outputs[int(np.argmax([np.asarray(o)[-1] for o in outputs]))])
     weights = window_weights(length, windows)
     stacked = np.stack([np.asarray(o, dtype=np.float64) for o in outputs])
     return np.tensordot(weights, stacked, axes=1).astype(np.asarray(outputs[0]).dtype)

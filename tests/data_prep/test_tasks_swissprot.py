@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from data_prep.tasks import load_task_data
-from data_prep.tasks.swissprot import FRAGMENT, build_swissprot, cluster_split, is_fragment
+from data_prep.tasks.split import partition
+from data_prep.tasks.swissprot import FRAGMENT, SPLIT_FRACTIONS, build_swissprot, is_fragment
 from minprot_ds.cli import app
 from minprot_ds.errors import UserError
 
@@ -25,17 +27,19 @@ def _all(data: datasets.DatasetDict) -> dict[str, int]:
 
 
 def test_human_keeps_reviewed_20_to_512_and_labels_fos(dat_files: list[Path]) -> None:
-    data, excluded = build_swissprot(dat_files, "human", seed=0)
+    data, excluded, report, leakage = build_swissprot(dat_files, "human", seed=0)
     labels = _all(data)
     assert labels["P01100"] == 1  # FOS_HUMAN: keyword DNA-binding
     assert "P00750" not in labels  # TPA_HUMAN, 562 residues
     assert "Q7Z739" not in labels  # YTHD3_HUMAN, 585 residues
     assert sum(labels.values()) == 1 and len(labels) == 6
     assert excluded == {"outside 20-512 residues": 4, "other organism": 13, "unreviewed (TrEMBL) entry": 2}
+    assert report["proteins"] == 6 and report["sensitivity"] == 7.5
+    assert leakage["test->train"]["homologs"] == 0 and leakage["valid->train"]["homologs"] == 0
 
 
 def test_bacteria_archaea_and_taxid(dat_files: list[Path]) -> None:
-    data, excluded = build_swissprot(dat_files, "bacteria-archaea")
+    data, excluded, _, _ = build_swissprot(dat_files, "bacteria-archaea")
     assert excluded[FRAGMENT] == 1
     labels = _all(data)
     assert labels["Q51481"] == 1  # NIRQ_PSEAE
@@ -43,7 +47,7 @@ def test_bacteria_archaea_and_taxid(dat_files: list[Path]) -> None:
     assert (
         "P56540" not in labels and "Q51858" in labels
     )  # CbbQ: the entry flagged Fragment goes, the complete one stays
-    mouse, _ = build_swissprot(dat_files, "10090")
+    mouse, *_ = build_swissprot(dat_files, "10090")
     assert list(_all(mouse)) == ["P60904"]
 
 
@@ -56,8 +60,8 @@ def test_unknown_organism_and_empty_result(dat_files: list[Path]) -> None:
 
 def test_split_is_stratified_seeded_and_complete() -> None:
     labels = [1] * 40 + [0] * 400
-    singletons = list(range(440))  # every row its own cluster: the split is stratified by label alone
-    a, b, c = (cluster_split(labels, singletons, seed) for seed in (1, 1, 2))
+    no_links = np.zeros((0, 2), dtype=np.int64)  # every row its own component: the split is stratified by label alone
+    a, b, c = (partition(labels, no_links, SPLIT_FRACTIONS, seed).parts for seed in (1, 1, 2))
     assert a == b and a != c
     assert sorted(i for rows in a.values() for i in rows) == list(range(440))
     assert {k: len(v) for k, v in a.items()} == {"train": 374, "valid": 33, "test": 33}
@@ -70,20 +74,6 @@ def test_fragment_flag_is_read_from_the_description() -> None:
     assert not is_fragment("RecName: Full=Fragmentin; Flags: Precursor;") and not is_fragment("RecName: Full=Y;")
 
 
-def test_cluster_split_keeps_clusters_whole_and_labels_balanced() -> None:
-    rng = __import__("numpy").random.default_rng(0)
-    clusters = [int(c) for c in rng.integers(0, 150, size=600)]
-    labels = [int(c % 5 == 0) for c in clusters]  # label follows the cluster, 1 in 5 clusters positive
-    parts = cluster_split(labels, clusters, seed=1)
-    assert sorted(i for rows in parts.values() for i in rows) == list(range(600))
-    where = {c: {name for name, rows in parts.items() for i in rows if clusters[i] == c} for c in set(clusters)}
-    assert all(len(splits) == 1 for splits in where.values())  # no cluster spans two splits
-    for name, share in (("test", 0.075), ("valid", 0.075)):
-        pos = sum(labels[i] for i in parts[name])
-        assert abs(len(parts[name]) - share * 600) <= 12 and abs(pos - share * sum(labels)) <= 6
-    assert parts == cluster_split(labels, clusters, seed=1) != cluster_split(labels, clusters, seed=2)
-
-
 def test_cli_writes_a_task_folder_the_finetune_loads(dat_files: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "human"
     result = CliRunner().invoke(
@@ -92,6 +82,8 @@ def test_cli_writes_a_task_folder_the_finetune_loads(dat_files: list[Path], tmp_
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "minprot_task.json").read_text())
     assert meta["task"] == "dna-binding" and meta["variant"] == "full" and meta["options"]["seed"] == 3
+    assert json.loads((out / "leakage.json").read_text())["test->train"]["homologs"] == 0
+    assert json.loads((out / "split.json").read_text())["coverage_of_shorter"] == 0.8
     data = load_task_data(out, "dna-binding")
     assert set(data) == {"train", "valid", "test"} and data["train"].column_names == ["id", "sequence", "label"]
     assert load_task_data(out, "dna-binding", split="train").num_rows == data["train"].num_rows

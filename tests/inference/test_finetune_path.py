@@ -1,5 +1,5 @@
 """One code path: `minprot predict` on a fine-tune's labelled test set gives the probabilities in its
-predictions.tsv, long proteins (scored by windows in both) included."""
+predictions.tsv, long proteins (scored by windows in both, combined by the fine-tune's --aggregate) included."""
 
 from __future__ import annotations
 
@@ -40,8 +40,14 @@ def labelled(tmp_path_factory, random_sequences, write_fasta) -> dict[str, Path]
     return out
 
 
-@pytest.mark.parametrize("task,suffix", [("dna-binding", ".tsv"), ("q3", ".parquet")])
-def test_predict_on_the_test_set_gives_the_finetune_probabilities(task, suffix, labelled, encoder_dir, tmp_path):
+@pytest.mark.parametrize(
+    "task,suffix,aggregate",
+    [("dna-binding", ".tsv", "mean"), ("dna-binding", ".tsv", "max"), ("q3", ".parquet", "mean")],
+)
+def test_predict_on_the_test_set_gives_the_finetune_probabilities(
+    task, suffix, aggregate, labelled, encoder_dir, tmp_path
+):
+    # --aggregate max reaches predict through the model folder (predict has no such flag).
     key = "dna" if task == "dna-binding" else "q3"
     ft = tmp_path / "ft"
     finetune(
@@ -54,6 +60,7 @@ def test_predict_on_the_test_set_gives_the_finetune_probabilities(task, suffix, 
             epochs=1,
             batch_size=4,
             lr=1e-3,
+            aggregate=aggregate,
             tracking=False,
         )
     )

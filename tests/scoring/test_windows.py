@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from minprot_ds.errors import UserError
-from minprot_ds.scoring.windows import Window, combine_protein, owners, plan_windows, stitch_residues, window_weights
+from minprot_ds.scoring.windows import (
+    Window,
+    check_window,
+    combine_protein,
+    owners,
+    plan_windows,
+    stitch_residues,
+    window_weights,
+)
 
 
 def test_a_protein_that_fits_is_one_window_and_stitching_returns_it_unchanged():
@@ -55,3 +63,32 @@ def test_stitching_recovers_a_position_function_and_weights_count_every_residue_
 def test_bad_window_settings_are_refused_by_name(window, stride, match):
     with pytest.raises(UserError, match=match):
         plan_windows(1000, window, stride)
+
+
+def test_a_last_window_just_after_the_previous_one_replaces_it():
+    # 769 residues: range(0, 257, 256) + [257] used to give 0, 256 and 257, two nearly identical passes.
+    assert [w.start for w in plan_windows(769, 512, 256)] == [0, 257]
+    assert [w.start for w in plan_windows(1024 + 63, 512, 256)] == [0, 256, 575]  # 575 - 512 < 64: 512 dropped
+    assert [w.start for w in plan_windows(1024 + 64, 512, 256)] == [0, 256, 512, 576]  # 64 apart: both kept
+    # Dropping would leave a gap when stride == window: the close start is kept then.
+    assert [w.start for w in plan_windows(1030, 512, 512)] == [0, 512, 518]
+    for length in range(513, 3000, 29):
+        for window, stride in ((512, 256), (512, 512), (400, 150), (100, 1)):
+            windows = plan_windows(length, window, stride)
+            covered = np.zeros(length, bool)
+            for w in windows:
+                covered[w.start : w.end] = True
+            assert covered.all() and all(len(w) == window for w in windows), (length, window, stride)
+            starts = [w.start for w in windows]
+            assert starts == sorted(set(starts))
+
+
+def test_aggregate_max_takes_the_window_most_confident_in_the_positive_class():
+    windows = plan_windows(1000, 512, 256)  # 0, 256, 488
+    probs = [np.array([0.9, 0.1]), np.array([0.2, 0.8]), np.array([0.6, 0.4])]
+    np.testing.assert_array_equal(combine_protein(1000, windows, probs, "max"), probs[1])
+    mean = combine_protein(1000, windows, probs)  # the default: weighted by the residues each window owns
+    np.testing.assert_allclose(mean, window_weights(1000, windows) @ np.stack(probs))
+    assert mean[1] < 0.8
+    with pytest.raises(UserError, match="unknown --aggregate 'median'"):
+        check_window(512, 256, aggregate="median")
