@@ -83,6 +83,12 @@ class FinetuneConfig:
         0.30, "identity (over --coverage of the test protein) that counts as a homolog", min=0.0, max=1.0
     )
     coverage: float = option(0.80, "fraction of the test protein an alignment must cover to count", min=0.0, max=1.0)
+    leakage_sensitivity: float = option(
+        7.5,
+        "mmseqs -s of the leakage search (7.5: its most sensitive preset; 5.7, its default, misses more)",
+        min=1.0,
+        max=7.5,
+    )
     bootstrap: int = option(
         1000,
         "resamples of the percentile bootstrap (over proteins, seeded) behind every test metric's 95% CI "

@@ -109,6 +109,8 @@ def _check(cfg: FinetuneConfig) -> None:
     check_window(cfg.window, cfg.stride, long=cfg.long, long_modes=FINETUNE_LONG_MODES, aggregate=cfg.aggregate)
     if cfg.test_filter not in TEST_FILTERS:
         raise UserError(f"unknown --test-filter {cfg.test_filter!r}; choose one of: {', '.join(TEST_FILTERS)}")
+    if cfg.leakage:
+        _thresholds(cfg).check()
     if cfg.test_filter != "none" and not cfg.leakage:
         raise UserError(f"--test-filter {cfg.test_filter} needs the leakage search; drop --no-leakage")
     check_out(cfg.out, folder=True, overwrite=cfg.overwrite, ours=lambda out: _same_run(out, cfg))
@@ -123,11 +125,13 @@ def _same_run(out: Path, cfg: FinetuneConfig) -> bool:
     return read_json(out / METRICS_FILE).get("options") == json_safe(mlflow_params(cfg))
 
 
+def _thresholds(cfg: FinetuneConfig) -> Thresholds:
+    return Thresholds(cfg.near_identity, cfg.homolog_identity, cfg.coverage)
+
+
 def _overlap(split: Encoded, train: Encoded, cfg: FinetuneConfig) -> Overlap:
     try:
-        return measure(
-            split.sequences, train.sequences, Thresholds(cfg.near_identity, cfg.homolog_identity, cfg.coverage)
-        )
+        return measure(split.sequences, train.sequences, _thresholds(cfg), sensitivity=cfg.leakage_sensitivity)
     except UserError as err:
         raise UserError(
             f"{err} (the fine-tune measures test/train overlap with MMseqs2; --no-leakage skips it)"

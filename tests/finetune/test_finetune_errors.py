@@ -138,3 +138,25 @@ def test_window_long_filter_and_seed_options(sets: dict[str, Path], teacher_dir:
     )
     assert "--seeds '0,x' must be comma-separated integers" in finetune(*common, "--seeds", "0,x")
     assert "unknown --pooling 'max'" in finetune(*common, "--pooling", "max")
+
+
+def test_leakage_thresholds_out_of_order(sets: dict[str, Path], tmp_path: Path) -> None:
+    """Checked with the other options, before the model or the data is read (the model named does not exist)."""
+    message = finetune(
+        "--task",
+        "dna-binding",
+        "--model",
+        str(tmp_path / "no-model"),
+        "--train",
+        str(sets["dna_train"]),
+        "--test",
+        str(sets["dna_train"]),
+        "--near-identity",
+        "0.2",
+        "--homolog-identity",
+        "0.3",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert message.startswith("--near-identity 0.2 is below --homolog-identity 0.3;")
+    assert not (tmp_path / "out").exists()
