@@ -43,6 +43,7 @@ from minprot_ds.finetune.steppers import DeepSpeedStepper, PlainStepper
 from minprot_ds.finetune.tasks import Encoded, TaskSpec, collate, crop_pieces, encode_split, task_spec, train_batches
 from minprot_ds.finetune.uncertainty import confidence_intervals, flat_intervals
 from minprot_ds.models import provenance as links
+from minprot_ds.models.family import family_of, family_of_config
 from minprot_ds.options import check_bounds, launch, mlflow_params
 from minprot_ds.outputs import check_out
 from minprot_ds.scoring.heads import TaskModel, build_task_model, save_task_model
@@ -226,13 +227,14 @@ def _score(job: Job, enc: Encoded) -> Scored:
 def train(job: Job, tracker: Tracker, say: Callable[[str], None]) -> tuple[list[dict], float, int]:
     """The epochs: (per-epoch log, seconds spent training, training rows seen by this rank)."""
     cfg, stepper = job.cfg, job.stepper
+    vocab = family_of_config(stepper.module.encoder.config, "--model").vocab
     step, history, seconds, seen = 0, [], 0.0, 0
     log_every = max(1, job.total_steps // 50)
     for epoch in range(cfg.epochs):
         started, losses = time.perf_counter(), []
         for rows in job.batches(epoch):
             pieces = crop_pieces(job.train.lengths, rows, cfg.window, cfg.seed, epoch, random=cfg.long == "window")
-            batch = {k: v.to(stepper.device) for k, v in collate(job.train, pieces, job.spec).items()}
+            batch = {k: v.to(stepper.device) for k, v in collate(job.train, pieces, job.spec, vocab).items()}
             losses.append(stepper.train_step(batch))
             step, seen = step + 1, seen + len(rows)
             if step % log_every == 0 or step == job.total_steps:
@@ -458,9 +460,20 @@ def write(
     return metrics
 
 
+def with_model_window(cfg: FinetuneConfig) -> FinetuneConfig:
+    """--window and --stride as given, else the model family's window (ProtBert 512, ESM-2 1,022) and half of it."""
+    if cfg.window is not None and cfg.stride is not None:
+        return cfg
+    import dataclasses
+
+    window = cfg.window or family_of(cfg.model, "--model").max_residues
+    return dataclasses.replace(cfg, window=window, stride=cfg.stride or window // 2)
+
+
 def run_one(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> FinetuneResult:
     """Train, predict, write and track one fine-tune; returns the test metrics (rank 0; other ranks get {})."""
     say = echo or log.info
+    cfg = with_model_window(cfg)
     job = load(cfg)
     spec, rank, world = job.spec, job.rank, job.world
     inputs, train_set, valid, test = job.inputs, job.train, job.valid, job.test

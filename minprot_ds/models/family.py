@@ -150,10 +150,19 @@ def family_of_config(config: Any, what: str = "model") -> ModelFamily:
     return family
 
 
+def looks_like_path(name: str) -> bool:
+    """Hub ids are "name" or "org/name"; anything else with a separator, a dot prefix or ~ is a path."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or Path(name).exists()
+
+
 def read_config(name_or_path: str | Path, what: str) -> dict[str, Any]:
     """config.json of a local folder, or of a hub id (through the Hugging Face cache or hub)."""
     folder = Path(str(name_or_path)).expanduser()
-    if (folder / "config.json").is_file():
+    if looks_like_path(str(name_or_path)):
+        if not folder.is_dir():
+            raise UserError(f"{what} {folder} does not exist; {EXPECTED}")
+        if not (folder / "config.json").is_file():
+            raise UserError(f"{what} {folder} has no config.json; {EXPECTED}")
         try:
             return json.loads((folder / "config.json").read_text())
         except json.JSONDecodeError as err:

@@ -8,7 +8,6 @@ its config (`minprot_teacher_layers`, `minprot_layer_strategy`).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,14 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM, EsmConfig, EsmForMaskedLM
 
 from minprot_ds.errors import UserError
-from minprot_ds.models.family import EXPECTED, ModelFamily, family_of, family_of_config, load_failure
+from minprot_ds.models.family import (
+    EXPECTED,
+    ModelFamily,
+    family_of,
+    family_of_config,
+    load_failure,
+    looks_like_path,
+)
 from minprot_ds.vocab import ESM2, IGNORE_INDEX, VOCAB_SIZE, write_tokenizer_files
 
 
@@ -47,9 +53,7 @@ MODEL_PRESETS = {
 _EXPECTED = EXPECTED
 
 
-def _looks_like_path(name: str) -> bool:
-    # Hub ids are "name" or "org/name"; anything else with a separator, a dot prefix or ~ is a path.
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or Path(name).exists()
+_looks_like_path = looks_like_path
 
 
 def load_pretrained(kind: str, name_or_path: str, what: str, **kwargs) -> tuple[nn.Module, dict, ModelFamily]:

@@ -40,14 +40,22 @@ def labelled(tmp_path_factory, random_sequences, write_fasta) -> dict[str, Path]
     return out
 
 
-@pytest.mark.parametrize("task,suffix", [("dna-binding", ".tsv"), ("q3", ".parquet")])
-def test_predict_on_the_test_set_gives_the_finetune_probabilities(task, suffix, labelled, encoder_dir, tmp_path):
+@pytest.mark.parametrize(
+    "task,suffix,family",
+    [("dna-binding", ".tsv", "bert"), ("q3", ".parquet", "bert"), ("dna-binding", ".tsv", "esm")],
+)
+def test_predict_on_the_test_set_gives_the_finetune_probabilities(task, suffix, family, labelled, request, tmp_path):
+    """For ESM-2 (<cls> head, ESM-2's ids) the window is set below the long proteins' lengths (its default, 1,022,
+    would cover them whole), so windows are stitched there too."""
     key = "dna" if task == "dna-binding" else "q3"
+    encoder_dir = request.getfixturevalue("esm_encoder_dir" if family == "esm" else "encoder_dir")
+    window = dict(window=400, stride=200) if family == "esm" else {}
     ft = tmp_path / "ft"
     finetune(
         FinetuneConfig(
             task=task,
             model=str(encoder_dir),
+            **window,
             train=labelled[f"{key}_train"],
             test=labelled[f"{key}_test"],
             out=ft,
