@@ -37,6 +37,7 @@ class ModelPreset:
     hidden_size: int
     num_heads: int
     intermediate_size: int
+    family: str = "bert"  # models.family: "bert" (ProtBert's format) or "esm" (ESM-2's)
 
 
 MODEL_PRESETS = {
@@ -45,7 +46,27 @@ MODEL_PRESETS = {
     "protbert": ModelPreset(
         teacher_layers=30, student_layers=15, hidden_size=1024, num_heads=16, intermediate_size=4096
     ),
+    # facebook/esm2_t33_650M_UR50D and esm2_t30_150M_UR50D's shapes; the students of launch/configs/esm2-*.toml
+    "esm2-650m": ModelPreset(
+        teacher_layers=33, student_layers=17, hidden_size=1280, num_heads=20, intermediate_size=5120, family="esm"
+    ),
+    "esm2-150m": ModelPreset(
+        teacher_layers=30, student_layers=15, hidden_size=640, num_heads=20, intermediate_size=2560, family="esm"
+    ),
 }
+
+
+def save_random_preset(folder: str | Path, name: str, seed: int = 0) -> Path:
+    """A random teacher in a preset's shape and family (ProtBert's or ESM-2's format)."""
+    p = MODEL_PRESETS[name]
+    shape = dict(
+        num_layers=p.teacher_layers,
+        hidden_size=p.hidden_size,
+        num_heads=p.num_heads,
+        intermediate_size=p.intermediate_size,
+    )
+    save = save_random_esm2 if p.family == "esm" else save_random_protbert
+    return save(folder, **shape, seed=seed)
 
 
 # --- loading -------------------------------------------------------------------------------------------
