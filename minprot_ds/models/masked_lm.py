@@ -18,7 +18,6 @@ from transformers import BertConfig, BertForMaskedLM, EsmConfig, EsmForMaskedLM
 
 from minprot_ds.errors import UserError
 from minprot_ds.models.family import (
-    EXPECTED,
     ModelFamily,
     family_of,
     family_of_config,
@@ -71,11 +70,6 @@ def save_random_preset(folder: str | Path, name: str, seed: int = 0) -> Path:
 
 # --- loading -------------------------------------------------------------------------------------------
 
-_EXPECTED = EXPECTED
-
-
-_looks_like_path = looks_like_path
-
 
 def load_pretrained(kind: str, name_or_path: str, what: str, **kwargs) -> tuple[nn.Module, dict, ModelFamily]:
     """The masked LM (`kind` "masked_lm") or bare encoder ("encoder") of a model folder or hub id, in the class
@@ -86,13 +80,8 @@ def load_pretrained(kind: str, name_or_path: str, what: str, **kwargs) -> tuple[
     naming `what` (e.g. "teacher model folder", "--model").
     """
     name = str(name_or_path)
-    if _looks_like_path(name):
-        folder = Path(name).expanduser()
-        if not folder.is_dir():
-            raise UserError(f"{what} {folder} does not exist; {_EXPECTED}")
-        if not (folder / "config.json").is_file():
-            raise UserError(f"{what} {folder} has no config.json; {_EXPECTED}")
-        name = str(folder)
+    if looks_like_path(name):
+        name = str(Path(name).expanduser())
     try:
         family = family_of(name, what)
         cls = family.masked_lm_class if kind == "masked_lm" else family.encoder_class
@@ -108,7 +97,7 @@ def _from_pretrained(name_or_path: str, role: str, dtype: torch.dtype) -> nn.Mod
     model, info, family = load_pretrained(
         "masked_lm",
         name_or_path,
-        f"{role} model folder" if _looks_like_path(str(name_or_path)) else f"{role} model",
+        f"{role} model folder" if looks_like_path(str(name_or_path)) else f"{role} model",
         attn_implementation="sdpa",
         dtype=dtype,
     )
