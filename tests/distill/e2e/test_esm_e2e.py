@@ -16,7 +16,7 @@ from tests.distill.e2e.test_resume_e2e import COMMON, STEPS, assert_same_run, lo
 pytestmark = pytest.mark.slow
 
 
-def test_esm2_teacher_distils_stops_resumes_exactly_and_exports(assets, launch, mlflow_history, tmp_path):
+def test_esm2_teacher_distils_resumes_exactly_and_exports(assets, launch, mlflow_history, tmp_path):
     from transformers import EsmForMaskedLM, pipeline
 
     from minprot_ds.distill.export import export_checkpoint
