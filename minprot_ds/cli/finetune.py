@@ -38,7 +38,9 @@ def report(
     ),
     experiment: Optional[list[str]] = typer.Option(None, help="experiment(s) to read (repeatable; default: all)"),
 ) -> None:
-    """Tables A–D (metrics, runtime and saving, dataset variants, organisms) from finished fine-tune runs."""
+    """Tables A–D (metrics with CIs on the full and leak-free test rows, runtime and saving, dataset variants,
+    organisms) from finished fine-tune runs; runs are averaged only when every option that changes the numbers
+    is equal (a `setting` column names what differs)."""
     from minprot_ds.finetune.report import build_report
 
     path = build_report(tracking_uri, out, experiment)

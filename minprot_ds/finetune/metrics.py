@@ -4,6 +4,12 @@ The job and the tests call the same `compute_metrics` on the same columns, so me
 recomputed from predictions.tsv. Sequence tasks: one row per sequence, `score` = P(label 1).
 Q3: one row per residue (`position` 1-based), `score` = P(predicted class) and `p_H`/`p_E`/`p_C` the three
 class probabilities; residues without a label (mask column, unknown) keep label -100 and no metric counts them.
+
+Calibration (`calibration_terms`, the one definition the bootstrap reuses): binary tasks score P(class 1) —
+Brier = mean (P(class 1) − label)², ECE = Σ over CALIBRATION_BINS equal-width bins of [0, 1] of (rows in the bin
+/ rows) × |mean P(class 1) − fraction of positives| in it. Q3 (several classes): Brier sums over the classes
+(Brier's original multi-class score), and ECE is the top-label one (Guo et al. 2017): confidence = P(predicted
+class), observed = fraction predicted right, in the same bins.
 """
 
 from __future__ import annotations
@@ -32,6 +38,63 @@ class Predictions:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+CALIBRATION_BINS = 10  # equal-width bins of [0, 1]; a probability of exactly 1 falls in the last
+
+
+@dataclass
+class CalibrationTerms:
+    """Per labelled row: its squared error (Brier), its bin, the probability it states and whether it came true."""
+
+    squared_error: np.ndarray  # float [N]
+    bin: np.ndarray  # int [N], 0 .. CALIBRATION_BINS - 1
+    stated: np.ndarray  # float [N]: P(class 1) (binary) or P(predicted class) (several classes)
+    observed: np.ndarray  # float [N]: label == 1 (binary) or prediction right (several classes)
+
+
+def calibration_terms(labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray) -> CalibrationTerms:
+    """The terms of Brier and ECE for labelled rows (labels, probs [N, C], predicted as in the file)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64).reshape(len(labels), -1)
+    if probs.shape[1] == 2:
+        stated = probs[:, 1]
+        observed = (labels == 1).astype(np.float64)
+        squared = (stated - observed) ** 2
+    else:
+        onehot = np.zeros_like(probs)
+        onehot[np.arange(len(labels)), labels] = 1.0
+        squared = ((probs - onehot) ** 2).sum(axis=1)
+        stated = probs[np.arange(len(labels)), predicted]
+        observed = (predicted == labels).astype(np.float64)
+    bins = np.minimum((stated * CALIBRATION_BINS).astype(np.int64), CALIBRATION_BINS - 1).clip(0)
+    return CalibrationTerms(squared, bins, stated, observed)
+
+
+def brier_and_ece(terms: CalibrationTerms) -> tuple[float, float]:
+    n = len(terms.bin)
+    if n == 0:
+        return math.nan, math.nan
+    stated = np.bincount(terms.bin, terms.stated, minlength=CALIBRATION_BINS)
+    observed = np.bincount(terms.bin, terms.observed, minlength=CALIBRATION_BINS)
+    return float(terms.squared_error.mean()), float(np.abs(stated - observed).sum() / n)
+
+
+def reliability(terms: CalibrationTerms) -> list[dict]:
+    """The reliability table: per bin its range, rows, mean stated probability and observed frequency."""
+    count = np.bincount(terms.bin, minlength=CALIBRATION_BINS)
+    stated = np.bincount(terms.bin, terms.stated, minlength=CALIBRATION_BINS)
+    observed = np.bincount(terms.bin, terms.observed, minlength=CALIBRATION_BINS)
+    return [
+        {
+            "low": b / CALIBRATION_BINS,
+            "high": (b + 1) / CALIBRATION_BINS,
+            "n": int(count[b]),
+            "stated": float(stated[b] / count[b]) if count[b] else math.nan,
+            "observed": float(observed[b] / count[b]) if count[b] else math.nan,
+        }
+        for b in range(CALIBRATION_BINS)
+    ]
 
 
 def columns(spec: TaskSpec) -> list[str]:
@@ -86,8 +149,8 @@ def read_predictions(path: Path, spec: TaskSpec) -> Predictions:
 
 
 def compute_metrics(pred: Predictions, spec: TaskSpec) -> dict:
-    """accuracy, precision, recall, f1, roc_auc, mcc (+ pr_auc = average precision and the positive rate for
-    binary tasks, per-class scores for Q3); NaN where undefined."""
+    """accuracy, precision, recall, f1, roc_auc, mcc, brier, ece (+ pr_auc = average precision and the positive
+    rate for binary tasks, per-class scores for Q3); NaN where undefined."""
     with warnings.catch_warnings():  # one class in a tiny set: sklearn warns, the NaN / 0 says it already
         warnings.simplefilter("ignore", UserWarning)
         return _compute(pred, spec)
@@ -99,7 +162,8 @@ def _compute(pred: Predictions, spec: TaskSpec) -> dict:
     present = np.unique(y)
     out: dict = {"n": int(keep.sum())}
     if len(y) == 0:
-        return out | {k: math.nan for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "mcc")}
+        return out | {k: math.nan for k in ("accuracy", "precision", "recall", "f1", "roc_auc", "mcc", "brier", "ece")}
+    brier, ece = brier_and_ece(calibration_terms(y, probs, yhat))
     if not spec.per_residue:
         out |= {
             "positives": int((y == 1).sum()),
@@ -111,6 +175,8 @@ def _compute(pred: Predictions, spec: TaskSpec) -> dict:
             "pr_auc": skm.average_precision_score(y, probs[:, 1]) if len(present) == 2 else math.nan,
             "positive_rate": float((y == 1).mean()),
             "mcc": skm.matthews_corrcoef(y, yhat),
+            "brier": brier,
+            "ece": ece,
         }
         return {k: float(v) if not isinstance(v, int) else v for k, v in out.items()}
     labels = list(range(spec.num_labels))
@@ -128,6 +194,8 @@ def _compute(pred: Predictions, spec: TaskSpec) -> dict:
         if len(present) == spec.num_labels
         else math.nan,  # one-vs-rest needs every class present
         "mcc": float(skm.matthews_corrcoef(y, yhat)),
+        "brier": brier,
+        "ece": ece,
         "per_class": {
             c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
             for i, c in enumerate(spec.classes)

@@ -1,11 +1,15 @@
 """`minprot report`: fine-tune runs read back from MLflow, as the MinProtBert report's tables and bar charts.
 
-Table A: test metrics per task, dataset and model role, with the test set's leakage (how many test proteins
-occur in the training rows: exact / near-identical / homologs of N) next to them and, for binary tasks, the
-length-only and homology-transfer baselines on the same splits. Table B: runtime of teacher vs student and
-the student's saving in %. Table C: dataset variants (full / SUB / CUT) and the test set each was scored on.
-Table D: organisms (Swiss-Prot sets). Repeated runs of one setting (seeds) show mean ± std (sample std) and
-their count. Written as report.md, report.json and one PNG per table.
+Table A: for each task, train set, test set and setting, the full test set and (under --test-filter) its
+leak-free rows, each with its n and positives: teacher and student metrics with their 95% CIs, the test set's
+leakage (exact / near-identical / homologs of N) and, for binary tasks, the length-only and homology-transfer
+baselines on the same rows. Table B: runtime of teacher vs student and the student's saving in %. Table C:
+dataset variants (full / SUB / CUT) and the test set each was scored on. Table D: organisms (Swiss-Prot sets).
+
+Runs are merged (mean ± sample std over seeds) only when every recorded option that can change the numbers is
+equal — every fine-tune option except those in IGNORED, so an option added later groups by itself — and, per
+row, the model's provenance (the distillation run of a student, else the model named). Runs that differ are
+kept apart, and the `setting` column names what differs. Written as report.md, report.json and PNG charts.
 """
 
 from __future__ import annotations
@@ -19,12 +23,25 @@ from pathlib import Path
 
 from minprot_ds.errors import UserError
 from minprot_ds.finetune.metrics import json_safe
+from minprot_ds.finetune.options import FinetuneConfig
 from minprot_ds.models import provenance as links
+from minprot_ds.options import cli_fields
 
-METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "positive_rate", "mcc")
+METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "mcc", "brier", "ece")
+COUNTS = ("n", "positives")
 LEAKAGE = ("exact", "near_identical", "homologs")
 BASELINES = ("length", "homology")
 ROLES = ("teacher", "student")
+# Options that do not change a run's numbers (or that rows already tell apart): where outputs go, which seed
+# (seeds are what a group averages), the model (a row's role and provenance) and the CIs' resample count.
+IGNORED = frozenset(
+    {"out", "tracking_uri", "experiment", "run_name", "seed", "seeds", "model", "role", "dataset_name", "bootstrap"}
+)
+
+
+def setting_options() -> list[str]:
+    """The fine-tune options a report groups by: every logged one not in IGNORED."""
+    return [c.name for c in cli_fields(FinetuneConfig) if c.field.metadata["log"] and c.name not in IGNORED]
 
 
 @dataclass
@@ -47,25 +64,45 @@ class RunRow:
     distill_run_id: str = ""
     test_rows: int = 0
     leakage: dict[str, float] = field(default_factory=dict)  # test_exact / near_identical / homologs, {} if unmeasured
-    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> test metrics
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> test metrics (+ _ci_low/_high)
+    settings: dict[str, str] = field(default_factory=dict)  # setting_options() as recorded ("" when absent)
+    provenance: str = ""  # the student's distillation run, else the model named
+    counts: dict[str, float] = field(default_factory=dict)  # test n, positives
+    ci: dict[str, list[float]] = field(default_factory=dict)  # metric -> [low, high]
+    filtered: dict[str, float] = field(default_factory=dict)  # test_filtered metrics, counts, _ci_low/_high
+    baselines_filtered: dict[str, dict[str, float]] = field(default_factory=dict)
+    test_filter: str = "none"
+    setting: str = "–"  # filled by the tables: the settings that tell this run's group apart
 
 
 @dataclass
 class Stat:
-    """A metric over repeated runs: mean, sample std (n > 1) and count."""
+    """A metric over repeated runs: mean, sample std (n > 1) and count; with the runs' 95% CI bounds (their
+    mean over the runs: the test-sampling uncertainty of one run) when known."""
 
     mean: float
     std: float
     n: int
+    low: float = math.nan
+    high: float = math.nan
 
     @classmethod
-    def of(cls, values: list[float]) -> Stat:
+    def of(cls, values: list[float], lows: list[float] | None = None, highs: list[float] | None = None) -> Stat:
         finite = [v for v in values if not math.isnan(v)]
         if not finite:
             return cls(math.nan, math.nan, 0)
         mean = sum(finite) / len(finite)
         std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) if len(finite) > 1 else math.nan
-        return cls(mean, std, len(finite))
+        return cls(mean, std, len(finite), _mean(lows or []), _mean(highs or []))
+
+
+def _metric(sets: list[dict[str, float]], name: str) -> Stat:
+    """`name` over scored sets logged flat (name, name_ci_low, name_ci_high)."""
+    return Stat.of(
+        [s.get(name, math.nan) for s in sets],
+        [s.get(f"{name}_ci_low", math.nan) for s in sets],
+        [s.get(f"{name}_ci_high", math.nan) for s in sets],
+    )
 
 
 @dataclass
@@ -123,8 +160,16 @@ def collect_runs(uri: str, experiments: list[str] | None = None) -> list[RunRow]
         max_results=50_000,
     )
     rows = []
+    options = setting_options()
+
+    def scored(prefix: str, m: dict[str, float]) -> dict[str, float]:
+        names = [*METRICS, *COUNTS, *(f"{k}_ci_{end}" for k in METRICS for end in ("low", "high"))]
+        return {k: m[f"{prefix}/{k}"] for k in names if f"{prefix}/{k}" in m}
+
     for run in runs:
         tags, m, params = run.data.tags, run.data.metrics, run.data.params
+        distill = tags.get(links.TAG_DISTILL_RUN, "")
+        model = tags.get("minprot.model", params.get("model", ""))
         rows.append(
             RunRow(
                 run_id=run.info.run_id,
@@ -135,22 +180,74 @@ def collect_runs(uri: str, experiments: list[str] | None = None) -> list[RunRow]
                 test_dataset=tags.get("minprot.test_dataset", ""),
                 organism=tags.get("minprot.organism", ""),
                 role=tags.get(links.TAG_ROLE, "?"),
-                model=tags.get("minprot.model", params.get("model", "")),
+                model=model,
                 train_rows=int(_num(params.get("rows.train")) if params.get("rows.train") else 0),
                 metrics={k: _num(m.get(f"test/{k}")) for k in METRICS},
                 train_seconds=_num(m.get("runtime/train_seconds")),
                 inference_seconds=_num(m.get("runtime/inference_seconds")),
-                distill_run_id=tags.get(links.TAG_DISTILL_RUN, ""),
+                distill_run_id=distill,
                 test_rows=int(_num(params.get("rows.test")) if params.get("rows.test") else 0),
                 leakage={k: m[f"leakage/test_{k}"] for k in LEAKAGE if f"leakage/test_{k}" in m},
-                baselines={
-                    b: {k: _num(m.get(f"baseline_{b}/{k}")) for k in METRICS}
-                    for b in BASELINES
-                    if f"baseline_{b}/accuracy" in m
+                baselines={b: scored(f"baseline_{b}", m) for b in BASELINES if f"baseline_{b}/accuracy" in m},
+                settings={k: params.get(k, "") for k in options},
+                provenance=f"distillation run {distill}" if distill else model,
+                counts={k: m[f"test/{k}"] for k in COUNTS if f"test/{k}" in m},
+                ci={k: [m[f"test/{k}_ci_low"], m[f"test/{k}_ci_high"]] for k in METRICS if f"test/{k}_ci_low" in m},
+                filtered=scored("test_filtered", m),
+                baselines_filtered={
+                    b: scored(f"baseline_{b}_filtered", m) for b in BASELINES if f"baseline_{b}_filtered/accuracy" in m
                 },
+                test_filter=params.get("test_filter", "none"),
             )
         )
     return rows
+
+
+def varying(rows: list[RunRow]) -> list[str]:
+    """The setting options whose recorded value differs between some of `rows`."""
+    return [k for k in setting_options() if len({r.settings.get(k, "") for r in rows}) > 1]
+
+
+def setting_key(row: RunRow) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(row.settings.items()))
+
+
+def setting_label(row: RunRow, differing: list[str]) -> str:
+    """What sets this row's group apart: `--pooling mean, --lr 0.001` (paths by their last part), or "–"."""
+
+    def shown(value: str) -> str:
+        return Path(value).name if "/" in value else value or "(unset)"
+
+    return ", ".join(f"--{k.replace('_', '-')} {shown(row.settings.get(k, ''))}" for k in differing) or "–"
+
+
+def _settings(rows: list[RunRow], where) -> list[tuple[tuple, list[RunRow]]]:
+    """Groups of runs with equal `where(row)` and equal settings, each row's `setting` set to what tells its group
+    apart from the others of the same `where`."""
+    out = []
+    for place, here in _group(rows, where).items():
+        differing = varying(here)
+        for key, runs in _group(here, lambda r: (setting_key(r),)).items():
+            for r in runs:
+                r.setting = setting_label(r, differing)
+            out.append(((*place, *key), runs))
+    return out
+
+
+def check_mergeable(runs: list[RunRow]) -> None:
+    """Refuse to average runs that differ in a setting (the grouping above never asks it; a guard for callers)."""
+    for name in setting_options():
+        values = sorted({r.settings.get(name, "") for r in runs})
+        if len(values) > 1:
+            raise UserError(
+                f"runs {', '.join(r.run_id[:8] for r in runs)} differ in --{name.replace('_', '-')} "
+                f"({' vs '.join(v or '(unset)' for v in values)}); they cannot be merged into one mean"
+            )
+    sources = sorted({r.provenance for r in runs})
+    if len(sources) > 1:
+        raise UserError(
+            f"runs {', '.join(r.run_id[:8] for r in runs)} come from different models ({' vs '.join(sources)})"
+        )
 
 
 # --- tables ---------------------------------------------------------------------------------------------
@@ -180,46 +277,83 @@ def _saving(teacher: float, student: float) -> float:
 
 
 def leakage_cell(runs: list[RunRow]) -> str:
-    """exact / near-identical / homologs of N test proteins (the first run's: runs of a group share their splits)."""
+    """exact / near-identical / homologs of N test proteins; each distinct value when the runs disagree (a seeded
+    --max-train-samples draws other training rows per seed)."""
     measured = [r for r in runs if r.leakage]
     if not measured:
         return "not measured"
-    r = measured[0]
-    return "/".join(str(int(r.leakage.get(k, 0))) for k in LEAKAGE) + f" of {r.test_rows}"
+    cells = {"/".join(str(int(r.leakage.get(k, 0))) for k in LEAKAGE) + f" of {r.test_rows}" for r in measured}
+    return "; ".join(sorted(cells))
+
+
+def _count(values: list[float]) -> str:
+    found = sorted({int(v) for v in values if not math.isnan(v)})
+    if not found:
+        return "–"
+    return str(found[0]) if len(found) == 1 else f"{found[0]}–{found[-1]}"
+
+
+def _row_key(row: RunRow) -> tuple:
+    return (_role_order(row.role), row.role, row.provenance)
 
 
 def table_a(rows: list[RunRow]) -> Table:
     t = Table(
-        "Table A: test metrics by task, dataset and model (mean ± std over runs; leakage = test proteins "
-        "with an exact / near-identical / homologous copy among the training rows)",
-        ["task", "train set", "test set", "model", "runs", "leakage", *METRICS],
+        "Table A: test metrics by task, dataset, setting and model, on the full test set and its leak-free rows "
+        "(mean ± std over runs, [95% CI]; leakage = test proteins with an exact / near-identical / homologous copy "
+        "among the training rows)",
+        ["task", "train set", "test set", "setting", "scored on", "model", "runs", "n", "positives", "leakage"]
+        + list(METRICS),
     )
-    groups = _group(rows, lambda r: (r.task, r.dataset_label, r.test_dataset))
-    for (task, data, test), runs in groups.items():
-        leak = leakage_cell(runs)
-        for role, mine in _group(runs, lambda r: (_role_order(r.role), r.role)).items():
-            t.rows.append(
-                [task, data, test, role[1], len(mine), leak, *(Stat.of([r.metrics[k] for r in mine]) for k in METRICS)]
+    for (task, data, test, _), runs in _settings(rows, lambda r: (r.task, r.dataset_label, r.test_dataset)):
+        setting, leak = runs[0].setting, leakage_cell(runs)
+        head = [task, data, test, setting]
+        models = _group(runs, _row_key)
+        sets = [("full", lambda r: {**r.metrics, **r.counts, **_flat_ci(r.ci)}, lambda r, b: r.baselines.get(b))]
+        if any(r.filtered for r in runs):
+            sets.append(
+                (f"leak-free ({runs[0].test_filter})", lambda r: r.filtered, lambda r, b: r.baselines_filtered.get(b))
             )
-        for name in BASELINES:
-            done = [r.baselines[name] for r in runs if name in r.baselines]
-            if done:
-                t.rows.append(
-                    [
-                        task,
-                        data,
-                        test,
-                        f"baseline: {name}",
-                        len(done),
-                        leak,
-                        *(Stat.of([b[k] for b in done]) for k in METRICS),
-                    ]
-                )
+        for scored_on, of_model, of_baseline in sets:
+            for (_, role, provenance), mine in models.items():
+                check_mergeable(mine)
+                found = [of_model(r) for r in mine if of_model(r)]
+                if not found:
+                    continue
+                alike = {k[2] for k in models if k[1] == role}  # models of this role: name them when several
+                name = role if len(alike) == 1 else f"{role} ({provenance})"
+                t.rows.append(_line(head, scored_on, name, found, leak))
+            for baseline in BASELINES:
+                done = [of_baseline(r, baseline) for r in runs if of_baseline(r, baseline)]
+                if done:
+                    t.rows.append(_line(head, scored_on, f"baseline: {baseline}", done, leak))
     t.note = (
-        "Baselines (binary tasks, same splits): length = logistic regression on sequence length; homology = the "
-        "label of the best MMseqs2 hit among the training rows."
+        "Runs merge only when every option that changes the numbers is equal (all fine-tune options but "
+        + ", ".join(f"--{k.replace('_', '-')}" for k in sorted(IGNORED))
+        + ") and the model's provenance too; `setting` names the options that differ between runs of one task, "
+        "train and test set. "
+        "One run: its value [95% bootstrap CI]; several (seeds): mean ± sample std [the runs' mean CI bounds]. "
+        "Baselines (binary tasks, same rows): length = logistic regression on sequence length; homology = the "
+        "label of the best MMseqs2 hit among the training rows. leak-free = the rows --test-filter keeps."
     )
     return t
+
+
+def _flat_ci(ci: dict[str, list[float]]) -> dict[str, float]:
+    return {f"{k}_ci_{end}": v for k, (low, high) in ci.items() for end, v in (("low", low), ("high", high))}
+
+
+def _line(head: list, scored_on: str, model: str, sets: list[dict[str, float]], leak: str) -> list[object]:
+    return [
+        *head,
+        scored_on,
+        model,
+        len(sets),
+        _count([s.get("n", math.nan) for s in sets]),
+        _count([s.get("positives", math.nan) for s in sets]),
+        leak,
+        *(_metric(sets, k) for k in METRICS),
+    ]
 
 
 def table_b(rows: list[RunRow]) -> Table:
@@ -228,6 +362,7 @@ def table_b(rows: list[RunRow]) -> Table:
         [
             "task",
             "train set",
+            "setting",
             "teacher train s",
             "student train s",
             "train saving %",
@@ -236,11 +371,11 @@ def table_b(rows: list[RunRow]) -> Table:
             "inference saving %",
         ],
     )
-    for (task, data), runs in _group(rows, lambda r: (r.task, r.dataset_label)).items():
+    for (task, data, _), runs in _settings(rows, lambda r: (r.task, r.dataset_label)):
         by_role = {role: [r for r in runs if r.role == role] for role in ROLES}
         tt, st = (_mean([r.train_seconds for r in by_role[x]]) for x in ROLES)
         ti, si = (_mean([r.inference_seconds for r in by_role[x]]) for x in ROLES)
-        t.rows.append([task, data, tt, st, _saving(tt, st), ti, si, _saving(ti, si)])
+        t.rows.append([task, data, runs[0].setting, tt, st, _saving(tt, st), ti, si, _saving(ti, si)])
     t.note = "A saving needs both a teacher and a student run of the same task and train set."
     return t
 
@@ -253,6 +388,7 @@ def table_c(rows: list[RunRow]) -> Table:
             "task",
             "dataset",
             "variant",
+            "setting",
             "model",
             "train rows",
             "test set",
@@ -267,51 +403,56 @@ def table_c(rows: list[RunRow]) -> Table:
     with_variants = {(r.task, r.dataset) for r in rows if r.variant != "full"}
     picked = [r for r in rows if (r.task, r.dataset) in with_variants]
     order = {"full": 0, "sub": 1, "cut": 2}
-    groups = _group(
-        picked, lambda r: (r.task, r.dataset, order.get(r.variant, 3), r.dataset_label, _role_order(r.role), r.role)
-    )
-    for (task, data, _, label, _, role), runs in groups.items():
-        variant = label[len(data) :].strip() or "full"
-        tests = sorted({r.test_dataset for r in runs})
-        t.rows.append(
-            [
-                task,
-                data,
-                variant,
-                role,
-                max(r.train_rows for r in runs),
-                ", ".join(tests),
-                leakage_cell(runs),
-                len(runs),
-                *(Stat.of([r.metrics[k] for r in runs]) for k in ("accuracy", "f1", "roc_auc", "mcc")),
-            ]
-        )
+    for place, alike in _settings(picked, lambda r: (r.task, r.dataset, order.get(r.variant, 3), r.dataset_label)):
+        task, data, _, label, _ = place
+        for (_, role, _), runs in _group(alike, _row_key).items():
+            _variant_line(t, task, data, label, role, runs)
     if not t.rows:
         t.note = "No SUB/CUT runs yet: make them with `minprot data reduce` and `minprot data random-subset`."
     return t
 
 
+def _variant_line(t: Table, task: str, data: str, label: str, role: str, runs: list[RunRow]) -> None:
+    variant = label[len(data) :].strip() or "full"
+    tests = sorted({r.test_dataset for r in runs})
+    t.rows.append(
+        [
+            task,
+            data,
+            variant,
+            runs[0].setting,
+            role,
+            max(r.train_rows for r in runs),
+            ", ".join(tests),
+            leakage_cell(runs),
+            len(runs),
+            *(Stat.of([r.metrics[k] for r in runs]) for k in ("accuracy", "f1", "roc_auc", "mcc")),
+        ]
+    )
+
+
 def table_d(rows: list[RunRow]) -> Table:
     t = Table(
         "Table D: organisms (Swiss-Prot DNA-binding sets)",
-        ["organism", "variant", "model", "runs", "leakage", "accuracy", "f1", "roc_auc", "mcc", "train s"],
+        ["organism", "variant", "setting", "model", "runs", "leakage", "accuracy", "f1", "roc_auc", "mcc", "train s"],
     )
-    groups = _group(
-        [r for r in rows if r.organism],
-        lambda r: (r.organism, r.dataset_label[len(r.dataset) :].strip() or "full", _role_order(r.role), r.role),
+    groups = _settings(
+        [r for r in rows if r.organism], lambda r: (r.organism, r.dataset_label[len(r.dataset) :].strip() or "full")
     )
-    for (organism, variant, _, role), runs in groups.items():
-        t.rows.append(
-            [
-                organism,
-                variant,
-                role,
-                len(runs),
-                leakage_cell(runs),
-                *(Stat.of([r.metrics[k] for r in runs]) for k in ("accuracy", "f1", "roc_auc", "mcc")),
-                _mean([r.train_seconds for r in runs]),
-            ]
-        )
+    for (organism, variant, _), alike in groups:
+        for (_, role, _), runs in _group(alike, _row_key).items():
+            t.rows.append(
+                [
+                    organism,
+                    variant,
+                    runs[0].setting,
+                    role,
+                    len(runs),
+                    leakage_cell(runs),
+                    *(Stat.of([r.metrics[k] for r in runs]) for k in ("accuracy", "f1", "roc_auc", "mcc")),
+                    _mean([r.train_seconds for r in runs]),
+                ]
+            )
     if not t.rows:
         t.note = "No runs on organism sets yet: build them with `minprot data swissprot --organism ...`."
     return t
@@ -328,7 +469,8 @@ def _cell(value: object) -> str:
     if isinstance(value, Stat):
         if value.n == 0:
             return "–"
-        return _cell(value.mean) + (f" ± {value.std:.3f}" if value.n > 1 else "")
+        ci = f" [{value.low:.2f}, {value.high:.2f}]" if math.isfinite(value.low) and math.isfinite(value.high) else ""
+        return _cell(value.mean) + (f" ± {value.std:.3f}" if value.n > 1 else "") + ci
     if isinstance(value, float):
         return "–" if math.isnan(value) else f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
     return str(value).replace("|", "\\|")
@@ -382,23 +524,30 @@ def _bar_chart(
 
 
 def _runtime_chart(table: Table, path: Path) -> Path | None:
-    as_roles = Table(table.title, ["task", "train set", "model", "train s"])
-    for task, data, tt, st, *_ in table.rows:
-        as_roles.rows += [[task, data, "teacher", tt], [task, data, "student", st]]
-    return _bar_chart(as_roles, [0, 1], 3, 2, "Table B: training time", "seconds", path)
+    as_roles = Table(table.title, ["task", "train set", "setting", "model", "train s"])
+    for task, data, setting, tt, st, *_ in table.rows:
+        as_roles.rows += [[task, data, setting, "teacher", tt], [task, data, setting, "student", st]]
+    return _bar_chart(as_roles, [0, 1, 2], 4, 3, "Table B: training time", "seconds", path)
 
 
 def render(tables: list[Table], out: Path, sources: list[str], run_count: int) -> list[Path]:
     a, b, c, d = tables
+    model_a = a.columns.index("model")
     charts = [
         _bar_chart(
-            a, [0, 1, 2], a.columns.index("mcc"), 3, "Table A: test MCC by model", "MCC", out / "table_a_mcc.png"
+            a,
+            [0, 1, 2, 3, 4],
+            a.columns.index("mcc"),
+            model_a,
+            "Table A: test MCC by model",
+            "MCC",
+            out / "table_a_mcc.png",
         ),
         _bar_chart(
             a,
-            [0, 1, 2],
+            [0, 1, 2, 3, 4],
             a.columns.index("accuracy"),
-            3,
+            model_a,
             "Table A: test accuracy by model",
             "accuracy",
             out / "table_a_accuracy.png",
@@ -406,18 +555,18 @@ def render(tables: list[Table], out: Path, sources: list[str], run_count: int) -
         _runtime_chart(b, out / "table_b_runtime.png"),
         _bar_chart(
             c,
-            [0, 1, 2],
+            [0, 1, 2, 3],
             c.columns.index("accuracy"),
-            3,
+            c.columns.index("model"),
             "Table C: accuracy by dataset variant",
             "accuracy",
             out / "table_c_variants.png",
         ),
         _bar_chart(
             d,
-            [0, 1],
+            [0, 1, 2],
             d.columns.index("accuracy"),
-            2,
+            d.columns.index("model"),
             "Table D: accuracy by organism",
             "accuracy",
             out / "table_d_organisms.png",

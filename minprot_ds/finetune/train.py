@@ -28,6 +28,7 @@ from minprot_ds.ds_config import read_ds_config
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import atomic_write, read_json
 from minprot_ds.finetune.baselines import homology_transfer, length_only
+from minprot_ds.finetune.calibration import apply_threshold, choose_threshold, reliability_plot, reliability_table
 from minprot_ds.finetune.evaluate import Scored, score
 from minprot_ds.finetune.inputs import TaskInputs, load_inputs
 from minprot_ds.finetune.metrics import (
@@ -56,6 +57,8 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.tsv"
 LEAKAGE_FILE = "leakage.tsv"
 MODEL_DIR = "model"
+RELIABILITY_FILE = "reliability.png"
+EVAL_SUBSET_SEED = 0  # --max-eval-samples draws one valid/test subset whatever the training --seed
 TEST_FILTERS = ("none", "near-identical", "homologs")
 
 
@@ -146,8 +149,10 @@ def load(cfg: FinetuneConfig) -> Job:
         strict=cfg.strict,
     )
     train = encode_split(inputs.train, spec, cfg.max_train_samples, cfg.seed)
-    valid = encode_split(inputs.valid, spec, cfg.max_eval_samples, cfg.seed) if inputs.valid is not None else None
-    test = encode_split(inputs.test, spec, cfg.max_eval_samples, cfg.seed)
+    valid = (
+        encode_split(inputs.valid, spec, cfg.max_eval_samples, EVAL_SUBSET_SEED) if inputs.valid is not None else None
+    )
+    test = encode_split(inputs.test, spec, cfg.max_eval_samples, EVAL_SUBSET_SEED)
 
     torch.manual_seed(cfg.seed)  # dropout; the head's initial weights come from the seed alone (heads.init_head)
     model = build_task_model(
@@ -224,11 +229,12 @@ def _score(job: Job, enc: Encoded) -> Scored:
     )
 
 
-def train(job: Job, tracker: Tracker, say: Callable[[str], None]) -> tuple[list[dict], float, int]:
-    """The epochs: (per-epoch log, seconds spent training, training rows seen by this rank)."""
+def train(job: Job, tracker: Tracker, say: Callable[[str], None]) -> tuple[list[dict], float, int, Predictions | None]:
+    """The epochs: (per-epoch log, seconds spent training, training rows seen by this rank, the last epoch's
+    valid predictions or None). The per-epoch valid metrics take the argmax (threshold 0.5)."""
     cfg, stepper = job.cfg, job.stepper
     vocab = family_of_config(stepper.module.encoder.config, "--model").vocab
-    step, history, seconds, seen = 0, [], 0.0, 0
+    step, history, seconds, seen, last_valid = 0, [], 0.0, 0, None
     log_every = max(1, job.total_steps // 50)
     for epoch in range(cfg.epochs):
         started, losses = time.perf_counter(), []
@@ -243,6 +249,7 @@ def train(job: Job, tracker: Tracker, say: Callable[[str], None]) -> tuple[list[
         epoch_log = {"train/epoch_loss": float(np.mean(losses))}
         if job.valid is not None:
             scored = _score(job, job.valid)
+            last_valid = scored.predictions
             epoch_log |= flat_metrics(compute_metrics(scored.predictions, job.spec), "valid") | {
                 "valid/loss": scored.loss
             }
@@ -252,7 +259,28 @@ def train(job: Job, tracker: Tracker, say: Callable[[str], None]) -> tuple[list[
             f"epoch {epoch + 1}/{cfg.epochs}: train loss {epoch_log['train/epoch_loss']:.4f}"
             + (f", valid accuracy {epoch_log['valid/accuracy']:.4f}" if job.valid is not None else "")
         )
-    return history, seconds, seen * job.world
+    return history, seconds, seen * job.world, last_valid
+
+
+def decide_threshold(job: Job, valid: Predictions | None, say: Callable[[str], None]) -> dict[str, Any]:
+    """metrics.json `threshold`: binary sequence tasks choose it on the valid split (calibration.RULE), never on
+    test; the model folder stores it for `predict`. Other tasks take the argmax."""
+    if job.spec.per_residue or job.spec.num_labels != 2:
+        return {"value": None, "source": "argmax", "rule": "the most probable class (not a binary task)"}
+    chosen = choose_threshold(valid)
+    if chosen["source"] == "default":
+        say(
+            f"threshold: {chosen['value']} by default ({chosen['reason']}); give the task a valid split (--valid, "
+            "or a --train folder with one) to choose it there"
+        )
+    else:
+        say(
+            f"threshold: {chosen['value']:.4g}, chosen on the valid split ({chosen['valid_rows']} rows, "
+            f"{chosen['valid_positives']} positives): valid MCC {chosen['valid_mcc']:.4f} "
+            f"(at 0.5: {chosen['valid_mcc_at_0.5']:.4f})"
+        )
+    job.model.info.threshold, job.model.info.threshold_source = chosen["value"], chosen["source"]
+    return chosen
 
 
 def _subset(pred: Predictions, keep: np.ndarray) -> Predictions:
@@ -307,21 +335,25 @@ def scored_set(pred: Predictions, spec: TaskSpec, resamples: int) -> dict[str, A
 
 
 def baselines(job: Job) -> dict[str, dict] | None:
-    """Binary tasks: the length-only and homology-transfer baselines on this job's own splits (rank 0)."""
+    """Binary tasks: the length-only and homology-transfer baselines on this job's own splits (rank 0), each on
+    the full test set and, under --test-filter, on its kept rows (`filtered`)."""
 
     if job.spec.per_residue or job.spec.num_labels != 2:
         return None
     train_y, test_y = np.asarray(job.train.labels), np.asarray(job.test.labels)
     resamples = job.cfg.bootstrap
-    found = {
-        "length": scored_set(
-            length_only(job.train.lengths, train_y, job.test.ids, job.test.lengths, test_y), job.spec, resamples
-        )
-    }
+    predictions = {"length": length_only(job.train.lengths, train_y, job.test.ids, job.test.lengths, test_y)}
     if job.test_overlap is not None:
-        found["homology"] = scored_set(
-            homology_transfer(job.test_overlap, train_y, job.test.ids, test_y), job.spec, resamples
-        )
+        predictions["homology"] = homology_transfer(job.test_overlap, train_y, job.test.ids, test_y)
+    kept = None
+    if job.test_overlap is not None and job.cfg.test_filter != "none":
+        kept = np.zeros(len(job.test), dtype=bool)
+        kept[job.test_overlap.rows_passing(job.cfg.test_filter)] = True
+    found = {}
+    for name, pred in predictions.items():
+        found[name] = scored_set(pred, job.spec, resamples)
+        if kept is not None:
+            found[name]["filtered"] = scored_set(_subset(pred, kept), job.spec, resamples)
     return found
 
 
@@ -353,19 +385,9 @@ def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> Fi
         results.append(run_one(one, echo=echo))
     if not results[0].metrics:  # ranks other than 0
         return results[-1]
-    summary = {
-        "seeds": [r.metrics["seed"] for r in results],
-        "runs": [str(r.out) for r in results],
-        "mlflow_run_ids": [r.mlflow_run_id for r in results],
-        "test": {},
-    }
-    for key, value in results[0].metrics["test"].items():
-        if isinstance(value, (int, float)):
-            values = np.array([r.metrics["test"][key] for r in results], dtype=np.float64)
-            summary["test"][key] = {
-                "mean": float(np.mean(values)),
-                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-            }
+    summary = seeds_summary([r.metrics for r in results])
+    summary["runs"] = [str(r.out) for r in results]
+    summary["mlflow_run_ids"] = [r.mlflow_run_id for r in results]
     atomic_write(Path(cfg.out) / "seeds.json", json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
     (echo or log.info)(
         "over seeds "
@@ -380,28 +402,92 @@ def run(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> Fi
     return results[-1]
 
 
+def _over_seeds(sets: list[dict | None]) -> dict[str, dict[str, float]] | None:
+    """Mean and sample std (0 for one seed) of each number of one scored set over the seeds; None if unscored."""
+    if not sets or any(s is None for s in sets):
+        return None
+    out = {}
+    for key, value in sets[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values = np.array([math.nan if s.get(key) is None else s[key] for s in sets], dtype=np.float64)
+            out[key] = {
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            }
+    return out
+
+
+def seeds_summary(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """seeds.json: mean ± std over the seeds of the test set, the filtered test set, every baseline (on both) and
+    the threshold. The valid/test rows are the same for every seed (EVAL_SUBSET_SEED)."""
+    first = per_seed[0]
+    summary: dict[str, Any] = {
+        "seeds": [m["seed"] for m in per_seed],
+        "test": _over_seeds([m["test"] for m in per_seed]),
+        "test_filtered": _over_seeds([m.get("test_filtered") for m in per_seed]),
+        "threshold": _over_seeds([m.get("threshold") for m in per_seed]),
+        "baselines": None,
+    }
+    if first.get("baselines"):
+        summary["baselines"] = {
+            name: {
+                "test": _over_seeds([m["baselines"][name] for m in per_seed]),
+                "test_filtered": _over_seeds([m["baselines"][name].get("filtered") for m in per_seed]),
+            }
+            for name in first["baselines"]
+        }
+    return summary
+
+
 def write(
-    job: Job, tracker: Tracker, scored: Scored, out: Path, trained: dict[str, Any], say: Callable[[str], None]
+    job: Job,
+    tracker: Tracker,
+    scored: Scored,
+    out: Path,
+    trained: dict[str, Any],
+    say: Callable[[str], None],
+    threshold: dict[str, Any],
 ) -> dict[str, Any]:
-    """Rank 0: predictions.tsv, leakage.tsv and metrics.json (full and filtered test set, baselines, coverage,
-    runtime), logged to MLflow; returns the metrics."""
+    """Rank 0: predictions.tsv (classes at `threshold`), leakage.tsv, reliability.png and metrics.json (full and
+    filtered test set, baselines, calibration, coverage, runtime), logged to MLflow; returns the metrics."""
     cfg, spec, test, valid, inputs = job.cfg, job.spec, job.test, job.valid, job.inputs
     history, train_seconds, train_rows = trained["history"], trained["train_seconds"], trained["train_rows"]
     infer_seconds = trained["inference_seconds"]
     # Metrics from the file as written, so metrics.json always equals a recomputation from predictions.tsv.
-    path = write_predictions(scored.predictions, spec, out / PREDICTIONS_FILE)
+    predicted = scored.predictions
+    if threshold["value"] is not None:
+        predicted = apply_threshold(predicted, threshold["value"])
+    path = write_predictions(predicted, spec, out / PREDICTIONS_FILE)
     written = read_predictions(path, spec)
     test_metrics = compute_metrics(written, spec) | {"loss": scored.loss}
     test_metrics |= confidence_intervals(written, spec, resamples=cfg.bootstrap)
-    filtered = None
+    filtered = filtered_pred = None
     if job.test_overlap is not None and cfg.test_filter != "none":
         kept = np.zeros(len(test), dtype=bool)
         kept[job.test_overlap.rows_passing(cfg.test_filter)] = True
+        filtered_pred = _subset(written, kept[scored.row_of])
         filtered = {
             "filter": cfg.test_filter,
             "rows": int(kept.sum()),
-            **scored_set(_subset(written, kept[scored.row_of]), spec, cfg.bootstrap),
+            **scored_set(filtered_pred, spec, cfg.bootstrap),
         }
+    curves = {"test": reliability_table(written)}
+    if filtered_pred is not None:
+        curves[f"test_filtered ({cfg.test_filter})"] = reliability_table(filtered_pred)
+    binary = not spec.per_residue and spec.num_labels == 2
+    plot = reliability_plot(
+        curves,
+        binary,
+        f"{spec.name}: {job.role} ({Path(str(cfg.model)).name}) on {inputs.test_dataset.label}",
+        out / RELIABILITY_FILE,
+    )
+    calibration = {
+        "brier": "mean (P(class 1) - label)^2" if binary else "mean over residues of the sum over classes of (p - 1)^2",
+        "ece": "sum over 10 equal-width bins of [0, 1] of (rows in bin / rows) x |mean stated probability - "
+        + ("fraction of positives| (stated: P(class 1))" if binary else "fraction right| (stated: P(predicted class))"),
+        "reliability": curves,
+        "plot": RELIABILITY_FILE,
+    }
     if job.test_overlap is not None:
         write_leakage(job, out / LEAKAGE_FILE)
     found = baselines(job)
@@ -424,8 +510,10 @@ def write(
         "distill_run_id": job.provenance.get("mlflow_run_id"),
         "seed": cfg.seed,
         "pooling": cfg.pooling,
+        "threshold": threshold,
         "test": test_metrics,
         "test_filtered": filtered,
+        "calibration": calibration,
         "leakage": leakage_summary(job),
         "coverage": scored.coverage,
         "baselines": found,
@@ -444,16 +532,22 @@ def write(
     logged |= {f"coverage/{k}": v for k, v in scored.coverage.items() if isinstance(v, (int, float))}
     if filtered is not None:
         logged |= flat_metrics(filtered, "test_filtered") | flat_intervals(filtered["ci95"], "test_filtered")
+    if threshold["value"] is not None:
+        logged["threshold"] = threshold["value"]
     for name, values in (found or {}).items():
         logged |= flat_metrics(values, f"baseline_{name}") | flat_intervals(values["ci95"], f"baseline_{name}")
+        if values.get("filtered"):
+            part = values["filtered"]
+            logged |= flat_metrics(part, f"baseline_{name}_filtered")
+            logged |= flat_intervals(part["ci95"], f"baseline_{name}_filtered")
     tracker.log_metrics(logged, job.total_steps)
-    for artifact in (out / METRICS_FILE, path, out / LEAKAGE_FILE):
+    for artifact in (out / METRICS_FILE, path, out / LEAKAGE_FILE, plot):
         if artifact.is_file():
             tracker.log_artifact(artifact)
     cov = scored.coverage
     say(
         "test: "
-        + ", ".join(f"{k} {test_metrics[k]:.4f}" for k in ("accuracy", "f1", "roc_auc", "mcc"))
+        + ", ".join(f"{k} {test_metrics[k]:.4f}" for k in ("accuracy", "f1", "roc_auc", "mcc", "brier", "ece"))
         + f"; {cov['residues_scored']} of {cov['residues']} residues scored ({cfg.long})"
         + f"; train {train_seconds:.1f} s, inference {infer_seconds:.2f} s; outputs in {out}"
     )
@@ -538,7 +632,8 @@ def run_one(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -
             f"{len(valid) if valid else 0} valid / {len(test)} test rows, {job.total_steps} steps"
         )
 
-        history, train_seconds, train_rows = train(job, tracker, say)
+        history, train_seconds, train_rows, last_valid = train(job, tracker, say)
+        threshold = decide_threshold(job, last_valid, say)
         started = time.perf_counter()
         scored = _score(job, test)
         infer_seconds = time.perf_counter() - started
@@ -559,6 +654,7 @@ def run_one(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -
                 "inference_seconds": infer_seconds,
             },
             say,
+            threshold,
         )
         return FinetuneResult(out, metrics, tracker.run_id, model_dir, tags)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from minprot_ds.finetune.metrics import Predictions, compute_metrics
+from minprot_ds.finetune.metrics import CALIBRATION_BINS, Predictions, calibration_terms, compute_metrics
 from minprot_ds.finetune.tasks import TaskSpec
 from minprot_ds.vocab import IGNORE_INDEX
 
@@ -30,7 +30,8 @@ RESAMPLES = 1000
 SEED = 0
 LEVEL = 0.95
 MARGIN = 0.98  # MinProtBert's claim: the student keeps at least 98% of the teacher's metric
-CI_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "mcc")
+CI_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "mcc", "brier", "ece")
+LOWER_IS_BETTER = ("brier", "ece")  # calibration errors: no "keeps 98%" verdict is drawn on them
 _CHUNK_CELLS = 4_000_000  # rows × resamples weighed at once (32 MB of float64)
 
 
@@ -114,6 +115,26 @@ def _ranking(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> tu
     return np.where(defined, auc, np.nan), np.where(n_pos > 0, ap, np.nan)
 
 
+def _calibration(
+    y: np.ndarray, probs: np.ndarray, yhat: np.ndarray, group: np.ndarray, draws: Draws
+) -> dict[str, np.ndarray]:
+    """Brier and ECE of each resample from per-group sums (metrics.calibration_terms: the same definitions)."""
+    terms = calibration_terms(y, probs, yhat)
+    g, bins = draws.counts.shape[1], CALIBRATION_BINS
+    per_group = np.zeros((g, 2 + 2 * bins))  # rows, squared error, then stated and observed sums per bin
+    np.add.at(per_group[:, 0], group, 1.0)
+    np.add.at(per_group[:, 1], group, terms.squared_error)
+    np.add.at(per_group, (group, 2 + terms.bin), terms.stated)
+    np.add.at(per_group, (group, 2 + bins + terms.bin), terms.observed)
+    sums = draws.counts @ per_group
+    with np.errstate(divide="ignore", invalid="ignore"):
+        n = np.where(sums[:, 0] > 0, sums[:, 0], np.nan)
+        return {
+            "brier": sums[:, 1] / n,
+            "ece": np.abs(sums[:, 2 : 2 + bins] - sums[:, 2 + bins :]).sum(axis=1) / n,
+        }
+
+
 def resampled_metrics(pred: Predictions, spec: TaskSpec, draws: Draws) -> dict[str, np.ndarray]:
     """Each CI metric on each resample: {metric: float [B]} (NaN where a resample leaves it undefined)."""
     y, probs, yhat, group = _labelled(pred, draws)
@@ -123,6 +144,7 @@ def resampled_metrics(pred: Predictions, spec: TaskSpec, draws: Draws) -> dict[s
     np.add.at(per_group, (group, y * n_labels + yhat), 1.0)
     cm = (draws.counts @ per_group).reshape(-1, n_labels, n_labels)
     out = _from_confusion(cm, binary=not spec.per_residue)
+    out |= _calibration(y, probs, yhat, group, draws)
     aucs, aps = [], []
     chunk = max(1, _CHUNK_CELLS // max(1, len(y)))
     for first in range(0, draws.resamples, chunk):
@@ -244,13 +266,14 @@ def paired(
 ) -> dict:
     """Teacher vs student on the same rows (the caller checks they are): per metric both values, the student −
     teacher difference and its paired CI, the non-inferiority statistic student − margin × teacher with its CI
-    and verdict; DeLong for ROC-AUC and McNemar for accuracy on sequence-level binary tasks."""
+    and verdict (not for the calibration errors, where lower is better); DeLong for ROC-AUC and McNemar for
+    accuracy on sequence-level binary tasks."""
     draws = draw(teacher.ids if groups is None else groups, resamples=resamples, seed=seed, unit=unit)
     point_t, point_s = compute_metrics(teacher, spec), compute_metrics(student, spec)
     boot_t, boot_s = resampled_metrics(teacher, spec, draws), resampled_metrics(student, spec, draws)
     metrics = {}
     for name in CI_METRICS:
-        if name not in boot_t:
+        if name not in boot_t or name in LOWER_IS_BETTER:
             continue
         t, s = float(point_t[name]), float(point_s[name])
         low, high = percentile_interval(boot_s[name] - margin * boot_t[name])

@@ -182,6 +182,7 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
             "classes": task_info.classes,
             "per_residue": task_info.per_residue,
             "threshold": threshold,
+            "threshold_source": _threshold_source(cfg.threshold, task_info),
             "finetune": {
                 "source_model": task_info.source_model,
                 "provenance": task_info.provenance,
@@ -258,7 +259,14 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
                     f"shards: once all have run, `minprot merge --out {out} PARTS...` writes {out}"
                 )
                 return JobResult(None, {"speed": speed}, len(mine))
-        summary = finalize([parts.folder], out, echo=say, speed=speed, threshold=info.get("threshold"))
+        summary = finalize(
+            [parts.folder],
+            out,
+            echo=say,
+            speed=speed,
+            threshold=info.get("threshold"),
+            threshold_source=info.get("threshold_source"),
+        )
         tracker.log_metrics({f"perf/{k}": v for k, v in speed.items()} | _count_metrics(summary), 0)
         tracker.log_artifact(summary_path(out))
     return JobResult(out, summary, len(mine))
@@ -414,6 +422,15 @@ def _write_chunk(
     )
 
 
+def _threshold_source(flag: float | None, task_info: heads.TaskModelInfo) -> str | None:
+    """What the summary says of the threshold used: --threshold, or the model's and where the fine-tune took it."""
+    if flag is not None:
+        return "--threshold"
+    if task_info.threshold is None:
+        return None
+    return f"model ({task_info.threshold_source or 'source not recorded'})"
+
+
 # --- assembling the output --------------------------------------------------------------------------------
 
 
@@ -424,8 +441,10 @@ def finalize(
     echo: Callable[[str], None] | None = None,
     speed: dict[str, Any] | None = None,
     threshold: float | None = None,
+    threshold_source: str | None = None,
 ) -> dict[str, Any]:
-    """Write OUT (atomically), OUT.failures.tsv and the summary from the chunk files in `folders`."""
+    """Write OUT (atomically), OUT.failures.tsv and the summary from the chunk files in `folders` (a threshold
+    given here relabels: its source is `threshold_source`, by default --threshold)."""
     say = echo or log.info
     all_parts = [Parts(f) for f in folders]
     manifests = []
@@ -456,6 +475,7 @@ def finalize(
     info = dict(manifest["info"])
     if threshold is not None:
         info["threshold"] = threshold
+        info["threshold_source"] = threshold_source or "--threshold"
 
     needed: set[int] = set()
     for k in range(manifest["chunks"]):

@@ -10,8 +10,8 @@ as BERT initialises, bias 0), so for one seed and hidden size teacher and studen
 - the encoder as a Hugging Face BERT folder (config.json, model.safetensors, ProtBert's vocab files):
   `AutoModel.from_pretrained` loads it;
 - `head.safetensors`: the head's `weight` [C, H] and `bias` [C];
-- `minprot_task.json`: `TaskModelInfo` (task, classes, pooling, threshold, window, stride, where the encoder
-  came from, the fine-tune's MLflow run id).
+- `minprot_task.json`: `TaskModelInfo` (task, classes, pooling, threshold and where it came from, window,
+  stride, where the encoder came from, the fine-tune's MLflow run id).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class TaskModelInfo:
     source_model: str  # what --model named
     provenance: dict[str, Any]  # the source's minprot.json (a student's distillation run), {} for a teacher
     mlflow_run_id: str | None = None  # the fine-tune run
+    threshold_source: str | None = None  # "valid" (chosen there, finetune.calibration) | "default" (0.5); older: None
     minprot_version: str = ""
 
     @classmethod
@@ -157,13 +158,14 @@ def build_task_model(
         classes=list(classes),
         per_residue=per_residue,
         pooling=pooling,
-        threshold=0.5 if len(classes) == 2 and not per_residue else None,
+        threshold=0.5 if len(classes) == 2 and not per_residue else None,  # the fine-tune sets it from valid
         window=window,
         stride=stride,
         hidden_size=hidden,
         seed=seed,
         source_model=str(name_or_path),
         provenance=dict(provenance or {}),
+        threshold_source="default" if len(classes) == 2 and not per_residue else None,
     )
     model = TaskModel(encoder, init_head(hidden, len(classes), seed), info)
     model.requires_grad_(True)

@@ -30,14 +30,22 @@ def test_report_from_two_stores(runs, tmp_path: Path) -> None:
     assert "7 finished fine-tune runs" in text  # 5 + the two seeds
     leakage = json.loads((runs.outs["dna_teacher"] / "metrics.json").read_text())["leakage"]["test"]
     leak = f"{leakage['exact']}/{leakage['near_identical']}/{leakage['homologs']} of 12"
-    assert f"| dna-binding | PDB1075 | PDB186 | teacher | 1 | {leak} |" in text
-    assert f"| dna-binding | PDB1075 | PDB186 | student | 3 | {leak} |" in text  # one run + two seeds: mean ± std
+    # The seeds ran with a valid split and a test filter: a group of their own, named by what differs.
+    plain = "| dna-binding | PDB1075 | PDB186 | --valid (unset), --test-filter none | full"
+    assert f"{plain} | teacher | 1 | 12 | 6 | {leak} |" in text
+    assert f"{plain} | student | 1 | 12 | 6 | {leak} |" in text
     for name in ("length", "homology"):
-        assert f"| dna-binding | PDB1075 | PDB186 | baseline: {name} | 4 | {leak} |" in text
-    assert "| membrane | DeepLoc | DeepLoc | student | 1 |" in text and "| q3 | CASP12 | CASP12 | teacher | 1 |" in text
+        assert f"{plain} | baseline: {name} | 2 | 12 | 6 | {leak} |" in text
+    seeds = "| dna-binding | PDB1075 | PDB186 | --valid dna_valid, --test-filter near-identical"
+    assert f"{seeds} | full | student | 2 | 12 | 6 | {leak} |" in text  # two seeds: mean ± std
+    kept = json.loads((runs.outs["seeds"] / "seed-0" / "metrics.json").read_text())["test_filtered"]
+    for model in ("student", "baseline: length", "baseline: homology"):  # the leak-free rows, baselines too
+        assert f"{seeds} | leak-free (near-identical) | {model} | 2 | {kept['n']} | {kept['positives']} |" in text
+    assert "| membrane | DeepLoc | DeepLoc | – | full | student | 1 |" in text
+    assert "| q3 | CASP12 | CASP12 | – | full | teacher | 1 |" in text
     # Table C names the test set (6 + 6 training rows of the SUB).
-    assert "| dna-binding | swissprot-human | SUB 85% | student | 12 | PDB186 |" in text
-    assert "| human | SUB 85% | student | 1 | " in text  # Table D
+    assert "| dna-binding | swissprot-human | SUB 85% | – | student | 12 | PDB186 |" in text
+    assert "| human | SUB 85% | – | student | 1 | " in text  # Table D
     for chart in ("table_a_mcc", "table_a_accuracy", "table_b_runtime", "table_c_variants", "table_d_organisms"):
         assert (out / f"{chart}.png").read_bytes()[:8] == PNG and f"![{chart}]({chart}.png)" in text
     payload = json.loads((out / "report.json").read_text())
@@ -47,18 +55,25 @@ def test_report_from_two_stores(runs, tmp_path: Path) -> None:
 def test_saving_is_one_minus_student_over_teacher(runs) -> None:
     rows = collect_runs(runs.uri, ["minprot-finetune"])
     table_b = build_tables(rows)[1]
-    (line,) = [r for r in table_b.rows if r[:2] == ["dna-binding", "PDB1075"]]
+    (line,) = [r for r in table_b.rows if r[:3] == ["dna-binding", "PDB1075", "–"]]
     teacher = json.loads((runs.outs["dna_teacher"] / "metrics.json").read_text())["runtime"]
     student = json.loads((runs.outs["dna_student"] / "metrics.json").read_text())["runtime"]
-    assert line[2] == pytest.approx(teacher["train_seconds"]) and line[3] == pytest.approx(student["train_seconds"])
-    assert line[4] == pytest.approx(100 * (1 - student["train_seconds"] / teacher["train_seconds"]))
-    assert line[7] == pytest.approx(100 * (1 - student["inference_seconds"] / teacher["inference_seconds"]))
-    # Table A's numbers are the runs' test metrics.
+    assert line[3] == pytest.approx(teacher["train_seconds"]) and line[4] == pytest.approx(student["train_seconds"])
+    assert line[5] == pytest.approx(100 * (1 - student["train_seconds"] / teacher["train_seconds"]))
+    assert line[8] == pytest.approx(100 * (1 - student["inference_seconds"] / teacher["inference_seconds"]))
+    # Table A's numbers are the runs' test metrics, with their CIs.
     table_a = build_tables(rows)[0]
-    (student_row,) = [r for r in table_a.rows if r[:4] == ["dna-binding", "PDB1075", "PDB186", "student"]]
+    first = table_a.columns.index(METRICS[0])
+    (student_row,) = [
+        r for r in table_a.rows if r[:3] == ["dna-binding", "PDB1075", "PDB186"] and r[4:6] == ["full", "student"]
+    ]
     written = json.loads((runs.outs["dna_student"] / "metrics.json").read_text())["test"]
-    assert [s.mean for s in student_row[6:]] == pytest.approx(
+    assert [s.mean for s in student_row[first:]] == pytest.approx(
         [written[k] if written[k] is not None else float("nan") for k in METRICS], nan_ok=True
+    )
+    bounds = [v for k in METRICS for v in written["ci95"][k]]
+    assert [v for s in student_row[first:] for v in (s.low, s.high)] == pytest.approx(
+        [float("nan") if v is None else v for v in bounds], nan_ok=True
     )
 
 
@@ -73,10 +88,26 @@ def test_seeds_give_mean_and_std(runs) -> None:
         values = [m["test"][key] for m in per_seed]
         assert summary["test"][key]["mean"] == pytest.approx(np.mean(values))
         assert summary["test"][key]["std"] == pytest.approx(np.std(values, ddof=1))
-    (row,) = [r for r in build_tables(collect_runs(runs.uri, ["minprot-seeds"]))[0].rows if r[3] == "student"]
-    accuracy = row[6 + METRICS.index("accuracy")]
+    # The leak-free rows, every baseline on both sets and the threshold are aggregated too.
+    parts = {
+        "test_filtered": lambda m: m["test_filtered"],
+        "threshold": lambda m: m["threshold"],
+        **{f"{b}/test": (lambda m, b=b: m["baselines"][b]) for b in ("length", "homology")},
+        **{f"{b}/test_filtered": (lambda m, b=b: m["baselines"][b]["filtered"]) for b in ("length", "homology")},
+    }
+    for where, of in parts.items():
+        found = summary
+        for step in where.split("/"):
+            found = found["baselines"][step] if step in ("length", "homology") else found[step]
+        key = "value" if where == "threshold" else "accuracy"
+        values = [of(m)[key] for m in per_seed]
+        assert found[key]["mean"] == pytest.approx(np.mean(values)), where
+        assert found[key]["std"] == pytest.approx(np.std(values, ddof=1)), where
+    table_a = build_tables(collect_runs(runs.uri, ["minprot-seeds"]))[0]
+    (row,) = [r for r in table_a.rows if r[4:6] == ["full", "student"]]
+    accuracy = row[table_a.columns.index("accuracy")]
     assert (
-        row[4] == 2
+        row[table_a.columns.index("runs")] == 2
         and accuracy.n == 2
         and accuracy.std == pytest.approx(np.std([m["test"]["accuracy"] for m in per_seed], ddof=1))
     )
@@ -88,3 +119,111 @@ def test_report_filters_by_experiment(runs, tmp_path: Path) -> None:
     # The distillation's experiment exists but holds no fine-tune run.
     with pytest.raises(UserError, match=r"no finished fine-tune runs in experiment\(s\) minprot-distill"):
         build_report([runs.uri], tmp_path, ["minprot-distill"])
+
+
+def fake_finetune_run(uri: str, pooling: str, accuracy: float, seed: int = 0) -> str:
+    """A finished fine-tune run as `minprot finetune` records it (tags, every option as a param, flat test
+    metrics with CI bounds), without training: the report reads nothing else."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from minprot_ds.finetune.options import FinetuneConfig
+    from minprot_ds.options import mlflow_params
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("fabricated") or client.get_experiment(client.create_experiment("fabricated"))
+    run = client.create_run(
+        exp.experiment_id,
+        tags={
+            "minprot.job": "finetune",
+            "minprot.task": "dna-binding",
+            "minprot.dataset": "PDB1075",
+            "minprot.dataset_label": "PDB1075",
+            "minprot.test_dataset": "PDB186",
+            "minprot.model_role": "student",
+            "minprot.model": "students/s1",
+        },
+    )
+    cfg = FinetuneConfig(
+        task="dna-binding", model="students/s1", train="d/train", test="d/test", out=f"o{seed}", pooling=pooling
+    )
+    params = mlflow_params(cfg) | {"seed": seed, "rows.test": 186}
+    test = {"accuracy": accuracy, "n": 186, "positives": 93, "accuracy_ci_low": accuracy - 0.05}
+    test["accuracy_ci_high"] = accuracy + 0.05
+    client.log_batch(
+        run.info.run_id,
+        metrics=[Metric(f"test/{k}", v, 0, 0) for k, v in test.items()],
+        params=[Param(k, str(v)) for k, v in params.items()],
+    )
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def test_runs_that_differ_only_in_pooling_are_never_merged(runs, tmp_path: Path) -> None:
+    import shutil
+
+    from minprot_ds.finetune.report import check_mergeable
+
+    # A copy of the session's store (creating an empty one takes MLflow ~10 s); the fabricated runs get their
+    # own experiment.
+    shutil.copyfile(runs.root / "store" / "mlflow.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fake_finetune_run(uri, "cls", 0.70, seed=0)
+    fake_finetune_run(uri, "cls", 0.74, seed=1)
+    fake_finetune_run(uri, "mean", 0.90, seed=0)
+    rows = collect_runs(uri, ["fabricated"])
+    table_a = build_tables(rows)[0]
+    model, runs, accuracy = (table_a.columns.index(c) for c in ("model", "runs", "accuracy"))
+    found = {r[table_a.columns.index("setting")]: r for r in table_a.rows if r[model] == "student"}
+    assert set(found) == {"--pooling cls", "--pooling mean"}  # two groups, each named by what differs
+    cls, mean = found["--pooling cls"], found["--pooling mean"]
+    assert cls[runs] == 2 and cls[accuracy].mean == pytest.approx(0.72)  # the two seeds of one setting merge
+    assert mean[runs] == 1 and mean[accuracy].mean == pytest.approx(0.90)
+    assert (mean[accuracy].low, mean[accuracy].high) == pytest.approx((0.85, 0.95))
+    n, positives = table_a.columns.index("n"), table_a.columns.index("positives")
+    assert (mean[n], mean[positives]) == ("186", "93")
+    # Asked to merge them anyway, the report refuses and names the setting.
+    with pytest.raises(UserError, match=r"differ in --pooling \(cls vs mean\); they cannot be merged into one mean"):
+        check_mergeable(rows)
+    # The markdown shows the value with its CI.
+    build_report([uri], tmp_path / "report", ["fabricated"])
+    assert (
+        "| --pooling mean | full | student | 1 | 186 | 93 | not measured | 0.900 [0.85, 0.95] |"
+        in (tmp_path / "report" / "report.md").read_text()
+    )
+
+
+def test_a_real_run_with_other_pooling_gets_its_own_row(runs, sets, tmp_path: Path) -> None:
+    import shutil
+
+    from minprot_ds.finetune.options import FinetuneConfig
+    from minprot_ds.finetune.report import check_mergeable
+    from minprot_ds.finetune.train import run
+
+    # The dna_student run again with --pooling mean, into a copy of the session's store.
+    shutil.copyfile(runs.root / "store" / "mlflow.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run(
+        FinetuneConfig(
+            task="dna-binding",
+            model=str(runs.student),
+            train=sets["dna_train"],
+            test=sets["dna_test"],
+            out=tmp_path / "mean",
+            tracking_uri=uri,
+            experiment="minprot-pooling",
+            pooling="mean",
+            epochs=1,
+            batch_size=4,
+            lr=1e-3,
+        )
+    )
+    rows = [r for r in collect_runs(uri, ["minprot-finetune", "minprot-pooling"]) if r.role == "student"]
+    pair = [r for r in rows if r.task == "dna-binding" and r.dataset_label == "PDB1075"]
+    assert sorted(r.settings["pooling"] for r in pair) == ["cls", "mean"]
+    with pytest.raises(UserError, match=r"differ in --pooling \(cls vs mean\)"):
+        check_mergeable(pair)
+    table_a = build_tables(rows)[0]
+    setting, model, count = (table_a.columns.index(c) for c in ("setting", "model", "runs"))
+    found = [r for r in table_a.rows if r[:3] == ["dna-binding", "PDB1075", "PDB186"] and r[model] == "student"]
+    assert sorted((r[setting], r[count]) for r in found) == [("--pooling cls", 1), ("--pooling mean", 1)]

@@ -95,3 +95,28 @@ def test_model_path_errors_name_the_path(tmp_path: Path) -> None:
         load_model(str(tmp_path / "empty"), task_spec("q3"))
     with pytest.raises(UserError, match=r"unknown --task 'ss8'; choose one of: dna-binding, membrane, q3"):
         task_spec("ss8")
+
+
+def test_max_eval_samples_draws_one_test_subset_whatever_the_seed(sets, teacher_dir: Path, tmp_path: Path) -> None:
+    from minprot_ds.finetune.options import FinetuneConfig
+    from minprot_ds.finetune.train import load
+
+    def job(seed: int):
+        return load(
+            FinetuneConfig(
+                task="dna-binding",
+                model=str(teacher_dir),
+                train=sets["dna_train"],
+                valid=sets["dna_valid"],
+                test=sets["dna_test"],
+                out=tmp_path / f"s{seed}",
+                seed=seed,
+                max_train_samples=8,
+                max_eval_samples=6,
+                leakage=False,
+            )
+        )
+
+    a, b = job(0), job(1)
+    assert len(a.test) == 6 and a.test.ids == b.test.ids and a.valid.ids == b.valid.ids
+    assert a.train.ids != b.train.ids  # the training sample still follows the seed
