@@ -135,8 +135,19 @@ def _overlap(split: Encoded, train: Encoded, cfg: FinetuneConfig) -> Overlap:
         ) from None
 
 
+def with_model_window(cfg: FinetuneConfig) -> FinetuneConfig:
+    """--window and --stride as given, else the model family's window (ProtBert 512, ESM-2 1,022) and half of it."""
+    if cfg.window is not None and cfg.stride is not None:
+        return cfg
+    import dataclasses
+
+    window = cfg.window or family_of(cfg.model, "--model").max_residues
+    return dataclasses.replace(cfg, window=window, stride=cfg.stride or window // 2)
+
+
 def load(cfg: FinetuneConfig) -> Job:
     """Inputs, the model and its optimizer (inside DeepSpeed with --deepspeed), and the test/valid leakage."""
+    cfg = with_model_window(cfg)
     _check(cfg)
     spec = task_spec(cfg.task)
     role, provenance = links.model_provenance(cfg.model, cfg.role)
@@ -552,16 +563,6 @@ def write(
         + f"; train {train_seconds:.1f} s, inference {infer_seconds:.2f} s; outputs in {out}"
     )
     return metrics
-
-
-def with_model_window(cfg: FinetuneConfig) -> FinetuneConfig:
-    """--window and --stride as given, else the model family's window (ProtBert 512, ESM-2 1,022) and half of it."""
-    if cfg.window is not None and cfg.stride is not None:
-        return cfg
-    import dataclasses
-
-    window = cfg.window or family_of(cfg.model, "--model").max_residues
-    return dataclasses.replace(cfg, window=window, stride=cfg.stride or window // 2)
 
 
 def run_one(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> FinetuneResult:
