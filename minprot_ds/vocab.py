@@ -1,5 +1,6 @@
 """ProtBert's vocabulary: token ids identical to Rostlab/prot_bert, byte-table encoding, the rare residues read
-as X, and ProtBert's tokenizer files written into model folders.
+as X, and ProtBert's tokenizer files written into model folders; ESM-2's vocabulary and the fixed table from
+ProtBert ids to it (the corpus stores ProtBert ids for every model family).
 
 Encoding is a 256-entry lookup table applied to the raw ASCII bytes of a sequence with numpy, so no
 Python work happens per residue.
@@ -7,6 +8,7 @@ Python work happens per residue.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,9 +87,131 @@ SPECIAL_TOKENS_MAP = {
 def write_tokenizer_files(folder: str | Path) -> None:
     """ProtBert's tokenizer files (vocab.txt, tokenizer_config.json, special_tokens_map.json) into a model
     folder, so it loads with AutoTokenizer and works in `pipeline("fill-mask")` on space-separated residues."""
-    import json
+    PROTBERT.write_tokenizer_files(folder)
 
-    folder = Path(folder)
-    write_vocab(folder)
-    (folder / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG))
-    (folder / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS_MAP))
+
+# --- one corpus, two vocabularies ------------------------------------------------------------------------
+# The corpus stores ProtBert ids (above). A model family whose vocabulary differs reads it through a fixed
+# 256-entry table from ProtBert ids to its own, applied to whole uint8 batches when they are built: every
+# residue, [CLS], [SEP], [PAD] and [MASK] has its counterpart, so masking and batching stay family-blind.
+
+# ESM-2's 33 tokens, index == id, as fair-esm's Alphabet and facebook/esm2_*'s vocab.txt list them.
+ESM_TOKENS = (
+    "<cls>", "<pad>", "<eos>", "<unk>",
+    *"LAGVSERTIDPKQNFYMHWCXBUZO.-",
+    "<null_1>", "<mask>",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A model family's token ids and tokenizer files, and the table from the corpus's ProtBert ids to its ids."""
+
+    name: str
+    tokens: tuple[str, ...]
+    pad: str
+    unk: str
+    bos: str  # ProtBert's [CLS], ESM's <cls>
+    eos: str  # ProtBert's [SEP], ESM's <eos>
+    mask: str
+    tokenizer_config: dict
+    special_tokens_map: dict
+
+    def id(self, token: str) -> int:
+        return self.tokens.index(token)
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def pad_id(self) -> int:
+        return self.id(self.pad)
+
+    @property
+    def bos_id(self) -> int:
+        return self.id(self.bos)
+
+    @property
+    def eos_id(self) -> int:
+        return self.id(self.eos)
+
+    @property
+    def mask_id(self) -> int:
+        return self.id(self.mask)
+
+    @property
+    def unk_id(self) -> int:
+        return self.id(self.unk)
+
+    @property
+    def from_protbert(self) -> np.ndarray:
+        """uint8 [256]: ProtBert id -> this vocabulary's id (INVALID stays INVALID)."""
+        table = np.full(256, INVALID, dtype=np.uint8)
+        specials = {"[PAD]": self.pad, "[UNK]": self.unk, "[CLS]": self.bos, "[SEP]": self.eos, "[MASK]": self.mask}
+        for protbert_id, token in enumerate(TOKENS):
+            table[protbert_id] = self.id(specials.get(token, token))
+        return table
+
+    def remap(self, protbert_ids: np.ndarray) -> np.ndarray:
+        """ProtBert ids (uint8, as the corpus and `encode` hold them) as this vocabulary's ids."""
+        return protbert_ids if self.name == "protbert" else _TABLES[self.name][protbert_ids]
+
+    @property
+    def standard_residue_ids(self) -> np.ndarray:
+        return self.remap(STANDARD_RESIDUE_IDS)
+
+    @property
+    def residue_ids(self) -> np.ndarray:
+        """Ids of every single-letter residue token (never a special token, nor ESM's '.' and '-')."""
+        return self.remap(np.arange(FIRST_RESIDUE_ID, VOCAB_SIZE, dtype=np.uint8))
+
+    def spaced(self, residues: str, mask_at: int | None = None) -> str:
+        """A sequence as this family's tokenizer reads it (ProtBert: space-separated residues), with the mask
+        token at `mask_at` if given (the fill-mask pipeline's input)."""
+        chars = list(residues)
+        if mask_at is not None:
+            chars[mask_at] = self.mask
+        return " ".join(chars) if self.name == "protbert" else "".join(chars)
+
+    def write_tokenizer_files(self, folder: str | Path) -> None:
+        """vocab.txt, tokenizer_config.json and special_tokens_map.json, so the folder loads with AutoTokenizer
+        and works in `pipeline("fill-mask")`."""
+        import json
+
+        folder = Path(folder)
+        (folder / "vocab.txt").write_text("\n".join(self.tokens) + "\n")
+        (folder / "tokenizer_config.json").write_text(json.dumps(self.tokenizer_config))
+        (folder / "special_tokens_map.json").write_text(json.dumps(self.special_tokens_map))
+
+
+PROTBERT = Vocabulary(
+    name="protbert",
+    tokens=TOKENS,
+    pad="[PAD]",
+    unk="[UNK]",
+    bos="[CLS]",
+    eos="[SEP]",
+    mask="[MASK]",
+    tokenizer_config=TOKENIZER_CONFIG,
+    special_tokens_map=SPECIAL_TOKENS_MAP,
+)
+# facebook/esm2_*'s tokenizer files (tokenizer_class named, so AutoTokenizer needs no config.json lookup).
+ESM2 = Vocabulary(
+    name="esm2",
+    tokens=ESM_TOKENS,
+    pad="<pad>",
+    unk="<unk>",
+    bos="<cls>",
+    eos="<eos>",
+    mask="<mask>",
+    tokenizer_config={"tokenizer_class": "EsmTokenizer", "model_max_length": 1026},
+    special_tokens_map={
+        "cls_token": "<cls>",
+        "eos_token": "<eos>",
+        "mask_token": "<mask>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+    },
+)
+_TABLES = {v.name: v.from_protbert for v in (PROTBERT, ESM2)}

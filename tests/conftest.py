@@ -64,6 +64,17 @@ def tiny_teacher_dir(tmp_path_factory) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_esm_teacher_dir(tmp_path_factory) -> Path:
+    """A 4-layer, 32-wide random ESM-2 teacher (EsmForMaskedLM: rotary positions, token dropout, final layer
+    norm, 33 tokens) saved with save_pretrained and EsmTokenizer's files."""
+    from minprot_ds.models.masked_lm import save_random_esm2
+
+    return save_random_esm2(
+        tmp_path_factory.mktemp("tiny_esm_teacher"), num_layers=4, hidden_size=32, num_heads=4, intermediate_size=64
+    )
+
+
 TINY = dict(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64)
 
 

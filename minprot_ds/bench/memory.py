@@ -34,9 +34,9 @@ import math
 from typing import Any
 
 from minprot_ds.data.batching import DEFAULT_MAX_ROWS, DEFAULT_MAX_TOKENS
-from minprot_ds.distill.flops import PROTBERT_MAX_POSITIONS, bert_params
+from minprot_ds.distill.flops import PROTBERT_MAX_POSITIONS, bert_params, esm_params
 from minprot_ds.models.masked_lm import MODEL_PRESETS
-from minprot_ds.vocab import VOCAB_SIZE
+from minprot_ds.vocab import ESM2, VOCAB_SIZE
 
 GB = 2**30
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -90,10 +90,25 @@ class Estimate:
 
 
 def preset_config(name: str) -> Any:
-    """The BertConfig of a model preset's teacher (protbert: ProtBert's own, 40,000 positions)."""
-    from transformers import BertConfig
+    """The config of a model preset's teacher: a BertConfig (protbert: ProtBert's own, 40,000 positions) or, for the
+    esm2-* presets, ESM-2's EsmConfig (rotary positions, 33 tokens)."""
+    from transformers import BertConfig, EsmConfig
 
     p = MODEL_PRESETS[name]
+    if p.family == "esm":
+        return EsmConfig(
+            vocab_size=ESM2.size,
+            mask_token_id=ESM2.mask_id,
+            pad_token_id=ESM2.pad_id,
+            hidden_size=p.hidden_size,
+            num_hidden_layers=p.teacher_layers,
+            num_attention_heads=p.num_heads,
+            intermediate_size=p.intermediate_size,
+            max_position_embeddings=1026,
+            position_embedding_type="rotary",
+            emb_layer_norm_before=False,
+            token_dropout=True,
+        )
     return BertConfig(
         vocab_size=VOCAB_SIZE,
         hidden_size=p.hidden_size,
@@ -106,8 +121,12 @@ def preset_config(name: str) -> Any:
 
 
 def model_params(config: Any, num_layers: int) -> int:
-    """Parameters of a BertForMaskedLM with this config's widths and `num_layers` layers (tied decoder)."""
-
+    """Parameters of a BertForMaskedLM or EsmForMaskedLM with this config's widths and `num_layers` layers (tied
+    decoder)."""
+    if config.model_type == "esm":
+        return esm_params(
+            num_layers, config.hidden_size, config.intermediate_size, config.vocab_size, config.num_attention_heads
+        ).total
     return bert_params(
         num_layers,
         config.hidden_size,
@@ -146,7 +165,11 @@ def estimate(config: Any, student_layers: int, plan: Plan, *, max_tokens: int, m
     w = BYTES[plan.precision]
     tokens = min(max_tokens, max_rows * longest)
     params = model_params(config, student_layers)
-    largest_layer = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * h  # embeddings
+    # The largest parameter: the embedding tables (ESM-2 has only the word embeddings: rotary positions, no types).
+    tables = config.vocab_size + (
+        0 if config.model_type == "esm" else config.max_position_embeddings + config.type_vocab_size
+    )
+    largest_layer = tables * h
     grads_w = 4 if plan.precision == "fp32" else w
     buckets = grads_w * min(plan.reduce_bucket_size, params) if plan.stage >= 2 else 0
     per_layer = (8 * h + 2 * i) * tokens * w
@@ -240,7 +263,7 @@ def skip_reason(setting: Any, inputs: Any, world: int) -> str | None:
     The device is the GPU's total memory, or --memory-limit-gb when given; the teacher's config gives the shapes.
     """
     import torch
-    from transformers import BertConfig
+    from transformers import AutoConfig
 
     if inputs.memory_limit_gb is not None:
         device_gb = inputs.memory_limit_gb
@@ -257,7 +280,7 @@ def skip_reason(setting: Any, inputs: Any, world: int) -> str | None:
         reduce_bucket_size=int(zero.get("reduce_bucket_size", DEFAULT_BUCKET)),
     )
     est = estimate(
-        BertConfig.from_pretrained(inputs.teacher),
+        AutoConfig.from_pretrained(inputs.teacher),
         inputs.student_layers,
         plan,
         max_tokens=setting.max_tokens,

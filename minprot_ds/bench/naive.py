@@ -29,6 +29,7 @@ from torch import nn
 from minprot_ds import vocab
 from minprot_ds.data.shards import ShardedCorpus
 from minprot_ds.ds_config import PRECISIONS
+from minprot_ds.models.family import family_of
 from minprot_ds.models.masked_lm import build_student
 
 
@@ -53,8 +54,16 @@ class NaiveBatches:
     """Random rows (with a seeded generator), padded to the longest with torch, masked DataCollator-style
     (15% of residues; 80% [MASK], 10% random residue, 10% kept)."""
 
-    def __init__(self, corpus_dir: str | Path, batch_size: int, seed: int = 0, mask_probability: float = 0.15):
+    def __init__(
+        self,
+        corpus_dir: str | Path,
+        batch_size: int,
+        seed: int = 0,
+        mask_probability: float = 0.15,
+        family_vocab: vocab.Vocabulary = vocab.PROTBERT,
+    ):
         self.corpus = ShardedCorpus(corpus_dir, "train")
+        self.family_vocab = family_vocab  # the batch is built in the corpus's ProtBert ids, then remapped to these
         self.batch_size = batch_size
         self.mask_probability = mask_probability
         self.generator = torch.Generator().manual_seed(seed)
@@ -81,6 +90,9 @@ class NaiveBatches:
         to_random = torch.bernoulli(torch.full(ids.shape, 0.5), generator=g).bool() & selected & ~to_mask
         ids[to_random] = self.standard[torch.randint(len(self.standard), (int(to_random.sum()),), generator=g)]
         residues = sum(len(s) - 2 for s in seqs)
+        remap = torch.from_numpy(self.family_vocab.from_protbert.astype(np.int64))
+        labels = torch.where(labels == vocab.IGNORE_INDEX, labels, remap[labels.clamp_min(0)])
+        ids = remap[ids]
         return {"input_ids": ids, "attention_mask": attention, "labels": labels, "num_residues": residues}
 
 
@@ -131,17 +143,16 @@ class NaiveLoop:
         seed: int = 0,
         precision: str = "fp32",
     ):
-        from transformers import BertForMaskedLM
-
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.precision, self.dtype = precision, PRECISIONS[precision]
-        teacher = BertForMaskedLM.from_pretrained(str(teacher_dir), dtype=torch.float32)
+        family = family_of(teacher_dir, "teacher model folder")
+        teacher = family.masked_lm_class.from_pretrained(str(teacher_dir), dtype=torch.float32)
         self.student = build_student(teacher, num_layers=student_layers, strategy="alternate", seed=seed)
         self.student.to(self.device).train()
         self.teacher = teacher.to(self.device, self.dtype).eval()
         self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=lr, weight_decay=0.01)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
-        self.batches = iter(NaiveBatches(corpus_dir, batch_size, seed=seed))
+        self.batches = iter(NaiveBatches(corpus_dir, batch_size, seed=seed, family_vocab=family.vocab))
         self.batch_size, self.temperature, self.weights = batch_size, temperature, weights
         self.windows: list[dict[str, float]] = []
 

@@ -19,7 +19,10 @@ _ROWS_HELP = f"Rows per micro-batch (default: {DEFAULT_MAX_ROWS} per {DEFAULT_MA
 class ThroughputOptions:
     """What `minprot bench throughput` sweeps and measures."""
 
-    preset: str = option("cpu-small", "Model shapes with random weights: tiny, cpu-small, protbert.")
+    preset: str = option(
+        "cpu-small",
+        "Model shapes with random weights: tiny, cpu-small, protbert, esm2-150m, esm2-650m (ESM-2's format).",
+    )
     teacher: Optional[str] = option(None, "A real teacher folder or hub id instead of random weights.")
     corpus: Optional[Path] = option(None, "Prepared shards (minprot data prepare); default: synthetic.")
     synthetic_sequences: int = option(20_000, "Rows of the synthetic corpus (UniRef50-like lengths).", min=1)
@@ -66,7 +69,11 @@ class ThroughputOptions:
 class MemoryOptions:
     """What `minprot bench memory` plans for."""
 
-    preset: str = option("protbert", "Model shapes: tiny, cpu-small, protbert (ProtBert's 40,000-position table).")
+    preset: str = option(
+        "protbert",
+        "Model shapes: tiny, cpu-small, protbert (ProtBert's 40,000-position table), esm2-150m, esm2-650m (ESM-2's: "
+        "rotary positions, 33 tokens).",
+    )
     gpu: str = option("v100-32gb", "v100-16gb, v100-32gb, a100-40gb, a100-80gb, h100-80gb.")
     gpus: int = option(8, "Devices in the job (all nodes).", min=1)
     nodes: int = option(1, "Nodes the devices are spread over.", min=1)

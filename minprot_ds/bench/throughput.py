@@ -40,7 +40,7 @@ from minprot_ds.distill.losses import resolve_impl
 from minprot_ds.distributed import init_distributed
 from minprot_ds.ds_config import PRECISIONS, for_setting
 from minprot_ds.errors import UserError
-from minprot_ds.models.masked_lm import MODEL_PRESETS, save_random_protbert
+from minprot_ds.models.masked_lm import MODEL_PRESETS, save_random_preset
 
 LOSS_IMPLS = ("eager", "compiled", "triton")
 # The run config's defaults: rows scale with the budget.
@@ -161,19 +161,12 @@ def hardware_info() -> dict[str, Any]:
 
 
 def random_models(folder: Path, preset_name: str, seed: int = 0) -> tuple[Path, int]:
-    """A random teacher in the preset's shape saved as a ProtBert folder; returns (folder, student layers)."""
+    """A random teacher in the preset's shape and format (ProtBert's or ESM-2's); returns (folder, student layers)."""
 
     if preset_name not in MODEL_PRESETS:
         raise UserError(f"--preset {preset_name!r} is unknown; choose one of {', '.join(MODEL_PRESETS)}.")
     p = MODEL_PRESETS[preset_name]
-    teacher = save_random_protbert(
-        folder / f"teacher-{preset_name}",
-        num_layers=p.teacher_layers,
-        hidden_size=p.hidden_size,
-        num_heads=p.num_heads,
-        intermediate_size=p.intermediate_size,
-        seed=seed,
-    )
+    teacher = save_random_preset(folder / f"teacher-{preset_name}", preset_name, seed=seed)
     return teacher, p.student_layers
 
 

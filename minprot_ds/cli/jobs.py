@@ -72,7 +72,9 @@ def closing_note(summary: dict) -> str:
 
 
 def pretrain_teacher(
-    folder: Path = typer.Argument(..., help="a BertForMaskedLM folder (e.g. made by the demo); trained in place"),
+    folder: Path = typer.Argument(
+        ..., help="a BertForMaskedLM or EsmForMaskedLM folder (e.g. made by the demo); trained in place"
+    ),
     corpus: Path = typer.Option(..., help="a prepared corpus (minprot data prepare)"),
     steps: int = typer.Option(300, min=1, help="MLM steps"),
     lr: float = typer.Option(2e-3, min=0.0, help="peak learning rate (one-cycle schedule)"),

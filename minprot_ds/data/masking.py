@@ -105,8 +105,9 @@ def mask_residues(
     return inputs, labels
 
 
-def loss_labels(labels: np.ndarray) -> np.ndarray:
-    """int64 labels for the loss from `mask_residues`' compact ones: IGNORE_INDEX where not selected."""
+def loss_labels(labels: np.ndarray, unselected: int = PAD_ID) -> np.ndarray:
+    """int64 labels for the loss from `mask_residues`' compact ones: IGNORE_INDEX where not selected (where they
+    hold `unselected`, the pad id of the vocabulary they were remapped to)."""
     out = labels.astype(np.int64)
-    out[labels == PAD_ID] = IGNORE_INDEX
+    out[labels == unselected] = IGNORE_INDEX
     return out

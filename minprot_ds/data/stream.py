@@ -31,6 +31,7 @@ from minprot_ds.data.batching import BatchingOptions, EpochPlan, pad_batch, plan
 from minprot_ds.data.masking import MaskingOptions, loss_labels, mask_residues
 from minprot_ds.data.shards import ShardedCorpus
 from minprot_ds.errors import UserError
+from minprot_ds.vocab import PROTBERT, Vocabulary
 
 MicroBatch = dict[str, Any]
 
@@ -52,14 +53,26 @@ def pack_micro_batch(
     seed: int,
     batching: BatchingOptions,
     masking: MaskingOptions,
+    vocab: Vocabulary = PROTBERT,
 ) -> dict[str, Any]:
     """A padded, masked micro-batch in compact numpy form (uint8 ids): what a DataLoader worker builds
-    and pickles to the training process, ~8x smaller than int64 tensors in shared memory."""
+    and pickles to the training process, ~8x smaller than int64 tensors in shared memory.
+
+    The corpus holds ProtBert ids; batching and masking work on them, and the finished batch is remapped to
+    `vocab`'s ids (ESM-2's for an ESM-2 teacher) through its fixed table, so one corpus serves every family and
+    a sample is masked at the same positions whichever family reads it."""
     rows = np.asarray(rows, dtype=np.int64)
     lengths = corpus.lengths[rows].astype(np.int64)
     ids = pad_batch(corpus.tokens(rows), lengths, batching)
     inputs, labels = mask_residues(ids, lengths, rows, seed=seed, epoch=epoch, options=masking)
-    return {"input_ids": inputs, "labels": labels, "lengths": lengths, "sample_index": rows, "epoch": int(epoch)}
+    return {
+        "input_ids": vocab.remap(inputs),
+        "labels": vocab.remap(labels),  # unselected positions hold the family's pad id
+        "pad_id": vocab.pad_id,
+        "lengths": lengths,
+        "sample_index": rows,
+        "epoch": int(epoch),
+    }
 
 
 def finish_micro_batch(packed: dict[str, Any]) -> MicroBatch:
@@ -71,7 +84,7 @@ def finish_micro_batch(packed: dict[str, Any]) -> MicroBatch:
     return {
         "input_ids": torch.from_numpy(inputs.astype(np.int64)),
         "attention_mask": torch.from_numpy(attention),
-        "labels": torch.from_numpy(loss_labels(packed["labels"])),
+        "labels": torch.from_numpy(loss_labels(packed["labels"], unselected=packed["pad_id"])),
         "sample_index": torch.from_numpy(packed["sample_index"]),
         "epoch": packed["epoch"],
         "num_residues": num_residues,
@@ -88,9 +101,10 @@ def build_micro_batch(
     seed: int,
     batching: BatchingOptions,
     masking: MaskingOptions,
+    vocab: Vocabulary = PROTBERT,
 ) -> MicroBatch:
-    """The tensors of one micro-batch (padded, masked) plus its bookkeeping scalars."""
-    packed = pack_micro_batch(corpus, rows, epoch=epoch, seed=seed, batching=batching, masking=masking)
+    """The tensors of one micro-batch (padded, masked, in `vocab`'s ids) plus its bookkeeping scalars."""
+    packed = pack_micro_batch(corpus, rows, epoch=epoch, seed=seed, batching=batching, masking=masking, vocab=vocab)
     return finish_micro_batch(packed)
 
 
@@ -156,9 +170,10 @@ class MicroBatchDataset(Dataset):
         batching: BatchingOptions,
         masking: MaskingOptions,
         corpus: ShardedCorpus | None = None,
+        vocab: Vocabulary = PROTBERT,
     ) -> None:
         self.corpus_dir, self.split = Path(corpus_dir), split
-        self.seed, self.batching, self.masking = seed, batching, masking
+        self.seed, self.batching, self.masking, self.vocab = seed, batching, masking, vocab
         self._corpus = corpus
 
     @property
@@ -173,7 +188,13 @@ class MicroBatchDataset(Dataset):
     def __getitem__(self, key: MicroBatchKey) -> dict[str, Any]:
         """The compact micro-batch of a key (see `pack_micro_batch`; `finish_micro_batch` completes it)."""
         return pack_micro_batch(
-            self.corpus, key.rows, epoch=key.epoch, seed=self.seed, batching=self.batching, masking=self.masking
+            self.corpus,
+            key.rows,
+            epoch=key.epoch,
+            seed=self.seed,
+            batching=self.batching,
+            masking=self.masking,
+            vocab=self.vocab,
         )
 
 
@@ -226,6 +247,7 @@ class DistillStream:
         world_size: int = 1,
         grad_accum: int = 1,
         num_workers: int = 0,
+        vocab: Vocabulary = PROTBERT,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise UserError(f"rank {rank} is not in [0, world_size={world_size}); check the launcher's arguments.")
@@ -240,7 +262,7 @@ class DistillStream:
         self.rank, self.world_size, self.grad_accum = rank, world_size, grad_accum
         self.num_workers = num_workers
         self.dataset = MicroBatchDataset(
-            corpus_dir, split, seed=seed, batching=batching, masking=masking, corpus=self.corpus
+            corpus_dir, split, seed=seed, batching=batching, masking=masking, corpus=self.corpus, vocab=vocab
         )
         self._plans = _Plans(self.corpus.lengths, batching, seed)
         self._step = 0  # optimizer steps handed out
@@ -334,6 +356,7 @@ def eval_batches(
     masking: MaskingOptions,
     rank: int = 0,
     world_size: int = 1,
+    vocab: Vocabulary = PROTBERT,
 ) -> Iterator[MicroBatch]:
     """The split once, in a fixed order (rows 0..N-1 bucketed by length, no shuffle), micro-batches
     dealt round-robin to ranks (ranks may get one micro-batch more than others), masked as epoch 0."""
@@ -342,4 +365,6 @@ def eval_batches(
     corpus = ShardedCorpus(corpus_dir, split)
     plan = plan_epoch(corpus.lengths, batching, seed=seed, epoch=0, shuffle=False)
     for i in range(rank, len(plan), world_size):
-        yield build_micro_batch(corpus, plan.batch(i), epoch=0, seed=seed, batching=batching, masking=masking)
+        yield build_micro_batch(
+            corpus, plan.batch(i), epoch=0, seed=seed, batching=batching, masking=masking, vocab=vocab
+        )

@@ -14,9 +14,11 @@ import torch
 from minprot_ds.data.stream import BatchingOptions, DistillStream, MaskingOptions, eval_batches
 from minprot_ds.distill.config import DistillConfig
 from minprot_ds.distill.engine import DistillEngine, StudentForLoss, loss_settings
+from minprot_ds.models.family import family_of
 from minprot_ds.models.masked_lm import build_student, compile_encoders, load_student, load_teacher
 from minprot_ds.optim import build_optimizer, warmup_linear_schedule
 from minprot_ds.tracking import Tracker
+from minprot_ds.vocab import Vocabulary
 
 
 def batching_options(config: DistillConfig) -> BatchingOptions:
@@ -26,6 +28,11 @@ def batching_options(config: DistillConfig) -> BatchingOptions:
 
 def masking_options(config: DistillConfig) -> MaskingOptions:
     return MaskingOptions(probability=config.data.mask_probability)
+
+
+def teacher_vocab(config: DistillConfig) -> Vocabulary:
+    """The vocabulary of the teacher's family (read from its config.json): the ids batches are remapped to."""
+    return family_of(config.model.teacher, "teacher model").vocab
 
 
 def build_stream(config: DistillConfig, split: str, *, rank: int, world_size: int, grad_accum: int) -> DistillStream:
@@ -39,6 +46,7 @@ def build_stream(config: DistillConfig, split: str, *, rank: int, world_size: in
         world_size=world_size,
         grad_accum=grad_accum,
         num_workers=config.data.num_workers,
+        vocab=teacher_vocab(config),
     )
 
 
@@ -57,6 +65,7 @@ def eval_stream(config: DistillConfig, rank: int, world_size: int) -> Iterator[d
         masking=masking_options(config),
         rank=rank,
         world_size=world_size,
+        vocab=teacher_vocab(config),
     )
     limit = config.eval.max_batches
     for i, batch in enumerate(batches):

@@ -32,8 +32,9 @@ from torch import nn
 from minprot_ds.distill.flops import FlopBreakdown, distill_step_flops
 from minprot_ds.distill.losses import LossOutput, distill_loss, resolve_impl
 from minprot_ds.distributed import world_size
+from minprot_ds.models.family import family_of_config
 from minprot_ds.models.masked_lm import ForLossOutputs, forward_for_loss
-from minprot_ds.vocab import CLS_ID, IGNORE_INDEX, MASK_ID, SEP_ID, STANDARD_RESIDUE_IDS
+from minprot_ds.vocab import IGNORE_INDEX, Vocabulary
 
 
 class StudentForLoss(nn.Module):
@@ -94,6 +95,7 @@ class DistillEngine:
         self.loss = loss
         self.device = student.device
         cfg = student.module.mlm.config
+        self.vocab = family_of_config(cfg, "student").vocab
         self.shape = dict(
             teacher_layers=teacher_layers,
             student_layers=cfg.num_hidden_layers,
@@ -268,7 +270,7 @@ class DistillEngine:
             if counted:
                 batch = self.to_device(batch)
             else:  # ran out, or never had one (fewer eval batches than ranks): run something, uncounted
-                batch = last if last is not None else self.to_device(placeholder_batch())
+                batch = last if last is not None else self.to_device(placeholder_batch(self.vocab))
             last = batch
             teacher, student = self.teacher_forward(batch), self.student_forward(batch)
             out = self.loss_of(student, teacher)
@@ -298,12 +300,13 @@ class DistillEngine:
         return metrics
 
 
-def placeholder_batch() -> dict[str, torch.Tensor]:
-    """ "[CLS] [MASK] [SEP]" with a residue label: the eval forward of a rank without eval batches."""
+def placeholder_batch(vocab: Vocabulary) -> dict[str, torch.Tensor]:
+    """ "[CLS] [MASK] [SEP]" (in `vocab`'s ids) with a residue label: the eval forward of a rank without eval
+    batches."""
     return {
-        "input_ids": torch.tensor([[CLS_ID, MASK_ID, SEP_ID]]),
+        "input_ids": torch.tensor([[vocab.bos_id, vocab.mask_id, vocab.eos_id]]),
         "attention_mask": torch.ones(1, 3, dtype=torch.int64),
-        "labels": torch.tensor([[IGNORE_INDEX, int(STANDARD_RESIDUE_IDS[0]), IGNORE_INDEX]]),
+        "labels": torch.tensor([[IGNORE_INDEX, int(vocab.standard_residue_ids[0]), IGNORE_INDEX]]),
     }
 
 

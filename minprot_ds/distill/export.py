@@ -11,6 +11,8 @@ import torch
 
 from minprot_ds.distill.checkpoint import latest_checkpoint, read_marker
 from minprot_ds.errors import UserError
+from minprot_ds.fileio import read_json
+from minprot_ds.models.family import family_of_config
 from minprot_ds.models.folders import METADATA, read_metadata, save_hf_folder
 from minprot_ds.outputs import check_out
 
@@ -18,7 +20,8 @@ STUDENT_CONFIG = "student_config.json"  # saved in the run dir at start, so chec
 
 
 def export_student(model: Any, out: str | Path, metadata: dict[str, Any]) -> Path:
-    """Save a BertForMaskedLM (full weights in memory) with tokenizer files and provenance metadata."""
+    """Save a student (BertForMaskedLM or EsmForMaskedLM, full weights in memory) with its family's tokenizer
+    files and provenance metadata."""
     return save_hf_folder(model, out, METADATA, metadata)
 
 
@@ -35,7 +38,6 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool =
     """Export the student of a checkpoint folder (RUN/ckpt/global_stepN) or of a run dir's newest one. An
     existing --out is replaced only when it is the export of the same checkpoint, or with `overwrite`."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from transformers import BertConfig, BertForMaskedLM
 
     path = Path(checkpoint)
     if not path.is_dir():
@@ -59,9 +61,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, overwrite: bool =
         return (existing / METADATA).is_file() and read_metadata(existing).get("checkpoint") == str(folder)
 
     check_out(out, folder=True, overwrite=overwrite, ours=same_checkpoint)
-    config = BertConfig.from_json_file(str(run_dir / STUDENT_CONFIG))
+    family = family_of_config(read_json(run_dir / STUDENT_CONFIG, "the run's student config"), "student")
+    config = family.config_class.from_json_file(str(run_dir / STUDENT_CONFIG))
     with torch.device("meta"):
-        model = BertForMaskedLM(config)
+        model = family.masked_lm_class(config)
     try:
         weights = get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name)
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as err:

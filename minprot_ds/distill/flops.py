@@ -18,6 +18,7 @@ peak FLOP/s), so padding and recomputation (activation checkpointing) lower MFU 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,6 +62,18 @@ def bert_params(
         head=h * h + h + 2 * h + vocab,
         head_matmul=h * h + h * vocab,
     )
+
+
+def esm_params(num_layers: int, hidden: int, intermediate: int, vocab: int, heads: int) -> BertParams:
+    """Exact parameter counts of an EsmForMaskedLM of this shape (ESM-2 650M: 33, 1280, 5120, 33, 20 → ~651M).
+
+    Its layers are BERT's (pre-LayerNorm instead of post: the same weights); no position table (rotary positions)
+    and no token types; the final `emb_layer_norm_after` and the contact head (a logistic regression over every
+    layer's attention heads) count with the embeddings, which a student copies with them.
+    """
+    h = hidden
+    bert = bert_params(num_layers, hidden, intermediate, vocab, max_positions=0, type_vocab=0)
+    return dataclasses.replace(bert, embeddings=vocab * h + 2 * h + num_layers * heads + 1)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from minprot_ds.data.stream import BatchingOptions, DistillStream, MaskingOptions, eval_batches
 from minprot_ds.errors import UserError
+from minprot_ds.models.family import family_of
 from minprot_ds.models.masked_lm import forward_for_loss
 
 
@@ -35,15 +36,15 @@ def pretrain_teacher(
     max_tokens: int = 4096,
     log: Callable[[str], None] = print,
 ) -> float:
-    """Train the BertForMaskedLM in `folder` by MLM for `steps` steps, save it back; returns valid accuracy."""
-    from transformers import BertForMaskedLM
-
+    """Train the masked LM in `folder` (BERT or ESM-2) by MLM for `steps` steps, save it back; returns valid
+    accuracy."""
     if steps < 1:
         raise UserError(f"--steps {steps}: the teacher's pre-training needs at least 1 step")
     torch.manual_seed(seed)
-    model = BertForMaskedLM.from_pretrained(folder)
+    family = family_of(folder, "teacher model folder")
+    model = family.masked_lm_class.from_pretrained(folder)
     batching, masking = BatchingOptions(max_tokens=max_tokens, max_rows=64), MaskingOptions()
-    stream = DistillStream(corpus, "train", seed=seed, batching=batching, masking=masking)
+    stream = DistillStream(corpus, "train", seed=seed, batching=batching, masking=masking, vocab=family.vocab)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     # OneCycleLR's warm-up must last more than one step (10% of 10 steps divides by zero): short runs warm up
     # over 2 steps, and a run of fewer than 4 steps keeps the peak rate.
@@ -65,5 +66,8 @@ def pretrain_teacher(
             log(f"teacher pre-training step {step}/{steps}: MLM loss {loss.item():.3f}")
     model.save_pretrained(folder, safe_serialization=True)
     return mlm_accuracy(
-        model, eval_batches(corpus, "valid", seed=seed, batching=batching, masking=masking, rank=0, world_size=1)
+        model,
+        eval_batches(
+            corpus, "valid", seed=seed, batching=batching, masking=masking, rank=0, world_size=1, vocab=family.vocab
+        ),
     )

@@ -57,8 +57,15 @@ class FinetuneConfig:
         "windows; training crops them at a seeded random offset each epoch) | truncate "
         "(score and train on the first --window residues only, the old behaviour)",
     )
-    window: int = option(512, "residues per model input (ProtBert: 512, i.e. 514 tokens with [CLS] and [SEP])", min=1)
-    stride: int = option(256, "residues between the starts of overlapping windows", min=1)
+    window: Optional[int] = option(
+        None,
+        "residues per model input (default: the model's: 512 for ProtBert, i.e. 514 tokens with [CLS] and [SEP]; "
+        "1,022 for ESM-2)",
+        min=1,
+    )
+    stride: Optional[int] = option(
+        None, "residues between the starts of overlapping windows (default: half the window)", min=1
+    )
     aggregate: str = option(
         "mean",
         "protein-level tasks, proteins longer than --window: how the windows' probabilities combine: mean (weighted "

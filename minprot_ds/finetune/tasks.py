@@ -14,7 +14,7 @@ import torch
 
 from minprot_ds.data.task_records import Q3_CLASSES
 from minprot_ds.errors import UserError
-from minprot_ds.vocab import CLS_ID, IGNORE_INDEX, INVALID, PAD_ID, SEP_ID, UNK_ID, encode
+from minprot_ds.vocab import IGNORE_INDEX, INVALID, PROTBERT, UNK_ID, Vocabulary, encode
 
 
 @dataclass(frozen=True)
@@ -130,15 +130,19 @@ def crop_pieces(
     return pieces
 
 
-def collate(enc: Encoded, pieces: Sequence[Piece], spec: TaskSpec) -> dict[str, torch.Tensor]:
-    """[CLS] residues [SEP] of each piece, padded to the longest piece of the batch."""
+def collate(
+    enc: Encoded, pieces: Sequence[Piece], spec: TaskSpec, vocab: Vocabulary = PROTBERT
+) -> dict[str, torch.Tensor]:
+    """[CLS] residues [SEP] of each piece (ESM-2: <cls> residues <eos>), padded to the longest piece of the batch,
+    in `vocab`'s ids (the encoded splits hold ProtBert's)."""
     width = max(end - start for _, start, end in pieces) + 2
-    input_ids = np.full((len(pieces), width), PAD_ID, dtype=np.int64)
+    input_ids = np.full((len(pieces), width), vocab.pad_id, dtype=np.int64)
     mask = np.zeros((len(pieces), width), dtype=np.int64)
     token_labels = np.full((len(pieces), width), IGNORE_INDEX, dtype=np.int64)
     for r, (i, start, end) in enumerate(pieces):
         n = end - start
-        input_ids[r, 0], input_ids[r, 1 : n + 1], input_ids[r, n + 1] = CLS_ID, enc.tokens[i][start:end], SEP_ID
+        input_ids[r, 0], input_ids[r, n + 1] = vocab.bos_id, vocab.eos_id
+        input_ids[r, 1 : n + 1] = vocab.remap(enc.tokens[i][start:end])
         mask[r, : n + 2] = 1
         if spec.per_residue:
             token_labels[r, 1 : n + 1] = enc.labels[i][start:end]

@@ -10,6 +10,7 @@ ZeRO-3's partitioned forward stays in lockstep; rank 0 measures leakage, writes 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ from minprot_ds.finetune.steppers import DeepSpeedStepper, PlainStepper
 from minprot_ds.finetune.tasks import Encoded, TaskSpec, collate, crop_pieces, encode_split, task_spec, train_batches
 from minprot_ds.finetune.uncertainty import confidence_intervals, flat_intervals
 from minprot_ds.models import provenance as links
+from minprot_ds.models.family import family_of, family_of_config
 from minprot_ds.options import check_bounds, launch, mlflow_params
 from minprot_ds.outputs import check_out
 from minprot_ds.scoring.heads import TaskModel, build_task_model, save_task_model
@@ -101,19 +103,22 @@ class Job:
         return [b[self.rank :: self.world] for b in batches if len(b) >= self.world]
 
 
-def _check(cfg: FinetuneConfig) -> None:
+def _check(cfg: FinetuneConfig) -> FinetuneConfig:
+    """The options, then (the window following the model) the window and --out; returns cfg with its window."""
     check_bounds(cfg)
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(cfg, name)})")
-    check_window(cfg.window, cfg.stride, long=cfg.long, long_modes=FINETUNE_LONG_MODES, aggregate=cfg.aggregate)
     if cfg.test_filter not in TEST_FILTERS:
         raise UserError(f"unknown --test-filter {cfg.test_filter!r}; choose one of: {', '.join(TEST_FILTERS)}")
     if cfg.leakage:
         _thresholds(cfg).check()
     if cfg.test_filter != "none" and not cfg.leakage:
         raise UserError(f"--test-filter {cfg.test_filter} needs the leakage search; drop --no-leakage")
+    cfg = with_model_window(cfg)
+    check_window(cfg.window, cfg.stride, long=cfg.long, long_modes=FINETUNE_LONG_MODES, aggregate=cfg.aggregate)
     check_out(cfg.out, folder=True, overwrite=cfg.overwrite, ours=lambda out: _same_run(out, cfg))
+    return cfg
 
 
 def _same_run(out: Path, cfg: FinetuneConfig) -> bool:
@@ -138,9 +143,17 @@ def _overlap(split: Encoded, train: Encoded, cfg: FinetuneConfig) -> Overlap:
         ) from None
 
 
+def with_model_window(cfg: FinetuneConfig) -> FinetuneConfig:
+    """--window and --stride as given, else the model family's window (ProtBert 512, ESM-2 1,022) and half of it."""
+    if cfg.window is not None and cfg.stride is not None:
+        return cfg
+    window = cfg.window or family_of(cfg.model, "--model").max_residues
+    return dataclasses.replace(cfg, window=window, stride=cfg.stride or window // 2)
+
+
 def load(cfg: FinetuneConfig) -> Job:
     """Inputs, the model and its optimizer (inside DeepSpeed with --deepspeed), and the test/valid leakage."""
-    _check(cfg)
+    cfg = _check(cfg)
     spec = task_spec(cfg.task)
     role, provenance = links.model_provenance(cfg.model, cfg.role)
     inputs = load_inputs(
@@ -238,13 +251,14 @@ def train(job: Job, tracker: Tracker, say: Callable[[str], None]) -> tuple[list[
     """The epochs: (per-epoch log, seconds spent training, training rows seen by this rank, the last epoch's
     valid predictions or None). The per-epoch valid metrics take the argmax (threshold 0.5)."""
     cfg, stepper = job.cfg, job.stepper
+    vocab = family_of_config(stepper.module.encoder.config, "--model").vocab
     step, history, seconds, seen, last_valid = 0, [], 0.0, 0, None
     log_every = max(1, job.total_steps // 50)
     for epoch in range(cfg.epochs):
         started, losses = time.perf_counter(), []
         for rows in job.batches(epoch):
             pieces = crop_pieces(job.train.lengths, rows, cfg.window, cfg.seed, epoch, random=cfg.long == "window")
-            batch = {k: v.to(stepper.device) for k, v in collate(job.train, pieces, job.spec).items()}
+            batch = {k: v.to(stepper.device) for k, v in collate(job.train, pieces, job.spec, vocab).items()}
             losses.append(stepper.train_step(batch))
             step, seen = step + 1, seen + len(rows)
             if step % log_every == 0 or step == job.total_steps:
@@ -561,6 +575,7 @@ def write(
 def run_one(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> FinetuneResult:
     """Train, predict, write and track one fine-tune; returns the test metrics (rank 0; other ranks get {})."""
     say = echo or log.info
+    cfg = with_model_window(cfg)
     job = load(cfg)
     spec, rank, world = job.spec, job.rank, job.world
     inputs, train_set, valid, test = job.inputs, job.train, job.valid, job.test

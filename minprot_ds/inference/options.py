@@ -12,7 +12,6 @@ from typing import ClassVar, Optional
 
 from minprot_ds.data.batching import DEFAULT_MAX_TOKENS
 from minprot_ds.options import option
-from minprot_ds.scoring.windows import DEFAULT_STRIDE, DEFAULT_WINDOW
 
 DEFAULT_CHUNK = 1000
 DEFAULT_CHUNK_PER_RESIDUE = 100  # L x H matrices: a chunk of 1000 ProtBert proteins would hold ~1.6 GB
@@ -91,6 +90,8 @@ class EmbedOptions(InferenceOptions):
     per_residue: bool = option(False, "store L x H per protein instead of one vector")
     layers: str = option("-1", "comma-separated hidden states (0 = embeddings, -1 = last), concatenated")
     half: bool = option(False, "store fp16")
-    window: Optional[int] = option(None, f"residues per window for long proteins (default {DEFAULT_WINDOW})", min=1)
-    stride: Optional[int] = option(None, f"residues between window starts (default {DEFAULT_STRIDE})", min=1)
+    window: Optional[int] = option(
+        None, "residues per window for long proteins (default: the model's: ProtBert 512, ESM-2 1,022)", min=1
+    )
+    stride: Optional[int] = option(None, "residues between window starts (default: half the window)", min=1)
     mlflow: bool = option(False, "log the run to MLflow (its settings, fingerprints, speed and counts)")

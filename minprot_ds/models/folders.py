@@ -11,7 +11,7 @@ import torch
 
 from minprot_ds import __version__
 from minprot_ds.fileio import read_json, write_json
-from minprot_ds.vocab import write_tokenizer_files
+from minprot_ds.models.family import family_of_config
 
 METADATA = "minprot.json"
 
@@ -34,11 +34,12 @@ def save_gathered(model: torch.nn.Module, rank: int, write: Callable[[], T]) -> 
 
 
 def save_hf_folder(model: Any, out: str | Path, metadata_file: str, metadata: dict[str, Any]) -> Path:
-    """`save_pretrained` (safetensors) + the tokenizer files + a JSON file saying where it came from."""
+    """`save_pretrained` (safetensors) + the tokenizer files of the model's family + a JSON file saying where it
+    came from."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    write_tokenizer_files(out)
+    family_of_config(model.config).vocab.write_tokenizer_files(out)
     write_json(out / metadata_file, {"minprot_version": __version__, **metadata})
     return out
 

@@ -1,22 +1,30 @@
-"""Teacher and student models: the frozen ProtBert teacher, the student built from its layers, and the
-forward that returns exactly what the distillation loss needs.
+"""Teacher and student models: the frozen teacher, the student built from its layers, and the forward that
+returns exactly what the distillation loss needs.
 
-Models go in and out as Hugging Face `BertForMaskedLM` folders (or hub ids); the student records which
-teacher layers it was made from in its config (`minprot_teacher_layers`, `minprot_layer_strategy`).
+Models go in and out as Hugging Face folders (or hub ids) of their family's class, `BertForMaskedLM` (ProtBert)
+or `EsmForMaskedLM` (ESM-2), see `models.family`; the student records which teacher layers it was made from in
+its config (`minprot_teacher_layers`, `minprot_layer_strategy`).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import BertConfig, BertForMaskedLM
+from torch import nn
+from transformers import BertConfig, BertForMaskedLM, EsmConfig, EsmForMaskedLM
 
 from minprot_ds.errors import UserError
-from minprot_ds.vocab import IGNORE_INDEX, VOCAB_SIZE, write_tokenizer_files
+from minprot_ds.models.family import (
+    ModelFamily,
+    family_of,
+    family_of_config,
+    load_failure,
+    looks_like_path,
+)
+from minprot_ds.vocab import ESM2, IGNORE_INDEX, VOCAB_SIZE, write_tokenizer_files
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,7 @@ class ModelPreset:
     hidden_size: int
     num_heads: int
     intermediate_size: int
+    family: str = "bert"  # models.family: "bert" (ProtBert's format) or "esm" (ESM-2's)
 
 
 MODEL_PRESETS = {
@@ -36,77 +45,76 @@ MODEL_PRESETS = {
     "protbert": ModelPreset(
         teacher_layers=30, student_layers=15, hidden_size=1024, num_heads=16, intermediate_size=4096
     ),
+    # facebook/esm2_t33_650M_UR50D and esm2_t30_150M_UR50D's shapes; the students of launch/configs/esm2-*.toml
+    "esm2-650m": ModelPreset(
+        teacher_layers=33, student_layers=17, hidden_size=1280, num_heads=20, intermediate_size=5120, family="esm"
+    ),
+    "esm2-150m": ModelPreset(
+        teacher_layers=30, student_layers=15, hidden_size=640, num_heads=20, intermediate_size=2560, family="esm"
+    ),
 }
+
+
+def save_random_preset(folder: str | Path, name: str, seed: int = 0) -> Path:
+    """A random teacher in a preset's shape and family (ProtBert's or ESM-2's format)."""
+    p = MODEL_PRESETS[name]
+    shape = dict(
+        num_layers=p.teacher_layers,
+        hidden_size=p.hidden_size,
+        num_heads=p.num_heads,
+        intermediate_size=p.intermediate_size,
+    )
+    save = save_random_esm2 if p.family == "esm" else save_random_protbert
+    return save(folder, **shape, seed=seed)
 
 
 # --- loading -------------------------------------------------------------------------------------------
 
-_EXPECTED = (
-    "pass a folder holding config.json and weights (model.safetensors or pytorch_model.bin, as "
-    "save_pretrained writes) or a Hugging Face hub id such as Rostlab/prot_bert"
-)
 
+def load_pretrained(kind: str, name_or_path: str, what: str, **kwargs) -> tuple[nn.Module, dict, ModelFamily]:
+    """The masked LM (`kind` "masked_lm") or bare encoder ("encoder") of a model folder or hub id, in the class
+    its family names -> (model, loading info, family).
 
-def _looks_like_path(name: str) -> bool:
-    # Hub ids are "name" or "org/name"; anything else with a separator, a dot prefix or ~ is a path.
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or Path(name).exists()
-
-
-def load_pretrained(cls, name_or_path: str, what: str, **kwargs):
-    """`cls.from_pretrained(name_or_path, output_loading_info=True, **kwargs)` -> (model, loading info).
-
-    The one loader of every ProtBert-format model (teacher, student, fine-tune encoder): a local folder is
-    checked first, and every failure is one sentence naming `what` (e.g. "teacher model folder", "--model").
+    The one loader of every model (teacher, student, fine-tune encoder): a local folder is checked first, the
+    family is read from its config (BERT or ESM-2; anything else is refused), and every failure is one sentence
+    naming `what` (e.g. "teacher model folder", "--model").
     """
     name = str(name_or_path)
-    if _looks_like_path(name):
-        folder = Path(name).expanduser()
-        if not folder.is_dir():
-            raise UserError(f"{what} {folder} does not exist; {_EXPECTED}")
-        if not (folder / "config.json").is_file():
-            raise UserError(f"{what} {folder} has no config.json; {_EXPECTED}")
-        name = str(folder)
+    if looks_like_path(name):
+        name = str(Path(name).expanduser())
     try:
+        family = family_of(name, what)
+        cls = family.masked_lm_class if kind == "masked_lm" else family.encoder_class
+        if kind == "encoder":
+            kwargs["add_pooling_layer"] = False
         model, info = cls.from_pretrained(name, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        if offline and not Path(name).is_dir():
-            raise UserError(
-                f"cannot load {what} {name!r}: HF_HUB_OFFLINE is set and it is neither a local folder nor "
-                f"in the Hugging Face cache; download it once with network access or {_EXPECTED}"
-            ) from err
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"cannot load {what} {name!r}: no such local folder and the hub lookup failed ({first_line}); {_EXPECTED}"
-        ) from err
-    if model.config.vocab_size != VOCAB_SIZE:
-        raise UserError(
-            f"{what} {name!r} has a vocabulary of {model.config.vocab_size} tokens, not ProtBert's {VOCAB_SIZE}; "
-            "pass a ProtBert-format model (Rostlab/prot_bert or a minprot student)"
-        )
-    return model, info
+        raise load_failure(what, name, err) from err
+    return model, info, family
 
 
-def _from_pretrained(name_or_path: str, role: str, dtype: torch.dtype) -> BertForMaskedLM:
-    model, info = load_pretrained(
-        BertForMaskedLM,
+def _from_pretrained(name_or_path: str, role: str, dtype: torch.dtype) -> nn.Module:
+    model, info, family = load_pretrained(
+        "masked_lm",
         name_or_path,
-        f"{role} model folder" if _looks_like_path(str(name_or_path)) else f"{role} model",
+        f"{role} model folder" if looks_like_path(str(name_or_path)) else f"{role} model",
         attn_implementation="sdpa",
         dtype=dtype,
     )
-    # A checkpoint without the MLM head (e.g. a bare BertModel) would load with a random head: refuse.
-    missing = [k for k in info.get("missing_keys", []) if not k.startswith("cls.predictions.decoder")]
+    # A checkpoint without the MLM head (e.g. a bare BertModel / EsmModel) would load with a random head: refuse.
+    missing = [k for k in info.get("missing_keys", []) if k not in family.tied_head_keys]
     if missing:
         raise UserError(
             f"{role} model {str(name_or_path)!r} lacks weights for {', '.join(sorted(missing)[:4])}"
-            f"{' …' if len(missing) > 4 else ''}; it must be a BertForMaskedLM checkpoint (ProtBert's layout)"
+            f"{' …' if len(missing) > 4 else ''}; it must be a {family.masked_lm_class.__name__} checkpoint "
+            f"({family.title}'s layout)"
         )
     return model
 
 
-def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device=None) -> BertForMaskedLM:
-    """The frozen teacher: SDPA attention, no gradients, eval mode with dropout off, in `dtype`."""
+def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device=None) -> nn.Module:
+    """The frozen teacher (BertForMaskedLM or EsmForMaskedLM): SDPA attention, no gradients, eval mode with
+    dropout off, in `dtype`."""
     model = _from_pretrained(name_or_path, "teacher", dtype)
     model.requires_grad_(False)
     # eval() alone turns dropout off until someone calls .train(); p = 0 keeps it off regardless.
@@ -117,7 +125,7 @@ def load_teacher(name_or_path: str, dtype: torch.dtype = torch.float32, device=N
     return model.to(device) if device is not None else model
 
 
-def load_student(path: str) -> BertForMaskedLM:
+def load_student(path: str) -> nn.Module:
     """An existing student folder (e.g. a DistilProtBert checkpoint), fp32 and trainable."""
     model = _from_pretrained(path, "student", torch.float32)
     model.requires_grad_(True)
@@ -174,12 +182,15 @@ def select_layers(
 
 
 def build_student(
-    teacher: BertForMaskedLM, num_layers: int = 15, strategy: str | list[int] = "alternate", seed: int = 0
-) -> BertForMaskedLM:
-    """A new fp32 trainable student: the teacher's config with `num_layers` layers; embeddings, MLM head
-    and the chosen encoder layers copied from the teacher (in ascending teacher order)."""
+    teacher: nn.Module, num_layers: int = 15, strategy: str | list[int] = "alternate", seed: int = 0
+) -> nn.Module:
+    """A new fp32 trainable student in the teacher's class: the teacher's config with `num_layers` layers;
+    everything but the encoder layers copied from the teacher (embeddings, MLM head, ESM-2's final layer norm
+    and rotary buffer), and the chosen encoder layers in ascending teacher order. Weights with a column block
+    per (layer, head), ESM-2's contact head, keep the chosen layers' blocks."""
+    family = family_of_config(teacher.config, "teacher")
     layers = select_layers(teacher.config.num_hidden_layers, num_layers, strategy, seed)
-    config = BertConfig.from_dict(teacher.config.to_dict())
+    config = family.config_class.from_dict(teacher.config.to_dict())
     config.num_hidden_layers = num_layers
     config.minprot_teacher_layers = layers
     config.minprot_layer_strategy = strategy if isinstance(strategy, str) else "explicit"
@@ -187,17 +198,19 @@ def build_student(
     config.dtype = "float32"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        student = BertForMaskedLM._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+        student = family.masked_lm_class._from_config(config, attn_implementation="sdpa", dtype=torch.float32)
 
-    teacher_state = teacher.state_dict()
-    prefix = "bert.encoder.layer."
+    prefix = family.layer_prefix
+    heads = teacher.config.num_attention_heads
     state = {}
-    for key, value in teacher_state.items():
+    for key, value in teacher.state_dict().items():
         if key.startswith(prefix):
             index, rest = key[len(prefix) :].split(".", 1)
             if int(index) not in layers:
                 continue
             key = f"{prefix}{layers.index(int(index))}.{rest}"
+        elif key in family.per_layer_head_columns:
+            value = value[:, [i * heads + h for i in layers for h in range(heads)]]
         state[key] = value.detach().to(device="cpu", dtype=torch.float32)
     student.load_state_dict(state, strict=True)
     student.requires_grad_(True)
@@ -208,7 +221,7 @@ def build_student(
 # --- torch.compile ---------------------------------------------------------------------------------------
 
 
-def compile_encoders(teacher: BertForMaskedLM, student: BertForMaskedLM, mode: str, *, zero_stage: int = 0) -> None:
+def compile_encoders(teacher: nn.Module, student: nn.Module, mode: str, *, zero_stage: int = 0) -> None:
     """torch.compile the encoders in place (`Module.compile`: state-dict keys and checkpoints unchanged).
 
     mode "teacher": the teacher's encoder, for inference with its weights frozen into the graph (inductor
@@ -225,9 +238,10 @@ def compile_encoders(teacher: BertForMaskedLM, student: BertForMaskedLM, mode: s
             'model.compile = "all" is not supported with ZeRO stage 3 (its parameter gathering runs in '
             'hooks inside the student\'s forward); use "teacher", or ZeRO stage 1 or 2.'
         )
-    teacher.bert.compile(dynamic=True, options={"freezing": True})
+    family = family_of_config(teacher.config, "teacher")
+    family.encoder(teacher).compile(dynamic=True, options={"freezing": True})
     if mode == "all":
-        student.bert.compile(dynamic=True)
+        family.encoder(student).compile(dynamic=True)
 
 
 # --- forward for the loss ------------------------------------------------------------------------------
@@ -243,7 +257,7 @@ class ForLossOutputs:
 
 
 def forward_for_loss(
-    model: BertForMaskedLM,
+    model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     labels: torch.Tensor,
@@ -256,13 +270,16 @@ def forward_for_loss(
     every non-pad position (DistilBERT's "KD everywhere"), labels IGNORE_INDEX where unmasked, so M = N. Call it
     for the teacher under torch.inference_mode(); distill_loss accepts such outputs.
     """
-    sequence = model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    family = family_of_config(model.config)
+    head = family.mlm_head(model)
+    # The attention mask also sets ESM-2's token-dropout rescaling (masked fraction of each row's real tokens).
+    sequence = family.encoder(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     non_pad = attention_mask.bool()
     hidden = sequence[non_pad]
     if all_positions:
-        return ForLossOutputs(hidden=hidden, logits=model.cls(hidden), labels=labels[non_pad])
+        return ForLossOutputs(hidden=hidden, logits=head(hidden), labels=labels[non_pad])
     masked = labels != IGNORE_INDEX
-    return ForLossOutputs(hidden=hidden, logits=model.cls(sequence[masked]), labels=labels[masked])
+    return ForLossOutputs(hidden=hidden, logits=head(sequence[masked]), labels=labels[masked])
 
 
 # --- random models in ProtBert's format ----------------------------------------------------------------
@@ -304,4 +321,44 @@ def save_random_protbert(
         model = BertForMaskedLM(config)
     model.save_pretrained(folder)
     write_tokenizer_files(folder)
+    return folder
+
+
+def save_random_esm2(
+    folder: str | Path,
+    *,
+    num_layers: int,
+    hidden_size: int,
+    num_heads: int,
+    intermediate_size: int,
+    seed: int = 0,
+    hidden_dropout_prob: float = 0.0,
+) -> Path:
+    """Write a randomly initialised EsmForMaskedLM with ESM-2's config keys (rotary positions, token dropout,
+    final layer norm, 1,026 positions, 33 tokens) and its tokenizer files."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = EsmConfig(
+        vocab_size=ESM2.size,
+        mask_token_id=ESM2.mask_id,
+        pad_token_id=ESM2.pad_id,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=intermediate_size,
+        hidden_dropout_prob=hidden_dropout_prob,
+        attention_probs_dropout_prob=0.0,
+        max_position_embeddings=1026,
+        position_embedding_type="rotary",
+        emb_layer_norm_before=False,
+        token_dropout=True,
+        layer_norm_eps=1e-5,
+        initializer_range=0.02,
+        architectures=["EsmForMaskedLM"],
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = EsmForMaskedLM(config)
+    model.save_pretrained(folder)
+    ESM2.write_tokenizer_files(folder)
     return folder

@@ -27,7 +27,7 @@ from minprot_ds.scoring.windows import (
     plan_protein,
     stitch_residues,
 )
-from minprot_ds.vocab import CLS_ID, INVALID, PAD_ID, SEP_ID, UNK_ID, encode
+from minprot_ds.vocab import INVALID, PROTBERT, UNK_ID, Vocabulary, encode
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class Scorer:
     per_residue: bool = False
     mean_over_residues: bool = False
     probabilities: bool = False  # per-protein class probabilities, which --aggregate max may combine
+    vocab: Vocabulary = PROTBERT  # the model family's ids (ESM-2's for an ESM-2 model)
 
     def run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: Sequence[int]) -> list[np.ndarray]:
         raise NotImplementedError
@@ -78,7 +79,8 @@ class Scored:
 
 
 def token_ids(sequence: str) -> np.ndarray:
-    ids = encode(sequence).astype(np.int64)
+    """ProtBert ids (uint8) of a sequence; `Vocabulary.remap` gives another family's."""
+    ids = encode(sequence)
     ids[ids == INVALID] = UNK_ID  # records.clean refuses these; kept safe for direct callers
     return ids
 
@@ -123,16 +125,17 @@ def score(
     lengths = [len(w) for _, w in pieces]
     window_out: dict[tuple[int, int], np.ndarray] = {}
     remaining = {key: len(plan) for key, plan in plans.items()}
-    tokens = {key: token_ids(proteins[key]) for key in plans}
+    vocab = scorer.vocab
+    tokens = {key: vocab.remap(token_ids(proteins[key])) for key in plans}
 
     def forward(rows: list[int]) -> None:
         width = max(lengths[r] for r in rows) + 2
-        ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+        ids = np.full((len(rows), width), vocab.pad_id, dtype=np.int64)
         mask = np.zeros((len(rows), width), dtype=np.int64)
         for j, r in enumerate(rows):
             key, w = pieces[r]
             n = len(w)
-            ids[j, 0], ids[j, 1 : n + 1], ids[j, n + 1] = CLS_ID, tokens[key][w.start : w.end], SEP_ID
+            ids[j, 0], ids[j, 1 : n + 1], ids[j, n + 1] = vocab.bos_id, tokens[key][w.start : w.end], vocab.eos_id
             mask[j, : n + 2] = 1
         try:
             outs = scorer.run(

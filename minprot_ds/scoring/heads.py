@@ -119,14 +119,13 @@ def load_encoder(name_or_path: str | Path, what: str = "--model", *, dtype: torc
     The one encoder loader: a fine-tune's `--model`, a fine-tuned model folder, and `embed`'s `--model`. Heads in
     the folder (MLM, task) are ignored; missing encoder weights are refused in one sentence naming `what`.
     """
-    from transformers import BertModel
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # an MLM checkpoint's unused `cls.*` weights are expected
     try:
-        encoder, loading = load_pretrained(
-            BertModel, str(name_or_path), what, add_pooling_layer=False, attn_implementation="sdpa", dtype=dtype
+        encoder, loading, family = load_pretrained(
+            "encoder", str(name_or_path), what, attn_implementation="sdpa", dtype=dtype
         )
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -135,7 +134,7 @@ def load_encoder(name_or_path: str | Path, what: str = "--model", *, dtype: torc
         raise UserError(
             f"{what} {str(name_or_path)!r} lacks encoder weights "
             f"({', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}); "
-            "it must be a BERT checkpoint in ProtBert's layout"
+            f"it must be a {family.title} checkpoint in {family.example}'s layout"
         )
     return encoder.eval()
 

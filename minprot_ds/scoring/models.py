@@ -14,6 +14,7 @@ from minprot_ds.ds_config import PRECISIONS as DTYPES
 from minprot_ds.ds_config import auto_precision
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import sha256_file
+from minprot_ds.models.family import family_of_config
 from minprot_ds.scoring.forward import Scorer
 from minprot_ds.scoring.heads import load_task_model
 
@@ -85,6 +86,7 @@ class EmbedScorer(Scorer):
                     f"--layers {layer} is out of range: the model has hidden states 0..{n} (or -1..-{n + 1})"
                 )
         self.encoder, self.layers, self.pool = encoder, list(layers), pool
+        self.vocab = family_of_config(encoder.config, "--model").vocab
         self.per_residue = per_residue
         self.mean_over_residues = pool == "mean"
         self.dim = encoder.config.hidden_size * len(self.layers)
@@ -107,6 +109,7 @@ class TaskScorer(Scorer):
     def __init__(self, model: torch.nn.Module, per_residue: bool):
         self.model = model
         self.per_residue = per_residue
+        self.vocab = family_of_config(model.encoder.config, "--model").vocab
 
     def run(self, input_ids, attention_mask, lengths):
         probs = torch.softmax(self.model(input_ids, attention_mask).float(), dim=-1).cpu().numpy()

@@ -87,6 +87,25 @@ def test_cli_prints_and_writes_the_plan(tmp_path):
     assert "largest budget" in result.output
 
 
+def test_esm2_650m_plan_counts_esm_2s_parameters(tmp_path):
+    """`--preset esm2-650m`: ESM-2 650M's EsmConfig (33 layers, hidden 1280, 20 heads, rotary positions): the
+    teacher's 651,043,254 parameters (transformers' own count) and its 17-layer student's; the plan runs."""
+    import torch
+    from transformers import EsmForMaskedLM
+
+    cfg = mem.preset_config("esm2-650m")
+    assert (cfg.model_type, cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads) == ("esm", 33, 1280, 20)
+    with torch.device("meta"):
+        assert mem.model_params(cfg, 33) == EsmForMaskedLM(cfg).num_parameters() == 651_043_254
+    out = tmp_path / "plan.json"
+    args = ["bench", "memory", "--preset", "esm2-650m", "--gpu", "v100-32gb", "--gpus", "8", "--json", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    plan = json.loads(out.read_text())
+    assert plan["teacher_parameters"] == 651_043_254 and plan["student_parameters"] == 336_203_894
+    assert any(r["largest_max_tokens"] for r in plan["settings"]), plan["settings"]
+
+
 @pytest.mark.parametrize(
     "args, words",
     [

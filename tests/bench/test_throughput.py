@@ -335,3 +335,33 @@ def test_compiled_setting_warms_up_until_compiled_and_times_the_same_batches(tmp
     assert compiled["status"] == "ok" and compiled["graphs_compiled_in_windows"] == 0
     per_window = [r["residues_per_s"] * r["step_time_s"] * r["steps"] for r in (eager, compiled)]
     assert per_window[0] == pytest.approx(per_window[1])
+
+
+def test_naive_baseline_reads_an_esm2_teacher_in_esm_ids(tiny_esm_teacher_dir, tmp_path):
+    """The naive loop (the baseline of `bench throughput`) on an ESM-2 teacher: the same masked batch as for
+    ProtBert, in ESM-2's ids (<cls>/<eos>/<pad>/<mask>), and its steps run and train the EsmForMaskedLM student."""
+    import numpy as np
+    import torch
+
+    from minprot_ds.bench.naive import NaiveBatches, NaiveLoop
+    from minprot_ds.vocab import ESM2
+    from tests.data.conftest import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus", {"train": [12, 30, 7, 25, 40, 9, 16, 33]}).path
+    bert, esm = (
+        next(iter(NaiveBatches(corpus, 4, seed=1))),
+        next(iter(NaiveBatches(corpus, 4, seed=1, family_vocab=ESM2))),
+    )
+    remap = torch.from_numpy(ESM2.from_protbert.astype(np.int64))
+    assert torch.equal(esm["input_ids"], remap[bert["input_ids"]])
+    labelled = bert["labels"] != -100
+    assert torch.equal(esm["labels"] != -100, labelled) and torch.equal(
+        esm["labels"][labelled], remap[bert["labels"][labelled]]
+    )
+    assert (esm["input_ids"][:, 0] == ESM2.bos_id).all() and (esm["input_ids"] == ESM2.pad_id).any()
+
+    loop = NaiveLoop(tiny_esm_teacher_dir, corpus, student_layers=2, batch_size=4)
+    before = {k: v.clone() for k, v in loop.student.state_dict().items()}
+    window = loop.window(2)
+    assert type(loop.student).__name__ == "EsmForMaskedLM" and window["rows"] == 8
+    assert any(not torch.equal(v, before[k]) for k, v in loop.student.state_dict().items())

@@ -22,11 +22,12 @@ DEMO_CONFIG = REPO / "launch" / "configs" / "demo.toml"
 
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory):
-    """A learnable synthetic corpus and a tiny teacher pre-trained on it (as the demo makes them)."""
+    """A learnable synthetic corpus and a tiny teacher pre-trained on it (as the demo makes them), and a random
+    ESM-2 teacher."""
     from data_prep.corpus import prepare_corpus
     from minprot_ds.distill.demo import TEACHER_SHAPE, synthetic_fasta
     from minprot_ds.distill.pretrain import pretrain_teacher
-    from minprot_ds.models.masked_lm import save_random_protbert
+    from minprot_ds.models.masked_lm import save_random_esm2, save_random_protbert
 
     root = tmp_path_factory.mktemp("assets")
     corpus = root / "corpus"
@@ -38,7 +39,10 @@ def assets(tmp_path_factory):
     dropout = Path(shutil.copytree(teacher, root / "teacher_dropout"))
     config = json.loads((dropout / "config.json").read_text())
     (dropout / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.1}))
-    return {"corpus": corpus, "teacher": Path(teacher), "teacher_dropout": dropout}
+    # A random ESM-2 teacher of the same shape (rotary positions, token dropout, final layer norm), hidden dropout
+    # 0.1 too; ESM-2 batches are the same corpus read in ESM-2's ids.
+    esm = save_random_esm2(root / "esm_teacher", **TEACHER_SHAPE, seed=0, hidden_dropout_prob=0.1)
+    return {"corpus": corpus, "teacher": Path(teacher), "teacher_dropout": dropout, "esm_teacher": esm}
 
 
 def _launch(

@@ -72,8 +72,11 @@ def _engine(config: DistillConfig):
 
 
 def probe_models(config: DistillConfig, tmp: Path):
+    from minprot_ds.models.family import family_of_config
+
     engine, student_config = _engine(config)
     student = engine.student.module.mlm
+    family = family_of_config(student_config)
     weights = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in student.parameters())).hexdigest()
     return (
         engine.teacher_checksum(),
@@ -81,8 +84,9 @@ def probe_models(config: DistillConfig, tmp: Path):
         list(getattr(student_config, "minprot_teacher_layers", [])),
         weights,
         student.is_gradient_checkpointing,
-        getattr(engine.teacher.bert, "_compiled_call_impl", None) is not None,
-        getattr(student.bert, "_compiled_call_impl", None) is not None,
+        getattr(family.encoder(engine.teacher), "_compiled_call_impl", None) is not None,
+        getattr(family.encoder(student), "_compiled_call_impl", None) is not None,
+        type(student).__name__,
     )
 
 
@@ -251,10 +255,11 @@ def test_every_config_key_has_a_probe():
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    """Two tiny teachers, a student folder, two corpora (train and valid splits), a spare SQLite path."""
+    """Two tiny teachers and a student folder of each family (BERT, and ESM-2 under "esm"), two corpora (train and
+    valid splits), a spare SQLite path."""
     from data_prep.corpus import prepare_corpus
     from minprot_ds.distill.demo import synthetic_fasta
-    from minprot_ds.models.masked_lm import save_random_protbert
+    from minprot_ds.models.masked_lm import save_random_esm2, save_random_protbert
 
     root = tmp_path_factory.mktemp("config_keys")
     shape = dict(num_layers=6, hidden_size=32, num_heads=4, intermediate_size=64)
@@ -267,6 +272,11 @@ def assets(tmp_path_factory):
         "teacher": save_random_protbert(root / "teacher", **shape, seed=0),
         "teacher_b": save_random_protbert(root / "teacher_b", **shape, seed=1),
         "student": save_random_protbert(root / "student", **{**shape, "num_layers": 2}, seed=2),
+        "esm": {
+            "teacher": save_random_esm2(root / "esm_teacher", **shape, seed=0),
+            "teacher_b": save_random_esm2(root / "esm_teacher_b", **shape, seed=1),
+            "student": save_random_esm2(root / "esm_student", **{**shape, "num_layers": 2}, seed=2),
+        },
         **corpora,
         "other_db": root / "other.db",
         "db": root / "mlflow.db",
@@ -292,18 +302,29 @@ _observed: dict[tuple, object] = {}
 
 
 def observe(assets, probe, overrides: list[str]):
-    key = (probe.__name__, tuple(overrides))
+    key = (probe.__name__, assets["teacher"], tuple(overrides))
     if key not in _observed:
         _observed[key] = probe(load_config(None, [*base_overrides(assets), *overrides]), assets["root"])
     return _observed[key]
 
 
-@pytest.mark.parametrize(
-    "key", [pytest.param(k, marks=pytest.mark.slow) if KEYS[k][2] in SLOW_PROBES else k for k in KEYS]
-)
-def test_changing_a_key_reaches_its_component(key, assets):
+# Every key for both families; the in-process runs (cadence, tracking of a run: nothing family-specific past the
+# engine, which the other probes build) for BERT only, to keep CI time.
+FAMILY_PARAMS = [
+    pytest.param(k, family, marks=[pytest.mark.slow] if KEYS[k][2] in SLOW_PROBES else [], id=f"{family}-{k}")
+    for family in ("bert", "esm")
+    for k in KEYS
+    if family == "bert" or KEYS[k][2] not in SLOW_PROBES
+]
+
+
+@pytest.mark.parametrize(("key", "family"), FAMILY_PARAMS)
+def test_changing_a_key_reaches_its_component(key, family, assets):
+    assets = {**assets, **(assets["esm"] if family == "esm" else {})}
     value, base, probe = KEYS[key]
-    changed = f"{key}={value.format(**{k: str(v) for k, v in assets.items()})}"
+    changed = f"{key}={value.format(**{k: str(v) for k, v in assets.items() if k != 'esm'})}"
     before = observe(assets, probe, base)
+    if probe is probe_models:
+        assert before[-1] == ("EsmForMaskedLM" if family == "esm" else "BertForMaskedLM")
     after = observe(assets, probe, [*base, changed])
     assert before != after, f"{changed} did not change what {probe.__name__} sees: {after}"

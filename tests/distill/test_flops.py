@@ -97,6 +97,26 @@ def test_bert_params_match_a_tiny_transformers_model() -> None:
     assert counted.encoder_matmul == count_real(config)[1]
 
 
+def test_esm_params_match_transformers_esm_for_masked_lm() -> None:
+    """A tiny allocated ESM-2 and ESM-2 150M on the meta device (layers, tied decoder, contact head, final norm)."""
+    from transformers import EsmConfig, EsmForMaskedLM
+
+    from minprot_ds.distill.flops import esm_params
+
+    for layers, hidden, inter, heads in ((2, 16, 32, 2), (30, 640, 2560, 20)):
+        config = EsmConfig(
+            vocab_size=33, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+            intermediate_size=inter, position_embedding_type="rotary", emb_layer_norm_before=False, pad_token_id=1,
+            mask_token_id=32,
+        )  # fmt: skip
+        with torch.device("meta" if layers > 2 else "cpu"):
+            model = EsmForMaskedLM(config)
+        counted = esm_params(layers, hidden, inter, 33, heads)
+        assert counted.total == model.num_parameters()
+        linear = sum(m.weight.numel() for m in model.esm.encoder.layer.modules() if isinstance(m, torch.nn.Linear))
+        assert counted.encoder_matmul == linear
+
+
 def test_bert_params_match_protbert(shared_reference: Path) -> None:
     raw = json.loads((shared_reference / "prot_bert" / "config.json").read_text())
     config = BertConfig(**{k: v for k, v in raw.items() if k != "architectures"})

@@ -1,4 +1,4 @@
-"""Tiny random ProtBert-format models, fine-tuned-model folders and FASTA files for the predict/embed tests."""
+"""Tiny random ProtBert- and ESM-2-format models, fine-tuned-model folders and FASTA files (predict/embed tests)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,14 @@ def _write_fasta():
 @pytest.fixture(scope="session")
 def encoder_dir(tmp_path_factory) -> Path:
     return save_random_protbert(tmp_path_factory.mktemp("encoder") / "model", seed=0, **TINY)
+
+
+@pytest.fixture(scope="session")
+def esm_encoder_dir(tmp_path_factory) -> Path:
+    """A tiny random ESM-2 model (EsmForMaskedLM with EsmTokenizer's files), as an ESM-2 teacher or student is."""
+    from minprot_ds.models.masked_lm import save_random_esm2
+
+    return save_random_esm2(tmp_path_factory.mktemp("esm_encoder") / "model", seed=0, **TINY)
 
 
 def save_task_model(encoder: Path, task: str, folder: Path, seed: int = 0, pooling: str = "cls") -> Path:

@@ -41,19 +41,29 @@ def labelled(tmp_path_factory, random_sequences, write_fasta) -> dict[str, Path]
 
 
 @pytest.mark.parametrize(
-    "task,suffix,aggregate",
-    [("dna-binding", ".tsv", "mean"), ("dna-binding", ".tsv", "max"), ("q3", ".parquet", "mean")],
+    "task,suffix,aggregate,family",
+    [
+        ("dna-binding", ".tsv", "mean", "bert"),
+        ("dna-binding", ".tsv", "max", "bert"),
+        ("q3", ".parquet", "mean", "bert"),
+        ("dna-binding", ".tsv", "mean", "esm"),
+    ],
 )
 def test_predict_on_the_test_set_gives_the_finetune_probabilities(
-    task, suffix, aggregate, labelled, encoder_dir, tmp_path
+    task, suffix, aggregate, family, labelled, request, tmp_path
 ):
-    # --aggregate max reaches predict through the model folder (predict has no such flag).
+    """--aggregate max reaches predict through the model folder (predict has no such flag). For ESM-2 (<cls> head,
+    ESM-2's ids) the window is set below the long proteins' lengths (its default, 1,022, would cover them whole),
+    so windows are stitched there too."""
     key = "dna" if task == "dna-binding" else "q3"
+    encoder_dir = request.getfixturevalue("esm_encoder_dir" if family == "esm" else "encoder_dir")
+    window = dict(window=400, stride=200) if family == "esm" else {}
     ft = tmp_path / "ft"
     finetune(
         FinetuneConfig(
             task=task,
             model=str(encoder_dir),
+            **window,
             train=labelled[f"{key}_train"],
             test=labelled[f"{key}_test"],
             out=ft,

@@ -157,6 +157,27 @@ def test_embeddings_equal_a_hand_written_mean_of_the_last_hidden_state(encoder_d
     assert checked >= 2
 
 
+def test_esm2_embeddings_equal_the_mean_of_esm_models_last_hidden_state(esm_encoder_dir, proteome, tmp_path):
+    """embed of an ESM-2 model: the mean over residues of transformers' EsmModel last hidden state (<cls>, <eos>
+    excluded), its input made by EsmTokenizer; the window follows the model (1,022 residues), so proteins of up to
+    1,000 residues are single passes, not 512-residue windows."""
+    from transformers import AutoTokenizer, EsmModel
+
+    embed(esm_encoder_dir, proteome, tmp_path / "e.h5", max_tokens=4096)
+    model = EsmModel.from_pretrained(str(esm_encoder_dir), add_pooling_layer=False).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(esm_encoder_dir))
+    records = {t.split()[0]: clean(s)[0] for t, s in fasta_titles(proteome)}
+    with h5py.File(tmp_path / "e.h5") as f:
+        by_id = {ds.attrs["original_id"]: ds[()] for ds in f.values()}
+    long = [rid for rid in by_id if len(records[rid]) > 512]
+    assert long, "the proteome has proteins longer than ProtBert's window"
+    for rid in ["prot0", "prot1", *long[:2]]:
+        ids = torch.tensor([tokenizer(records[rid])["input_ids"]])
+        with torch.no_grad():
+            hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state[0, 1:-1]
+        np.testing.assert_allclose(by_id[rid], hidden.mean(0).numpy(), atol=1e-5)
+
+
 def test_embed_formats_layers_and_per_residue(encoder_dir, tmp_path, random_sequences, write_fasta):
     seqs = random_sequences(5, 20, 80, seed=2)
     fasta = write_fasta(tmp_path / "e.fasta", [(f"a/{i}", s) for i, s in enumerate(seqs)])

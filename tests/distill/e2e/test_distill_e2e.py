@@ -107,7 +107,10 @@ def test_student_at_step_zero_is_the_chosen_teacher_layers(assets, launch, tmp_p
     from minprot_ds.distill.config import load_config
 
     budget = ["data.max_tokens=32768", "data.max_rows=128"]
-    config = load_config(DEMO_CONFIG, [*budget, f'data.corpus="{assets["corpus"]}"'])
+    # The stream reads the teacher's config: batches are built in its family's token ids.
+    config = load_config(
+        DEMO_CONFIG, [*budget, f'data.corpus="{assets["corpus"]}"', f'model.teacher="{assets["teacher"]}"']
+    )
     assert [len(list(eval_stream(config, rank, 2))) for rank in (0, 1)] == [1, 0]
     run_dir = tmp_path / "run0"
     proc = launch(

@@ -157,6 +157,14 @@ def test_real_shapes_match_float64_reference(impl, dtype, gen, interpret):
 
 
 @pytest.mark.parametrize("impl", ["eager", "triton"])
+def test_esm2_vocabulary_of_33_tokens(impl, gen, interpret):
+    """The kernels take V from the logits: ESM-2's 33 tokens (a row block of 64 with 31 masked columns)."""
+    inputs = make_inputs(gen, m=77, n=90, v=33, h=40, ignore_some=True)
+    out, g_logits, _ = check_against_reference(impl, inputs)
+    assert g_logits.shape == (77, 33)
+
+
+@pytest.mark.parametrize("impl", ["eager", "triton"])
 def test_kd_on_all_rows_with_ignored_labels(impl, gen, interpret):
     # DistilBERT's "KD on every non-pad position": M = N rows, labels −100 where not masked.
     inputs = make_inputs(gen, m=97, n=97, h=48, ignore_some=True)
