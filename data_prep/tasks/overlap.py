@@ -86,8 +86,16 @@ def normalise(sequence: str) -> str:
     return rare_to_x("".join(sequence.split()).upper())
 
 
-def search(queries: Sequence[str], targets: Sequence[str], *, threads: int | None = None) -> list[Hit]:
-    """Every hit `mmseqs easy-search` reports (default sensitivity and E-value), by row indices."""
+def search(
+    queries: Sequence[str],
+    targets: Sequence[str],
+    *,
+    threads: int | None = None,
+    sensitivity: float | None = None,
+    max_seqs: int | None = None,
+) -> list[Hit]:
+    """Every hit `mmseqs easy-search` reports, by row indices: default E-value; MMseqs2's default sensitivity
+    (-s 5.7) and prefilter hits per query (300) unless `sensitivity` / `max_seqs` say otherwise."""
     with tempfile.TemporaryDirectory(prefix="minprot-overlap-") as tmp:
         work = Path(tmp)
         write_fasta([normalise(s) for s in queries], work / "query.fasta")
@@ -105,6 +113,10 @@ def search(queries: Sequence[str], targets: Sequence[str], *, threads: int | Non
         ]
         if threads:
             args += ["--threads", str(threads)]
+        if sensitivity is not None:
+            args += ["-s", str(sensitivity)]
+        if max_seqs is not None:
+            args += ["--max-seqs", str(max_seqs)]
         run_mmseqs(args, work)
         hits = []
         for line in (work / "hits.m8").read_text().splitlines():

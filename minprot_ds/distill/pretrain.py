@@ -34,8 +34,12 @@ def pretrain_teacher(
     seed: int = 0,
     max_tokens: int = 4096,
     log: Callable[[str], None] = print,
+    on_step: Callable[[int, float, torch.nn.Module], None] | None = None,
 ) -> float:
-    """Train the BertForMaskedLM in `folder` by MLM for `steps` steps, save it back; returns valid accuracy."""
+    """Train the BertForMaskedLM in `folder` by MLM for `steps` steps, save it back; returns valid accuracy.
+
+    `on_step(step, train_loss, model)` runs after each optimizer step (e.g. a held-out evaluation every N steps,
+    to see how far from converged the teacher is); it must leave the model as it found it."""
     from transformers import BertForMaskedLM
 
     if steps < 1:
@@ -61,6 +65,8 @@ def pretrain_teacher(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
+        if on_step is not None:
+            on_step(step, loss.item(), model)
         if step % 50 == 0 or step == steps:
             log(f"teacher pre-training step {step}/{steps}: MLM loss {loss.item():.3f}")
     model.save_pretrained(folder, safe_serialization=True)
