@@ -95,9 +95,15 @@ def normalise(sequence: str) -> str:
 
 
 def search(
-    queries: Sequence[str], targets: Sequence[str], *, sensitivity: float = SENSITIVITY, threads: int | None = None
+    queries: Sequence[str],
+    targets: Sequence[str],
+    *,
+    sensitivity: float = SENSITIVITY,
+    threads: int | None = None,
+    max_seqs: int | None = None,
 ) -> list[Hit]:
-    """Every hit `mmseqs easy-search -s SENSITIVITY` reports (default E-value), by row indices."""
+    """Every hit `mmseqs easy-search -s SENSITIVITY` reports (default E-value), by row indices; MMseqs2's
+    prefilter keeps 300 hits per query unless `max_seqs` says otherwise."""
     with tempfile.TemporaryDirectory(prefix="minprot-overlap-") as tmp:
         work = Path(tmp)
         write_fasta([normalise(s) for s in queries], work / "query.fasta")
@@ -117,6 +123,8 @@ def search(
         ]
         if threads:
             args += ["--threads", str(threads)]
+        if max_seqs is not None:
+            args += ["--max-seqs", str(max_seqs)]
         run_mmseqs(args, work)
         hits = []
         for line in (work / "hits.m8").read_text().splitlines():

@@ -35,9 +35,13 @@ def pretrain_teacher(
     seed: int = 0,
     max_tokens: int = 4096,
     log: Callable[[str], None] = print,
+    on_step: Callable[[int, float, torch.nn.Module], None] | None = None,
 ) -> float:
     """Train the masked LM in `folder` (BERT or ESM-2) by MLM for `steps` steps, save it back; returns valid
-    accuracy."""
+    accuracy.
+
+    `on_step(step, train_loss, model)` runs after each optimizer step (e.g. a held-out evaluation every N steps,
+    to see how far from converged the teacher is); it must leave the model as it found it."""
     if steps < 1:
         raise UserError(f"--steps {steps}: the teacher's pre-training needs at least 1 step")
     torch.manual_seed(seed)
@@ -62,6 +66,8 @@ def pretrain_teacher(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
+        if on_step is not None:
+            on_step(step, loss.item(), model)
         if step % 50 == 0 or step == steps:
             log(f"teacher pre-training step {step}/{steps}: MLM loss {loss.item():.3f}")
     model.save_pretrained(folder, safe_serialization=True)
