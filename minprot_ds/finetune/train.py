@@ -575,8 +575,8 @@ def write(
 def run_one(cfg: FinetuneConfig, *, echo: Callable[[str], None] | None = None) -> FinetuneResult:
     """Train, predict, write and track one fine-tune; returns the test metrics (rank 0; other ranks get {})."""
     say = echo or log.info
-    cfg = with_model_window(cfg)
     job = load(cfg)
+    cfg = job.cfg  # with the model's window
     spec, rank, world = job.spec, job.rank, job.world
     inputs, train_set, valid, test = job.inputs, job.train, job.valid, job.test
     out = Path(cfg.out)
