@@ -13,9 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import BertConfig, BertForMaskedLM
+from transformers.utils import logging as hf_logging
 
 from minprot_ds.errors import UserError
+from minprot_ds.fileio import read_json
 from minprot_ds.vocab import IGNORE_INDEX, VOCAB_SIZE, write_tokenizer_files
 
 
@@ -52,33 +55,79 @@ def _looks_like_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or Path(name).exists()
 
 
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def check_local_folder(folder: Path, what: str) -> None:
+    """A local model folder is whole before transformers reads it: config.json is a JSON object, some weights
+    file is there, and every safetensors file is complete (its header read, its size checked: a truncated
+    copy or download is named here, not met as a SafetensorError inside from_pretrained)."""
+    if not folder.is_dir():
+        raise UserError(f"{what} {folder} does not exist; {_EXPECTED}")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{what} {folder} has no config.json; {_EXPECTED}")
+    config = read_json(folder / "config.json", f"the config of {what}")
+    if not isinstance(config, dict):
+        raise UserError(f"{what} {folder}: config.json is not a JSON object; restore it or re-export the model")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise UserError(f"{what} {folder} has config.json but no weights ({', '.join(WEIGHT_FILES[::2])}); {_EXPECTED}")
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise UserError(
+                f"{what}: {file} is not a complete safetensors file ({str(err).strip().splitlines()[0]}); it is "
+                "truncated or corrupt (an interrupted copy or download?): copy or export it again"
+            ) from None
+
+
 def load_pretrained(cls, name_or_path: str, what: str, **kwargs):
     """`cls.from_pretrained(name_or_path, output_loading_info=True, **kwargs)` -> (model, loading info).
 
     The one loader of every ProtBert-format model (teacher, student, fine-tune encoder): a local folder is
-    checked first, and every failure is one sentence naming `what` (e.g. "teacher model folder", "--model").
+    checked first (check_local_folder), and every failure is one sentence naming `what` (e.g. "teacher model
+    folder", "--model") and, for a local folder, what is wrong with it.
     """
     name = str(name_or_path)
-    if _looks_like_path(name):
+    local = _looks_like_path(name)
+    if local:
         folder = Path(name).expanduser()
-        if not folder.is_dir():
-            raise UserError(f"{what} {folder} does not exist; {_EXPECTED}")
-        if not (folder / "config.json").is_file():
-            raise UserError(f"{what} {folder} has no config.json; {_EXPECTED}")
+        check_local_folder(folder, what)
         name = str(folder)
+    verbosity = hf_logging.get_verbosity()
+    # transformers' load report (unused MLM weights, which are expected; missing ones, which the callers refuse
+    # by name; a table of size mismatches before it raises) says nothing a one-sentence error does not.
+    hf_logging.set_verbosity_error()
     try:
         model, info = cls.from_pretrained(name, output_loading_info=True, **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if local and "mismatch" in str(err):
+            raise UserError(
+                f"cannot load {what} {name}: its config.json does not match its weights (tensor sizes differ: a "
+                "config.json of another model?); restore the folder's config.json or export the model again"
+            ) from None
+        if local:
+            raise UserError(f"cannot load {what} {name}: {first_line}; {_EXPECTED}") from None
+        if isinstance(err, RuntimeError):
+            raise
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        if offline and not Path(name).is_dir():
+        if offline:
             raise UserError(
                 f"cannot load {what} {name!r}: HF_HUB_OFFLINE is set and it is neither a local folder nor "
                 f"in the Hugging Face cache; download it once with network access or {_EXPECTED}"
             ) from err
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
             f"cannot load {what} {name!r}: no such local folder and the hub lookup failed ({first_line}); {_EXPECTED}"
         ) from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
     if model.config.vocab_size != VOCAB_SIZE:
         raise UserError(
             f"{what} {name!r} has a vocabulary of {model.config.vocab_size} tokens, not ProtBert's {VOCAB_SIZE}; "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import h5py
@@ -142,3 +143,16 @@ def test_merge_words_and_out(dna_model, small_fasta, tmp_path, cli_error):
 def test_a_fasta_folder_is_named_a_folder(dna_model, tmp_path, cli_error):
     msg = cli_error("predict", "--model", str(dna_model), "--fasta", str(tmp_path), "--out", "x.tsv")
     assert "is a folder" in msg
+
+
+@pytest.mark.parametrize("file", ["model.safetensors", "head.safetensors"])
+def test_a_truncated_weights_file_is_named_in_one_line(dna_model, small_fasta, tmp_path, cli_error, file):
+    model = Path(shutil.copytree(dna_model, tmp_path / "model"))
+    data = (model / file).read_bytes()
+    (model / file).write_bytes(data[: len(data) // 2])
+    for command, out in (("predict", "p.tsv"), ("embed", "e.h5")):
+        if command == "embed" and file == "head.safetensors":
+            continue  # embed reads the encoder only
+        msg = cli_error(command, "--model", str(model), "--fasta", str(small_fasta), "--out", str(tmp_path / out))
+        assert f"{model / file} is not a complete safetensors file" in msg and "truncated" in msg, msg
+        assert "hub lookup" not in msg
