@@ -30,7 +30,9 @@ console = make_console(stderr=True)
 
 def _no_flag_placeholders(command) -> None:
     """Flags take no value: no `<bool>` placeholder beside them in --help (typer shows one by default)."""
-    for param in getattr(command, "params", []):
+    # --help itself is made on first use and kept (get_help_option caches it): make it now, to reach it too.
+    help_option = command.get_help_option(command.context_class(command)) if hasattr(command, "context_class") else None
+    for param in [*getattr(command, "params", []), *([help_option] if help_option is not None else [])]:
         if getattr(param, "is_flag", False):
             param.metavar = ""
     for sub in getattr(command, "commands", {}).values():
