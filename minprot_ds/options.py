@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from minprot_ds.errors import UserError
+from minprot_ds.progress import quiet_libraries
 
 LAUNCHER_FLAGS = ("--local_rank", "--local-rank")  # what the deepspeed launcher appends to every rank's argv
 
@@ -269,6 +270,7 @@ def launch(
             argv.insert(0, default)
     namespace = parser.parse_args(argv)
     cls, body = jobs[namespace.command] if len(jobs) > 1 else (cls, body)
+    quiet_libraries()
     try:
         code = body(from_namespace(cls, namespace))
     except UserError as err:

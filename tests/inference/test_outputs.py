@@ -8,6 +8,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -156,3 +158,22 @@ def test_a_truncated_weights_file_is_named_in_one_line(dna_model, small_fasta, t
         msg = cli_error(command, "--model", str(model), "--fasta", str(small_fasta), "--out", str(tmp_path / out))
         assert f"{model / file} is not a complete safetensors file" in msg and "truncated" in msg, msg
         assert "hub lookup" not in msg
+
+
+def test_a_log_file_holds_no_library_bars(dna_model, small_fasta, tmp_path):
+    """`minprot predict` with stderr to a file (a Slurm log): its own lines, no transformers "Loading weights"
+    bars (silenced at their source, not by hiding stderr)."""
+    log = tmp_path / "predict.log"
+    with log.open("w") as stderr:
+        proc = subprocess.run(
+            [sys.executable, "-c", "from minprot_ds.cli import main; main()", "predict", "--model", str(dna_model)]
+            + ["--fasta", str(small_fasta), "--out", str(tmp_path / "p.tsv"), "--no-progress"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            timeout=300,
+        )
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    assert "predict: 3 records" in text + proc.stdout  # the job's own lines are there
+    assert "Loading weights" not in text and "it/s]" not in text, text
