@@ -150,6 +150,8 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
     if cfg.command == "embed":
         check_suffix(out, EMBED, "embed")
     check_out(out, overwrite=cfg.overwrite, ours=made_by(cfg.command))
+    # The input's content (empty, binary, no records, repeated ids) is checked before any model loads.
+    index = records.index_input(fasta, cfg.dedupe_ids)
     rank, world = _distributed()
     if world > 1 and shards > 1:
         raise UserError(
@@ -195,7 +197,6 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
     if cfg.chunk_records is None:
         cfg = replace(cfg, chunk_records=DEFAULT_CHUNK_PER_RESIDUE if info["per_residue"] else DEFAULT_CHUNK)
 
-    index = records.index_input(fasta, cfg.dedupe_ids)
     chunks = max(1, -(-index.records // cfg.chunk_records))
     manifest = {
         "format": FORMAT,

@@ -177,3 +177,26 @@ def test_a_log_file_holds_no_library_bars(dna_model, small_fasta, tmp_path):
     assert proc.returncode == 0, text
     assert "predict: 3 records" in text + proc.stdout  # the job's own lines are there
     assert "Loading weights" not in text and "it/s]" not in text, text
+
+
+def test_the_input_s_content_is_checked_before_the_model(tmp_path, cli_error):
+    """An empty, binary or record-less FASTA is named before any model loads: with a --model that cannot load,
+    the input's error is the one reported."""
+    files = {
+        "empty.fasta": (b"", "is empty"),
+        "binary.fasta": (b"\x7fELF\x02\x01\x01\x00\x00\x00" * 50, "looks binary"),
+        "headless.fasta": (b"MKTAYIAKQR\nMKT\n", "before the first '>' header"),
+    }
+    for name, (data, words) in files.items():
+        (tmp_path / name).write_bytes(data)
+        for command, out in (("predict", "p.tsv"), ("embed", "e.h5")):
+            msg = cli_error(
+                command,
+                "--model",
+                str(tmp_path / "no-model"),
+                "--fasta",
+                str(tmp_path / name),
+                "--out",
+                str(tmp_path / out),
+            )
+            assert words in msg and "--model" not in msg, msg
