@@ -7,9 +7,13 @@ command (`inference.job.run`: FASTA stream, length-sorted token-budget batches, 
 chunks and manifest, output file) timed end to end. Both run on the same UniRef50-like lengths (20-512
 residues, the corpus' range, so the naive loop's 512 cut changes nothing) in the same process; each
 setting's figure is the median of --repeats timed runs after one warm-up, and "max |diff|" is the largest
-difference between the two paths' outputs. Prints a table and writes JSON.
+difference between the two paths' outputs. Several --max-tokens budgets are timed against one naive loop (the
+default: the device's, minprot_ds.inference.options.default_max_tokens); --layers keeps a preset's width at a
+depth a CPU runs in minutes (the per-layer cost, hence the budget's effect, does not depend on depth). Prints a
+table and writes JSON.
 
     .venv/bin/python benchmarks/inference.py --preset cpu-small --proteins 256 --repeats 3
+    .venv/bin/python benchmarks/inference.py --preset protbert --layers 2 --modes embed --max-tokens 2048 8192
 """
 
 from __future__ import annotations
@@ -27,21 +31,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import SHARED_LENGTHS, make_console, print_table, time_repeats, write_json  # noqa: E402
 
-from minprot_ds.data.batching import DEFAULT_MAX_TOKENS  # noqa: E402
-
 RESIDUES = list("LAGVESIKRDTPNQFYMHCW")
 
 
-def make_inputs(folder: Path, preset: str, proteins: int, seed: int) -> dict[str, Path]:
-    """Random teacher and student encoders in the preset's shape, a dna-binding head on each, a FASTA."""
+def make_inputs(folder: Path, preset: str, proteins: int, seed: int, layers: int | None = None) -> dict[str, Path]:
+    """Random teacher and student encoders in the preset's shape (the teacher `layers` deep if given, the
+    student half as deep), a dna-binding head on each, a FASTA."""
     from minprot_ds.bench.throughput import random_models
     from minprot_ds.data.synthetic import sample_lengths
     from minprot_ds.finetune.tasks import task_spec
     from minprot_ds.models.masked_lm import MODEL_PRESETS, save_random_protbert
     from minprot_ds.scoring.heads import build_task_model, save_task_model
 
-    teacher, student_layers = random_models(folder, preset, seed)
     p = MODEL_PRESETS[preset]
+    if layers is None:
+        teacher, student_layers = random_models(folder, preset, seed)
+    else:
+        shape = dict(hidden_size=p.hidden_size, num_heads=p.num_heads, intermediate_size=p.intermediate_size)
+        teacher = save_random_protbert(folder / "teacher", num_layers=layers, seed=seed, **shape)
+        student_layers = max(1, layers // 2)
     student = save_random_protbert(
         folder / "student",
         num_layers=student_layers,
@@ -119,19 +127,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--proteins", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
+    p.add_argument("--layers", type=int, default=None, help="teacher layers (default: the preset's); student: half")
+    p.add_argument("--modes", nargs="+", choices=("embed", "predict"), default=["embed", "predict"])
+    p.add_argument(
+        "--max-tokens", type=int, nargs="+", default=[None], help="token budgets to time (default: the device's)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/inference.json"))
     args = p.parse_args(argv)
 
+    from minprot_ds.inference.options import default_max_tokens
+    from minprot_ds.scoring.models import pick_device
+
     console = make_console()
+    device = pick_device().type
     work = Path(tempfile.mkdtemp(prefix="minprot-inference-bench-"))
     try:
-        inputs = make_inputs(work, args.preset, args.proteins, args.seed)
+        inputs = make_inputs(work, args.preset, args.proteins, args.seed, args.layers)
         fasta = inputs["fasta"]
         residues = sum(len(line) for line in fasta.read_text().splitlines() if not line.startswith(">"))
         results = []
-        for mode in ("embed", "predict"):
+        for mode in args.modes:
             for role in ("teacher", "student"):
                 model_dir = inputs[role] if mode == "embed" else inputs[f"{role}-task"]
                 out = work / f"{mode}-{role}" / ("out.h5" if mode == "embed" else "out.tsv")
@@ -146,45 +162,61 @@ def main(argv: list[str] | None = None) -> int:
                     last["naive"] = naive(model_dir, fasta, mode)  # noqa: B023
 
                 t_naive = time_repeats(run_naive, args.repeats)
-                t_ours = time_repeats(
-                    lambda: minprot(model_dir, fasta, mode, out, args.max_tokens),  # noqa: B023
-                    args.repeats,
-                    setup=clean,
-                )
-                diff = float(np.abs(read_minprot(out, mode) - last["naive"]).max())
-                results.append(
-                    {
-                        "mode": mode,
-                        "model": role,
-                        "naive": t_naive.as_dict(),
-                        "minprot": t_ours.as_dict(),
-                        "naive_residues_per_s": residues / t_naive.wall_median,
-                        "minprot_residues_per_s": residues / t_ours.wall_median,
-                        "speedup": t_naive.wall_median / t_ours.wall_median,
-                        "max_abs_diff": diff,
-                    }
-                )
-        by = {(r["mode"], r["model"]): r for r in results}
+                for budget in args.max_tokens:
+                    t_ours = time_repeats(
+                        lambda: minprot(model_dir, fasta, mode, out, budget),  # noqa: B023
+                        args.repeats,
+                        setup=clean,
+                    )
+                    diff = float(np.abs(read_minprot(out, mode) - last["naive"]).max())
+                    results.append(
+                        {
+                            "mode": mode,
+                            "model": role,
+                            "max_tokens": budget if budget is not None else default_max_tokens(device),
+                            "naive": t_naive.as_dict(),
+                            "minprot": t_ours.as_dict(),
+                            "naive_residues_per_s": residues / t_naive.wall_median,
+                            "minprot_residues_per_s": residues / t_ours.wall_median,
+                            "speedup": t_naive.wall_median / t_ours.wall_median,
+                            "speedup_cpu_time": t_naive.cpu_median / t_ours.cpu_median,
+                            "max_abs_diff": diff,
+                        }
+                    )
+        by = {(r["mode"], r["model"], r["max_tokens"]): r for r in results}
         for r in results:
             r["student_over_teacher"] = (
-                by[(r["mode"], "student")]["minprot_residues_per_s"]
-                / by[(r["mode"], "teacher")]["minprot_residues_per_s"]
+                by[(r["mode"], "student", r["max_tokens"])]["minprot_residues_per_s"]
+                / by[(r["mode"], "teacher", r["max_tokens"])]["minprot_residues_per_s"]
             )
         rows = [
             [
                 f"{r['mode']} {r['model']}",
+                f"{r['max_tokens']:,}",
                 f"{r['naive_residues_per_s']:,.0f}",
                 f"{r['minprot_residues_per_s']:,.0f}",
                 f"{r['minprot_residues_per_s'] / residues * args.proteins:,.1f}",
                 f"{r['speedup']:.2f}x",
+                f"{r['speedup_cpu_time']:.2f}x",
                 f"{r['student_over_teacher']:.2f}x" if r["model"] == "student" else None,
                 f"{r['max_abs_diff']:.1e}",
             ]
             for r in results
         ]
         print_table(
-            f"inference, {args.preset}, {args.proteins} proteins ({residues:,} residues), median of {args.repeats}",
-            ["setting", "naive res/s", "minprot res/s", "minprot prot/s", "vs naive", "student/teacher", "max |diff|"],
+            f"inference, {args.preset}{f' ({args.layers} layers)' if args.layers else ''} on {device}, "
+            f"{args.proteins} proteins ({residues:,} residues), median of {args.repeats}",
+            [
+                "setting",
+                "max tokens",
+                "naive res/s",
+                "minprot res/s",
+                "minprot prot/s",
+                "vs naive",
+                "vs naive, CPU s",
+                "student/teacher",
+                "max |diff|",
+            ],
             rows,
             console,
         )

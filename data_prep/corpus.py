@@ -41,6 +41,7 @@ from minprot_ds.data.manifest import (
 )
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import sha256_file
+from minprot_ds.outputs import check_out
 
 DEFAULT_SHARD_BYTES = 64 << 20  # ~64 MiB of Arrow data per shard: few files, cheap to checksum one
 ROW_OVERHEAD_BYTES = 12  # per row in a shard: token and accession list offsets (int32) + length (int32)
@@ -283,17 +284,20 @@ def _describe_difference(old: Manifest, inputs: list[dict[str, Any]], options: d
 def _check_output(
     out: Path, fp: str, inputs: list[dict[str, Any]], options: dict[str, Any], overwrite: bool
 ) -> Manifest | None:
-    """Decide what to do with --out: None means build; a Manifest means it is already up to date."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder; choose a folder for the corpus.")
-    if not out.is_dir() or not any(out.iterdir()):
-        return None
-    if not (out / MANIFEST_NAME).is_file():
+    """Decide what to do with --out: None means build; a Manifest means it is already up to date.
+
+    Where it is goes by the one rule for outputs (outputs.check_out: a folder, not a file, that can be written);
+    whether a corpus already there may be replaced is decided here, from its manifest, saying what differs. A
+    folder of other files is refused even with --overwrite: publishing replaces only a prepared corpus."""
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
         example = sorted(p.name for p in out.iterdir())[0]
         raise UserError(
             f"--out {out} already holds files that are not a minprot corpus (e.g. {example!r}); "
             "choose a new or empty folder (--overwrite only replaces a prepared corpus)."
         )
+    check_out(out, folder=True, ours=lambda folder: (folder / MANIFEST_NAME).is_file())
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
     try:
         old = load_manifest(out)
     except UserError as err:

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
-from minprot_ds.errors import UserError
+from minprot_ds.errors import UserError, os_error_line
+from minprot_ds.progress import quiet_libraries
 
 LAUNCHER_FLAGS = ("--local_rank", "--local-rank")  # what the deepspeed launcher appends to every rank's argv
 
@@ -245,8 +246,8 @@ def launch(
     default: str | None = None,
 ) -> int:
     """What a launch/ script runs on every rank: parse argv into the job's dataclass, call its body; a
-    UserError prints as one line on stderr and exits 1. Several jobs: the first argument names one (default:
-    `default`)."""
+    UserError or an OSError prints as one line on stderr and exits 1. Several jobs: the first argument names
+    one (default: `default`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(jobs) == 1:
         ((cls, body),) = jobs.values()
@@ -269,10 +270,14 @@ def launch(
             argv.insert(0, default)
     namespace = parser.parse_args(argv)
     cls, body = jobs[namespace.command] if len(jobs) > 1 else (cls, body)
+    quiet_libraries()
     try:
         code = body(from_namespace(cls, namespace))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # as the CLI does (cli.common.run_cli): the file and the reason, no traceback
+        print(os_error_line(err), file=sys.stderr)
         return 1
     return int(code or 0)
 

@@ -16,6 +16,7 @@ checkpoints and the ranks exit 0, and so do the launcher and this process.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +30,10 @@ def run_launcher(cmd: list[str]) -> int:
         )
     except FileNotFoundError:
         print(f"error: launcher {cmd[0]!r} not found; give a command on PATH (deepspeed, torchrun).", file=sys.stderr)
+        return 2
+    except OSError as err:  # a folder, a file without execute permission, not a program
+        what = "is a folder" if os.path.isdir(cmd[0]) else f"cannot be run ({err.strerror})"
+        print(f"error: launcher {cmd[0]!r} {what}; give a launcher command (deepspeed, torchrun).", file=sys.stderr)
         return 2
 
     def forward(signum, frame) -> None:

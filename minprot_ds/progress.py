@@ -7,6 +7,7 @@ once, at the end, cut to 80 columns; there the same progress is whole plain line
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 import warnings
@@ -90,16 +91,33 @@ class _Bar:
 
 
 def quiet_libraries() -> None:
-    """Silence, at their source, library messages that say nothing to the user of a job: DeepSpeed's calls of
-    torch's deprecated `all_gather_into_tensor` (a FutureWarning per rank), and, where stderr is not a terminal,
-    transformers' per-load "Loading weights" / "Writing model shards" bars (junk lines in a log file)."""
+    """Silence, at their source, library messages that say nothing to the user of a job. Called where every job
+    starts (options.launch for a launch script's ranks, cli.build_app for every `minprot` command), before the
+    libraries load; cheap (it imports no torch), and calling it again changes nothing.
+
+    - DeepSpeed's calls of torch's deprecated `all_gather_into_tensor` (a FutureWarning per rank);
+    - DeepSpeed's "Setting accelerator to CPU" at import (logged to stdout, ahead of a command's table or JSON):
+      where no GPU is usable the jobs pick the CPU themselves and say so;
+    - where stderr is not a terminal (a log file), the per-load "Loading weights" / "Writing model shards" bars
+      of transformers and the Hugging Face hub's download bars: in a file they are junk lines, printed at the end.
+    """
     warnings.filterwarnings(
         "ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated", category=FutureWarning
     )
+    deepspeed_log = logging.getLogger("DeepSpeed")  # DeepSpeed's own logger (deepspeed.utils.logging), made early
+    if _deepspeed_cpu_fallback not in deepspeed_log.filters:
+        deepspeed_log.addFilter(_deepspeed_cpu_fallback)
     if not sys.stderr.isatty():
-        from transformers.utils import logging as hf_logging  # third-party, only where a job runs
+        from huggingface_hub.utils import disable_progress_bars  # third-party, light; transformers reads it
 
-        hf_logging.disable_progress_bar()
+        disable_progress_bars()
+        hf_logging = sys.modules.get("transformers.utils.logging")
+        if hf_logging is not None:  # transformers read the hub's setting when it was imported: tell it too
+            hf_logging.disable_progress_bar()
+
+
+def _deepspeed_cpu_fallback(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Setting accelerator to CPU.")
 
 
 def _clock(seconds: float) -> str:

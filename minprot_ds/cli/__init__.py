@@ -6,11 +6,16 @@ neither torch nor the jobs (scripts/check_layers.py allows such imports here, an
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import typer
 
 from minprot_ds import __version__
 from minprot_ds.cli import bench, data, finetune, jobs, predict, tasks
 from minprot_ds.cli.common import run_cli
+from minprot_ds.progress import quiet_libraries
 
 GROUPS = {
     "data": "Prepare and inspect corpora and task datasets.",
@@ -48,8 +53,20 @@ def build_app() -> typer.Typer:
     for module in MODULES:
         for name, function in module.COMMANDS:
             *group, command = name.split()
-            (groups[group[0]] if group else app).command(command)(function)
+            (groups[group[0]] if group else app).command(command)(_quiet(function))
     return app
+
+
+def _quiet(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The command, with the libraries' noise silenced at its source first (progress.quiet_libraries): once its
+    options are parsed, so --help and usage errors stay instant."""
+
+    @functools.wraps(function)  # typer reads the options from the signature wraps carries over
+    def command(*args: Any, **kwargs: Any) -> Any:
+        quiet_libraries()
+        return function(*args, **kwargs)
+
+    return command
 
 
 app = build_app()

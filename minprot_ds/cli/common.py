@@ -9,7 +9,7 @@ import click
 import typer
 from rich.console import Console
 
-from minprot_ds.errors import UserError
+from minprot_ds.errors import UserError, os_error_line
 
 try:  # typer >= 0.20 vendors click: its usage errors are its own classes, not click's
     from typer._click.exceptions import ClickException as _TyperClickException
@@ -30,7 +30,9 @@ console = make_console(stderr=True)
 
 def _no_flag_placeholders(command) -> None:
     """Flags take no value: no `<bool>` placeholder beside them in --help (typer shows one by default)."""
-    for param in getattr(command, "params", []):
+    # --help itself is made on first use and kept (get_help_option caches it): make it now, to reach it too.
+    help_option = command.get_help_option(command.context_class(command)) if hasattr(command, "context_class") else None
+    for param in [*getattr(command, "params", []), *([help_option] if help_option is not None else [])]:
         if getattr(param, "is_flag", False):
             param.metavar = ""
     for sub in getattr(command, "commands", {}).values():
@@ -52,8 +54,7 @@ def run_cli(app: typer.Typer, args: list[str] | None = None) -> None:
         console.print(f"[bold red]error:[/] {err}", highlight=False)
         sys.exit(1)
     except OSError as err:  # a file the user named could not be read or written: say which, no traceback
-        where = f" {err.filename}" if err.filename else ""
-        console.print(f"[bold red]error:[/]{where}: {err.strerror or err}", highlight=False)
+        console.print(f"[bold red]error:[/]{os_error_line(err).removeprefix('error:')}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         console.print("interrupted; rerun the same command to resume (finished work is kept)", highlight=False)

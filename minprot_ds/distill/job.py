@@ -26,7 +26,7 @@ from minprot_ds.errors import UserError
 from minprot_ds.fileio import write_json
 from minprot_ds.models.folders import save_gathered
 from minprot_ds.options import launch, mlflow_params
-from minprot_ds.progress import TrainProgress, quiet_libraries
+from minprot_ds.progress import TrainProgress
 from minprot_ds.tracking import environment_params
 
 REPO = Path(__file__).resolve().parents[2]  # a checkout: ds_configs/ lives beside the package
@@ -69,7 +69,6 @@ def run(
     options: DistillOptions | None = None,
 ) -> RunResult:
     """The job on this rank. `options` (what the command line said) go to MLflow beside the run config."""
-    quiet_libraries()
     rank, world = init_distributed()
     run_dir = Path(run_dir)
     check_shared_run_dir(run_dir, rank, world)

@@ -31,6 +31,7 @@ from minprot_ds.inference.options import (
     EmbedOptions,
     InferenceOptions,
     PredictOptions,
+    default_max_tokens,
 )
 from minprot_ds.inference.parts import FORMAT, Chunk, Parts, check_same, parts_dir
 from minprot_ds.inference.progress import InferenceProgress
@@ -139,7 +140,7 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
     layers = parse_layers(cfg.layers) if cfg.command == "embed" else ()
     if cfg.command == "embed" and cfg.pooling not in models.POOLS:
         raise UserError(f"--pooling {cfg.pooling!r} is unknown; choose one of: {', '.join(models.POOLS)}")
-    if cfg.max_tokens < 1 or (cfg.chunk_records is not None and cfg.chunk_records < 1):
+    if (cfg.max_tokens is not None and cfg.max_tokens < 1) or (cfg.chunk_records is not None and cfg.chunk_records < 1):
         raise UserError("--max-tokens and --chunk-records must be at least 1")
     shard_i, shards = parse_shard(cfg.shard)
     out = Path(cfg.out)
@@ -151,6 +152,8 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
     if cfg.command == "embed":
         check_suffix(out, EMBED, "embed")
     check_out(out, overwrite=cfg.overwrite, ours=made_by(cfg.command))
+    # The input's content (empty, binary, no records, repeated ids) is checked before any model loads.
+    index = records.index_input(fasta, cfg.dedupe_ids)
     rank, world = _distributed()
     if world > 1 and shards > 1:
         raise UserError(
@@ -161,6 +164,8 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
     device = models.pick_device(int(os.environ.get("LOCAL_RANK", "0")))
     precision = models.pick_precision(cfg.precision, device)
     dtype = models.dtype_of(precision)
+    if cfg.max_tokens is None:
+        cfg = replace(cfg, max_tokens=default_max_tokens(device.type))
 
     model_dir = models.check_model_folder(Path(cfg.model))
     if cfg.command == "embed":
@@ -200,7 +205,6 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
     if cfg.chunk_records is None:
         cfg = replace(cfg, chunk_records=DEFAULT_CHUNK_PER_RESIDUE if info["per_residue"] else DEFAULT_CHUNK)
 
-    index = records.index_input(fasta, cfg.dedupe_ids)
     chunks = max(1, -(-index.records // cfg.chunk_records))
     manifest = {
         "format": FORMAT,

@@ -13,6 +13,10 @@ from typing import ClassVar, Optional
 from minprot_ds.data.batching import DEFAULT_MAX_TOKENS
 from minprot_ds.options import option
 
+# Padded tokens per batch when --max-tokens is not given, by the device the job runs on: GPUs take the jobs'
+# DEFAULT_MAX_TOKENS; a CPU is faster with smaller batches (measured with benchmarks/inference.py: figures,
+# command, machine and date in docs/predict-embed.md, "Throughput"). The one place this default is decided.
+MAX_TOKENS_BY_DEVICE = {"cpu": 2048, "cuda": DEFAULT_MAX_TOKENS}
 DEFAULT_CHUNK = 1000
 DEFAULT_CHUNK_PER_RESIDUE = 100  # L x H matrices: a chunk of 1000 ProtBert proteins would hold ~1.6 GB
 
@@ -25,8 +29,11 @@ class InferenceOptions:
     model: Path = option(help="the model folder")
     fasta: Path = option(help="input FASTA, plain or .gz (read as a stream)")
     out: Path = option(help="the output file (its suffix picks the format)")
-    max_tokens: int = option(
-        DEFAULT_MAX_TOKENS, "padded tokens per batch (rows x (longest + 2)); results do not depend on it", min=1
+    max_tokens: Optional[int] = option(
+        None,
+        "padded tokens per batch (rows x (longest + 2)); results do not depend on it (default: "
+        f"{MAX_TOKENS_BY_DEVICE['cpu']} on CPU, {MAX_TOKENS_BY_DEVICE['cuda']} on GPUs, the faster there)",
+        min=1,
     )
     window: Optional[int] = option(
         None, "residues per window for long proteins (default: the fine-tuned model's, else 512)", min=1
@@ -95,3 +102,8 @@ class EmbedOptions(InferenceOptions):
     )
     stride: Optional[int] = option(None, "residues between window starts (default: half the window)", min=1)
     mlflow: bool = option(False, "log the run to MLflow (its settings, fingerprints, speed and counts)")
+
+
+def default_max_tokens(device: str) -> int:
+    """--max-tokens when not given, for a device type ("cpu", "cuda"; others take the GPUs' budget)."""
+    return MAX_TOKENS_BY_DEVICE.get(device, DEFAULT_MAX_TOKENS)

@@ -13,11 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import BertConfig, BertForMaskedLM, EsmConfig, EsmForMaskedLM
+from transformers.utils import logging as hf_logging
 
 from minprot_ds.errors import UserError
+from minprot_ds.fileio import read_json
 from minprot_ds.models.family import (
+    EXPECTED,
     ModelFamily,
     family_of,
     family_of_config,
@@ -75,22 +79,74 @@ def load_pretrained(kind: str, name_or_path: str, what: str, **kwargs) -> tuple[
     """The masked LM (`kind` "masked_lm") or bare encoder ("encoder") of a model folder or hub id, in the class
     its family names -> (model, loading info, family).
 
-    The one loader of every model (teacher, student, fine-tune encoder): a local folder is checked first, the
-    family is read from its config (BERT or ESM-2; anything else is refused), and every failure is one sentence
-    naming `what` (e.g. "teacher model folder", "--model").
+    The one loader of every model (teacher, student, fine-tune encoder): a local folder is checked first
+    (check_local_folder), the family is read from its config (BERT or ESM-2; anything else is refused), and every
+    failure is one sentence naming `what` (e.g. "teacher model folder", "--model") and, for a local folder, what
+    is wrong with it.
     """
     name = str(name_or_path)
-    if looks_like_path(name):
-        name = str(Path(name).expanduser())
+    local = looks_like_path(name)
+    if local:
+        folder = Path(name).expanduser()
+        check_local_folder(folder, what)
+        name = str(folder)
+    verbosity = hf_logging.get_verbosity()
+    # transformers' load report (unused MLM weights, which are expected; missing ones, which the callers refuse
+    # by name; a table of size mismatches before it raises) says nothing a one-sentence error does not.
+    hf_logging.set_verbosity_error()
     try:
         family = family_of(name, what)
         cls = family.masked_lm_class if kind == "masked_lm" else family.encoder_class
         if kind == "encoder":
             kwargs["add_pooling_layer"] = False
         model, info = cls.from_pretrained(name, output_loading_info=True, **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if local and "mismatch" in str(err):
+            raise UserError(
+                f"cannot load {what} {name}: its config.json does not match its weights (tensor sizes differ: a "
+                "config.json of another model?); restore the folder's config.json or export the model again"
+            ) from None
+        if local:
+            raise UserError(f"cannot load {what} {name}: {first_line}; {EXPECTED}") from None
+        if isinstance(err, RuntimeError):
+            raise
         raise load_failure(what, name, err) from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return model, info, family
+
+
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def check_local_folder(folder: Path, what: str) -> None:
+    """A local model folder is whole before transformers reads it: config.json is a JSON object, some weights
+    file is there, and every safetensors file is complete (its header read, its size checked: a truncated
+    copy or download is named here, not met as a SafetensorError inside from_pretrained)."""
+    if not folder.is_dir():
+        raise UserError(f"{what} {folder} does not exist; {EXPECTED}")
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{what} {folder} has no config.json; {EXPECTED}")
+    config = read_json(folder / "config.json", f"the config of {what}")
+    if not isinstance(config, dict):
+        raise UserError(f"{what} {folder}: config.json is not a JSON object; restore it or re-export the model")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise UserError(f"{what} {folder} has config.json but no weights ({', '.join(WEIGHT_FILES[::2])}); {EXPECTED}")
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise UserError(
+                f"{what}: {file} is not a complete safetensors file ({str(err).strip().splitlines()[0]}); it is "
+                "truncated or corrupt (an interrupted copy or download?): copy or export it again"
+            ) from None
 
 
 def _from_pretrained(name_or_path: str, role: str, dtype: torch.dtype) -> nn.Module:

@@ -119,16 +119,10 @@ def load_encoder(name_or_path: str | Path, what: str = "--model", *, dtype: torc
     The one encoder loader: a fine-tune's `--model`, a fine-tuned model folder, and `embed`'s `--model`. Heads in
     the folder (MLM, task) are ignored; missing encoder weights are refused in one sentence naming `what`.
     """
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # an MLM checkpoint's unused `cls.*` weights are expected
-    try:
-        encoder, loading, family = load_pretrained(
-            "encoder", str(name_or_path), what, attn_implementation="sdpa", dtype=dtype
-        )
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    # (an MLM checkpoint's unused `cls.*` weights are expected: load_pretrained keeps transformers' report quiet)
+    encoder, loading, family = load_pretrained(
+        "encoder", str(name_or_path), what, attn_implementation="sdpa", dtype=dtype
+    )
     missing = sorted(loading.get("missing_keys", []))
     if missing:
         raise UserError(
@@ -196,6 +190,7 @@ def save_task_model(model: TaskModel, folder: Path, rank: int) -> Path | None:
 
 def load_task_model(folder: str | Path) -> TaskModel:
     """A fine-tuned model folder (FT_OUT/model/) back as a TaskModel in eval mode, fp32, on the CPU."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -204,6 +199,13 @@ def load_task_model(folder: str | Path) -> TaskModel:
         raise UserError(f"{folder} has no {HEAD_FILE}; pass the model/ folder of a `minprot finetune` output")
     encoder = load_encoder(folder, "fine-tuned model folder")
     head = nn.Linear(info.hidden_size, len(info.classes))
-    head.load_state_dict(load_file(str(folder / HEAD_FILE)))
+    try:
+        weights = load_file(str(folder / HEAD_FILE))
+    except SafetensorError as err:
+        raise UserError(
+            f"{folder / HEAD_FILE} is not a complete safetensors file ({str(err).strip().splitlines()[0]}); it is "
+            "truncated or corrupt: copy the model folder again or rerun `minprot finetune`"
+        ) from None
+    head.load_state_dict(weights)
     model = TaskModel(encoder, head, info)
     return model.eval()

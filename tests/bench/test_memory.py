@@ -7,6 +7,7 @@ peak is peak RSS above the bare process with glibc unmapping freed blocks at onc
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,19 @@ def test_esm2_650m_plan_counts_esm_2s_parameters(tmp_path):
     plan = json.loads(out.read_text())
     assert plan["teacher_parameters"] == 651_043_254 and plan["student_parameters"] == 336_203_894
     assert any(r["largest_max_tokens"] for r in plan["settings"]), plan["settings"]
+
+
+def test_stdout_holds_only_the_table(tmp_path):
+    """A fresh `minprot bench memory` (DeepSpeed imported in it, on a machine whose accelerator it may not find):
+    stdout starts with the table's title, DeepSpeed's accelerator line is not on it."""
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    cmd = [sys.executable, "-c", "from minprot_ds.cli import main; main()", "bench", "memory"]
+    proc = subprocess.run(
+        [*cmd, "--json", str(tmp_path / "plan.json")], capture_output=True, text=True, cwd=REPO, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("memory per GPU: protbert"), proc.stdout[:500]
+    assert "accelerator" not in proc.stdout and "[WARNING]" not in proc.stdout
 
 
 @pytest.mark.parametrize(

@@ -124,3 +124,13 @@ def test_inspect_verify_names_the_corrupt_shard(tmp_path, fasta):
 def test_inspect_of_a_folder_that_is_not_a_corpus(tmp_path):
     result = runner.invoke(app, ["data", "inspect", str(tmp_path)])
     assert isinstance(result.exception, UserError) and "is not a prepared corpus" in str(result.exception)
+
+
+def test_prepare_out_goes_by_the_outputs_rule(tmp_path, fasta, cli_error):
+    """The one rule for outputs (outputs.check_out), before any reading: a location that cannot be written, a file
+    where the corpus folder is meant; one line each."""
+    msg = cli_error("data", "prepare", str(fasta), "--out", "/proc/minprot/corpus")
+    assert "--out /proc/minprot/corpus: cannot write in /proc" in msg
+    (tmp_path / "a_file").write_text("x")
+    msg = cli_error("data", "prepare", str(fasta), "--out", str(tmp_path / "a_file"))
+    assert "--out" in msg and "is a file; --out names a folder" in msg

@@ -127,3 +127,19 @@ def test_launch_distill_bad_set_key_is_one_line() -> None:
     assert done.returncode == 1, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "unknown key optimizer.nosuch" in errors[0] and "Traceback" not in done.stderr
+
+
+def test_launch_script_os_error_is_one_line(teacher_dir: Path, tmp_path: Path) -> None:
+    """An OSError in a launch script's job (here a --train file that cannot be read: /proc/self/mem answers EIO)
+    is one line naming the file's trouble, as in the CLI, not a traceback."""
+    args = ["--task", "dna-binding", "--model", str(teacher_dir), "--no-leakage", "--out", str(tmp_path / "ft")]
+    done = subprocess.run(
+        [sys.executable, "launch/finetune.py", *args, "--train", "/proc/self/mem", "--test", "/proc/self/mem"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: Input/output error"), done.stderr[-2000:]

@@ -58,3 +58,28 @@ def test_version_and_help_import_no_torch():
         [sys.executable, "-c", "from minprot_ds.cli import main; main()", "--version"], capture_output=True, text=True
     )
     assert version.returncode == 0 and version.stdout.startswith("minprot ")
+
+
+def command_paths(command, prefix=()):
+    """Every command of the app as the words that name it (groups included)."""
+    yield list(prefix)
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from command_paths(sub, (*prefix, name))
+
+
+def test_flags_show_no_value_placeholder_in_help(capsys, monkeypatch):
+    import typer
+
+    from minprot_ds.cli import app
+    from minprot_ds.cli.common import run_cli
+
+    monkeypatch.setenv("COLUMNS", "200")  # one line per option
+    paths = list(command_paths(typer.main.get_command(app)))
+    assert ["predict"] in paths and ["bench", "memory"] in paths
+    for path in paths:
+        with pytest.raises(SystemExit) as exit_:
+            run_cli(app, [*path, "--help"])
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0, path
+        flag_lines = [line for line in out.splitlines() if "--help" in line or "--no-" in line]
+        assert flag_lines and not [line for line in flag_lines if "<" in line or "BOOL" in line.upper()], (path, out)

@@ -156,7 +156,7 @@ def test_output_folder_holding_something_else(tmp_path):
             prepare_corpus([tmp_path / "in.fasta"], out, overwrite=overwrite)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     (tmp_path / "file_out").write_text("x")
-    with pytest.raises(UserError, match="is a file, not a folder"):
+    with pytest.raises(UserError, match="is a file; --out names a folder"):  # the one rule for outputs
         prepare_corpus([tmp_path / "in.fasta"], tmp_path / "file_out")
     bad = tmp_path / "bad_manifest"
     bad.mkdir()

@@ -3,6 +3,7 @@ and from a real DeepSpeed checkpoint written in process on a gloo group of one r
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ def test_export_student_writes_a_folder_transformers_loads_with_its_provenance(t
     assert read_metadata(tmp_path) == {}  # a folder minprot did not export
 
 
-def test_export_checkpoint_gives_the_trained_student(teacher_dir, tmp_path):
+def test_export_checkpoint_gives_the_trained_student(teacher_dir, tmp_path, cli_error, capsys):
     from minprot_ds.data.synthetic import write_synthetic_corpus
     from minprot_ds.distill.build import build_engine, build_stream
     from minprot_ds.distill.checkpoint import Checkpointer, TrainState
@@ -96,3 +97,21 @@ def test_export_checkpoint_gives_the_trained_student(teacher_dir, tmp_path):
     meta = read_metadata(out)
     assert (meta["step"], meta["mlflow_run_id"], meta["checkpoint"]) == (1, "r1", str(folder))
     assert meta["teacher_layers"] == student_config.minprot_teacher_layers
+
+    # The same export again is ours to replace; an unrelated folder at --out is refused, naming --overwrite.
+    export_checkpoint(run_dir, out)
+    capsys.readouterr()  # what the steps above printed is not the commands' below
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("keep")
+    msg = cli_error("export", str(run_dir), "--out", str(tmp_path / "theirs"))
+    assert "already exists" in msg and "pass --overwrite to replace it" in msg
+    assert [p.name for p in (tmp_path / "theirs").iterdir()] == ["notes.txt"]
+
+    # A truncated checkpoint (an interrupted copy): one line naming it, no traceback, nothing written.
+    broken = Path(shutil.copytree(run_dir, tmp_path / "broken"))
+    for state_file in (broken / "ckpt" / folder.name).glob("*.pt"):
+        data = state_file.read_bytes()
+        state_file.write_bytes(data[: len(data) // 2])
+    msg = cli_error("export", str(broken), "--out", str(tmp_path / "from_broken"))
+    assert f"checkpoint {broken / 'ckpt' / folder.name} cannot be read" in msg and "truncated or corrupt" in msg
+    assert not (tmp_path / "from_broken").exists()

@@ -7,6 +7,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -142,3 +145,58 @@ def test_merge_words_and_out(dna_model, small_fasta, tmp_path, cli_error):
 def test_a_fasta_folder_is_named_a_folder(dna_model, tmp_path, cli_error):
     msg = cli_error("predict", "--model", str(dna_model), "--fasta", str(tmp_path), "--out", "x.tsv")
     assert "is a folder" in msg
+
+
+@pytest.mark.parametrize("file", ["model.safetensors", "head.safetensors"])
+def test_a_truncated_weights_file_is_named_in_one_line(dna_model, small_fasta, tmp_path, cli_error, file):
+    model = Path(shutil.copytree(dna_model, tmp_path / "model"))
+    data = (model / file).read_bytes()
+    (model / file).write_bytes(data[: len(data) // 2])
+    for command, out in (("predict", "p.tsv"), ("embed", "e.h5")):
+        if command == "embed" and file == "head.safetensors":
+            continue  # embed reads the encoder only
+        msg = cli_error(command, "--model", str(model), "--fasta", str(small_fasta), "--out", str(tmp_path / out))
+        assert f"{model / file} is not a complete safetensors file" in msg and "truncated" in msg, msg
+        assert "hub lookup" not in msg
+
+
+def test_a_log_file_holds_no_library_bars(dna_model, small_fasta, tmp_path):
+    """`minprot predict` with stderr to a file (a Slurm log): its own lines, no transformers "Loading weights"
+    bars (silenced at their source, not by hiding stderr)."""
+    log = tmp_path / "predict.log"
+    with log.open("w") as stderr:
+        proc = subprocess.run(
+            [sys.executable, "-c", "from minprot_ds.cli import main; main()", "predict", "--model", str(dna_model)]
+            + ["--fasta", str(small_fasta), "--out", str(tmp_path / "p.tsv"), "--no-progress"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            timeout=300,
+        )
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    assert "predict: 3 records" in text + proc.stdout  # the job's own lines are there
+    assert "Loading weights" not in text and "it/s]" not in text, text
+
+
+def test_the_input_s_content_is_checked_before_the_model(tmp_path, cli_error):
+    """An empty, binary or record-less FASTA is named before any model loads: with a --model that cannot load,
+    the input's error is the one reported."""
+    files = {
+        "empty.fasta": (b"", "is empty"),
+        "binary.fasta": (b"\x7fELF\x02\x01\x01\x00\x00\x00" * 50, "looks binary"),
+        "headless.fasta": (b"MKTAYIAKQR\nMKT\n", "before the first '>' header"),
+    }
+    for name, (data, words) in files.items():
+        (tmp_path / name).write_bytes(data)
+        for command, out in (("predict", "p.tsv"), ("embed", "e.h5")):
+            msg = cli_error(
+                command,
+                "--model",
+                str(tmp_path / "no-model"),
+                "--fasta",
+                str(tmp_path / name),
+                "--out",
+                str(tmp_path / out),
+            )
+            assert words in msg and "--model" not in msg, msg

@@ -16,8 +16,9 @@ import torch
 from minprot_ds.cli import app
 from minprot_ds.errors import UserError
 from minprot_ds.inference.job import merge, run
-from minprot_ds.inference.options import EmbedOptions, PredictOptions
+from minprot_ds.inference.options import EmbedOptions, PredictOptions, default_max_tokens
 from minprot_ds.inference.records import clean
+from minprot_ds.scoring.models import pick_device
 
 
 def read_tsv(path: Path) -> list[dict[str, str]]:
@@ -290,7 +291,8 @@ def test_mlflow_run_is_tagged_and_linked_to_the_finetune_run(dna_model, proteome
     assert run_.data.tags["minprot.finetune_run_id"] == ft_run and run_.data.tags["mlflow.parentRunId"] == ft_run
     assert run_.data.metrics["failures"] == 2 and run_.data.metrics["perf/residues_per_s"] > 0
     # the params are the command's options (PredictOptions), with the settings they resolved to
-    assert run_.data.params["fasta"] == str(proteome) and run_.data.params["max_tokens"] == "8192"
+    assert run_.data.params["fasta"] == str(proteome)
+    assert run_.data.params["max_tokens"] == str(default_max_tokens(pick_device().type))  # the device's default
     assert run_.data.params["window"] == "512"  # the model's, where --window was not given
     assert (
         json.loads(pq.read_schema(tmp_path / "p.parquet").metadata[b"minprot"])["info"]["finetune"]["mlflow_run_id"]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,6 +134,46 @@ def test_missing_paths_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="has no config.json"):
         load_student(str(tmp_path / "empty"))
+
+
+def broken_copy(model: Path, folder: Path, file: str, text: str | None = None) -> Path:
+    """A copy of a model folder with `file` cut in half (text None) or holding `text` instead."""
+    copy = Path(shutil.copytree(model, folder))
+    if text is None:
+        data = (copy / file).read_bytes()
+        (copy / file).write_bytes(data[: len(data) // 2])
+    else:
+        (copy / file).write_text(text)
+    return copy
+
+
+def test_a_broken_local_folder_says_what_is_wrong_with_it(tiny_teacher_dir, tmp_path):
+    cases = {
+        "truncated": ("model.safetensors", None, r"model\.safetensors is not a complete safetensors file.*truncated"),
+        "bad_json": (
+            "config.json",
+            "{not json",
+            r"config\.json \(the config of teacher model folder\) is not valid JSON",
+        ),
+        "not_object": ("config.json", "[1, 2]", r"config\.json is not a JSON object"),
+        "bad_config": (
+            "config.json",
+            '{"model_type": "bert", "hidden_size": 30, "num_attention_heads": 4}',
+            r"hidden size \(30\) is not a multiple",
+        ),
+        "other_config": ("config.json", "{}", "its config.json does not match its weights"),
+    }
+    for name, (file, text, message) in cases.items():
+        folder = broken_copy(tiny_teacher_dir, tmp_path / name, file, text)
+        with pytest.raises(UserError, match=message) as err:
+            load_teacher(str(folder))
+        assert "hub lookup" not in str(err.value), name
+    no_weights = broken_copy(
+        tiny_teacher_dir, tmp_path / "no_weights", "config.json", (tiny_teacher_dir / "config.json").read_text()
+    )
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="has config.json but no weights"):
+        load_student(str(no_weights))
 
 
 def test_hub_id_offline_message():
