@@ -104,7 +104,8 @@ class Job:
 
 
 def _check(cfg: FinetuneConfig) -> FinetuneConfig:
-    """The options, then (the window following the model) the window and --out; returns cfg with its window."""
+    """The options and --out (before any file is read), then the window, which follows the model; returns cfg
+    with its window."""
     check_bounds(cfg)
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
@@ -115,9 +116,10 @@ def _check(cfg: FinetuneConfig) -> FinetuneConfig:
         _thresholds(cfg).check()
     if cfg.test_filter != "none" and not cfg.leakage:
         raise UserError(f"--test-filter {cfg.test_filter} needs the leakage search; drop --no-leakage")
+    given = cfg
+    check_out(cfg.out, folder=True, overwrite=cfg.overwrite, ours=lambda out: _same_run(out, given))
     cfg = with_model_window(cfg)
     check_window(cfg.window, cfg.stride, long=cfg.long, long_modes=FINETUNE_LONG_MODES, aggregate=cfg.aggregate)
-    check_out(cfg.out, folder=True, overwrite=cfg.overwrite, ours=lambda out: _same_run(out, cfg))
     return cfg
 
 
@@ -127,7 +129,10 @@ def _same_run(out: Path, cfg: FinetuneConfig) -> bool:
         return True
     if not (out / METRICS_FILE).is_file():
         return False
-    return read_json(out / METRICS_FILE).get("options") == json_safe(mlflow_params(cfg))
+    stored, mine = read_json(out / METRICS_FILE).get("options") or {}, json_safe(mlflow_params(cfg))
+    for unset in [k for k in ("window", "stride") if mine.get(k) == ""]:  # the model's, resolved in the run
+        stored.pop(unset, None), mine.pop(unset)
+    return stored == mine
 
 
 def _thresholds(cfg: FinetuneConfig) -> Thresholds:

@@ -142,6 +142,11 @@ def family_of_config(config: Any, what: str = "model") -> ModelFamily:
             f"'rotary'); {_KINDS}."
         )
     vocab_size = data.get("vocab_size")
+    if vocab_size is None:
+        raise UserError(
+            f"{what} names no vocab_size in its config.json ({family.title} has {family.vocab.size} tokens); "
+            "restore the folder's config.json or export the model again."
+        )
     if vocab_size != family.vocab.size:
         raise UserError(
             f"{what} has a vocabulary of {vocab_size} tokens, not the {family.vocab.size} of {family.title}'s; pass "

@@ -126,9 +126,9 @@ WEIGHT_FILES = (
 
 
 def check_local_folder(folder: Path, what: str) -> None:
-    """A local model folder is whole before transformers reads it: config.json is a JSON object, some weights
-    file is there, and every safetensors file is complete (its header read, its size checked: a truncated
-    copy or download is named here, not met as a SafetensorError inside from_pretrained)."""
+    """A local model folder is whole before transformers reads it: config.json is a JSON object of a known
+    family (BERT or ESM-2), some weights file is there, and every safetensors file is complete (its header read,
+    its size checked: a truncated copy or download is named here, not a SafetensorError inside from_pretrained)."""
     if not folder.is_dir():
         raise UserError(f"{what} {folder} does not exist; {EXPECTED}")
     if not (folder / "config.json").is_file():
@@ -136,6 +136,7 @@ def check_local_folder(folder: Path, what: str) -> None:
     config = read_json(folder / "config.json", f"the config of {what}")
     if not isinstance(config, dict):
         raise UserError(f"{what} {folder}: config.json is not a JSON object; restore it or re-export the model")
+    family_of_config(config, f"{what} {str(folder)!r}")  # a model of neither family is refused before its weights
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise UserError(f"{what} {folder} has config.json but no weights ({', '.join(WEIGHT_FILES[::2])}); {EXPECTED}")
     for file in sorted(folder.glob("*.safetensors")):

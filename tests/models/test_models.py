@@ -158,10 +158,16 @@ def test_a_broken_local_folder_says_what_is_wrong_with_it(tiny_teacher_dir, tmp_
         "not_object": ("config.json", "[1, 2]", r"config\.json is not a JSON object"),
         "bad_config": (
             "config.json",
-            '{"model_type": "bert", "hidden_size": 30, "num_attention_heads": 4}',
+            '{"model_type": "bert", "vocab_size": 30, "hidden_size": 30, "num_attention_heads": 4}',
             r"hidden size \(30\) is not a multiple",
         ),
-        "other_config": ("config.json", "{}", "its config.json does not match its weights"),
+        "no_family": ("config.json", "{}", "has no model_type in its config.json"),
+        "no_vocab": ("config.json", '{"model_type": "bert"}', "names no vocab_size in its config.json"),
+        "other_config": (
+            "config.json",
+            '{"model_type": "bert", "vocab_size": 30, "hidden_size": 64, "num_attention_heads": 4}',
+            "its config.json does not match its weights",
+        ),
     }
     for name, (file, text, message) in cases.items():
         folder = broken_copy(tiny_teacher_dir, tmp_path / name, file, text)
