@@ -1,4 +1,4 @@
-"""benchmarks/downstream_example.sh: the worked example of docs/downstream.md (20-30 minutes, not run here).
+"""benchmarks/downstream_example.sh: the worked example of docs/downstream.md (about 13 minutes, not run here).
 
 What can rot without running it: its commands and options against the CLI. MINPROT points the script at a stand-in
 that parses every command line with the real `minprot` app (click's parser: unknown options, missing arguments
