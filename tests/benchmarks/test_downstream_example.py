@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "downstream_example.sh"
 
@@ -35,6 +37,7 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow  # six CLI imports, about 10 s on 2 busy cores
 def test_every_command_parses_with_the_cli(tmp_path: Path):
     data = tmp_path / "data"
     for name in ("pdb14189", "uniswiss_train"):
