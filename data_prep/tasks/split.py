@@ -15,6 +15,8 @@ The method (GraphPart's idea, Teufel et al. 2023):
 5. the project's leakage measure (data_prep/tasks/overlap.py) runs test -> train and valid -> train; the
    few test or valid proteins it still finds with a homolog in train (hits the all-vs-all search missed)
    are removed, counted and named in leakage.json, so the split written has no homolog across it.
+Each row keeps its component (step 2) in a `component` column; the fine-tune resamples components whole for
+its confidence intervals (a piece carved off in step 4 keeps its component's id).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from data_prep.tasks.formats import check_task, is_dataset_folder, read_inputs
 from data_prep.tasks.load import load_task_data
 from data_prep.tasks.mmseqs import _check_fraction, run_mmseqs, write_fasta
 from data_prep.tasks.overlap import SENSITIVITY, Thresholds, measure, normalise
-from minprot_ds.data.task_records import Q3_CLASSES, Level, features_for, label_column
+from minprot_ds.data.task_records import COMPONENT, Q3_CLASSES, Level, features_for, label_column
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import write_json
 
@@ -54,6 +56,7 @@ class Partition:
     largest_component: int
     too_large_for_split: int  # components larger than the test or valid share of their label: all to train
     carved: int  # components cut in step 4
+    component: list[int]  # each row's connected component (before carving)
 
 
 def homology_links(
@@ -206,6 +209,7 @@ def partition(
         int(sizes.max()),
         int(too_large),
         carved,
+        component.tolist(),
     )
 
 
@@ -288,12 +292,15 @@ def split_dataset(
     seed: int = 0,
     threads: int | None = None,
 ) -> tuple[datasets.DatasetDict, dict, dict[str, list[int]]]:
-    """The train / valid / test splits (see the module's docstring), split.json's report and each split's rows."""
+    """The train / valid / test splits (see the module's docstring) with each row's connected component in the
+    `component` column (what the fine-tune's bootstrap resamples whole), split.json's report and each split's
+    rows."""
     if abs(sum(fractions.values()) - 1.0) > 1e-6 or min(fractions.values()) < 0:
         raise UserError(f"the split fractions {fractions} must be non-negative and sum to 1; lower --valid or --test")
     labels = labels_of(data, level)
     links = homology_links(data["sequence"], identity, coverage, sensitivity=sensitivity, threads=threads)
     found = partition(labels, links, fractions, seed)
+    data = data.add_column(COMPONENT, found.component)
     split = datasets.DatasetDict({name: data.select(found.parts[name]) for name in SPLITS})
     ids = data["id"]
     report = {
@@ -439,6 +446,11 @@ def read_labelled(paths: Sequence[Path], task: str, *, strict: bool = False) -> 
             excluded.update(report.excluded)
         parts.extend(data.values() if isinstance(data, datasets.DatasetDict) else [data])
     return Inputs(parts, sources, skipped, excluded)
+
+
+def pooled_name(paths: Sequence[Path]) -> str:
+    """A pooled set's default name for reports: its inputs' names joined with "+" (pdb14189+uniswiss_train)."""
+    return "+".join(Path(path).name for path in paths)
 
 
 def length_filter(data: datasets.Dataset, low: int | None, high: int | None) -> tuple[datasets.Dataset, int]:

@@ -177,7 +177,7 @@ class SplitOptions:
     min_length: Optional[int] = option(None, "drop proteins shorter than this (counted)", min=1)
     max_length: Optional[int] = option(None, "drop proteins longer than this (counted), e.g. 512", min=1)
     seed: int = option(0, "seed of the order in which components are drawn")
-    name: Optional[str] = option(None, "dataset name for reports (default: the first input's name)")
+    name: Optional[str] = option(None, "dataset name for reports (default: the inputs' names joined with '+')")
     threads: Optional[int] = option(None, "mmseqs threads (default: all cores)", min=1)
     strict: bool = option(False, "fail on the first malformed record instead of skipping and counting")
     overwrite: bool = option(False, "replace an existing, non-empty --out")
@@ -189,6 +189,7 @@ def _split(opts: SplitOptions) -> None:
     from data_prep.tasks.split import (
         length_filter,
         pool,
+        pooled_name,
         read_labelled,
         removals,
         split_and_check,
@@ -220,7 +221,7 @@ def _split(opts: SplitOptions) -> None:
         threads=opts.threads,
     )
     excluded.update(removals(report))
-    title = opts.name or opts.inputs[0].name
+    title = opts.name or pooled_name(opts.inputs)
     dropped = {"skipped": dict(read.skipped), "excluded": excluded}
     _print_summary(f"{title}: split without homologs across", split, level, dropped)
     _print_split(report, leakage)

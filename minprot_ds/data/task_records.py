@@ -2,6 +2,9 @@
 
 Columns: `id` (string), `sequence` (string, uppercase, U/Z/O/B mapped to X as in the corpus) and either
 `label` (int, sequence-level tasks) or `labels` (one int per residue, -100 where masked or unknown; Q3).
+A folder made by `minprot data split` or `data swissprot` adds `component` (int): the protein's homology component
+(connected component of the split's search, data_prep/tasks/split.py), which the fine-tune's bootstrap resamples
+whole. It is optional: readers and older folders have none, and every job works without it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import datasets
 from minprot_ds.errors import UserError
 from minprot_ds.vocab import MAX_RESIDUES, rare_to_x
 
-Q3_CLASSES = ("H", "E", "C")  # label id == index: helix, strand, coil
+Q3_CLASSES = ("H", "E", "C")
+COMPONENT = "component"  # optional column: the protein's homology component  # label id == index: helix, strand, coil
 
 Level = Literal["sequence", "residue"]
 

@@ -9,6 +9,7 @@ class only in it, t = 0.5 and the source says "default". Per-residue and multi-c
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -71,12 +72,18 @@ def choose_threshold(valid: Predictions | None) -> dict:
 def apply_threshold(pred: Predictions, threshold: float) -> Predictions:
     """The same rows, predicted class 1 where P(class 1) > threshold (binary sequence tasks)."""
     predicted = (pred.probs[:, 1] > threshold).astype(np.int64)
-    return Predictions(pred.ids, pred.labels, pred.probs, predicted, pred.positions, pred.residues)
+    return dataclasses.replace(pred, predicted=predicted)
 
 
 def reliability_table(pred: Predictions) -> list[dict]:
     keep = pred.labels != IGNORE_INDEX
     return reliability(calibration_terms(pred.labels[keep], pred.probs[keep], pred.predicted[keep]))
+
+
+def plot_title(task: str, role: str, model_name: str, test_label: str) -> str:
+    """ "dna-binding: student (demo-student) on PDB186"; the model's folder name once when it is its role."""
+    who = role if model_name in ("", role) else f"{role} ({model_name})"
+    return f"{task}: {who} on {test_label}"
 
 
 def reliability_plot(curves: dict[str, list[dict]], binary: bool, title: str, path: Path) -> Path:

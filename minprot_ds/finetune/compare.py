@@ -1,6 +1,7 @@
 """`minprot compare TEACHER STUDENT`: two fine-tunes read back from their predictions.tsv, paired row by row (seed by
 seed for --seeds folders), and a table of the paired differences, tests and non-inferiority verdicts
-(`uncertainty.paired` does the statistics)."""
+(`uncertainty.paired` does the statistics). The resamples draw homology components whole when both files carry
+the same `component` column, proteins when neither does."""
 
 from __future__ import annotations
 
@@ -77,6 +78,21 @@ def check_same_rows(a: Predictions, b: Predictions, where_a: Path, where_b: Path
     )
 
 
+def check_same_groups(a: Predictions, b: Predictions, where_a: Path, where_b: Path) -> None:
+    """The bootstrap resamples components only when both files carry the same ones; one sentence otherwise."""
+    if a.groups == b.groups:
+        return
+    if a.groups is None or b.groups is None:
+        has, lacks = (where_a, where_b) if b.groups is None else (where_b, where_a)
+        why = f"{has} has a component column and {lacks} none"
+    else:
+        first = next(i for i, (x, y) in enumerate(zip(a.groups, b.groups)) if x != y)
+        why = f"{where_a} and {where_b} give row {first + 1} different components"
+    raise UserError(
+        f"{why}, so the homology components to resample are not the same; fine-tune both on the same --test folder"
+    )
+
+
 def compare(
     teacher: Path,
     student: Path,
@@ -94,6 +110,7 @@ def compare(
         spec = task_spec(task)
         a, b = (read_predictions(r / PREDICTIONS_FILE, spec) for r in (run_a, run_b))
         check_same_rows(a, b, run_a / PREDICTIONS_FILE, run_b / PREDICTIONS_FILE)
+        check_same_groups(a, b, run_a / PREDICTIONS_FILE, run_b / PREDICTIONS_FILE)
         result = paired(a, b, spec, resamples=resamples, seed=seed, margin=margin)
         found.append({"run": name, "task": task, "teacher": str(run_a), "student": str(run_b), **result})
     return found
@@ -112,8 +129,8 @@ def table(result: dict[str, Any]) -> str:
     m = result["margin"]
     head = (
         f"{result['task']}{' ' + result['run'] if result['run'] else ''}: teacher {result['teacher']}, "
-        f"student {result['student']}; {result['method']}, {result['resamples']} resamples of {result['groups']} "
-        f"(seed {result['seed']}); margin: student ≥ {m:g} × teacher"
+        f"student {result['student']}; {result['method']}, {result['resamples']} resamples (seed {result['seed']}); "
+        f"margin: student ≥ {m:g} × teacher"
     )
     lines = [
         head,

@@ -87,7 +87,7 @@ def score(
     if not spec.per_residue:
         probs = np.stack(per_row) if per_row else np.zeros((0, spec.num_labels))
         labels = np.asarray(enc.labels, dtype=np.int64)
-        pred = Predictions(enc.ids, labels, probs, probs.argmax(axis=1))
+        pred = Predictions(enc.ids, labels, probs, probs.argmax(axis=1), groups=enc.components)
         return Scored(pred, _cross_entropy(probs, labels), coverage, np.arange(len(enc)))
     ids, positions, residues, labels = [], [], [], []
     for i, (rid, n) in enumerate(zip(enc.ids, covered)):
@@ -100,8 +100,10 @@ def score(
     everything = np.concatenate(enc.labels) if len(enc) else np.zeros(0, dtype=np.int64)
     coverage["labelled_residues"] = int((everything != IGNORE_INDEX).sum())
     coverage["labelled_residues_scored"] = int((y != IGNORE_INDEX).sum())
-    pred = Predictions(ids, y, probs, probs.argmax(axis=1), np.asarray(positions, dtype=np.int64), residues)
-    return Scored(pred, _cross_entropy(probs, y), coverage, np.repeat(np.arange(len(enc)), covered))
+    row_of = np.repeat(np.arange(len(enc)), covered)
+    groups = None if enc.components is None else [enc.components[i] for i in row_of]
+    pred = Predictions(ids, y, probs, probs.argmax(axis=1), np.asarray(positions, dtype=np.int64), residues, groups)
+    return Scored(pred, _cross_entropy(probs, y), coverage, row_of)
 
 
 def _cross_entropy(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -10,6 +10,9 @@ Brier = mean (P(class 1) − label)², ECE = Σ over CALIBRATION_BINS equal-widt
 / rows) × |mean P(class 1) − fraction of positives| in it. Q3 (several classes): Brier sums over the classes
 (Brier's original multi-class score), and ECE is the top-label one (Guo et al. 2017): confidence = P(predicted
 class), observed = fraction predicted right, in the same bins.
+
+A `component` column (the homology component of the row's protein, written when the test set carries one, e.g.
+a `minprot data split` folder) is what the bootstrap resamples whole (`Predictions.groups`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from sklearn import metrics as skm
 
+from minprot_ds.data.task_records import COMPONENT
 from minprot_ds.finetune.tasks import TaskSpec
 from minprot_ds.vocab import IGNORE_INDEX
 
@@ -35,6 +39,7 @@ class Predictions:
     predicted: np.ndarray  # int [N]: argmax of probs (as written in the file, when read back)
     positions: np.ndarray | None = None  # int [N], residue tasks only (1-based)
     residues: list[str] | None = None
+    groups: list[str] | None = None  # per row: its protein's homology component, when the test set has one
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -97,17 +102,19 @@ def reliability(terms: CalibrationTerms) -> list[dict]:
     ]
 
 
-def columns(spec: TaskSpec) -> list[str]:
+def columns(spec: TaskSpec, groups: bool = False) -> list[str]:
+    tail = [COMPONENT] if groups else []
     if spec.per_residue:
-        return ["id", "position", "residue", "label", "score", "prediction", *(f"p_{c}" for c in spec.classes)]
-    return ["id", "label", "score", "prediction"]
+        return ["id", "position", "residue", "label", "score", "prediction", *(f"p_{c}" for c in spec.classes), *tail]
+    return ["id", "label", "score", "prediction", *tail]
 
 
 def write_predictions(pred: Predictions, spec: TaskSpec, path: Path) -> Path:
     predicted = pred.predicted
+    tail = (lambda i: []) if pred.groups is None else (lambda i: [pred.groups[i]])
     with open(path, "w", newline="") as handle:
         out = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        out.writerow(columns(spec))
+        out.writerow(columns(spec, pred.groups is not None))
         for i, rid in enumerate(pred.ids):
             if spec.per_residue:
                 probs = [f"{p:.6g}" for p in pred.probs[i]]
@@ -120,17 +127,21 @@ def write_predictions(pred: Predictions, spec: TaskSpec, path: Path) -> Path:
                         f"{pred.probs[i, predicted[i]]:.6g}",
                         int(predicted[i]),
                         *probs,
+                        *tail(i),
                     ]
                 )
             else:
-                out.writerow([rid, int(pred.labels[i]), f"{pred.probs[i, 1]:.6g}", int(predicted[i])])
+                out.writerow([rid, int(pred.labels[i]), f"{pred.probs[i, 1]:.6g}", int(predicted[i]), *tail(i)])
     return path
 
 
 def read_predictions(path: Path, spec: TaskSpec) -> Predictions:
-    """predictions.tsv back into columns (probabilities as written, 6 significant digits)."""
+    """predictions.tsv back into columns (probabilities as written, 6 significant digits; `groups` from the
+    component column when the file has one)."""
     with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
+        reader = csv.DictReader(handle, delimiter="\t")
+        rows = list(reader)
+        groups = [r[COMPONENT] for r in rows] if COMPONENT in (reader.fieldnames or ()) else None
     ids = [r["id"] for r in rows]
     labels = np.array([int(r["label"]) for r in rows], dtype=np.int64)
     predicted = np.array([int(r["prediction"]) for r in rows], dtype=np.int64)
@@ -143,9 +154,10 @@ def read_predictions(path: Path, spec: TaskSpec) -> Predictions:
             predicted,
             np.array([int(r["position"]) for r in rows], dtype=np.int64),
             [r["residue"] for r in rows],
+            groups,
         )
     score = np.array([float(r["score"]) for r in rows], dtype=np.float64)
-    return Predictions(ids, labels, np.stack([1.0 - score, score], axis=1).reshape(-1, 2), predicted)
+    return Predictions(ids, labels, np.stack([1.0 - score, score], axis=1).reshape(-1, 2), predicted, groups=groups)
 
 
 def compute_metrics(pred: Predictions, spec: TaskSpec) -> dict:

@@ -98,8 +98,9 @@ class FinetuneConfig:
     )
     bootstrap: int = option(
         1000,
-        "resamples of the percentile bootstrap (over proteins, seeded) behind every test metric's 95% CI "
-        "(metrics.json `ci95`)",
+        "resamples of the percentile bootstrap (seeded; over the test set's homology components when it has a "
+        "component column, as `data split` writes, else over proteins) behind every test metric's 95% CI "
+        "(metrics.json `ci95`, `ci_method`)",
         min=1,
     )
     max_train_samples: Optional[int] = option(None, "cap the training rows: a seeded sample, stratified by label")
@@ -142,6 +143,10 @@ class CompareOptions:
         min=0.0,
         max=1.0,
     )
-    bootstrap: int = option(1000, "paired resamples of the proteins (seeded)", min=1)
+    bootstrap: int = option(
+        1000,
+        "paired resamples of the homology components when both files carry them, else of the proteins (seeded)",
+        min=1,
+    )
     seed: int = option(0, "seed of the resamples")
     json: Optional[Path] = option(None, "also write every number to this JSON file")

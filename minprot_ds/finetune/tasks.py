@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from minprot_ds.data.task_records import Q3_CLASSES
+from minprot_ds.data.task_records import COMPONENT, Q3_CLASSES
 from minprot_ds.errors import UserError
 from minprot_ds.vocab import IGNORE_INDEX, INVALID, PROTBERT, UNK_ID, Vocabulary, encode
 
@@ -56,6 +56,7 @@ class Encoded:
     sequences: list[str]
     tokens: list[np.ndarray]  # residue token ids, the whole protein
     labels: list  # int per sequence, or an int array per residue
+    components: list[str] | None = None  # each protein's homology component (a `data split` folder's column)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -103,13 +104,14 @@ def encode_split(data, spec: TaskSpec, limit: int | None = None, seed: int = 0) 
     if limit is not None:
         data = data.select(sample_rows(data[spec.label_column], limit, seed, spec.per_residue))
     ids, sequences, labels = data["id"], data["sequence"], data[spec.label_column]
+    components = [str(c) for c in data[COMPONENT]] if COMPONENT in data.column_names else None
     tokens, out_labels = [], []
     for seq, label in zip(sequences, labels):
         tok = encode(seq).astype(np.int64)
         tok[tok == INVALID] = UNK_ID
         tokens.append(tok)
         out_labels.append(np.asarray(label, dtype=np.int64) if spec.per_residue else int(label))
-    return Encoded(list(ids), list(sequences), tokens, out_labels)
+    return Encoded(list(ids), list(sequences), tokens, out_labels, components)
 
 
 Piece = tuple[int, int, int]  # (row, first residue, one past the last): a protein or a window of it

@@ -29,7 +29,13 @@ from minprot_ds.ds_config import read_ds_config
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import atomic_write, read_json
 from minprot_ds.finetune.baselines import homology_transfer, length_only
-from minprot_ds.finetune.calibration import apply_threshold, choose_threshold, reliability_plot, reliability_table
+from minprot_ds.finetune.calibration import (
+    apply_threshold,
+    choose_threshold,
+    plot_title,
+    reliability_plot,
+    reliability_table,
+)
 from minprot_ds.finetune.evaluate import Scored, score
 from minprot_ds.finetune.inputs import TaskInputs, load_inputs
 from minprot_ds.finetune.metrics import (
@@ -314,6 +320,7 @@ def _subset(pred: Predictions, keep: np.ndarray) -> Predictions:
         pred.predicted[keep],
         None if pred.positions is None else pred.positions[keep],
         None if pred.residues is None else [pred.residues[i] for i in np.nonzero(keep)[0]],
+        None if pred.groups is None else [pred.groups[i] for i in np.nonzero(keep)[0]],
     )
 
 
@@ -353,7 +360,8 @@ def write_leakage(job: Job, path: Path) -> Path:
 
 
 def scored_set(pred: Predictions, spec: TaskSpec, resamples: int) -> dict[str, Any]:
-    """A scored set's metrics and their 95% CIs (`ci95`, `ci_method`): proteins resampled, seeded."""
+    """A scored set's metrics and their 95% CIs (`ci95`, `ci_method`): its homology components resampled whole
+    when its rows carry them, else its proteins; seeded."""
     return compute_metrics(pred, spec) | confidence_intervals(pred, spec, resamples=resamples)
 
 
@@ -374,6 +382,7 @@ def baselines(job: Job) -> dict[str, dict] | None:
         kept[job.test_overlap.rows_passing(job.cfg.test_filter)] = True
     found = {}
     for name, pred in predictions.items():
+        pred = dataclasses.replace(pred, groups=job.test.components)  # the model's resampling units
         found[name] = scored_set(pred, job.spec, resamples)
         if kept is not None:
             found[name]["filtered"] = scored_set(_subset(pred, kept), job.spec, resamples)
@@ -501,7 +510,7 @@ def write(
     plot = reliability_plot(
         curves,
         binary,
-        f"{spec.name}: {job.role} ({Path(str(cfg.model)).name}) on {inputs.test_dataset.label}",
+        plot_title(spec.name, job.role, Path(str(cfg.model)).name, inputs.test_dataset.label),
         out / RELIABILITY_FILE,
     )
     calibration = {

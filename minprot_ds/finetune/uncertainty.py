@@ -49,10 +49,11 @@ class Draws:
         return len(self.counts)
 
     def method(self) -> dict:
+        groups = int(self.counts.shape[1])
         return {
-            "method": f"percentile bootstrap over {self.unit}",
+            "method": f"percentile bootstrap over {self.unit} ({groups} {self.unit.split()[-1]})",
             "resamples": self.resamples,
-            "groups": int(self.counts.shape[1]),
+            "groups": groups,
             "seed": self.seed,
             "level": LEVEL,
         }
@@ -66,6 +67,15 @@ def draw(groups: Sequence[str], *, resamples: int = RESAMPLES, seed: int = SEED,
     flat = (picks + np.arange(resamples)[:, None] * g).ravel()
     counts = np.bincount(flat, minlength=resamples * g).reshape(resamples, g)
     return Draws(counts, group.reshape(-1), unit, seed)
+
+
+COMPONENTS = "homology components"
+
+
+def units(pred: Predictions) -> tuple[Sequence[str], str]:
+    """What a bootstrap of `pred` resamples: its homology components when the rows carry them (a test set made by
+    `minprot data split` or `data swissprot`), else its proteins."""
+    return (pred.ids, "proteins") if pred.groups is None else (pred.groups, COMPONENTS)
 
 
 def _labelled(pred: Predictions, draws: Draws) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -183,9 +193,11 @@ def confidence_intervals(
     resamples: int = RESAMPLES,
     seed: int = SEED,
 ) -> dict:
-    """{"ci95": {metric: [low, high]}, "ci_method": {...}} for a scored set; `groups` (default: the row ids,
-    i.e. proteins) are what is resampled."""
-    draws = draw(pred.ids if groups is None else groups, resamples=resamples, seed=seed, unit=unit)
+    """{"ci95": {metric: [low, high]}, "ci_method": {...}} for a scored set; `groups` (default: `units(pred)`, the
+    rows' homology components when they carry them, else their proteins) are what is resampled."""
+    if groups is None:
+        groups, unit = units(pred)
+    draws = draw(groups, resamples=resamples, seed=seed, unit=unit)
     found = resampled_metrics(pred, spec, draws)
     return {"ci95": {k: percentile_interval(found[k]) for k in CI_METRICS if k in found}, "ci_method": draws.method()}
 
@@ -267,8 +279,11 @@ def paired(
     """Teacher vs student on the same rows (the caller checks they are): per metric both values, the student −
     teacher difference and its paired CI, the non-inferiority statistic student − margin × teacher with its CI
     and verdict (not for the calibration errors, where lower is better); DeLong for ROC-AUC and McNemar for
-    accuracy on sequence-level binary tasks."""
-    draws = draw(teacher.ids if groups is None else groups, resamples=resamples, seed=seed, unit=unit)
+    accuracy on sequence-level binary tasks. `groups` default to `units(teacher)` (the caller checks the student's
+    agree)."""
+    if groups is None:
+        groups, unit = units(teacher)
+    draws = draw(groups, resamples=resamples, seed=seed, unit=unit)
     point_t, point_s = compute_metrics(teacher, spec), compute_metrics(student, spec)
     boot_t, boot_s = resampled_metrics(teacher, spec, draws), resampled_metrics(student, spec, draws)
     metrics = {}

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from data_prep.tasks import load_task_data
 from data_prep.tasks.mmseqs import mmseqs_binary
-from data_prep.tasks.split import homology_links, partition, pool
+from data_prep.tasks.split import homology_links, partition, pool, pooled_name
 from minprot_ds.cli import app
 from minprot_ds.data.task_records import SEQUENCE_FEATURES
 
@@ -67,6 +67,11 @@ def test_links_need_coverage_of_the_shorter_protein_only() -> None:
     fragment = long[50:160]  # 110 residues inside the 203: 100% identity over all of the shorter, 54% of the longer
     other = "".join(rng.choice(aa, 150))
     assert homology_links([long, other, fragment]).tolist() == [[0, 2]]
+
+
+def test_a_pooled_set_is_named_after_all_its_inputs() -> None:
+    assert pooled_name([Path("/d/pdb14189"), Path("uniswiss_train")]) == "pdb14189+uniswiss_train"
+    assert pooled_name([Path("PDB186.txt")]) == "PDB186.txt"
 
 
 def test_pooling_keeps_one_copy_and_drops_conflicting_labels() -> None:
@@ -128,6 +133,14 @@ def test_pdb14189_split_has_no_homolog_across_by_the_projects_measure(pdb14189_s
         assert abs(report["fractions"][name]["achieved"] - 0.075) < 0.01, report["fractions"]
     data = load_task_data(pdb14189_split, "dna-binding")  # what `finetune --train DIR --test DIR` reads
     assert set(data) == {"train", "valid", "test"}
+    # Each protein's homology component (what the fine-tune's bootstrap resamples): a component spans two
+    # splits only where step 4 carved it.
+    comps = {name: set(part["component"]) for name, part in data.items()}
+    assert data["test"].features["component"].dtype == "int64"
+    assert len(set().union(*comps.values())) <= report["components"]
+    assert len((comps["test"] | comps["valid"]) & comps["train"]) <= report["components_carved"]
+    assert len(comps["test"]) < data["test"].num_rows  # some test components hold several proteins
+    assert meta["name"] == "pdb14189"  # one input: its name
     assert load_task_data(pdb14189_split, "dna-binding", split="test").num_rows == report["fractions"]["test"]["rows"]
 
 

@@ -85,7 +85,12 @@ def test_cli_writes_a_task_folder_the_finetune_loads(dat_files: list[Path], tmp_
     assert json.loads((out / "leakage.json").read_text())["test->train"]["homologs"] == 0
     assert json.loads((out / "split.json").read_text())["coverage_of_shorter"] == 0.8
     data = load_task_data(out, "dna-binding")
-    assert set(data) == {"train", "valid", "test"} and data["train"].column_names == ["id", "sequence", "label"]
+    assert set(data) == {"train", "valid", "test"}
+    assert data["train"].column_names == ["id", "sequence", "label", "component"]  # the bootstrap's groups
+    report = json.loads((out / "split.json").read_text())
+    comps = {name: set(part["component"]) for name, part in data.items()}
+    assert len(set().union(*comps.values())) <= report["components"]
+    assert len((comps["test"] | comps["valid"]) & comps["train"]) <= report["components_carved"]
     assert load_task_data(out, "dna-binding", split="train").num_rows == data["train"].num_rows
     with pytest.raises(UserError, match=r"holds a dna-binding dataset, not one for task q3"):
         load_task_data(out, "q3")

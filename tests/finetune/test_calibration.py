@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minprot_ds.finetune.calibration import choose_threshold
+from minprot_ds.finetune.calibration import choose_threshold, plot_title
 from minprot_ds.finetune.metrics import Predictions, compute_metrics, read_predictions
 from minprot_ds.finetune.tasks import task_spec
 
@@ -142,6 +142,66 @@ def test_without_a_valid_split_the_threshold_is_the_default_and_the_run_says_so(
     bins = metrics["calibration"]["reliability"]["test"]
     assert len(bins) == 10 and sum(b["n"] for b in bins) == test["n"]
     assert (out / metrics["calibration"]["plot"]).read_bytes()[:8] == PNG
+    # A test folder without a component column (an older one, or any reader's file): proteins are resampled.
+    assert test["ci_method"]["method"] == f"percentile bootstrap over proteins ({test['n']} proteins)"
+    assert "component" not in (out / "predictions.tsv").read_text().splitlines()[0]
     # q3 has no threshold: the argmax.
     q3 = json.loads((runs.outs["q3_teacher"] / "metrics.json").read_text())
     assert q3["threshold"]["value"] is None and q3["threshold"]["source"] == "argmax"
+
+
+def test_the_plot_title_names_the_model_once_when_its_folder_is_its_role() -> None:
+    assert plot_title("dna-binding", "teacher", "teacher", "PDB186") == "dna-binding: teacher on PDB186"
+    assert plot_title("q3", "student", "demo-student", "CASP12") == "q3: student (demo-student) on CASP12"
+
+
+@pytest.fixture(scope="module")
+def components_run(sets, teacher_dir, tmp_path_factory) -> Path:
+    """A tiny fine-tune whose test folder carries a `component` column (12 proteins in 6 made-up components of
+    2, as `minprot data split` writes it), with the near-identical filter and the baselines."""
+    from data_prep.tasks import load_task_data
+    from minprot_ds.data.task_store import TaskMeta, save_task
+    from minprot_ds.finetune.options import FinetuneConfig
+    from minprot_ds.finetune.train import run
+
+    root = tmp_path_factory.mktemp("components")
+    test = load_task_data(sets["dna_test"], "dna-binding", split="test")
+    test = save_task(
+        test.add_column("component", [i // 2 for i in range(test.num_rows)]),
+        root / "test",
+        TaskMeta("dna-binding", "sequence", "PDB186", "full", ["../shared/data"], options={}),
+    )
+    quick = dict(epochs=1, batch_size=4, lr=1e-3, bootstrap=200, tracking=False)
+    run(
+        FinetuneConfig(
+            task="dna-binding",
+            model=str(teacher_dir),
+            train=sets["dna_train"],
+            test=test,
+            test_filter="near-identical",
+            out=root / "out",
+            **quick,
+        )
+    )
+    return root / "out"
+
+
+@pytest.mark.slow  # one tiny fine-tune
+def test_a_test_set_with_components_bootstraps_them_for_every_scored_set(components_run: Path) -> None:
+    metrics = json.loads((components_run / "metrics.json").read_text())
+    pred = read_predictions(components_run / "predictions.tsv", DNA)
+    assert pred.groups == [str(i // 2) for i in range(len(pred))] and len(pred) == 12
+    scored = {"test": metrics["test"], "test_filtered": metrics["test_filtered"]}
+    for name, values in metrics["baselines"].items():
+        scored |= {f"baseline {name}": values, f"baseline {name} filtered": values["filtered"]}
+    assert len(scored) == 6  # both baselines (homology: the leakage search ran), each on both sets
+    for name, values in scored.items():
+        method = values["ci_method"]
+        assert method["method"].startswith("percentile bootstrap over homology components ("), name
+        assert method["method"].endswith(f"({method['groups']} components)") and method["resamples"] == 200, name
+    assert metrics["test"]["ci_method"]["groups"] == 6
+    # And `minprot compare` of the run with itself pairs on the same components.
+    from minprot_ds.finetune.compare import compare
+
+    (result,) = compare(components_run, components_run, resamples=50)
+    assert result["method"] == "percentile bootstrap over homology components (6 components)"

@@ -18,12 +18,16 @@ from minprot_ds.finetune.tasks import task_spec
 DNA = task_spec("dna-binding")
 
 
-def fake_run(folder: Path, accuracy: float, seed: int, n: int = 300, labels_seed: int = 0) -> Path:
-    """A fine-tune --out folder with n proteins' predictions, right with probability `accuracy`."""
+def fake_run(
+    folder: Path, accuracy: float, seed: int, n: int = 300, labels_seed: int = 0, groups: list[str] | None = None
+) -> Path:
+    """A fine-tune --out folder with n proteins' predictions, right with probability `accuracy` (and the rows'
+    homology components when `groups` are given, as on a `data split` test set)."""
     rng, labels = np.random.default_rng(seed), np.random.default_rng(labels_seed).integers(0, 2, n)
     predicted = np.where(rng.random(n) < accuracy, labels, 1 - labels)
     p1 = np.where(predicted == 1, 0.5 + rng.random(n) * 0.5, 0.5 - rng.random(n) * 0.5).clip(0.01, 0.99)
     pred = Predictions([f"P{i:04d}" for i in range(n)], labels, np.stack([1 - p1, p1], 1), (p1 > 0.5).astype(int))
+    pred.groups = groups
     folder.mkdir(parents=True)
     write_predictions(pred, DNA, folder / "predictions.tsv")
     (folder / "metrics.json").write_text(json.dumps({"task": "dna-binding"}))
@@ -38,7 +42,7 @@ def test_compare_prints_the_paired_table_and_writes_json(tmp_path: Path) -> None
     )
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "margin: student ≥ 0.98 × teacher" in out and "300 resamples of 300" in out
+    assert "margin: student ≥ 0.98 × teacher" in out and "over proteins (300 proteins), 300 resamples" in out
     (accuracy,) = [line for line in out.splitlines() if line.startswith("| accuracy |")]
     assert "inferior" in accuracy and "McNemar p = " in accuracy
     assert "DeLong p = " in next(line for line in out.splitlines() if line.startswith("| roc_auc |"))
@@ -65,3 +69,24 @@ def test_compare_refuses_different_rows_in_one_sentence(tmp_path: Path, capsys) 
     assert exit_.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "do not hold the same test rows" in err[0] and "--max-eval-samples" in err[0], err
+
+
+def test_compare_resamples_the_components_both_files_carry(tmp_path: Path) -> None:
+    components = [str(i // 5) for i in range(300)]  # 60 components of 5 proteins
+    teacher = fake_run(tmp_path / "teacher", 0.9, seed=1, groups=components)
+    student = fake_run(tmp_path / "student", 0.9, seed=2, groups=components)
+    result = CliRunner().invoke(app, ["compare", str(teacher), str(student), "--bootstrap", "200"])
+    assert result.exit_code == 0, result.output
+    assert "percentile bootstrap over homology components (60 components), 200 resamples" in result.output
+
+
+@pytest.mark.parametrize("other", [None, [str(i // 3) for i in range(300)]], ids=["none", "different"])
+def test_compare_refuses_files_whose_components_differ_in_one_sentence(tmp_path: Path, capsys, other) -> None:
+    teacher = fake_run(tmp_path / "teacher", 0.9, seed=1, groups=[str(i // 5) for i in range(300)])
+    student = fake_run(tmp_path / "student", 0.9, seed=2, groups=other)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(app, ["compare", str(teacher), str(student)])
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "homology components to resample are not the same" in err[0], err
+    assert ("none" in err[0]) if other is None else ("row 4 different components" in err[0]), err

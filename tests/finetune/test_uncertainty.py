@@ -70,7 +70,7 @@ def test_accuracy_ci_on_a_prediction_file_is_the_hand_computation(tmp_path) -> N
     by_hand = np.percentile(correct[picks].mean(axis=1), [2.5, 97.5])
     assert found["ci95"]["accuracy"] == pytest.approx(by_hand, abs=1e-12)
     assert found["ci_method"] == {
-        "method": "percentile bootstrap over proteins",
+        "method": "percentile bootstrap over proteins (60 proteins)",
         "resamples": 500,
         "groups": 60,
         "seed": 7,
@@ -94,7 +94,7 @@ def test_each_resample_equals_sklearn_on_the_resampled_rows(kind: str) -> None:
 def test_q3_resamples_proteins_not_residues() -> None:
     pred = q3(25, seed=4)
     method = confidence_intervals(pred, Q3, resamples=50)["ci_method"]
-    assert method["groups"] == 25 and method["method"] == "percentile bootstrap over proteins"
+    assert method["groups"] == 25 and method["method"] == "percentile bootstrap over proteins (25 proteins)"
 
 
 @pytest.mark.parametrize("kind", ["binary", "q3"])
@@ -111,6 +111,44 @@ def test_homology_components_are_resampled_whole() -> None:
     components = [f"c{i // 4}" for i in range(40)]  # 10 components of 4 proteins
     found = confidence_intervals(pred, DNA, groups=components, unit="homology components", resamples=200)
     assert found["ci_method"]["groups"] == 10 and "homology components" in found["ci_method"]["method"]
+
+
+def test_a_prediction_file_with_components_resamples_them_whole_as_by_hand(tmp_path) -> None:
+    """Rows carrying a component (predictions.tsv's `component` column, as a `data split` test set gives): the CI
+    draws whole components, by default, and equals the hand computation with the same seed."""
+    pred = binary(30, 0.7, seed=13)
+    sizes = [1, 2, 3, 4, 5, 6, 9]  # 7 components of unequal size
+    pred.groups = [str(k) for k, size in enumerate(sizes) for _ in range(size)]
+    path = write_predictions(pred, DNA, tmp_path / "predictions.tsv")
+    assert path.read_text().splitlines()[0].split("\t")[-1] == "component"
+    read = read_predictions(path, DNA)
+    assert read.groups == pred.groups
+    found = confidence_intervals(read, DNA, resamples=400, seed=3)
+    assert found["ci_method"]["method"] == "percentile bootstrap over homology components (7 components)"
+    assert found["ci_method"]["groups"] == 7 and found["ci_method"]["resamples"] == 400
+    # By hand: components drawn with replacement, each bringing all its rows.
+    group = np.repeat(np.arange(7), sizes)
+    right = np.bincount(group, weights=(read.labels == read.predicted).astype(float))
+    size = np.bincount(group).astype(float)
+    picks = np.random.default_rng(3).integers(0, 7, size=(400, 7))
+    by_hand = np.percentile(right[picks].sum(axis=1) / size[picks].sum(axis=1), [2.5, 97.5])
+    assert found["ci95"]["accuracy"] == pytest.approx(by_hand, abs=1e-12)
+
+
+def test_two_components_of_identical_rows_give_a_zero_width_ci() -> None:
+    """Every resample of two components holding the same rows has the same metrics: a CI over components has
+    no width, while one over the proteins it hides does."""
+    half = binary(20, 0.7, seed=14)
+    both = resample(half, np.r_[np.arange(20), np.arange(20)])
+    both.ids = [f"{rid}-{copy}" for copy in "ab" for rid in half.ids]
+    over_proteins = confidence_intervals(both, DNA, resamples=300)
+    both.groups = ["a"] * 20 + ["b"] * 20
+    over_components = confidence_intervals(both, DNA, resamples=300)
+    point = compute_metrics(half, DNA)
+    for name in ("accuracy", "f1", "roc_auc", "mcc", "brier"):
+        assert over_components["ci95"][name] == pytest.approx([point[name]] * 2, abs=1e-12), name
+        low, high = over_proteins["ci95"][name]
+        assert high - low > 0.05, name
 
 
 @pytest.mark.parametrize(
