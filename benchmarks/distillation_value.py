@@ -17,7 +17,8 @@
    (1/0.5/0.1, no tau^2). The seed (data.seed) changes the student's data order and masks.
 4. Measures: held-out MLM cross-entropy, perplexity and accuracy on one fixed set of masked positions shared by
    every row; a linear probe (scikit-learn logistic regression on mean-pooled frozen embeddings) for DeepLoc
-   membrane vs soluble, scored on probe-test; residues/s on the same held-out batches and parameters. CIs:
+   membrane vs soluble, scored on probe-test; parameters; residues/s of the teacher's and the student's encoder
+   on the same held-out batches, timed in interleaved rounds (every student has one shape). CIs:
    percentile bootstrap over held-out (or probe-test) proteins, jointly with a resample of the seeds; retention
    (student / teacher) and the paired difference distill - mlm-only (paired by seed and protein).
 
@@ -55,6 +56,7 @@ from data_prep.tasks.fasta import read_fasta  # noqa: E402
 from data_prep.tasks.overlap import search  # noqa: E402
 from minprot_ds.errors import UserError  # noqa: E402
 from minprot_ds.finetune.uncertainty import draw, percentile_interval  # noqa: E402
+from minprot_ds.progress import quiet_libraries  # noqa: E402
 from minprot_ds.vocab import CLS_ID, IGNORE_INDEX, PAD_ID, SEP_ID, decode, encode, rare_to_x  # noqa: E402
 
 TITLE = "does distillation pay? teacher, students and ablations on real proteins"
@@ -109,6 +111,7 @@ class Settings:
     eval_every: int  # held-out loss during training every this many steps (the curve)
     eval_batches: int  # held-out micro-batches in each of those evaluations
     speed_batches: int  # held-out micro-batches timed for residues/s
+    speed_rounds: int  # interleaved timing rounds (teacher, student) after a warm-up
 
     @property
     def student_layers(self) -> int:
@@ -132,7 +135,9 @@ FULL = Settings(
     eval_every=20,
     eval_batches=4,
     speed_batches=16,
+    speed_rounds=7,
 )
+TIMING_ONLY = ("speed_batches", "speed_rounds")  # timed afresh by every invocation: no cached result depends on them
 QUICK = dataclasses.replace(
     FULL,
     pool_limit=2000,
@@ -146,6 +151,7 @@ QUICK = dataclasses.replace(
     eval_every=2,
     eval_batches=2,
     speed_batches=2,
+    speed_rounds=2,
 )
 
 
@@ -431,35 +437,50 @@ def probe_scores(model, probe: dict, max_tokens: int) -> dict[str, np.ndarray]:
     return {"predicted": clf.predict(x_test).astype(np.int64), "label": np.array([y for _, y in test], dtype=np.int64)}
 
 
-def residues_per_s(model, batches: list[dict], repeats: int = 3) -> dict[str, Any]:
-    """The encoder's forward over the same held-out batches: residues/s, median of `repeats` after a warm-up."""
+def speed(models: dict[str, Any], batches: list[dict], rounds: int) -> dict[str, Any]:
+    """Residues/s of each model's encoder forward over the same held-out batches, the models timed in turn within
+    each round (the order alternating between rounds) so that a change in the machine's load falls on all of them;
+    wall and CPU seconds, medians over `rounds` after a warm-up, and each model's speed-up over the first with the
+    range of its per-round ratios. Every student has one shape, so one student stands for all of them."""
     import torch
 
     residues = sum(int(b["num_residues"]) for b in batches)
-    times = []
-    model.eval()
+    names = list(models)
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     with torch.inference_mode():
-        for i in range(repeats + 1):
-            t0 = time.perf_counter()
-            for b in batches:
-                model.bert(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-            if i:
-                times.append(time.perf_counter() - t0)
-    return {
-        "residues_per_s": residues / statistics.median(times),
-        "residues": residues,
-        "batches": len(batches),
-        "seconds": times,
-    }
+        for i in range(rounds + 1):
+            for name in names if i % 2 else reversed(names):
+                model = models[name].eval()
+                t0, c0 = time.perf_counter(), cpu_s()
+                for b in batches:
+                    model.bert(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+                if i:
+                    wall[name].append(time.perf_counter() - t0)
+                    cpu[name].append(cpu_s() - c0)
+    first = names[0]
+    out: dict[str, Any] = {"residues": residues, "batches": len(batches), "rounds": rounds, "models": {}}
+    for name in names:
+        ratios = [a / b for a, b in zip(wall[first], wall[name])]
+        out["models"][name] = {
+            "residues_per_s": residues / statistics.median(wall[name]),
+            "residues_per_cpu_s": residues / statistics.median(cpu[name]),
+            f"speedup_over_{first}": {
+                "median": statistics.median(ratios),
+                "min": min(ratios),
+                "max": max(ratios),
+            },
+            "wall_s": [round(x, 4) for x in wall[name]],
+            "cpu_s": [round(x, 4) for x in cpu[name]],
+        }
+    return out
 
 
-def score_model(model, data: dict, s: Settings, proteins: int, batches: list[dict], speed: list[dict] | None) -> dict:
-    """Held-out MLM and probe scores; residues/s when `speed` batches are given (seed 0 of each variant: the
-    students share one shape, so other seeds would time the same computation again)."""
+def score_model(model, data: dict, s: Settings, proteins: int, batches: list[dict]) -> dict:
+    """Held-out MLM and probe scores, and the parameter count."""
     return {
         "held_out": held_out_scores(model, batches, proteins),
         "probe": probe_scores(model, data["probe"], s.max_tokens),
-        "speed": residues_per_s(model, speed) if speed else None,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 
@@ -469,7 +490,7 @@ def save_scores(path: Path, scores: dict, extra: dict) -> None:
         f"probe_{k}": v for k, v in scores["probe"].items()
     }
     np.savez(path.with_suffix(".npz"), **arrays)
-    dump_json(path, {"speed": scores["speed"], "parameters": scores["parameters"], **extra})
+    dump_json(path, {"parameters": scores["parameters"], **extra})
 
 
 def load_scores(path: Path) -> dict | None:
@@ -683,10 +704,7 @@ def summarise(scores: dict[str, list[dict]], seeds: dict[str, list[int]], r: Res
     for name, runs in scores.items():
         boots[name] = {m: r.combine([r.per_seed(sc, m) for sc in runs]) for m in METRICS}
         entry = {"name": name, "seeds": seeds[name], "metrics": {m: ci(b, p) for m, (p, b) in boots[name].items()}}
-        entry["cost"] = {
-            "parameters": runs[0]["parameters"],
-            **{k: runs[0]["speed"][k] for k in ("residues_per_s", "residues", "batches", "seconds")},
-        }
+        entry["cost"] = {"parameters": runs[0]["parameters"]}
         variants.append(entry)
     teacher = boots["teacher"]
     for entry in variants:
@@ -696,7 +714,6 @@ def summarise(scores: dict[str, list[dict]], seeds: dict[str, list[int]], r: Res
         entry["retention"] = {  # the same protein draws for student and teacher: a paired ratio
             m: ci(own[m][1] / teacher[m][1], own[m][0] / teacher[m][0]) for m in HIGHER_IS_BETTER
         }
-        entry["retention"]["speedup"] = entry["cost"]["residues_per_s"] / variants[0]["cost"]["residues_per_s"]
     comparisons = {}
     for a, b in (("distill", "mlm-only"), ("distill", "distill-random-init"), ("distill", "distill-kd-all")):
         if a in scores and b in scores:
@@ -716,9 +733,10 @@ def fmt(m: dict[str, float], digits: int = 3) -> str:
     return f"{m['mean']:.{digits}f} [{m['ci_low']:.{digits}f}, {m['ci_high']:.{digits}f}]"
 
 
-def table(summary: dict, console) -> None:
+def table(summary: dict, timed: dict, console) -> None:
     rows = []
     for v in summary["variants"]:
+        rate = timed["models"]["teacher" if v["name"] == "teacher" else "student"]["residues_per_s"]
         m, ret = v["metrics"], v.get("retention", {})
         rows.append(
             [
@@ -730,7 +748,7 @@ def table(summary: dict, console) -> None:
                 fmt(ret["mlm_accuracy"]) if ret else None,
                 fmt(m["probe_accuracy"]),
                 fmt(m["probe_mcc"]),
-                f"{v['cost']['residues_per_s'] / 1e3:.1f} k",
+                f"{rate / 1e3:.1f} k",
                 f"{v['cost']['parameters'] / 1e6:.2f} M",
             ]
         )
@@ -753,6 +771,23 @@ def table(summary: dict, console) -> None:
     )
     rows = [[name, *(fmt(d[m], 4) for m in METRICS)] for name, d in summary["comparisons"].items()]
     print_table("paired differences (by seed and protein), 95% CI", ["difference", *METRICS], rows, console)
+    rows = [
+        [
+            name,
+            f"{t['residues_per_s']:,.0f}",
+            f"{t['residues_per_cpu_s']:,.0f}",
+            f"{t['speedup_over_teacher']['median']:.2f}x "
+            f"({t['speedup_over_teacher']['min']:.2f}-{t['speedup_over_teacher']['max']:.2f})",
+        ]
+        for name, t in timed["models"].items()
+    ]
+    print_table(
+        f"encoder speed, {timed['residues']:,} held-out residues in {timed['batches']} batches, "
+        f"median of {timed['rounds']} interleaved rounds (every student has one shape)",
+        ["model", "residues/s", "residues per CPU-s", "speed-up (range over rounds)"],
+        rows,
+        console,
+    )
 
 
 def curve_band(curves: list[list]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -806,6 +841,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-steps", type=int, help="MLM pre-training steps of the teacher")
     parser.add_argument("--only", nargs="*", choices=TRAINED, help="train only these variants (calibration)")
     args = parser.parse_args(argv)
+    quiet_libraries()
     settings = QUICK if args.quick else FULL
     changes = {
         k: v
@@ -822,7 +858,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     recorded = load_json(work / "settings.json")
-    if recorded is not None and recorded != dataclasses.asdict(settings):
+    cached = {k: v for k, v in dataclasses.asdict(settings).items() if k not in TIMING_ONLY}
+    if recorded is not None and {k: v for k, v in recorded.items() if k not in TIMING_ONLY} != cached:
         raise UserError(
             f"--work {work} holds a run with other settings ({work / 'settings.json'}); pass another --work folder."
         )
@@ -849,7 +886,6 @@ def main(argv: list[str] | None = None) -> int:
             f"dropped {sc['dropped']}"
         )
     batches = fixed_eval_batches(data["corpus"], settings.max_tokens)
-    speed = batches[: settings.speed_batches]
     proteins = held_out_rows(data)
 
     t0 = time.perf_counter()
@@ -877,7 +913,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "pruned":
                 model = build_student(model, num_layers=settings.student_layers, strategy="alternate", seed=0)
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_scores(path, score_model(model, data, settings, proteins, batches, speed), {})
+            save_scores(path, score_model(model, data, settings, proteins, batches), {})
             found = load_scores(path)
         scores[name], seeds[name] = [found], [0]
     variants = [v for v in TRAINED if not args.only or v in args.only]
@@ -891,7 +927,7 @@ def main(argv: list[str] | None = None) -> int:
                 student_dir, curve = train_unit(name, seed, data, teacher, work, settings)
                 trained_s, trained_cpu_s = time.perf_counter() - t0, cpu_s() - c0
                 model = load_student(str(student_dir))
-                sc = score_model(model, data, settings, proteins, batches, speed if seed == 0 else None)
+                sc = score_model(model, data, settings, proteins, batches)
                 extra = {"curve": curve, "train_s": trained_s, "train_cpu_s": trained_cpu_s}
                 save_scores(path, sc, extra | {"total_s": time.perf_counter() - t0, "total_cpu_s": cpu_s() - c0})
                 found = load_scores(path)
@@ -902,7 +938,16 @@ def main(argv: list[str] | None = None) -> int:
 
     r = Resampler(proteins, len(data["probe"]["test"]), settings.seeds)
     summary = summarise(scores, seeds, r)
-    table(summary, console)
+    teacher_model = load_teacher(str(teacher), dtype=torch.float32)
+    timed = speed(
+        {
+            "teacher": teacher_model,
+            "student": build_student(teacher_model, num_layers=settings.student_layers, strategy="alternate", seed=0),
+        },
+        batches[: settings.speed_batches],
+        settings.speed_rounds,
+    )
+    table(summary, timed, console)
     out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     png = plot(out.with_suffix(".png"), curves, summary, teacher_info["curve"])
@@ -914,6 +959,7 @@ def main(argv: list[str] | None = None) -> int:
         "counts": c,
         "teacher": {"convergence": conv, "curve": teacher_info["curve"], "pretrain_s": teacher_info["seconds"]},
         **summary,
+        "speed": timed,
         "curves": curves,
         "statistics": {
             "ci": "95% percentile bootstrap, "

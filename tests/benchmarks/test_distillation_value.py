@@ -37,12 +37,15 @@ def test_quick_run_covers_every_variant_with_cis(shared_data, tmp_path):
             assert set(stat) == {"mean", "ci_low", "ci_high"}
             if m.startswith("mlm"):  # the probe's MCC is undefined when a model predicts one class only
                 assert stat["ci_low"] <= stat["mean"] <= stat["ci_high"], (v["name"], m, stat)
-        assert v["cost"]["parameters"] > 0 and v["cost"]["residues_per_s"] > 0
+        assert v["cost"]["parameters"] > 0
         if v["name"] != "teacher":
             assert math.isfinite(v["retention"]["mlm_accuracy"]["mean"])
     students = [v for v in result["variants"] if v["name"] not in ("teacher", "pruned")]
     assert len({v["cost"]["parameters"] for v in students + [result["variants"][1]]}) == 1  # one student shape
     assert result["variants"][0]["cost"]["parameters"] > students[0]["cost"]["parameters"]
+    timed = result["speed"]["models"]
+    assert list(timed) == ["teacher", "student"] and timed["teacher"]["speedup_over_teacher"]["median"] == 1.0
+    assert all(len(t["wall_s"]) == result["speed"]["rounds"] and t["residues_per_s"] > 0 for t in timed.values())
     diff = result["comparisons"]["distill - mlm-only"]
     assert set(diff) == set(METRICS) and all(set(d) == {"mean", "ci_low", "ci_high"} for d in diff.values())
     assert sorted(result["curves"]) == sorted(VARIANTS[2:]) and all(len(c) == 2 for c in result["curves"].values())
