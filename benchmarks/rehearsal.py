@@ -1,8 +1,10 @@
-"""The real run rehearsed at ProtBert's true size on CPU: what day one of an 8xV100 job would meet.
+"""The real run rehearsed at the teacher's true size on CPU: what day one of an 8xV100 job would meet.
 
 A random teacher with ProtBert's exact config (../shared/reference/prot_bert/config.json: 30 layers,
-hidden 1024, 16 heads, FFN 4096, 40,000 positions) saved in ProtBert's format, distilled with the
-`protbert` preset's model and loss settings by the real deepspeed launcher on 2 CPU ranks, per ZeRO stage:
+hidden 1024, 16 heads, FFN 4096, 40,000 positions) saved in ProtBert's format -- or, with --teacher esm2-650m,
+ESM-2 650M's (facebook/esm2_t33_650M_UR50D: 33 layers, hidden 1280, 20 heads, FFN 5120, rotary positions, 33
+tokens) saved in ESM-2's -- distilled with that preset's model and loss settings (launch/configs/<teacher>.toml)
+by the real deepspeed launcher on 2 CPU ranks, per ZeRO stage:
 
   1. run to step S with a checkpoint at step K (and S), the student exported at the end;
   2. exact resume: a copy resumed from step K redoes K+1..S: same losses, same weights, bit for bit;
@@ -11,7 +13,7 @@ hidden 1024, 16 heads, FFN 4096, 40,000 positions) saved in ProtBert's format, d
 then `minprot export` of the last checkpoint, a reload with AutoModelForMaskedLM (parameter count checked
 against the FLOP model, masks filled), two fine-tune steps of the exported student, and `minprot predict`
 (the fine-tuned model) and `minprot embed` (the exported student) over a few DeepLoc proteins, one of them
-longer than a window.
+longer than the model's window (512 residues for ProtBert, 1,022 for ESM-2).
 
 Measured: per-rank peak RSS (VmHWM of each rank, polled; every process runs with glibc giving freed blocks
 back at once, `LIVE_ALLOCATIONS_ENV`, so that the peak is what the ranks allocated), step time (MLflow's
@@ -21,6 +23,7 @@ load seconds (checkpoint/load_s), universal conversion seconds and its converter
 and seconds. Each is set beside the memory plan's prediction (minprot_ds/bench/memory.py).
 
     nice -n 10 .venv/bin/python benchmarks/rehearsal.py                       # full size, ZeRO-2 and ZeRO-3
+    nice -n 10 .venv/bin/python benchmarks/rehearsal.py --teacher esm2-650m   # ESM-2 650M's size
     .venv/bin/python benchmarks/rehearsal.py --teacher-layers 4 --stages 2    # the same path, shallower
 """
 
@@ -42,12 +45,15 @@ from typing import Any
 from common import make_console, print_table, write_json
 
 REPO = Path(__file__).resolve().parents[1]
-PRESET = REPO / "launch" / "configs" / "protbert.toml"
+TEACHERS = ("protbert", "esm2-650m", "esm2-150m")  # model presets with a run-config preset of the same name
 PROTBERT_CONFIG = REPO.parent / "shared" / "reference" / "prot_bert" / "config.json"
 DNA_BINDING = REPO.parent / "shared" / "data" / "dna_binding" / "pdb1075_pdb186"
 DEEPLOC = REPO.parent / "shared" / "data" / "deeploc" / "deeploc_test_set.fasta"
 GB = 2**30
-TITLE = "rehearsal at ProtBert's size (CPU, 2 ranks, fp32)"
+
+
+def title(teacher: str) -> str:
+    return f"rehearsal at {teacher}'s size (CPU, 2 ranks, fp32)"
 
 
 # --- watching a launch: per-rank peak RSS, checkpoint and conversion events --------------------------------
@@ -186,25 +192,36 @@ def same_weights(a: Path, b: Path) -> bool:
 # --- the rehearsal -------------------------------------------------------------------------------------------
 
 
-def make_assets(work: Path, teacher_layers: int | None, sequences: int) -> tuple[Path, Path, dict]:
-    """The random teacher in ProtBert's config (optionally fewer layers) and a small synthetic corpus."""
+def make_assets(work: Path, name: str, teacher_layers: int | None, sequences: int) -> tuple[Path, Path, dict]:
+    """The random teacher in the preset's real config (ProtBert's own config.json for protbert; optionally fewer
+    layers) and a small synthetic corpus."""
     from data_prep.corpus import prepare_corpus
     from minprot_ds.distill.demo import synthetic_fasta
-    from minprot_ds.models.masked_lm import save_random_protbert
+    from minprot_ds.models.masked_lm import MODEL_PRESETS, save_random_esm2, save_random_protbert
 
-    cfg = json.loads(PROTBERT_CONFIG.read_text())
-    layers = teacher_layers or cfg["num_hidden_layers"]
-    teacher = work / f"teacher-{layers}l"
+    preset = MODEL_PRESETS[name]
+    layers = teacher_layers or preset.teacher_layers
+    teacher = work / f"teacher-{name}-{layers}l"
     t0 = time.monotonic()
     if not (teacher / "model.safetensors").is_file():
-        save_random_protbert(
-            teacher,
-            num_layers=layers,
-            hidden_size=cfg["hidden_size"],
-            num_heads=cfg["num_attention_heads"],
-            intermediate_size=cfg["intermediate_size"],
-            max_position_embeddings=cfg["max_position_embeddings"],
-        )
+        if preset.family == "esm":
+            save_random_esm2(
+                teacher,
+                num_layers=layers,
+                hidden_size=preset.hidden_size,
+                num_heads=preset.num_heads,
+                intermediate_size=preset.intermediate_size,
+            )
+        else:
+            cfg = json.loads(PROTBERT_CONFIG.read_text())
+            save_random_protbert(
+                teacher,
+                num_layers=layers,
+                hidden_size=cfg["hidden_size"],
+                num_heads=cfg["num_attention_heads"],
+                intermediate_size=cfg["intermediate_size"],
+                max_position_embeddings=cfg["max_position_embeddings"],
+            )
     made_s = time.monotonic() - t0
     corpus = work / "corpus"
     if not (corpus / "manifest.json").is_file():
@@ -320,9 +337,8 @@ def export_and_reload(run: Path, work: Path, console) -> dict[str, Any]:
     model = AutoModelForMaskedLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     reload_s = time.monotonic() - t0
-    text = (
-        "M K T A Y I A K Q R Q I S F V K S H F S R Q [MASK] E E R L G L I E V Q A P I L S R V G D G T Q D N L S G A E K"
-    )
+    residues = "MKTAYIAKQRQISFVKSHFSRQ*EERLGLIEVQAPILSRVGDGTQDNLSGAEK"  # * the masked one
+    text = " ".join(tokenizer.mask_token if r == "*" else r for r in residues)  # both families' tokenizers read this
     batch = tokenizer(text, return_tensors="pt")
     with torch.inference_mode():
         logits = model(**batch).logits
@@ -375,7 +391,7 @@ def finetune_two_steps(student: Path, work: Path, console) -> dict[str, Any]:
     return {"wall_s": time.monotonic() - t0, "metrics": metrics, "model": str(out / "model")}
 
 
-def few_proteins(path: Path, count: int = 8, window: int = 512) -> dict[str, Any]:
+def few_proteins(path: Path, window: int, count: int = 8) -> dict[str, Any]:
     """The first `count` - 1 DeepLoc test proteins up to `window` long, and the first one longer (and at
     most twice as long)."""
     from Bio import SeqIO
@@ -400,11 +416,12 @@ def few_proteins(path: Path, count: int = 8, window: int = 512) -> dict[str, Any
     }
 
 
-def predict_and_embed(finetuned: Path, student: Path, work: Path, console) -> dict[str, Any]:
-    """`minprot predict` with the fine-tuned model and `minprot embed` with the exported student, timed."""
+def predict_and_embed(finetuned: Path, student: Path, work: Path, window: int, console) -> dict[str, Any]:
+    """`minprot predict` with the fine-tuned model and `minprot embed` with the exported student, timed; one of
+    the proteins is longer than the model's `window`."""
     if not DEEPLOC.is_file():
         return {"skipped": f"{DEEPLOC} is absent"}
-    proteins = few_proteins(work / "few.fasta")
+    proteins = few_proteins(work / "few.fasta", window)
     out: dict[str, Any] = {"input": proteins}
     minprot = str(Path(sys.executable).with_name("minprot"))
     for name, cmd, result in (
@@ -442,11 +459,11 @@ def predict_and_embed(finetuned: Path, student: Path, work: Path, console) -> di
 
 def parameter_counts(teacher: Path, student_layers: int) -> dict[str, Any]:
     """The teacher's and student's parameter counts by the FLOP model's formula (what the loaders must report)."""
-    from transformers import BertConfig
+    from transformers import AutoConfig
 
     from minprot_ds.bench.memory import model_params
 
-    cfg = BertConfig.from_pretrained(teacher)
+    cfg = AutoConfig.from_pretrained(teacher)
     return {"teacher": model_params(cfg, cfg.num_hidden_layers), "student": model_params(cfg, student_layers)}
 
 
@@ -454,11 +471,11 @@ def predicted(
     stage: int, teacher: Path, student_layers: int, max_tokens: int, max_rows: int, world: int
 ) -> dict[str, float]:
     """The memory plan's per-rank prediction for this CPU run (fp32, 2 ranks)."""
-    from transformers import BertConfig
+    from transformers import AutoConfig
 
     from minprot_ds.bench.memory import Plan, estimate
 
-    cfg = BertConfig.from_pretrained(teacher)
+    cfg = AutoConfig.from_pretrained(teacher)
     plan = Plan(stage=stage, precision="fp32", checkpointing=False, gpus=world)
     return estimate(
         cfg, student_layers, plan, max_tokens=max_tokens, max_rows=max_rows, longest=min(max_tokens, 514)
@@ -499,13 +516,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--work", type=Path, default=REPO / "runs" / "rehearsal", help="scratch folder (multi-GB at full size)"
     )
+    p.add_argument(
+        "--teacher",
+        choices=TEACHERS,
+        default="protbert",
+        help="the teacher's real shape and format, and the run-config preset (launch/configs/TEACHER.toml)",
+    )
     p.add_argument("--stages", default="2,3", help="ZeRO stages, comma-separated")
-    p.add_argument("--teacher-layers", type=int, default=None, help="fewer teacher layers than ProtBert's 30 (tests)")
+    p.add_argument(
+        "--teacher-layers", type=int, default=None, help="fewer teacher layers than the real model's (tests)"
+    )
     p.add_argument(
         "--student-layers",
         type=int,
         default=None,
-        help="default: the protbert preset's (15), halved with --teacher-layers",
+        help="default: the preset's (protbert 15, esm2-650m 17, esm2-150m 15); half with --teacher-layers",
     )
     p.add_argument("--steps", type=int, default=3, help="steps per run; the checkpoint to resume from is --keep")
     p.add_argument("--keep", type=int, default=2, help="the step whose checkpoint is resumed")
@@ -518,7 +543,9 @@ def main(argv: list[str] | None = None) -> int:
         "--skip", default="", help="parts to leave out, comma-separated: universal, finetune (the test's reduced form)"
     )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per launch")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "rehearsal.json")
+    p.add_argument(
+        "--out", type=Path, default=None, help="default: benchmarks/results/rehearsal.json (rehearsal-TEACHER.json)"
+    )
     p.add_argument(
         "--report",
         type=Path,
@@ -539,23 +566,35 @@ def main(argv: list[str] | None = None) -> int:
             args.report, "rehearsal", {k: v for k, v in results.items() if k not in ("benchmark", "created", "machine")}
         )
         print_table(
-            TITLE, ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])], table_rows(results), make_console()
+            title(results["config"].get("teacher", "protbert")),
+            ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])],
+            table_rows(results),
+            make_console(),
         )
         return 0
-    if not PROTBERT_CONFIG.is_file():
+    from minprot_ds.models.family import FAMILIES
+    from minprot_ds.models.masked_lm import MODEL_PRESETS
+
+    preset = MODEL_PRESETS[args.teacher]
+    if args.out is None:
+        suffix = "" if args.teacher == "protbert" else f"-{args.teacher}"
+        args.out = REPO / "benchmarks" / "results" / f"rehearsal{suffix}.json"
+    if args.teacher == "protbert" and not PROTBERT_CONFIG.is_file():
         print(f"error: {PROTBERT_CONFIG} is absent; the rehearsal needs ProtBert's config.json there.", file=sys.stderr)
         return 1
     console = make_console()
     args.work.mkdir(parents=True, exist_ok=True)
-    teacher, corpus, made = make_assets(args.work, args.teacher_layers, args.sequences)
-    student_layers = args.student_layers or (15 if args.teacher_layers is None else max(1, made["teacher_layers"] // 2))
+    teacher, corpus, made = make_assets(args.work, args.teacher, args.teacher_layers, args.sequences)
+    student_layers = args.student_layers or (
+        preset.student_layers if args.teacher_layers is None else max(1, made["teacher_layers"] // 2)
+    )
     counts = parameter_counts(teacher, student_layers)
     console.print(
         f"teacher {teacher}: {counts['teacher']:,} parameters; student {student_layers} layers: {counts['student']:,}"
     )
     common = [
         "--config",
-        str(PRESET),
+        str(REPO / "launch" / "configs" / f"{args.teacher}.toml"),
         "--set",
         f'model.teacher="{teacher}"',
         "--set",
@@ -614,10 +653,19 @@ def main(argv: list[str] | None = None) -> int:
         results["finetune"] = finetune_two_steps(Path(results["export"]["folder"]), args.work, console)
         if "model" in results["finetune"]:
             results["inference"] = predict_and_embed(
-                Path(results["finetune"]["model"]), Path(results["export"]["folder"]), args.work, console
+                Path(results["finetune"]["model"]),
+                Path(results["export"]["folder"]),
+                args.work,
+                FAMILIES[preset.family].max_residues,
+                console,
             )
     path = write_json(args.out, "rehearsal", results)
-    print_table(TITLE, ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])], table_rows(results), console)
+    print_table(
+        title(args.teacher),
+        ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])],
+        table_rows(results),
+        console,
+    )
     console.print(f"wrote {path}")
     return 0
 
