@@ -55,7 +55,7 @@ from minprot_ds.models.family import family_of, family_of_config
 from minprot_ds.options import check_bounds, launch, mlflow_params
 from minprot_ds.outputs import check_out
 from minprot_ds.scoring.heads import TaskModel, build_task_model, save_task_model
-from minprot_ds.scoring.windows import FINETUNE_LONG_MODES, check_positions, check_window
+from minprot_ds.scoring.windows import FINETUNE_LONG_MODES, check_positions, check_window, model_window
 from minprot_ds.tracking import Tracker, environment_params
 
 log = logging.getLogger(__name__)
@@ -155,11 +155,9 @@ def _overlap(split: Encoded, train: Encoded, cfg: FinetuneConfig) -> Overlap:
 
 
 def with_model_window(cfg: FinetuneConfig) -> FinetuneConfig:
-    """--window and --stride as given, else the model family's window (ProtBert 512, ESM-2 1,022) and half of it."""
-    if cfg.window is not None and cfg.stride is not None:
-        return cfg
-    window = cfg.window or family_of(cfg.model, "--model").max_residues
-    return dataclasses.replace(cfg, window=window, stride=cfg.stride or window // 2)
+    """cfg with --window and --stride as given, else the model's (`scoring.windows.model_window`)."""
+    window, stride = model_window(cfg.window, cfg.stride, lambda: family_of(cfg.model, "--model"))
+    return dataclasses.replace(cfg, window=window, stride=stride)
 
 
 def load(cfg: FinetuneConfig) -> Job:
