@@ -49,7 +49,7 @@ from minprot_ds.finetune.metrics import (
 from minprot_ds.finetune.options import FinetuneConfig
 from minprot_ds.finetune.steppers import DeepSpeedStepper, PlainStepper
 from minprot_ds.finetune.tasks import Encoded, TaskSpec, collate, crop_pieces, encode_split, task_spec, train_batches
-from minprot_ds.finetune.uncertainty import confidence_intervals, flat_intervals
+from minprot_ds.finetune.uncertainty import CI_UNIT, confidence_intervals, flat_intervals
 from minprot_ds.models import provenance as links
 from minprot_ds.models.family import family_of, family_of_config
 from minprot_ds.options import check_bounds, launch, mlflow_params
@@ -571,6 +571,7 @@ def write(
             logged |= flat_metrics(part, f"baseline_{name}_filtered")
             logged |= flat_intervals(part["ci95"], f"baseline_{name}_filtered")
     tracker.log_metrics(logged, job.total_steps)
+    tracker.log_params({CI_UNIT: test_metrics["ci_method"]["unit"]})  # the report groups runs by it
     for artifact in (out / METRICS_FILE, path, out / LEAKAGE_FILE, plot):
         if artifact.is_file():
             tracker.log_artifact(artifact)
