@@ -40,7 +40,8 @@ def report(
 ) -> None:
     """Tables A–D (metrics with CIs on the full and leak-free test rows, runtime and saving, dataset variants,
     organisms) from finished fine-tune runs; runs are averaged only when every option that changes the numbers
-    is equal (a `setting` column names what differs)."""
+    and what their CIs resample (proteins or homology components) are equal (a `setting` column names what
+    differs)."""
     from minprot_ds.finetune.report import build_report
 
     path = build_report(tracking_uri, out, experiment)

@@ -180,7 +180,8 @@ def _compute(pred: Predictions, spec: TaskSpec) -> dict:
         out |= {
             "positives": int((y == 1).sum()),
             "accuracy": skm.accuracy_score(y, yhat),
-            "precision": skm.precision_score(y, yhat, zero_division=0),
+            # no positive predicted (a length baseline that never crosses the threshold): precision is undefined
+            "precision": skm.precision_score(y, yhat, zero_division=np.nan),
             "recall": skm.recall_score(y, yhat, zero_division=0),
             "f1": skm.f1_score(y, yhat, zero_division=0),
             "roc_auc": skm.roc_auc_score(y, probs[:, 1]) if len(present) == 2 else math.nan,

@@ -7,7 +7,8 @@ baselines on the same rows. Table B: runtime of teacher vs student and the stude
 dataset variants (full / SUB / CUT) and the test set each was scored on. Table D: organisms (Swiss-Prot sets).
 
 Runs are merged (mean ± sample std over seeds) only when every recorded option that can change the numbers is
-equal — every fine-tune option except those in IGNORED, so an option added later groups by itself — and, per
+equal — every fine-tune option except those in IGNORED, so an option added later groups by itself — and what
+their CIs resample (proteins, or homology components drawn whole: the `ci_unit` a fine-tune records), and, per
 row, the model's provenance (the distillation run of a student, else the model named). Runs that differ are
 kept apart, and the `setting` column names what differs. Written as report.md, report.json and PNG charts.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from minprot_ds.errors import UserError
 from minprot_ds.finetune.metrics import json_safe
 from minprot_ds.finetune.options import FinetuneConfig
+from minprot_ds.finetune.uncertainty import CI_UNIT, COMPONENTS
 from minprot_ds.models import provenance as links
 from minprot_ds.options import cli_fields
 
@@ -39,9 +41,23 @@ IGNORED = frozenset(
 )
 
 
-def setting_options() -> list[str]:
-    """The fine-tune options a report groups by: every logged one not in IGNORED."""
-    return [c.name for c in cli_fields(FinetuneConfig) if c.field.metadata["log"] and c.name not in IGNORED]
+def grouping_settings() -> list[str]:
+    """What a report groups runs by: every logged fine-tune option not in IGNORED, and CI_UNIT (not an option, but
+    CIs over other units are other numbers)."""
+    options = [c.name for c in cli_fields(FinetuneConfig) if c.field.metadata["log"] and c.name not in IGNORED]
+    return [*options, CI_UNIT]
+
+
+def _setting_name(name: str) -> str:
+    """How the tables name a setting: its flag (`--pooling`), or `CIs over` for what the CIs resample."""
+    return "CIs over" if name == CI_UNIT else f"--{name.replace('_', '-')}"
+
+
+def _shown(name: str, value: str) -> str:
+    """A recorded value as the tables show it (paths by their last part)."""
+    if not value:
+        return "(not recorded)" if name == CI_UNIT else "(unset)"
+    return Path(value).name if "/" in value else value
 
 
 @dataclass
@@ -65,7 +81,7 @@ class RunRow:
     test_rows: int = 0
     leakage: dict[str, float] = field(default_factory=dict)  # test_exact / near_identical / homologs, {} if unmeasured
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> test metrics (+ _ci_low/_high)
-    settings: dict[str, str] = field(default_factory=dict)  # setting_options() as recorded ("" when absent)
+    settings: dict[str, str] = field(default_factory=dict)  # grouping_settings() as recorded ("" when absent)
     provenance: str = ""  # the student's distillation run, else the model named
     counts: dict[str, float] = field(default_factory=dict)  # test n, positives
     ci: dict[str, list[float]] = field(default_factory=dict)  # metric -> [low, high]
@@ -160,7 +176,7 @@ def collect_runs(uri: str, experiments: list[str] | None = None) -> list[RunRow]
         max_results=50_000,
     )
     rows = []
-    options = setting_options()
+    options = grouping_settings()
 
     def scored(prefix: str, m: dict[str, float]) -> dict[str, float]:
         names = [*METRICS, *COUNTS, *(f"{k}_ci_{end}" for k in METRICS for end in ("low", "high"))]
@@ -204,8 +220,8 @@ def collect_runs(uri: str, experiments: list[str] | None = None) -> list[RunRow]
 
 
 def varying(rows: list[RunRow]) -> list[str]:
-    """The setting options whose recorded value differs between some of `rows`."""
-    return [k for k in setting_options() if len({r.settings.get(k, "") for r in rows}) > 1]
+    """The grouping settings whose recorded value differs between some of `rows`."""
+    return [k for k in grouping_settings() if len({r.settings.get(k, "") for r in rows}) > 1]
 
 
 def setting_key(row: RunRow) -> tuple[tuple[str, str], ...]:
@@ -213,20 +229,16 @@ def setting_key(row: RunRow) -> tuple[tuple[str, str], ...]:
 
 
 def setting_label(row: RunRow, differing: list[str]) -> str:
-    """What sets this row's group apart: `--pooling mean, --lr 0.001` (paths by their last part), or "–"."""
-
-    def shown(value: str) -> str:
-        return Path(value).name if "/" in value else value or "(unset)"
-
-    return ", ".join(f"--{k.replace('_', '-')} {shown(row.settings.get(k, ''))}" for k in differing) or "–"
+    """What sets this row's group apart: `--pooling mean, --lr 0.001, CIs over proteins`, or "–"."""
+    return ", ".join(f"{_setting_name(k)} {_shown(k, row.settings.get(k, ''))}" for k in differing) or "–"
 
 
-def _settings(rows: list[RunRow], where) -> list[tuple[tuple, list[RunRow]]]:
+def _settings(rows: list[RunRow], where, named: tuple[str, ...] = ()) -> list[tuple[tuple, list[RunRow]]]:
     """Groups of runs with equal `where(row)` and equal settings, each row's `setting` set to what tells its group
-    apart from the others of the same `where`."""
+    apart from the others of the same `where`, and the settings `named` always."""
     out = []
     for place, here in _group(rows, where).items():
-        differing = varying(here)
+        differing = [k for k in grouping_settings() if k in varying(here) or k in named]
         for key, runs in _group(here, lambda r: (setting_key(r),)).items():
             for r in runs:
                 r.setting = setting_label(r, differing)
@@ -236,12 +248,13 @@ def _settings(rows: list[RunRow], where) -> list[tuple[tuple, list[RunRow]]]:
 
 def check_mergeable(runs: list[RunRow]) -> None:
     """Refuse to average runs that differ in a setting (the grouping above never asks it; a guard for callers)."""
-    for name in setting_options():
+    for name in grouping_settings():
         values = sorted({r.settings.get(name, "") for r in runs})
         if len(values) > 1:
+            what = "what their CIs resample" if name == CI_UNIT else _setting_name(name)
             raise UserError(
-                f"runs {', '.join(r.run_id[:8] for r in runs)} differ in --{name.replace('_', '-')} "
-                f"({' vs '.join(v or '(unset)' for v in values)}); they cannot be merged into one mean"
+                f"runs {', '.join(r.run_id[:8] for r in runs)} differ in {what} "
+                f"({' vs '.join(_shown(name, v) for v in values)}); they cannot be merged into one mean"
             )
     sources = sorted({r.provenance for r in runs})
     if len(sources) > 1:
@@ -305,7 +318,9 @@ def table_a(rows: list[RunRow]) -> Table:
         ["task", "train set", "test set", "setting", "scored on", "model", "runs", "n", "positives", "leakage"]
         + list(METRICS),
     )
-    for (task, data, test, _), runs in _settings(rows, lambda r: (r.task, r.dataset_label, r.test_dataset)):
+    units = sorted({r.settings.get(CI_UNIT, "") for r in rows})
+    named = (CI_UNIT,) if len(units) > 1 else ()  # every row says what its CIs resample when the table mixes them
+    for (task, data, test, _), runs in _settings(rows, lambda r: (r.task, r.dataset_label, r.test_dataset), named):
         setting, leak = runs[0].setting, leakage_cell(runs)
         head = [task, data, test, setting]
         models = _group(runs, _row_key)
@@ -330,13 +345,26 @@ def table_a(rows: list[RunRow]) -> Table:
     t.note = (
         "Runs merge only when every option that changes the numbers is equal (all fine-tune options but "
         + ", ".join(f"--{k.replace('_', '-')}" for k in sorted(IGNORED))
-        + ") and the model's provenance too; `setting` names the options that differ between runs of one task, "
-        "train and test set. "
-        "One run: its value [95% bootstrap CI]; several (seeds): mean ± sample std [the runs' mean CI bounds]. "
+        + ") and what their CIs resample, and the model's provenance too; `setting` names the settings that differ "
+        "between runs of one task, train and test set. "
+        f"One run: its value [95% percentile bootstrap CI over {_ci_units(units)}]; several (seeds): mean ± sample "
+        "std [the runs' mean CI bounds]; – where a metric is undefined (e.g. precision when nothing is predicted "
+        "positive, ROC-AUC with one class). "
         "Baselines (binary tasks, same rows): length = logistic regression on sequence length; homology = the "
         "label of the best MMseqs2 hit among the training rows. leak-free = the rows --test-filter keeps."
     )
     return t
+
+
+def _ci_units(units: list[str]) -> str:
+    """What the CIs of a table resample, in words, from the runs' recorded units."""
+    if len(units) > 1:
+        return "the unit each row's `setting` names (CIs over proteins, or over homology components drawn whole)"
+    if units == [COMPONENTS]:
+        return "the test set's homology components, each drawn whole"
+    if units == ["proteins"]:
+        return "the test set's proteins"
+    return units[0] if units and units[0] else "a unit the runs did not record (runs of an older minprot)"
 
 
 def _flat_ci(ci: dict[str, list[float]]) -> dict[str, float]:

@@ -49,13 +49,13 @@ from minprot_ds.finetune.metrics import (
 from minprot_ds.finetune.options import FinetuneConfig
 from minprot_ds.finetune.steppers import DeepSpeedStepper, PlainStepper
 from minprot_ds.finetune.tasks import Encoded, TaskSpec, collate, crop_pieces, encode_split, task_spec, train_batches
-from minprot_ds.finetune.uncertainty import confidence_intervals, flat_intervals
+from minprot_ds.finetune.uncertainty import CI_UNIT, confidence_intervals, flat_intervals
 from minprot_ds.models import provenance as links
 from minprot_ds.models.family import family_of, family_of_config
 from minprot_ds.options import check_bounds, launch, mlflow_params
 from minprot_ds.outputs import check_out
 from minprot_ds.scoring.heads import TaskModel, build_task_model, save_task_model
-from minprot_ds.scoring.windows import FINETUNE_LONG_MODES, check_positions, check_window
+from minprot_ds.scoring.windows import FINETUNE_LONG_MODES, check_positions, check_window, model_window
 from minprot_ds.tracking import Tracker, environment_params
 
 log = logging.getLogger(__name__)
@@ -155,11 +155,9 @@ def _overlap(split: Encoded, train: Encoded, cfg: FinetuneConfig) -> Overlap:
 
 
 def with_model_window(cfg: FinetuneConfig) -> FinetuneConfig:
-    """--window and --stride as given, else the model family's window (ProtBert 512, ESM-2 1,022) and half of it."""
-    if cfg.window is not None and cfg.stride is not None:
-        return cfg
-    window = cfg.window or family_of(cfg.model, "--model").max_residues
-    return dataclasses.replace(cfg, window=window, stride=cfg.stride or window // 2)
+    """cfg with --window and --stride as given, else the model's (`scoring.windows.model_window`)."""
+    window, stride = model_window(cfg.window, cfg.stride, lambda: family_of(cfg.model, "--model"))
+    return dataclasses.replace(cfg, window=window, stride=stride)
 
 
 def load(cfg: FinetuneConfig) -> Job:
@@ -573,6 +571,7 @@ def write(
             logged |= flat_metrics(part, f"baseline_{name}_filtered")
             logged |= flat_intervals(part["ci95"], f"baseline_{name}_filtered")
     tracker.log_metrics(logged, job.total_steps)
+    tracker.log_params({CI_UNIT: test_metrics["ci_method"]["unit"]})  # the report groups runs by it
     for artifact in (out / METRICS_FILE, path, out / LEAKAGE_FILE, plot):
         if artifact.is_file():
             tracker.log_artifact(artifact)

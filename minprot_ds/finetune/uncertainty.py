@@ -52,6 +52,7 @@ class Draws:
         groups = int(self.counts.shape[1])
         return {
             "method": f"percentile bootstrap over {self.unit} ({groups} {self.unit.split()[-1]})",
+            "unit": self.unit,
             "resamples": self.resamples,
             "groups": groups,
             "seed": self.seed,
@@ -100,8 +101,9 @@ def _from_confusion(cm: np.ndarray, binary: bool) -> dict[str, np.ndarray]:
             "accuracy": correct / total,
             "mcc": np.where(denominator > 0, cov / denominator, 0.0),
         }
-    if binary:
-        return out | {"precision": precision[:, 1], "recall": recall[:, 1], "f1": f1[:, 1]}
+    if binary:  # as compute_metrics: precision undefined where a resample predicts no positive
+        binary_precision = np.where(predicted[:, 1] > 0, precision[:, 1], np.nan)
+        return out | {"precision": binary_precision, "recall": recall[:, 1], "f1": f1[:, 1]}
     return out | {"precision": precision.mean(axis=1), "recall": recall.mean(axis=1), "f1": f1.mean(axis=1)}
 
 
@@ -200,6 +202,9 @@ def confidence_intervals(
     draws = draw(groups, resamples=resamples, seed=seed, unit=unit)
     found = resampled_metrics(pred, spec, draws)
     return {"ci95": {k: percentile_interval(found[k]) for k in CI_METRICS if k in found}, "ci_method": draws.method()}
+
+
+CI_UNIT = "ci_unit"  # the MLflow param naming what a run's CIs resample (Draws.unit), which `minprot report` groups by
 
 
 def flat_intervals(ci95: dict[str, list[float]], prefix: str) -> dict[str, float]:

@@ -49,7 +49,7 @@ from minprot_ds.models.family import family_of_config
 from minprot_ds.options import check_bounds, launch, mlflow_params
 from minprot_ds.outputs import check_out
 from minprot_ds.scoring import forward, heads, models
-from minprot_ds.scoring.windows import check_positions
+from minprot_ds.scoring.windows import check_positions, model_window
 from minprot_ds.tracking import Tracker, environment_params
 
 log = logging.getLogger(__name__)
@@ -172,8 +172,7 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
         encoder = heads.load_encoder(model_dir, "--model", dtype=dtype).to(device)
         scorer: forward.Scorer = models.EmbedScorer(encoder, cfg.pooling, layers, cfg.per_residue)
         info: dict[str, Any] = {"per_residue": cfg.per_residue, "dim": scorer.dim}
-        window = cfg.window or family_of_config(encoder.config, "--model").max_residues
-        stride = cfg.stride or window // 2
+        window, stride = model_window(cfg.window, cfg.stride, lambda: family_of_config(encoder.config, "--model"))
         aggregate = "mean"  # embeddings: every residue counts once
         finetune_run = None
     else:

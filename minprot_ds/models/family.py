@@ -29,13 +29,12 @@ from typing import Any
 
 from torch import nn
 from transformers import (
-    BertConfig,
     BertForMaskedLM,
     BertModel,
-    EsmConfig,
     EsmForMaskedLM,
     EsmModel,
     PretrainedConfig,
+    PreTrainedModel,
 )
 
 from minprot_ds.errors import UserError
@@ -46,19 +45,31 @@ from minprot_ds.vocab import ESM2, MAX_RESIDUES, PROTBERT, Vocabulary
 class ModelFamily:
     """What minprot needs to know of one family of masked protein LMs."""
 
-    name: str  # "bert" | "esm": the config's model_type
     title: str  # for messages
     example: str  # a hub id of the family
-    config_class: type[PretrainedConfig]
-    masked_lm_class: type[nn.Module]
-    encoder_class: type[nn.Module]  # the base model without head (no pooler is ever built)
-    base: str  # attribute of the masked LM holding the encoder (model.bert / model.esm)
+    masked_lm_class: type[PreTrainedModel]  # names the config class, the model_type and the encoder's attribute
+    encoder_class: type[PreTrainedModel]  # the base model without head (no pooler is ever built)
     head: str  # attribute of the masked LM holding the MLM head
     tied_head_keys: tuple[str, ...]  # head weights tied to the word embeddings (absent from some checkpoints)
     final_norm: str | None  # module (under `base`) applied after the last layer, copied to a student
     per_layer_head_columns: tuple[str, ...]  # weights with one column block per (layer, head): sliced by layer
     vocab: Vocabulary
     max_residues: int  # residues per window: what it was trained on
+
+    # What transformers' classes already say is read from them, not written again per family.
+    @property
+    def config_class(self) -> type[PretrainedConfig]:
+        return self.masked_lm_class.config_class
+
+    @property
+    def name(self) -> str:
+        """The config's model_type: "bert" or "esm"."""
+        return self.config_class.model_type
+
+    @property
+    def base(self) -> str:
+        """Attribute of the masked LM holding the encoder (model.bert / model.esm)."""
+        return self.masked_lm_class.base_model_prefix
 
     @property
     def layer_prefix(self) -> str:
@@ -79,13 +90,10 @@ class ModelFamily:
 
 
 BERT = ModelFamily(
-    name="bert",
     title="BERT (ProtBert)",
     example="Rostlab/prot_bert",
-    config_class=BertConfig,
     masked_lm_class=BertForMaskedLM,
     encoder_class=BertModel,
-    base="bert",
     head="cls",
     tied_head_keys=("cls.predictions.decoder.weight", "cls.predictions.decoder.bias"),
     final_norm=None,
@@ -94,13 +102,10 @@ BERT = ModelFamily(
     max_residues=MAX_RESIDUES,
 )
 ESM = ModelFamily(
-    name="esm",
     title="ESM-2",
     example="facebook/esm2_t33_650M_UR50D",
-    config_class=EsmConfig,
     masked_lm_class=EsmForMaskedLM,
     encoder_class=EsmModel,
-    base="esm",
     head="lm_head",
     tied_head_keys=("lm_head.decoder.weight",),
     final_norm="encoder.emb_layer_norm_after",

@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import BertConfig, BertForMaskedLM, EsmConfig, EsmForMaskedLM
 from transformers.utils import logging as hf_logging
 
 from minprot_ds.errors import UserError
 from minprot_ds.fileio import read_json
 from minprot_ds.models.family import (
+    BERT,
+    ESM,
     EXPECTED,
     ModelFamily,
     family_of,
@@ -28,7 +29,7 @@ from minprot_ds.models.family import (
     load_failure,
     looks_like_path,
 )
-from minprot_ds.vocab import ESM2, IGNORE_INDEX, VOCAB_SIZE, write_tokenizer_files
+from minprot_ds.vocab import ESM2, IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -339,7 +340,7 @@ def forward_for_loss(
     return ForLossOutputs(hidden=hidden, logits=head(sequence[masked]), labels=labels[masked])
 
 
-# --- random models in ProtBert's format ----------------------------------------------------------------
+# --- random models in a family's format -----------------------------------------------------------------
 
 
 def save_random_protbert(
@@ -357,28 +358,19 @@ def save_random_protbert(
     ProtBert's position table has 40,000 entries; the default here (1024) covers 514-token inputs
     without the 40k × H table dominating a tiny model.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = BertConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=hidden_size,
+    return _save_random(
+        folder,
+        BERT,
+        seed,
         num_hidden_layers=num_layers,
+        hidden_size=hidden_size,
         num_attention_heads=num_heads,
         intermediate_size=intermediate_size,
         hidden_act="gelu",
         hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
         max_position_embeddings=max_position_embeddings,
         type_vocab_size=2,
-        initializer_range=0.02,
-        architectures=["BertForMaskedLM"],
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = BertForMaskedLM(config)
-    model.save_pretrained(folder)
-    write_tokenizer_files(folder)
-    return folder
 
 
 def save_random_esm2(
@@ -393,29 +385,40 @@ def save_random_esm2(
 ) -> Path:
     """Write a randomly initialised EsmForMaskedLM with ESM-2's config keys (rotary positions, token dropout,
     final layer norm, 1,026 positions, 33 tokens) and its tokenizer files."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = EsmConfig(
-        vocab_size=ESM2.size,
-        mask_token_id=ESM2.mask_id,
-        pad_token_id=ESM2.pad_id,
-        hidden_size=hidden_size,
+    return _save_random(
+        folder,
+        ESM,
+        seed,
         num_hidden_layers=num_layers,
+        hidden_size=hidden_size,
         num_attention_heads=num_heads,
         intermediate_size=intermediate_size,
+        mask_token_id=ESM2.mask_id,
+        pad_token_id=ESM2.pad_id,
         hidden_dropout_prob=hidden_dropout_prob,
-        attention_probs_dropout_prob=0.0,
         max_position_embeddings=1026,
         position_embedding_type="rotary",
         emb_layer_norm_before=False,
         token_dropout=True,
         layer_norm_eps=1e-5,
+    )
+
+
+def _save_random(folder: str | Path, family: ModelFamily, seed: int, **config: object) -> Path:
+    """A `family` masked LM with `config` (and the family's vocabulary size, no attention dropout, the 0.02
+    initialiser range) initialised from `seed`, saved with its family's tokenizer files into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = family.config_class(
+        vocab_size=family.vocab.size,
+        attention_probs_dropout_prob=0.0,
         initializer_range=0.02,
-        architectures=["EsmForMaskedLM"],
+        architectures=[family.masked_lm_class.__name__],
+        **config,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = EsmForMaskedLM(config)
+        model = family.masked_lm_class(config)
     model.save_pretrained(folder)
-    ESM2.write_tokenizer_files(folder)
+    family.vocab.write_tokenizer_files(folder)
     return folder

@@ -15,17 +15,19 @@ same way wherever it is scored. The rules:
   positive (last) class, for a property one region of a long protein carries (a DNA-binding domain).
 A protein no longer than `window` is one window, and stitching it returns the single pass unchanged.
 A protein longer than the window follows `--long`: window (the rules above), truncate (its first window only)
-or skip (not scored; predict and embed only). The checks of --window, --stride and --long live here too.
+or skip (not scored; predict and embed only). The checks of --window, --stride and --long live here too, and the
+window a model takes when --window is not given (`model_window`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from minprot_ds.errors import UserError
+from minprot_ds.models.family import ModelFamily
 from minprot_ds.vocab import MAX_RESIDUES
 
 DEFAULT_WINDOW = MAX_RESIDUES  # 512 residues, 514 tokens with [CLS] and [SEP]
@@ -67,6 +69,14 @@ def check_window(
             f"--stride {stride} must be between 1 and --window {window}; "
             "a stride larger than the window would skip residues."
         )
+
+
+def model_window(window: int | None, stride: int | None, family: Callable[[], ModelFamily]) -> tuple[int, int]:
+    """--window and --stride as given, else the model's window (its family's: ProtBert 512, ESM-2 1,022 residues)
+    and half the window. `family()` (which may read the model's config) is asked only when --window is not given."""
+    if window is None:
+        window = family().max_residues
+    return window, window // 2 if stride is None else stride
 
 
 def check_positions(window: int, positions: int, model: str) -> None:

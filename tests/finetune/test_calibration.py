@@ -198,6 +198,7 @@ def test_a_test_set_with_components_bootstraps_them_for_every_scored_set(compone
     for name, values in scored.items():
         method = values["ci_method"]
         assert method["method"].startswith("percentile bootstrap over homology components ("), name
+        assert method["unit"] == "homology components", name  # what MLflow's ci_unit param records
         assert method["method"].endswith(f"({method['groups']} components)") and method["resamples"] == 200, name
     assert metrics["test"]["ci_method"]["groups"] == 6
     # And `minprot compare` of the run with itself pairs on the same components.

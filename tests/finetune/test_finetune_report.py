@@ -50,6 +50,9 @@ def test_report_from_two_stores(runs, tmp_path: Path) -> None:
         assert (out / f"{chart}.png").read_bytes()[:8] == PNG and f"![{chart}]({chart}.png)" in text
     payload = json.loads((out / "report.json").read_text())
     assert len(payload["runs"]) == 7 and len(payload["tables"]) == 4
+    # Every run recorded what its CIs resample (these test sets carry no components), and the note says it.
+    assert {r["settings"]["ci_unit"] for r in payload["runs"]} == {"proteins"}
+    assert "[95% percentile bootstrap CI over the test set's proteins]" in text
 
 
 def test_saving_is_one_minus_student_over_teacher(runs) -> None:
@@ -121,9 +124,16 @@ def test_report_filters_by_experiment(runs, tmp_path: Path) -> None:
         build_report([runs.uri], tmp_path, ["minprot-distill"])
 
 
-def fake_finetune_run(uri: str, pooling: str, accuracy: float, seed: int = 0) -> str:
-    """A finished fine-tune run as `minprot finetune` records it (tags, every option as a param, flat test
-    metrics with CI bounds), without training: the report reads nothing else."""
+def fake_finetune_run(
+    uri: str,
+    pooling: str,
+    accuracy: float,
+    seed: int = 0,
+    ci_unit: str = "proteins",
+    metrics: dict[str, float] | None = None,
+) -> str:
+    """A finished fine-tune run as `minprot finetune` records it (tags, every option and the CIs' unit as params,
+    flat test metrics with CI bounds, and any other `metrics`), without training: the report reads nothing else."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
@@ -147,12 +157,13 @@ def fake_finetune_run(uri: str, pooling: str, accuracy: float, seed: int = 0) ->
     cfg = FinetuneConfig(
         task="dna-binding", model="students/s1", train="d/train", test="d/test", out=f"o{seed}", pooling=pooling
     )
-    params = mlflow_params(cfg) | {"seed": seed, "rows.test": 186}
+    params = mlflow_params(cfg) | {"seed": seed, "rows.test": 186, "ci_unit": ci_unit}
     test = {"accuracy": accuracy, "n": 186, "positives": 93, "accuracy_ci_low": accuracy - 0.05}
     test["accuracy_ci_high"] = accuracy + 0.05
+    logged = {f"test/{k}": v for k, v in test.items()} | (metrics or {})
     client.log_batch(
         run.info.run_id,
-        metrics=[Metric(f"test/{k}", v, 0, 0) for k, v in test.items()],
+        metrics=[Metric(k, v, 0, 0) for k, v in logged.items()],
         params=[Param(k, str(v)) for k, v in params.items()],
     )
     client.set_terminated(run.info.run_id)
@@ -227,3 +238,62 @@ def test_a_real_run_with_other_pooling_gets_its_own_row(runs, sets, tmp_path: Pa
     setting, model, count = (table_a.columns.index(c) for c in ("setting", "model", "runs"))
     found = [r for r in table_a.rows if r[:3] == ["dna-binding", "PDB1075", "PDB186"] and r[model] == "student"]
     assert sorted((r[setting], r[count]) for r in found) == [("--pooling cls", 1), ("--pooling mean", 1)]
+
+
+def test_runs_whose_cis_resample_other_units_are_never_merged(tmp_path: Path) -> None:
+    """CIs over proteins and CIs over whole homology components are other numbers: such runs get their own rows,
+    each named by its unit, and the note says what the CIs resample."""
+    from minprot_ds.finetune.report import check_mergeable
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fake_finetune_run(uri, "cls", 0.70, seed=0)
+    fake_finetune_run(uri, "cls", 0.74, seed=1)
+    fake_finetune_run(uri, "cls", 0.90, seed=0, ci_unit="homology components")
+    rows = collect_runs(uri, ["fabricated"])
+    table_a = build_tables(rows)[0]
+    setting, model, runs = (table_a.columns.index(c) for c in ("setting", "model", "runs"))
+    found = {r[setting]: r[runs] for r in table_a.rows if r[model] == "student"}
+    assert found == {"CIs over proteins": 2, "CIs over homology components": 1}
+    assert "[95% percentile bootstrap CI over the unit each row's `setting` names" in table_a.note
+    with pytest.raises(UserError, match=r"differ in what their CIs resample \(homology components vs proteins\)"):
+        check_mergeable(rows)
+    # One unit in the table: the note names it and no row needs to.
+    for unit, words in (
+        ("proteins", "the test set's proteins"),
+        ("homology components", "the test set's homology components, each drawn whole"),
+    ):
+        alone = build_tables([r for r in rows if r.settings["ci_unit"] == unit])[0]
+        assert f"95% percentile bootstrap CI over {words}" in alone.note, unit
+        assert {r[setting] for r in alone.rows} == {"–"}, unit
+
+
+def test_an_undefined_precision_shows_as_undefined(tmp_path: Path) -> None:
+    """A length baseline that predicts no positive at the threshold has no precision: its cell shows –, as other
+    undefined metrics do, not 0 [0, 0]; its recall and F1 (0) stay."""
+    import numpy as np
+
+    from minprot_ds.finetune.baselines import length_only
+    from minprot_ds.finetune.metrics import flat_metrics
+    from minprot_ds.finetune.tasks import task_spec
+    from minprot_ds.finetune.train import scored_set
+    from minprot_ds.finetune.uncertainty import flat_intervals
+
+    # One positive in ten training rows, lengths alike: P(positive) stays far below 0.5 for every test protein.
+    train_lengths, train_labels = np.array([100, 110, 120, 130, 140, 150, 160, 170, 180, 190]), np.eye(10)[4]
+    test_lengths, test_labels = np.array([105, 125, 145, 165, 185, 135]), np.array([1, 0, 1, 0, 1, 0])
+    pred = length_only(train_lengths, train_labels.astype(int), list("abcdef"), test_lengths, test_labels)
+    assert not pred.predicted.any()
+    values = scored_set(pred, task_spec("dna-binding"), 100)
+    logged = flat_metrics(values, "baseline_length") | flat_intervals(values["ci95"], "baseline_length")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fake_finetune_run(uri, "cls", 0.70, metrics=logged)
+    (row,) = collect_runs(uri, ["fabricated"])
+    assert np.isnan(row.baselines["length"]["precision"]) and row.baselines["length"]["recall"] == 0.0
+    build_report([uri], tmp_path / "report", ["fabricated"])
+    text = (tmp_path / "report" / "report.md").read_text()
+    (line,) = [x for x in text.splitlines() if "| baseline: length |" in x]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    first = 10  # task, train set, test set, setting, scored on, model, runs, n, positives, leakage
+    shown = dict(zip(METRICS, cells[first:]))
+    assert shown["accuracy"].startswith("0.500 [") and shown["precision"] == "–", shown
+    assert shown["recall"] == "0.000 [0.00, 0.00]" and shown["f1"] == "0.000 [0.00, 0.00]", shown

@@ -71,6 +71,7 @@ def test_accuracy_ci_on_a_prediction_file_is_the_hand_computation(tmp_path) -> N
     assert found["ci95"]["accuracy"] == pytest.approx(by_hand, abs=1e-12)
     assert found["ci_method"] == {
         "method": "percentile bootstrap over proteins (60 proteins)",
+        "unit": "proteins",
         "resamples": 500,
         "groups": 60,
         "seed": 7,
@@ -89,6 +90,16 @@ def test_each_resample_equals_sklearn_on_the_resampled_rows(kind: str) -> None:
         expected = compute_metrics(resample(pred, rows), spec)
         for name, values in found.items():
             assert values[b] == pytest.approx(expected[name], abs=1e-9, nan_ok=True), (name, b)
+
+
+def test_precision_is_undefined_where_nothing_is_predicted_positive() -> None:
+    """A model (or a length baseline) that predicts no positive has no precision, in the point estimate and in
+    every resample, so its CI is undefined too; recall and F1 are 0, as they are defined."""
+    pred = binary(40, 0.8, seed=9)
+    pred.predicted = np.zeros_like(pred.predicted)
+    point, found = compute_metrics(pred, DNA), confidence_intervals(pred, DNA, resamples=100)
+    assert np.isnan(point["precision"]) and np.isnan(found["ci95"]["precision"]).all()
+    assert point["recall"] == point["f1"] == 0.0 and found["ci95"]["recall"] == [0.0, 0.0]
 
 
 def test_q3_resamples_proteins_not_residues() -> None:

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 from minprot_ds.errors import UserError
+from minprot_ds.models.family import BERT, ESM
 from minprot_ds.scoring.windows import (
     Window,
     check_window,
     combine_protein,
+    model_window,
     owners,
     plan_windows,
     stitch_residues,
@@ -92,3 +94,15 @@ def test_aggregate_max_takes_the_window_most_confident_in_the_positive_class():
     assert mean[1] < 0.8
     with pytest.raises(UserError, match="unknown --aggregate 'median'"):
         check_window(512, 256, aggregate="median")
+
+
+def test_the_window_follows_the_model_unless_given():
+    assert model_window(None, None, lambda: BERT) == (512, 256)
+    assert model_window(None, None, lambda: ESM) == (1022, 511)
+    assert model_window(None, 100, lambda: ESM) == (1022, 100)
+    assert model_window(300, None, lambda: ESM) == (300, 150)
+
+    def unread():
+        raise AssertionError("the model's family is read only when --window is not given")
+
+    assert model_window(300, 64, unread) == (300, 64)
