@@ -187,6 +187,7 @@ def _split(opts: SplitOptions) -> None:
     check_out(opts.out, folder=True, overwrite=opts.overwrite)
     from data_prep.tasks.formats import TASKS
     from data_prep.tasks.split import (
+        SplitSettings,
         length_filter,
         pool,
         pooled_name,
@@ -210,16 +211,15 @@ def _split(opts: SplitOptions) -> None:
     if outside:
         excluded[f"outside {opts.min_length or 1}-{opts.max_length or 'any'} residues"] = outside
     fractions = {"train": 1.0 - opts.valid - opts.test, "valid": opts.valid, "test": opts.test}
-    split, report, leakage = split_and_check(
-        data,
-        level,
-        fractions=fractions,
+    how = SplitSettings(
+        fractions,
         identity=opts.identity,
         coverage=opts.coverage,
         sensitivity=opts.sensitivity,
         seed=opts.seed,
         threads=opts.threads,
     )
+    split, report, leakage = split_and_check(data, level, how)
     excluded.update(removals(report))
     title = opts.name or pooled_name(opts.inputs)
     dropped = {"skipped": dict(read.skipped), "excluded": excluded}
