@@ -33,7 +33,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from data_prep.tasks.formats import check_task, is_dataset_folder, read_inputs
-from data_prep.tasks.load import load_task_data
+from data_prep.tasks.load import input_name, load_task_data
 from data_prep.tasks.mmseqs import _check_fraction, easy_search
 from data_prep.tasks.overlap import SENSITIVITY, Thresholds, measure, normalise
 from minprot_ds.data.task_records import COMPONENT, Q3_CLASSES, Level, features_for, label_column
@@ -428,8 +428,9 @@ def read_labelled(paths: Sequence[Path], task: str, *, strict: bool = False) -> 
 
 
 def pooled_name(paths: Sequence[Path]) -> str:
-    """A pooled set's default name for reports: its inputs' names joined with "+" (pdb14189+uniswiss_train)."""
-    return "+".join(Path(path).name for path in paths)
+    """A pooled set's default name for reports (`data split`, `data task`): its inputs' names (`input_name`: a
+    file's without its extension) joined with "+" (pdb14189+uniswiss_train)."""
+    return "+".join(map(input_name, paths))
 
 
 def length_filter(data: datasets.Dataset, low: int | None, high: int | None) -> tuple[datasets.Dataset, int]:
