@@ -4,12 +4,11 @@ differ, such as the RPS27 / RPS27L pair the MinProtBert report found by hand."""
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from pathlib import Path
 
 import datasets
 
-from data_prep.tasks.mmseqs import _check_fraction, flatten, run_mmseqs, write_fasta
+from data_prep.tasks.mmseqs import _check_fraction, easy_search, flatten
 from minprot_ds.errors import UserError
 
 
@@ -46,31 +45,15 @@ def find_conflicts(
     seqs, split_of, row_of = flatten(whole)
     ids = [x for name in whole for x in whole[name]["id"]]
     labels = [x for name in whole for x in whole[name]["label"]]
-    with tempfile.TemporaryDirectory(prefix="minprot-conflicts-") as tmp:
-        work = Path(tmp)
-        write_fasta(seqs, work / "in.fasta")
-        args = [
-            "easy-search",
-            "in.fasta",
-            "in.fasta",
-            "hits.m8",
-            "tmp",
-            "--min-seq-id",
-            str(identity),
-            "-c",
-            str(coverage),
-            "--format-output",
-            "query,target,fident,alnlen,qlen,tlen",
-            "-v",
-            "1",
-        ]
-        if threads:
-            args += ["--threads", str(threads)]
-        run_mmseqs(args, work)
-        lines = (work / "hits.m8").read_text().splitlines()
+    hits = easy_search(
+        seqs,
+        None,
+        ("query", "target", "fident", "alnlen", "qlen", "tlen"),
+        ("--min-seq-id", str(identity), "-c", str(coverage)),
+        threads=threads,
+    )
     best: dict[tuple[int, int], Conflict] = {}
-    for line in lines:
-        q, t, fident, alnlen, qlen, tlen = line.split("\t")
+    for q, t, fident, alnlen, _qlen, _tlen in hits:  # the lengths are the rows' own
         a, b = sorted((int(q), int(t)))
         if a == b or labels[a] == labels[b] or float(fident) < identity:
             continue

@@ -1,4 +1,5 @@
-"""The one entry point the fine-tune jobs call: a task folder or any reader input -> a checked dataset."""
+"""The one entry point the fine-tune jobs call: a task folder or any reader input -> a checked dataset; and what
+reports call an input."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ from data_prep.tasks.formats import check_task, is_dataset_folder, read_inputs
 from minprot_ds.data.task_records import label_column
 from minprot_ds.data.task_store import load_task_folder
 from minprot_ds.errors import UserError
+
+
+def input_name(path: str | Path) -> str:
+    """An input's default name in reports: a file's name before its first dot (PDB186 for PDB186.txt), a folder's
+    whole name."""
+    path = Path(path)
+    return path.name.split(".")[0] if path.is_file() else path.name
 
 
 def load_task_data(

@@ -1,5 +1,6 @@
-"""Redundancy reduction with the real MMseqs2 ("SUB": one representative per cluster) and its random
-control of equal size per split and label ("CUT"), as in the MinProtBert report's SUB vs CUT experiment.
+"""The real MMseqs2 as the data tasks run it (the binary, `easy-search`, `easy-cluster`), and redundancy reduction
+with it ("SUB": one representative per cluster) and its random control of equal size per split and label ("CUT"),
+as in the MinProtBert report's SUB vs CUT experiment.
 
 Both leave a set's `test` split unchanged, so Full, SUB and CUT are scored on one common test set and the
 comparison measures the training set alone.
@@ -11,7 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import datasets
@@ -39,6 +40,44 @@ def run_mmseqs(args: Sequence[str], workdir: Path) -> None:
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise UserError(f"`{' '.join(cmd[:2])}` failed with exit status {proc.returncode}: {' | '.join(tail)}")
+
+
+def easy_search(
+    queries: Sequence[str],
+    targets: Sequence[str] | None,
+    columns: Sequence[str],
+    options: Sequence[str] = (),
+    *,
+    threads: int | None = None,
+) -> Iterator[list[str]]:
+    """Every hit of `mmseqs easy-search OPTIONS` of `queries` against `targets` (all against all when None), one at
+    a time, as the `columns` (MMseqs2 --format-output names) in their text form; query and target are row indices.
+    The hits are read from disk as they are consumed, so an all-vs-all search of a large set needs little memory;
+    its temporary folder goes when the iteration ends."""
+    with tempfile.TemporaryDirectory(prefix="minprot-search-") as tmp:
+        work = Path(tmp)
+        write_fasta(queries, work / "query.fasta")
+        if targets is not None:
+            write_fasta(targets, work / "target.fasta")
+        args = [
+            "easy-search",
+            "query.fasta",
+            "query.fasta" if targets is None else "target.fasta",
+            "hits.m8",
+            "tmp",
+            *options,
+            "--format-output",
+            ",".join(columns),
+            "-v",
+            "1",
+        ]
+        if threads:
+            args += ["--threads", str(threads)]
+        run_mmseqs(args, work)
+        with open(work / "hits.m8") as handle:
+            for line in handle:
+                if line.strip():
+                    yield line.rstrip("\n").split("\t")
 
 
 def _check_fraction(name: str, value: float) -> None:

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_prep.tasks.mmseqs import _check_fraction, run_mmseqs, write_fasta
+from data_prep.tasks.mmseqs import _check_fraction, easy_search
 from minprot_ds.errors import UserError
 from minprot_ds.vocab import rare_to_x
 
@@ -104,33 +103,18 @@ def search(
 ) -> list[Hit]:
     """Every hit `mmseqs easy-search -s SENSITIVITY` reports (default E-value), by row indices; MMseqs2's
     prefilter keeps 300 hits per query unless `max_seqs` says otherwise."""
-    with tempfile.TemporaryDirectory(prefix="minprot-overlap-") as tmp:
-        work = Path(tmp)
-        write_fasta([normalise(s) for s in queries], work / "query.fasta")
-        write_fasta([normalise(s) for s in targets], work / "target.fasta")
-        args = [
-            "easy-search",
-            "query.fasta",
-            "target.fasta",
-            "hits.m8",
-            "tmp",
-            "-s",
-            str(sensitivity),
-            "-v",
-            "1",
-            "--format-output",
-            "query,target,fident,qcov,tcov,evalue,bits",
-        ]
-        if threads:
-            args += ["--threads", str(threads)]
-        if max_seqs is not None:
-            args += ["--max-seqs", str(max_seqs)]
-        run_mmseqs(args, work)
-        hits = []
-        for line in (work / "hits.m8").read_text().splitlines():
-            q, t, ident, qcov, tcov, evalue, bits = line.split("\t")
-            hits.append(Hit(int(q), int(t), float(ident), float(qcov), float(tcov), float(evalue), float(bits)))
-    return hits
+    options = ["-s", str(sensitivity)] + ([] if max_seqs is None else ["--max-seqs", str(max_seqs)])
+    rows = easy_search(
+        [normalise(s) for s in queries],
+        [normalise(s) for s in targets],
+        ("query", "target", "fident", "qcov", "tcov", "evalue", "bits"),
+        options,
+        threads=threads,
+    )
+    return [
+        Hit(int(q), int(t), float(ident), float(qcov), float(tcov), float(evalue), float(bits))
+        for q, t, ident, qcov, tcov, evalue, bits in rows
+    ]
 
 
 def measure(

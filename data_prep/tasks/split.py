@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,8 +33,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from data_prep.tasks.formats import check_task, is_dataset_folder, read_inputs
-from data_prep.tasks.load import load_task_data
-from data_prep.tasks.mmseqs import _check_fraction, run_mmseqs, write_fasta
+from data_prep.tasks.load import input_name, load_task_data
+from data_prep.tasks.mmseqs import _check_fraction, easy_search
 from data_prep.tasks.overlap import SENSITIVITY, Thresholds, measure, normalise
 from minprot_ds.data.task_records import COMPONENT, Q3_CLASSES, Level, features_for, label_column
 from minprot_ds.errors import UserError
@@ -44,6 +43,25 @@ from minprot_ds.fileio import write_json
 SPLITS = ("train", "valid", "test")
 DEFAULT_SENSITIVITY = SENSITIVITY  # the leakage measure's: the split and its check search alike
 SHORT_TOLERANCE = 0.05  # a test/valid share more than 5% under its target is filled by carving (step 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSettings:
+    """How a split is drawn: the requested share of each split, when two proteins are linked (`identity` over
+    `coverage` of the shorter, found at MMseqs2 -s `sensitivity`), the seed of the draw, and mmseqs's threads."""
+
+    fractions: dict[str, float]
+    identity: float = 0.3
+    coverage: float = 0.8
+    sensitivity: float = DEFAULT_SENSITIVITY
+    seed: int = 0
+    threads: int | None = None
+
+    def check(self) -> None:
+        if abs(sum(self.fractions.values()) - 1.0) > 1e-6 or min(self.fractions.values()) < 0:
+            raise UserError(
+                f"the split fractions {self.fractions} must be non-negative and sum to 1; lower --valid or --test"
+            )
 
 
 @dataclasses.dataclass
@@ -73,35 +91,21 @@ def homology_links(
     _check_fraction("--coverage", coverage)
     if len(sequences) < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    with tempfile.TemporaryDirectory(prefix="minprot-split-") as tmp:
-        work = Path(tmp)
-        write_fasta(sequences, work / "in.fasta")
-        args = [
-            "easy-search",
-            "in.fasta",
-            "in.fasta",
-            "hits.m8",
-            "tmp",
-            "-s",
-            str(sensitivity),
-            "--format-output",
-            "query,target,fident,qcov,tcov,qlen,tlen",
-            "-v",
-            "1",
-        ]
-        if threads:
-            args += ["--threads", str(threads)]
-        run_mmseqs(args, work)
-        pairs = set()
-        with open(work / "hits.m8") as handle:
-            for line in handle:
-                q, t, fident, qcov, tcov, qlen, tlen = line.split("\t")
-                a, b = int(q), int(t)
-                if a == b or float(fident) < identity:
-                    continue
-                shorter = float(qcov) if int(qlen) <= int(tlen) else float(tcov)
-                if shorter >= coverage:
-                    pairs.add((min(a, b), max(a, b)))
+    hits = easy_search(
+        sequences,
+        None,
+        ("query", "target", "fident", "qcov", "tcov", "qlen", "tlen"),
+        ("-s", str(sensitivity)),
+        threads=threads,
+    )
+    pairs = set()
+    for q, t, fident, qcov, tcov, qlen, tlen in hits:
+        a, b = int(q), int(t)
+        if a == b or float(fident) < identity:
+            continue
+        shorter = float(qcov) if int(qlen) <= int(tlen) else float(tcov)
+        if shorter >= coverage:
+            pairs.add((min(a, b), max(a, b)))
     return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
 
 
@@ -282,33 +286,26 @@ def write_conflicts(conflicts: list[list[tuple[str, str]]], path: Path) -> Path:
 
 
 def split_dataset(
-    data: datasets.Dataset,
-    level: Level,
-    *,
-    fractions: dict[str, float],
-    identity: float = 0.3,
-    coverage: float = 0.8,
-    sensitivity: float = DEFAULT_SENSITIVITY,
-    seed: int = 0,
-    threads: int | None = None,
+    data: datasets.Dataset, level: Level, how: SplitSettings
 ) -> tuple[datasets.DatasetDict, dict, dict[str, list[int]]]:
     """The train / valid / test splits (see the module's docstring) with each row's connected component in the
     `component` column (what the fine-tune's bootstrap resamples whole), split.json's report and each split's
     rows."""
-    if abs(sum(fractions.values()) - 1.0) > 1e-6 or min(fractions.values()) < 0:
-        raise UserError(f"the split fractions {fractions} must be non-negative and sum to 1; lower --valid or --test")
+    how.check()
     labels = labels_of(data, level)
-    links = homology_links(data["sequence"], identity, coverage, sensitivity=sensitivity, threads=threads)
-    found = partition(labels, links, fractions, seed)
+    links = homology_links(
+        data["sequence"], how.identity, how.coverage, sensitivity=how.sensitivity, threads=how.threads
+    )
+    found = partition(labels, links, how.fractions, how.seed)
     data = data.add_column(COMPONENT, found.component)
     split = datasets.DatasetDict({name: data.select(found.parts[name]) for name in SPLITS})
     ids = data["id"]
     report = {
         "method": "connected components of an all-vs-all mmseqs easy-search; whole components to one split",
-        "identity": identity,
-        "coverage_of_shorter": coverage,
-        "sensitivity": sensitivity,
-        "seed": seed,
+        "identity": how.identity,
+        "coverage_of_shorter": how.coverage,
+        "sensitivity": how.sensitivity,
+        "seed": how.seed,
         "proteins": data.num_rows,
         "links": len(links),
         "components": found.components,
@@ -317,7 +314,7 @@ def split_dataset(
         "components_carved": found.carved,
         "removed_to_cut_links": len(found.removed),
         "removed_ids": [ids[i] for i in found.removed],
-        "fractions": fractions_report(labels, found.parts, fractions),
+        "fractions": fractions_report(labels, found.parts, how.fractions),
     }
     return split, report, found.parts
 
@@ -361,39 +358,21 @@ def measure_leakage(
 
 
 def split_and_check(
-    data: datasets.Dataset,
-    level: Level,
-    *,
-    fractions: dict[str, float],
-    identity: float = 0.3,
-    coverage: float = 0.8,
-    sensitivity: float = DEFAULT_SENSITIVITY,
-    thresholds: Thresholds | None = None,
-    seed: int = 0,
-    threads: int | None = None,
+    data: datasets.Dataset, level: Level, how: SplitSettings, thresholds: Thresholds | None = None
 ) -> tuple[datasets.DatasetDict, dict, dict]:
-    """`split_dataset`, then `measure_leakage` at the split's own identity and coverage unless `thresholds` are
-    given: (splits, split.json, leakage.json)."""
-    thresholds = thresholds or Thresholds(max(0.95, identity), identity, coverage)
+    """`split_dataset`, then `measure_leakage` at the split's own identity, coverage and sensitivity unless
+    `thresholds` are given: (splits, split.json, leakage.json)."""
+    thresholds = thresholds or Thresholds(max(0.95, how.identity), how.identity, how.coverage)
     thresholds.check()  # before the expensive search
-    split, report, parts = split_dataset(
-        data,
-        level,
-        fractions=fractions,
-        identity=identity,
-        coverage=coverage,
-        sensitivity=sensitivity,
-        seed=seed,
-        threads=threads,
-    )
-    checked, leakage, kept_rows = measure_leakage(split, thresholds, sensitivity=sensitivity, threads=threads)
+    split, report, parts = split_dataset(data, level, how)
+    checked, leakage, kept_rows = measure_leakage(split, thresholds, sensitivity=how.sensitivity, threads=how.threads)
     gone = sum(map(len, leakage["removed_by_the_check"].values()))
     report["removed_by_the_leakage_check"] = gone
     if gone:
         parts = {
             name: [parts[name][i] for i in kept_rows[name]] if name in kept_rows else parts[name] for name in parts
         }
-        report["fractions"] = fractions_report(labels_of(data, level), parts, fractions)
+        report["fractions"] = fractions_report(labels_of(data, level), parts, how.fractions)
     return checked, report, leakage
 
 
@@ -449,8 +428,9 @@ def read_labelled(paths: Sequence[Path], task: str, *, strict: bool = False) -> 
 
 
 def pooled_name(paths: Sequence[Path]) -> str:
-    """A pooled set's default name for reports: its inputs' names joined with "+" (pdb14189+uniswiss_train)."""
-    return "+".join(Path(path).name for path in paths)
+    """A pooled set's default name for reports (`data split`, `data task`): its inputs' names (`input_name`: a
+    file's without its extension) joined with "+" (pdb14189+uniswiss_train)."""
+    return "+".join(map(input_name, paths))
 
 
 def length_filter(data: datasets.Dataset, low: int | None, high: int | None) -> tuple[datasets.Dataset, int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import datasets
 from Bio import SwissProt
 
-from data_prep.tasks.split import DEFAULT_SENSITIVITY, removals, split_and_check
+from data_prep.tasks.split import DEFAULT_SENSITIVITY, SplitSettings, removals, split_and_check
 from minprot_ds.data.task_records import SEQUENCE_FEATURES, clean_sequence
 from minprot_ds.errors import UserError
 from minprot_ds.vocab import MAX_RESIDUES
@@ -113,15 +113,9 @@ def build_swissprot(
             f"no reviewed {organism} entries of {MIN_RESIDUES}-{MAX_RESIDUES} residues in {', '.join(map(str, paths))}"
         )
     full = datasets.Dataset.from_dict(columns, features=SEQUENCE_FEATURES)
-    split, report, leakage = split_and_check(
-        full,
-        "sequence",
-        fractions=SPLIT_FRACTIONS,
-        identity=identity,
-        coverage=coverage,
-        sensitivity=sensitivity,
-        seed=seed,
-        threads=threads,
+    how = SplitSettings(
+        SPLIT_FRACTIONS, identity=identity, coverage=coverage, sensitivity=sensitivity, seed=seed, threads=threads
     )
+    split, report, leakage = split_and_check(full, "sequence", how)
     excluded.update(removals(report))
     return split, dict(excluded), report, leakage

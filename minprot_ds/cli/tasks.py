@@ -105,7 +105,11 @@ def task(
     task_name: Optional[str] = typer.Option(
         None, "--task", help="dna-binding | membrane | q3 (default: what the format carries)"
     ),
-    name: Optional[str] = typer.Option(None, help="dataset name for reports (default: the first input's name)"),
+    name: Optional[str] = typer.Option(
+        None,
+        help="dataset name for reports (default, as `data split`: the inputs' names joined with '+', a file's "
+        "without its extension)",
+    ),
     strict: bool = typer.Option(False, help="fail on the first malformed record instead of skipping and counting"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing, non-empty --out"),
 ) -> None:
@@ -123,10 +127,11 @@ def task(
     """
     check_out(out, folder=True, overwrite=overwrite)
     from data_prep.tasks.formats import FORMATS, read_inputs
+    from data_prep.tasks.split import pooled_name
     from minprot_ds.data.task_store import TaskMeta
 
     report = read_inputs(files, fmt, task=task_name, strict=strict)
-    title = name or files[0].stem
+    title = name or pooled_name(files)
     _print_summary(
         f"{title} ({report.format})",
         report.data,
@@ -177,7 +182,9 @@ class SplitOptions:
     min_length: Optional[int] = option(None, "drop proteins shorter than this (counted)", min=1)
     max_length: Optional[int] = option(None, "drop proteins longer than this (counted), e.g. 512", min=1)
     seed: int = option(0, "seed of the order in which components are drawn")
-    name: Optional[str] = option(None, "dataset name for reports (default: the inputs' names joined with '+')")
+    name: Optional[str] = option(
+        None, "dataset name for reports (default: the inputs' names joined with '+', a file's without its extension)"
+    )
     threads: Optional[int] = option(None, "mmseqs threads (default: all cores)", min=1)
     strict: bool = option(False, "fail on the first malformed record instead of skipping and counting")
     overwrite: bool = option(False, "replace an existing, non-empty --out")
@@ -187,6 +194,7 @@ def _split(opts: SplitOptions) -> None:
     check_out(opts.out, folder=True, overwrite=opts.overwrite)
     from data_prep.tasks.formats import TASKS
     from data_prep.tasks.split import (
+        SplitSettings,
         length_filter,
         pool,
         pooled_name,
@@ -210,16 +218,15 @@ def _split(opts: SplitOptions) -> None:
     if outside:
         excluded[f"outside {opts.min_length or 1}-{opts.max_length or 'any'} residues"] = outside
     fractions = {"train": 1.0 - opts.valid - opts.test, "valid": opts.valid, "test": opts.test}
-    split, report, leakage = split_and_check(
-        data,
-        level,
-        fractions=fractions,
+    how = SplitSettings(
+        fractions,
         identity=opts.identity,
         coverage=opts.coverage,
         sensitivity=opts.sensitivity,
         seed=opts.seed,
         threads=opts.threads,
     )
+    split, report, leakage = split_and_check(data, level, how)
     excluded.update(removals(report))
     title = opts.name or pooled_name(opts.inputs)
     dropped = {"skipped": dict(read.skipped), "excluded": excluded}

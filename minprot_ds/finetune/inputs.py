@@ -8,7 +8,7 @@ from pathlib import Path
 import datasets
 
 from data_prep.tasks import load_task_data
-from data_prep.tasks.load import pick_split
+from data_prep.tasks.load import input_name, pick_split
 from minprot_ds.data.task_store import read_meta
 from minprot_ds.errors import UserError
 
@@ -45,8 +45,7 @@ def describe(path: Path, override: str | None = None) -> DatasetInfo:
     """From the folder's minprot_task.json when there is one, else the file or folder name."""
     meta = read_meta(path) if path.is_dir() else None
     if meta is None:
-        stem = path.name.split(".")[0] if path.is_file() else path.name
-        return DatasetInfo(override or stem)
+        return DatasetInfo(override or input_name(path))
     identity = None
     sub = meta.options.get("sub") if isinstance(meta.options, dict) else None
     if meta.variant == "sub" and isinstance(sub, dict) and "identity" in sub:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
@@ -42,6 +43,24 @@ def test_task_command_round_trip(shared_data: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     data = load_task_data(out, "q3", split="test")  # a single-split folder serves any split
     assert data.num_rows == 511 and data.features["labels"].feature.dtype == "int64"
+
+
+def test_task_command_names_a_pooled_set_after_every_input(tmp_path: Path) -> None:
+    """As `data split` names a pooled set: the inputs' names joined with '+', a file's without its extension."""
+    files = {"X_P.txt": "MKVLAAGIRRSTLEQWDFGHK", "X_N.txt": "MSTNPKPQRKTKRNTNRRPQDV"}  # labels from _P / _N
+    for name, seq in files.items():
+        (tmp_path / name).write_text(f">{name[:3]}\n{seq}\n")
+
+    def name_of(*args: str) -> str:
+        out = tmp_path / f"task{len(list(tmp_path.glob('task*')))}"
+        result = CliRunner().invoke(app, ["data", "task", *args, "--out", str(out)])
+        assert result.exit_code == 0, (result.output, result.exception)
+        return json.loads((out / "minprot_task.json").read_text())["name"]
+
+    both = [str(tmp_path / name) for name in files]
+    assert name_of(*both) == "X_P+X_N"
+    assert name_of(both[0]) == "X_P"
+    assert name_of(*both, "--name", "X") == "X"
 
 
 def test_bad_paths_and_tasks(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from data_prep.tasks.conflicts import find_conflicts, to_markdown
-from data_prep.tasks.mmseqs import random_subset, reduce
+from data_prep.tasks.mmseqs import easy_search, random_subset, reduce
 from minprot_ds.cli import app
 from minprot_ds.data.task_records import SEQUENCE_FEATURES
 from minprot_ds.data.task_store import TaskMeta, save_task
@@ -64,6 +64,22 @@ def test_conflicts_find_the_disagreeing_family() -> None:
     assert all(0.95 <= c.identity < 1.0 and c.label_a != c.label_b for c in found)
     md = to_markdown(found, "families", 0.9)
     assert "2 pair(s) of sequences at least 90% identical" in md and "| f0m0 | train | 0 | f0m1 | train | 1 |" in md
+
+
+@needs_mmseqs
+@pytest.mark.slow
+def test_easy_search_all_against_all_and_query_against_target() -> None:
+    train = _family_set()["train"].select(range(4))
+    family = [rid.split("m")[0] for rid in train["id"]]  # f0, f0, f0, f1
+    seqs = train["sequence"]
+    hits = list(easy_search(seqs, None, ("query", "target", "fident", "qlen"), ("-s", "7.5"), threads=1))
+    assert all(len(h) == 4 for h in hits)
+    pairs = {(int(q), int(t)) for q, t, *_ in hits}
+    assert pairs == {(a, b) for a in range(4) for b in range(4) if family[a] == family[b]}
+    assert all(int(qlen) == 120 and (float(fident) == 1.0) == (q == t) for q, t, fident, qlen in hits)
+    # Against another set, the targets are that set's rows: f0m2 and f1m0 against f0m0 and f0m1.
+    hits = list(easy_search(seqs[2:], seqs[:2], ("query", "target"), threads=1))
+    assert sorted((int(q), int(t)) for q, t in hits) == [(0, 0), (0, 1)]
 
 
 @needs_mmseqs

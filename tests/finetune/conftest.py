@@ -53,6 +53,20 @@ def sets(shared_data: Path, tmp_path_factory) -> dict[str, Path]:
             "sub",
             {"organism": "human", "sub": {"identity": 0.85}},
         ),
+        # PDB186 rows 3V9RA, 3VH5A and 3B0CT, whose closest dna_train row (1B6WA: 31-40% identical, over less than
+        # half of them) MMseqs2 finds at -s 7.5 but not at -s 1, and three negatives with no hit in dna_train at all.
+        "dna_remote": task_folder(
+            pdb186.select(
+                [
+                    i
+                    for i, rid in enumerate(pdb186["id"])
+                    if rid in ("3V9RA", "3VH5A", "3B0CT", "3W1SC", "4HWXA", "2M0YA")
+                ]
+            ),
+            root / "dna_remote",
+            "dna-binding",
+            "PDB186",
+        ),
         "mem_train": task_folder(balanced(deeploc, 8, 200), root / "mem_train", "membrane", "DeepLoc"),
         "mem_test": task_folder(balanced(deeploc, 5, 200, skip=8), root / "mem_test", "membrane", "DeepLoc"),
         # CASP12 rows 0-5 train; the test keeps row 12 (563 residues: scored by windows) and masked residues.

@@ -1,5 +1,5 @@
 """Train/test overlap on the real PDB1075 -> PDB186 benchmark with the real MMseqs2: the command, and a fine-tune's
-metrics.json and filtered test set."""
+metrics.json, filtered test set and leakage search sensitivity."""
 
 from __future__ import annotations
 
@@ -114,3 +114,27 @@ def test_finetune_reports_leakage_and_scores_the_filtered_test_set(
     for scored in (metrics["test"], filtered, *metrics["baselines"].values()):
         assert set(scored["ci95"]) >= {"accuracy", "roc_auc", "mcc"} and scored["ci_method"]["resamples"] == 1000
     assert metrics["test"]["n"] == 186 and metrics["coverage"]["residue_coverage"] == 1.0
+
+
+def test_leakage_sensitivity_reaches_the_fine_tunes_search(sets, teacher_dir: Path, tmp_path: Path) -> None:
+    """--leakage-sensitivity is the -s of the fine-tune's leakage search: at 1, MMseqs2's prefilter misses the
+    distant homologs in dna_train (1B6WA's) that the default, 7.5, finds for three dna_remote rows."""
+
+    def finetune(*flags: str) -> tuple[dict, dict[str, str]]:
+        out = tmp_path / f"ft{len(list(tmp_path.iterdir()))}"
+        args = ["--task", "dna-binding", "--model", str(teacher_dir), "--out", str(out), "--epochs", "1"]
+        args += ["--train", str(sets["dna_train"]), "--test", str(sets["dna_remote"]), "--batch-size", "4", *flags]
+        result = CliRunner().invoke(app, ["finetune", *args])
+        assert result.exit_code == 0, (result.output, result.exception)
+        with open(out / "leakage.tsv", newline="") as handle:
+            closest = {r["id"]: r["closest_train_id"] for r in csv.DictReader(handle, delimiter="\t")}
+        return json.loads((out / "metrics.json").read_text())["leakage"]["test"], closest
+
+    leakage, closest = finetune()
+    assert leakage["tool"] == "mmseqs easy-search -s 7.5" and len(closest) == 6
+    assert {rid: train for rid, train in closest.items() if train} == dict.fromkeys(
+        ("3V9RA", "3VH5A", "3B0CT"), "1B6WA"
+    )
+    leakage, closest = finetune("--leakage-sensitivity", "1")
+    assert leakage["tool"] == "mmseqs easy-search -s 1.0" and len(closest) == 6
+    assert not any(closest.values())
