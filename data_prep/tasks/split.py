@@ -358,11 +358,11 @@ def measure_leakage(
 
 
 def split_and_check(
-    data: datasets.Dataset, level: Level, how: SplitSettings, thresholds: Thresholds | None = None
+    data: datasets.Dataset, level: Level, how: SplitSettings
 ) -> tuple[datasets.DatasetDict, dict, dict]:
-    """`split_dataset`, then `measure_leakage` at the split's own identity, coverage and sensitivity unless
-    `thresholds` are given: (splits, split.json, leakage.json)."""
-    thresholds = thresholds or Thresholds(max(0.95, how.identity), how.identity, how.coverage)
+    """`split_dataset`, then `measure_leakage` at the split's own identity, coverage and sensitivity:
+    (splits, split.json, leakage.json)."""
+    thresholds = Thresholds(max(0.95, how.identity), how.identity, how.coverage)
     thresholds.check()  # before the expensive search
     split, report, parts = split_dataset(data, level, how)
     checked, leakage, kept_rows = measure_leakage(split, thresholds, sensitivity=how.sensitivity, threads=how.threads)
