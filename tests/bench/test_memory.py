@@ -153,10 +153,10 @@ def test_throughput_skips_a_setting_the_plan_says_cannot_fit(tmp_path):
 # --- what autograd keeps, per layer --------------------------------------------------------------------
 
 
-def _saved_bytes(config, layers: int) -> int:
+def _saved_bytes(config, layers: int, dtype) -> int:
     """Bytes of the distinct non-parameter tensors autograd keeps for backward in one training forward of the
-    encoder (SDPA attention, fp32) of `config` with `layers` layers, on 4 full rows of 64 tokens (no padding: with
-    padding SDPA also keeps, per layer, the mask as a float rows x T x T bias, T values per token)."""
+    encoder (SDPA attention, weights in `dtype`) of `config` with `layers` layers, on 4 full rows of 64 tokens (no
+    padding: with padding SDPA also keeps, per layer, the mask as a float rows x T x T bias, T values per token)."""
     import torch
 
     from minprot_ds.models.family import family_of_config
@@ -164,7 +164,7 @@ def _saved_bytes(config, layers: int) -> int:
     family = family_of_config(config)
     config = family.config_class.from_dict({**config.to_dict(), "num_hidden_layers": layers})
     torch.manual_seed(0)
-    model = family.masked_lm_class._from_config(config, attn_implementation="sdpa").train()
+    model = family.masked_lm_class._from_config(config, attn_implementation="sdpa", dtype=dtype).train()
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     kept: dict[int, int] = {}
 
@@ -182,11 +182,13 @@ def _saved_bytes(config, layers: int) -> int:
 
 
 @pytest.mark.parametrize("family", ["bert", "esm"])
-def test_a_layer_keeps_what_the_plan_counts(family):
-    """Per token, one more encoder layer makes autograd keep `layer_widths(config).saved` more values: BERT's
-    8·H + 2·I, ESM-2's 8·H + 4·I (its erf GELU keeps four I-wide values; rotary's rotated Q and K replace the
-    projections). I = 3·H here, so the two counts differ by a third; small per-token values (LayerNorm
-    statistics, attention's log-sum-exp) stay within 3%."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_layer_keeps_what_the_plan_counts(family, precision):
+    """Per token, one more encoder layer makes autograd keep `layer_widths(config).saved` more values at the run's
+    precision: BERT's 8·H + 2·I, ESM-2's 8·H + 4·I (its erf GELU keeps four I-wide values; rotary's rotated Q and K
+    replace the projections, and in bf16 its fp32 copies are not kept). I = 3·H here, so the two counts differ by a
+    third; small per-token values (LayerNorm statistics, attention's log-sum-exp) stay within 3%."""
+    import torch
     from transformers import BertConfig, EsmConfig
 
     from minprot_ds.vocab import ESM2
@@ -206,7 +208,8 @@ def test_a_layer_keeps_what_the_plan_counts(family):
         )
     else:
         config = BertConfig(vocab_size=30, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **shape)
-    per_token = (_saved_bytes(config, 2) - _saved_bytes(config, 1)) / (4 * 64) / 4
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    per_token = (_saved_bytes(config, 2, dtype) - _saved_bytes(config, 1, dtype)) / (4 * 64) / mem.BYTES[precision]
     expected = mem.layer_widths(config).saved
     assert expected == (8 * 64 + (4 if family == "esm" else 2) * 192)
     assert expected <= per_token <= 1.03 * expected, (per_token, expected)
