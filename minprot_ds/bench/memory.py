@@ -22,8 +22,8 @@ Per device, for a setting (ZeRO stage, precision, activation checkpointing, devi
   (x * 0.5 * (1 + erf(x / sqrt 2))), so autograd keeps x / sqrt 2, 1 + erf(...), x * 0.5 and the output;
   with activation checkpointing only each layer's input is kept and one layer is recomputed at a time;
   plus one layer's worth of activation gradients during backward, hidden states for the cosine term, the
-  input of the last LayerNorm (BERT: the embeddings' LayerNorm; ESM-2: `emb_layer_norm_after`, which ESM-2
-  has instead: its embeddings have no LayerNorm, and token_dropout's zeroing and rescaling of the embeddings
+  input of the one LayerNorm outside the layers (BERT: the embeddings' LayerNorm; ESM-2: the final
+  `emb_layer_norm_after`, as its embeddings have none; token_dropout's zeroing and rescaling of the embeddings
   keep nothing for backward, the scale being a constant per row), the MLM head at masked positions (ESM-2's
   head has the erf GELU too: 4·H kept per masked token against BERT's 2·H), and the dense gradient autograd
   makes for the embedding tables (40,000 x H for ProtBert's positions; ESM-2 has only its 33-token word
@@ -212,7 +212,7 @@ def estimate(config: Any, student_layers: int, plan: Plan, *, max_tokens: int, m
         acts = student_layers * tokens * h * w + per_layer
     else:
         acts = student_layers * per_layer
-    acts += per_layer + 3 * tokens * h * w + head  # backward's working layer, last LayerNorm's input, L_cos states
+    acts += per_layer + 3 * tokens * h * w + head  # backward's working layer, outer LayerNorm's input, L_cos states
     acts += grads_w * largest_layer  # autograd's dense gradient of the embedding tables, before DeepSpeed takes it
     teacher_params = model_params(config, config.num_hidden_layers)
     teacher_working = widths.teacher * tokens * w + 2 * tokens * h * w
