@@ -9,11 +9,13 @@ residues, the corpus' range, so the naive loop's 512 cut changes nothing) in the
 setting's figure is the median of --repeats timed runs after one warm-up, and "max |diff|" is the largest
 difference between the two paths' outputs. Several --max-tokens budgets are timed against one naive loop (the
 default: the device's, minprot_ds.inference.options.default_max_tokens); --layers keeps a preset's width at a
-depth a CPU runs in minutes (the per-layer cost, hence the budget's effect, does not depend on depth). Prints a
-table and writes JSON.
+depth a CPU runs in minutes (the per-layer cost, hence the budget's effect, does not depend on depth). The
+preset names the family too: an esm2-* preset times ESM-2 models (EsmForMaskedLM's encoder, ESM-2's tokenizer
+on unspaced residues in the naive loop, as ESM's examples do). Prints a table and writes JSON.
 
     .venv/bin/python benchmarks/inference.py --preset cpu-small --proteins 256 --repeats 3
     .venv/bin/python benchmarks/inference.py --preset protbert --layers 2 --modes embed --max-tokens 2048 8192
+    .venv/bin/python benchmarks/inference.py --preset esm2-150m --layers 2 --modes embed --proteins 64
 """
 
 from __future__ import annotations
@@ -35,29 +37,20 @@ RESIDUES = list("LAGVESIKRDTPNQFYMHCW")
 
 
 def make_inputs(folder: Path, preset: str, proteins: int, seed: int, layers: int | None = None) -> dict[str, Path]:
-    """Random teacher and student encoders in the preset's shape (the teacher `layers` deep if given, the
-    student half as deep), a dna-binding head on each, a FASTA."""
+    """Random teacher and student encoders in the preset's shape and family (the teacher `layers` deep if given,
+    the student half as deep), a dna-binding head on each, a FASTA."""
     from minprot_ds.bench.throughput import random_models
     from minprot_ds.data.synthetic import sample_lengths
     from minprot_ds.finetune.tasks import task_spec
-    from minprot_ds.models.masked_lm import MODEL_PRESETS, save_random_protbert
+    from minprot_ds.models.masked_lm import save_random_preset
     from minprot_ds.scoring.heads import build_task_model, save_task_model
 
-    p = MODEL_PRESETS[preset]
     if layers is None:
         teacher, student_layers = random_models(folder, preset, seed)
     else:
-        shape = dict(hidden_size=p.hidden_size, num_heads=p.num_heads, intermediate_size=p.intermediate_size)
-        teacher = save_random_protbert(folder / "teacher", num_layers=layers, seed=seed, **shape)
+        teacher = save_random_preset(folder / "teacher", preset, seed=seed, num_layers=layers)
         student_layers = max(1, layers // 2)
-    student = save_random_protbert(
-        folder / "student",
-        num_layers=student_layers,
-        hidden_size=p.hidden_size,
-        num_heads=p.num_heads,
-        intermediate_size=p.intermediate_size,
-        seed=seed + 1,
-    )
+    student = save_random_preset(folder / "student", preset, seed=seed + 1, num_layers=student_layers)
     spec = task_spec("dna-binding")
     out = {"teacher": teacher, "student": student}
     for role, enc in (("teacher", teacher), ("student", student)):
@@ -75,13 +68,16 @@ def make_inputs(folder: Path, preset: str, proteins: int, seed: int, layers: int
 def naive(model_dir: Path, fasta: Path, mode: str) -> np.ndarray:
     """The notebook loop; returns [N, H] mean embeddings or [N] positive-class probabilities."""
     from Bio import SeqIO
-    from transformers import AutoModel, BertTokenizer
+    from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from minprot_ds.models.family import family_of
     from minprot_ds.scoring.heads import load_task_model
 
     hf_logging.set_verbosity_error()  # the MLM head's unused weights are expected
-    tokenizer = BertTokenizer.from_pretrained(str(model_dir), do_lower_case=False)
+    family = family_of(model_dir)
+    # ProtBert's folder gives BertTokenizer (do_lower_case False), ESM-2's EsmTokenizer: the notebooks' tokenizers
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = (load_task_model(model_dir) if mode == "predict" else AutoModel.from_pretrained(str(model_dir))).eval()
     seqs = [str(r.seq) for r in SeqIO.parse(str(fasta), "fasta")]
     out = []
@@ -89,7 +85,11 @@ def naive(model_dir: Path, fasta: Path, mode: str) -> np.ndarray:
         for start in range(0, len(seqs), 8):
             batch = seqs[start : start + 8]
             enc = tokenizer(
-                [" ".join(s) for s in batch], padding=True, truncation=True, max_length=514, return_tensors="pt"
+                [family.vocab.spaced(s) for s in batch],
+                padding=True,
+                truncation=True,
+                max_length=family.max_residues + 2,
+                return_tensors="pt",
             )
             if mode == "predict":
                 out.extend(torch.softmax(model(enc["input_ids"], enc["attention_mask"]), -1)[:, 1].tolist())

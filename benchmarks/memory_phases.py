@@ -2,12 +2,14 @@
 allocator and with freed blocks unmapped at once, beside the memory plan's parts.
 
 One process per allocator setting (a peak RSS never goes down): it builds the engine for a random teacher
-in ProtBert's format at ProtBert's width (hidden 1024, FFN 4096, 40,000 positions; `--teacher-layers`),
-runs `--steps` steps, and around each phase (teacher_forward, student_forward, loss, backward, optimizer;
-`DistillEngine.step(phase_timer=)`) resets the kernel's peak (`/proc/self/clear_refs`) and reads it back.
+in a model preset's format and width (`--preset`, default protbert: hidden 1024, FFN 4096, 40,000 positions;
+esm2-*: ESM-2's format, rotary positions) at `--teacher-layers` layers, runs `--steps` steps, and around each
+phase (teacher_forward, student_forward, loss, backward, optimizer; `DistillEngine.step(phase_timer=)`) resets
+the kernel's peak (`/proc/self/clear_refs`) and reads it back.
 Figures are GB above the process before the models were built.
 
     .venv/bin/python benchmarks/memory_phases.py --teacher-layers 8 --student-layers 6 --stage 3
+    .venv/bin/python benchmarks/memory_phases.py --preset esm2-150m --teacher-layers 6 --student-layers 3 --stage 2
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ ALLOCATORS = ("glibc-default", "unmap-freed")
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """One process: `memory.measure` with each phase's (entry, peak, exit) recorded, above the bare process."""
-    from transformers import BertConfig
+    from transformers import AutoConfig
 
     from minprot_ds.bench import memory as mem
     from minprot_ds.bench import memory_measure as measured_mem
@@ -66,7 +68,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     for p in phases:
         p.update({k: (p[k] - before) / GB for k in ("entry", "peak", "exit")})
     est = mem.estimate(
-        BertConfig.from_pretrained(args.teacher),
+        AutoConfig.from_pretrained(args.teacher),
         args.student_layers,
         plan,
         max_tokens=padded,
@@ -83,21 +85,28 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def make_inputs(work: Path, teacher_layers: int) -> tuple[Path, Path]:
-    """A random teacher at ProtBert's width and a corpus of 510-residue rows (every micro-batch full)."""
+def make_inputs(work: Path, preset: str, teacher_layers: int) -> tuple[Path, Path]:
+    """A random teacher in the preset's family and width (its config as `minprot bench memory --preset` plans
+    it: ProtBert's 40,000 positions for protbert) and a corpus of 510-residue rows (every micro-batch full)."""
     from data_prep.corpus import prepare_corpus
-    from minprot_ds.models.masked_lm import save_random_protbert
+    from minprot_ds.bench.memory import preset_config
+    from minprot_ds.models.masked_lm import MODEL_PRESETS, save_random_esm2, save_random_protbert
 
-    teacher = work / f"teacher-{teacher_layers}l"
+    p = MODEL_PRESETS[preset]
+    teacher = work / f"teacher-{preset}-{teacher_layers}l"
     if not (teacher / "model.safetensors").is_file():
-        save_random_protbert(
-            teacher,
+        shape = dict(
             num_layers=teacher_layers,
-            hidden_size=1024,
-            num_heads=16,
-            intermediate_size=4096,
-            max_position_embeddings=40_000,
+            hidden_size=p.hidden_size,
+            num_heads=p.num_heads,
+            intermediate_size=p.intermediate_size,
         )
+        if p.family == "esm":
+            save_random_esm2(teacher, **shape)
+        else:
+            save_random_protbert(
+                teacher, **shape, max_position_embeddings=preset_config(preset).max_position_embeddings
+            )
     corpus = work / "corpus"
     if not (corpus / "manifest.json").is_file():
         rng = random.Random(0)
@@ -111,6 +120,14 @@ def make_inputs(work: Path, teacher_layers: int) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    from minprot_ds.models.masked_lm import MODEL_PRESETS
+
+    p.add_argument(
+        "--preset",
+        default="protbert",
+        choices=list(MODEL_PRESETS),
+        help="the teacher's family and width (minprot_ds.models.masked_lm.MODEL_PRESETS); random weights",
     )
     p.add_argument("--teacher-layers", type=int, default=8)
     p.add_argument("--student-layers", type=int, default=6)
@@ -130,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(child(args)))
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
-    teacher, corpus = make_inputs(args.work, args.teacher_layers)
+    teacher, corpus = make_inputs(args.work, args.preset, args.teacher_layers)
     runs = []
     for allocator in ALLOCATORS:
         cmd = [
@@ -158,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         ["", f"step peak (memory plan: {plan['total']:.2f})", *(x for r in runs for x in ("", f"{r['peak_gb']:.2f}"))]
     )
     print_table(
-        f"peak RSS by phase, GB above the bare process (ZeRO-{args.stage}, 1 rank, fp32, "
+        f"peak RSS by phase, GB above the bare process ({args.preset} width, ZeRO-{args.stage}, 1 rank, fp32, "
         f"{args.teacher_layers}-layer teacher, {args.student_layers}-layer student, {runs[0]['padded_tokens']} tokens)",
         ["step", "phase", *(f"{r['allocator']}: {k}" for r in runs for k in ("entry", "peak"))],
         rows,

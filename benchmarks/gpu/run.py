@@ -15,9 +15,14 @@ and gpu_run.log (every step's output). Steps, in order of priority:
                    two token budgets, checkpointing off/on, the fused loss, the naive baseline paired,
                    the 3-epoch projection for 8 GPUs; then --compile none,teacher
   memory-plan      `minprot bench memory` for the measured settings, against their measured peaks
+  throughput-esm2-bf16  the same for ESM-2: the esm2-650m preset (random weights, 33 -> 17 layers), 1 GPU,
+                   ZeRO-2, bf16, fused loss at ESM-2's 33 tokens, the config's 8,192 tokens and 16,384,
+                   the naive baseline paired, the 3-epoch projection
+  memory-plan-esm2 `minprot bench memory --preset esm2-650m` against those settings' measured peaks
   step-profile     benchmarks/step_profile.py: time by operator family, engine vs naive
 
---dry-run (automatic without CUDA) runs the same steps on CPU at tiny shapes with few steps: the test
+--dry-run (automatic without CUDA) runs the same steps on CPU at tiny shapes with few steps (the tiny and
+esm2-tiny presets): the test
 tests/benchmarks/test_gpu_run.py runs it, so this script cannot rot between GPU sessions.
 """
 
@@ -396,9 +401,10 @@ def _vs_eager(r: dict) -> str:
     return f"{r['speedup_vs_eager']:.2f}× eager's speed at {memory}"
 
 
-def throughput_common(run: Run, precision: str) -> list[str]:
-    """The model and corpus: made by the first throughput step in run.work, reused by the later ones."""
-    teacher = run.work / ("teacher-tiny" if run.dry else "teacher-protbert")
+def throughput_common(run: Run, precision: str, preset: str) -> list[str]:
+    """The model and corpus: a preset's random teacher made by its first throughput step in run.work and reused by
+    later ones; one synthetic corpus for every step (ProtBert ids, remapped for ESM-2 when batches are built)."""
+    teacher = run.work / f"teacher-{preset}"
     corpus = run.work / "corpus"
     steps = (
         ["--steps", "1", "--warmup", "0", "--repeats", "1"]
@@ -410,7 +416,7 @@ def throughput_common(run: Run, precision: str) -> list[str]:
     common = [
         *steps,
         "--preset",
-        "tiny" if run.dry else "protbert",
+        preset,
         "--zero-stage",
         "2",
         "--loss-impl",
@@ -419,11 +425,13 @@ def throughput_common(run: Run, precision: str) -> list[str]:
         precision,
         *measured_peak(run, precision),
     ]
-    if (teacher / "config.json").is_file() and (corpus / "manifest.json").is_file():
-        return common + ["--teacher", str(teacher), "--corpus", str(corpus)]
+    if (teacher / "config.json").is_file():
+        common += ["--teacher", str(teacher)]
+    else:
+        common += ["--work-dir", str(run.work)]
+    if (corpus / "manifest.json").is_file():
+        return common + ["--corpus", str(corpus)]
     return common + [
-        "--work-dir",
-        str(run.work),
         "--synthetic-sequences",
         "300" if run.dry else "20000",
         *(["--lengths", str(lengths)] if lengths.is_file() else []),
@@ -439,6 +447,8 @@ def throughput_step(
     dry_sweep: list[str],
     budget: float,
     baseline: bool = True,
+    preset: str = "protbert",
+    dry_preset: str = "tiny",
 ) -> Step:
     def commands(run: Run) -> list[list[str]]:
         p, axes = (dry_precision, dry_sweep) if run.dry else (precision, sweep)
@@ -447,7 +457,7 @@ def throughput_step(
             py(
                 run,
                 "benchmarks/throughput.py",
-                *throughput_common(run, p),
+                *throughput_common(run, p, dry_preset if run.dry else preset),
                 *axes,
                 *([] if baseline else ["--no-baseline"]),
                 *projection,
@@ -517,76 +527,75 @@ def read_throughput(run: Run, path: Path):
     return summary, rows, report
 
 
-def memory_commands(run: Run) -> list[list[str]]:
-    budgets = sorted(
-        {
-            r["setting"]["max_tokens"]
-            for name in ("throughput-bf16", "throughput-fp16")
-            for r in run.data(name).get("results", [])
-            if r["fits"]
-        }
-    )
-    if not budgets:
-        raise Skip("no throughput setting ran, so there is no measured peak to check the plan against")
-    preset, gpu = ("tiny", "v100-16gb") if run.dry else ("protbert", "h100-80gb")
-    cli = "import sys; from minprot_ds.cli import main; sys.argv[0] = 'minprot'; main()"
-    return [
-        py(
-            run,
-            "-c",
-            cli,
-            "bench",
-            "memory",
-            "--preset",
-            preset,
-            "--gpu",
-            gpu,
-            "--gpus",
-            "1",
-            "--max-tokens",
-            str(t),
-            "--json",
-            str(run.file(f"memory_{t}.json")),
-        )
-        for t in budgets
-    ]
+def memory_step(
+    name: str, what: str, sources: tuple[str, ...], preset: str, dry_preset: str, dry_gpu: str, budget: float
+) -> Step:
+    """`minprot bench memory` for each token budget the throughput steps `sources` ran, against their peaks."""
 
+    def measured(run: Run) -> list[dict]:
+        return [r for source in sources for r in run.data(source).get("results", []) if r["fits"]]
 
-def read_memory(run: Run, step: Step):
-    """Each measured setting's allocator peak against the plan's prediction for its stage, precision,
-    checkpointing and token budget."""
-    measured = [
-        r for name in ("throughput-bf16", "throughput-fp16") for r in run.data(name).get("results", []) if r["fits"]
-    ]
-    rows, pairs = [], []
-    for r in measured:
-        s = r["setting"]
-        plan = json.loads(run.file(f"memory_{s['max_tokens']}.json").read_text())
-        match = [
-            p
-            for p in plan["settings"]
-            if p["stage"] == s["zero_stage"]
-            and p["precision"] == s["precision"]
-            and bool(p["checkpointing"]) == bool(s["activation_checkpointing"])
-        ]
-        if not match:
-            rows.append((r["label"], f"measured {r['peak_memory_gb']:.2f} GB; the plan has no such setting"))
-            continue
-        predicted = match[0]["predicted_gb"]["total"]
-        pairs.append(r["peak_memory_gb"] / predicted)
-        rows.append(
-            (
-                r["label"],
-                f"measured {r['peak_memory_gb']:.2f} GB ({r['memory_scope']}), predicted "
-                f"{predicted:.2f} GB: measured/predicted {r['peak_memory_gb'] / predicted:.2f}",
+    def commands(run: Run) -> list[list[str]]:
+        budgets = sorted({r["setting"]["max_tokens"] for r in measured(run)})
+        if not budgets:
+            raise Skip("no throughput setting ran, so there is no measured peak to check the plan against")
+        p, gpu = (dry_preset, dry_gpu) if run.dry else (preset, "h100-80gb")
+        cli = "import sys; from minprot_ds.cli import main; sys.argv[0] = 'minprot'; main()"
+        return [
+            py(
+                run,
+                "-c",
+                cli,
+                "bench",
+                "memory",
+                "--preset",
+                p,
+                "--gpu",
+                gpu,
+                "--gpus",
+                "1",
+                "--max-tokens",
+                str(t),
+                "--json",
+                str(run.file(f"{name}_{t}.json")),
             )
+            for t in budgets
+        ]
+
+    def read(run: Run, step: Step):
+        """Each measured setting's allocator peak against the plan's prediction for its stage, precision,
+        checkpointing and token budget."""
+        rows, pairs = [], []
+        for r in measured(run):
+            s = r["setting"]
+            plan = json.loads(run.file(f"{name}_{s['max_tokens']}.json").read_text())
+            match = [
+                p
+                for p in plan["settings"]
+                if p["stage"] == s["zero_stage"]
+                and p["precision"] == s["precision"]
+                and bool(p["checkpointing"]) == bool(s["activation_checkpointing"])
+            ]
+            if not match:
+                rows.append((r["label"], f"measured {r['peak_memory_gb']:.2f} GB; the plan has no such setting"))
+                continue
+            predicted = match[0]["predicted_gb"]["total"]
+            pairs.append(r["peak_memory_gb"] / predicted)
+            rows.append(
+                (
+                    r["label"],
+                    f"measured {r['peak_memory_gb']:.2f} GB ({r['memory_scope']}), predicted "
+                    f"{predicted:.2f} GB: measured/predicted {r['peak_memory_gb'] / predicted:.2f}",
+                )
+            )
+        summary = (
+            f"measured/predicted peak {min(pairs):.2f}–{max(pairs):.2f} over {len(pairs)} settings"
+            if pairs
+            else "no setting to compare"
         )
-    summary = (
-        f"measured/predicted peak {min(pairs):.2f}–{max(pairs):.2f} over {len(pairs)} settings"
-        if pairs
-        else "no setting to compare"
-    )
-    return summary, rows, {"comparisons": rows, "ratios": pairs}
+        return summary, rows, {"comparisons": rows, "ratios": pairs}
+
+    return Step(name, what, budget, commands, read)
 
 
 def profile_commands(run: Run) -> list[list[str]]:
@@ -694,7 +703,35 @@ def plan() -> list[Step]:
             ["--max-tokens", "1024", "--checkpointing", "off", "--compile", "none"],
             100,
         ),
-        Step("memory-plan", "minprot bench memory against the measured peaks", 30, memory_commands, read_memory),
+        memory_step(
+            "memory-plan",
+            "minprot bench memory against the measured peaks",
+            ("throughput-bf16", "throughput-fp16"),
+            "protbert",
+            "tiny",
+            "v100-16gb",
+            30,
+        ),
+        throughput_step(
+            "throughput-esm2-bf16",
+            "esm2-650m (33 -> 17 layers), ZeRO-2, bf16: 8,192 and 16,384 tokens, naive paired",
+            "bf16",
+            "bf16",
+            ["--max-tokens", "8192,16384", "--checkpointing", "off", "--compile", "none"],
+            ["--max-tokens", "1024", "--checkpointing", "off", "--compile", "none"],
+            130,  # with making the 651M-parameter random teacher (2.6 GB written) and two engines' builds
+            preset="esm2-650m",
+            dry_preset="esm2-tiny",
+        ),
+        memory_step(
+            "memory-plan-esm2",
+            "minprot bench memory --preset esm2-650m against the measured peaks",
+            ("throughput-esm2-bf16",),
+            "esm2-650m",
+            "esm2-tiny",
+            "h100-80gb",  # a plan with bf16 (V100's has none), as the step measured
+            30,
+        ),
         Step(
             "step-profile",
             "benchmarks/step_profile.py: time by op family, engine vs naive",

@@ -7,13 +7,27 @@ Per device, for a setting (ZeRO stage, precision, activation checkpointing, devi
 - ZeRO-2/3 gradient buckets: DeepSpeed reduces gradients through a contiguous buffer of
   `reduce_bucket_size` elements (default 5e8), touched only as far as the gradients fill it;
 - the frozen teacher: its full weights at the run's precision on every rank (never partitioned), and its
-  working set under inference mode (one layer's intermediates plus the last hidden states kept for the loss);
+  working set under inference mode (one layer's intermediates plus the last hidden states kept for the loss;
+  one layer's intermediates are BERT's 2·I + 4·H, ESM-2's 4·I + 4·H: its erf GELU holds four I-wide tensors at
+  once, more than its rotary's fp32 copies of Q and K);
 - the student's activations, linear in the padded tokens of a micro-batch (rows x longest row), per layer
-  per token 8·H + 2·I values (layer input, Q, K, V, attention output, its projection, LayerNorm output,
-  FFN in and GELU out: what autograd keeps with SDPA's fused attention, which stores no T x T matrix);
+  per token the values autograd keeps with SDPA's fused attention (no T x T matrix is stored), by family
+  (`layer_widths`):
+  BERT 8·H + 2·I: layer input, Q, K, V, attention output, its projection, LayerNorm output, FFN in and GELU
+  out (nn.GELU keeps only its input);
+  ESM-2 8·H + 4·I: layer input, pre-attention LayerNorm output, the rotated Q and K and V (the rotation and
+  ESM's query scaling keep nothing of the projections: the rotated copies take their place, so rotary adds no
+  term; in fp16/bf16 it rotates in fp32 copies that live only inside the layer's forward), attention output,
+  the residual sum, pre-FFN LayerNorm output, and four FFN values: ESM's GELU is written out with erf
+  (x * 0.5 * (1 + erf(x / sqrt 2))), so autograd keeps x / sqrt 2, 1 + erf(...), x * 0.5 and the output;
   with activation checkpointing only each layer's input is kept and one layer is recomputed at a time;
-  plus one layer's worth of activation gradients during backward, and the dense gradient autograd makes for
-  the embedding tables (40,000 x H for ProtBert's positions) before DeepSpeed's hook moves it into its bucket;
+  plus one layer's worth of activation gradients during backward, hidden states for the cosine term, the
+  input of the one LayerNorm outside the layers (BERT: the embeddings' LayerNorm; ESM-2: the final
+  `emb_layer_norm_after`, as its embeddings have none; token_dropout's zeroing and rescaling of the embeddings
+  keep nothing for backward, the scale being a constant per row), the MLM head at masked positions (ESM-2's
+  head has the erf GELU too: 4·H kept per masked token against BERT's 2·H), and the dense gradient autograd
+  makes for the embedding tables (40,000 x H for ProtBert's positions; ESM-2 has only its 33-token word
+  table: rotary positions, no type table) before DeepSpeed's hook moves it into its bucket;
 - the optimizer step: DeepSpeed flattens the rank's fp32 gradient partition and torch's AdamW makes two
   temporaries of that size (sqrt of the second moment, the denominator); the step's peak comes after backward has
   freed the activations, so the total takes the larger of the two.
@@ -66,6 +80,24 @@ class Plan:
     gpus: int = 1  # devices in the job (nodes x per node)
     nodes: int = 1
     reduce_bucket_size: int = DEFAULT_BUCKET
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerWidths:
+    """Values per token (elements, at the run's precision) that a model family's forward allocates."""
+
+    saved: int  # per encoder layer, kept by autograd for backward (and one layer's gradients during backward)
+    teacher: int  # one encoder layer's intermediates held at once under inference mode
+    head: int  # per masked token, what the MLM head keeps before its logits (fp32 loss)
+
+
+def layer_widths(config: Any) -> LayerWidths:
+    """The per-token activation widths of a BertConfig's or an EsmConfig's model (the module docstring says what
+    each counts)."""
+    h, i = config.hidden_size, config.intermediate_size
+    if config.model_type == "esm":
+        return LayerWidths(saved=8 * h + 4 * i, teacher=4 * i + 4 * h, head=4 * h)
+    return LayerWidths(saved=8 * h + 2 * i, teacher=2 * i + 4 * h, head=2 * h)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +193,8 @@ def student_states(params: int, largest_layer: int, plan: Plan) -> float:
 def estimate(config: Any, student_layers: int, plan: Plan, *, max_tokens: int, max_rows: int, longest: int) -> Estimate:
     """Predicted peak per device of a distillation step on micro-batches of at most `max_tokens` padded
     tokens (`max_rows` rows, rows padded to at most `longest` tokens)."""
-    h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    h, v = config.hidden_size, config.vocab_size
+    widths = layer_widths(config)
     w = BYTES[plan.precision]
     tokens = min(max_tokens, max_rows * longest)
     params = model_params(config, student_layers)
@@ -172,17 +205,17 @@ def estimate(config: Any, student_layers: int, plan: Plan, *, max_tokens: int, m
     largest_layer = tables * h
     grads_w = 4 if plan.precision == "fp32" else w
     buckets = grads_w * min(plan.reduce_bucket_size, params) if plan.stage >= 2 else 0
-    per_layer = (8 * h + 2 * i) * tokens * w
+    per_layer = widths.saved * tokens * w
     masked = math.ceil(0.15 * tokens)
-    head = masked * (2 * h + 3 * v) * 4  # MLM transform + logits (teacher and student), fp32 loss
+    head = masked * (widths.head + 3 * v) * 4  # MLM transform + logits (teacher and student), fp32 loss
     if plan.checkpointing:
         acts = student_layers * tokens * h * w + per_layer
     else:
         acts = student_layers * per_layer
-    acts += per_layer + 3 * tokens * h * w + head  # backward's working layer, embeddings, hidden states for L_cos
+    acts += per_layer + 3 * tokens * h * w + head  # backward's working layer, outer LayerNorm's input, L_cos states
     acts += grads_w * largest_layer  # autograd's dense gradient of the embedding tables, before DeepSpeed takes it
     teacher_params = model_params(config, config.num_hidden_layers)
-    teacher_working = (2 * i + 4 * h) * tokens * w + 2 * tokens * h * w
+    teacher_working = widths.teacher * tokens * w + 2 * tokens * h * w
     step = 3 * 4 * params / (plan.gpus if plan.stage >= 1 else 1)
     return Estimate(
         student_states(params, largest_layer, plan), buckets, teacher_params * w, teacher_working, acts, step

@@ -70,6 +70,7 @@ def measure(
     import deepspeed.runtime.zero.stage3  # noqa: F401  (code the build would import, so outside the baseline)
     import deepspeed.runtime.zero.stage_1_and_2  # noqa: F401
     import transformers.models.bert.modeling_bert  # noqa: F401
+    import transformers.models.esm.modeling_esm  # noqa: F401
 
     cuda = torch.cuda.is_available()
     if cuda:

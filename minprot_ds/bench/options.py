@@ -21,7 +21,8 @@ class ThroughputOptions:
 
     preset: str = option(
         "cpu-small",
-        "Model shapes with random weights: tiny, cpu-small, protbert, esm2-150m, esm2-650m (ESM-2's format).",
+        "Model shapes with random weights: tiny, cpu-small, protbert, esm2-tiny, esm2-150m, esm2-650m (ESM-2's "
+        "format).",
     )
     teacher: Optional[str] = option(None, "A real teacher folder or hub id instead of random weights.")
     corpus: Optional[Path] = option(None, "Prepared shards (minprot data prepare); default: synthetic.")
@@ -71,8 +72,8 @@ class MemoryOptions:
 
     preset: str = option(
         "protbert",
-        "Model shapes: tiny, cpu-small, protbert (ProtBert's 40,000-position table), esm2-150m, esm2-650m (ESM-2's: "
-        "rotary positions, 33 tokens).",
+        "Model shapes: tiny, cpu-small, protbert (ProtBert's 40,000-position table), esm2-tiny, esm2-150m, esm2-650m "
+        "(ESM-2's: rotary positions, 33 tokens).",
     )
     gpu: str = option("v100-32gb", "v100-16gb, v100-32gb, a100-40gb, a100-80gb, h100-80gb.")
     gpus: int = option(8, "Devices in the job (all nodes).", min=1)

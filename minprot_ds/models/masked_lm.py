@@ -57,14 +57,19 @@ MODEL_PRESETS = {
     "esm2-150m": ModelPreset(
         teacher_layers=30, student_layers=15, hidden_size=640, num_heads=20, intermediate_size=2560, family="esm"
     ),
+    # tiny's shape in ESM-2's format: tests and CPU dry runs of the ESM-2 paths
+    "esm2-tiny": ModelPreset(
+        teacher_layers=4, student_layers=2, hidden_size=32, num_heads=4, intermediate_size=64, family="esm"
+    ),
 }
 
 
-def save_random_preset(folder: str | Path, name: str, seed: int = 0) -> Path:
-    """A random teacher in a preset's shape and family (ProtBert's or ESM-2's format)."""
+def save_random_preset(folder: str | Path, name: str, seed: int = 0, num_layers: int | None = None) -> Path:
+    """A random model in a preset's shape and family (ProtBert's or ESM-2's format): its teacher, or its width at
+    `num_layers` layers."""
     p = MODEL_PRESETS[name]
     shape = dict(
-        num_layers=p.teacher_layers,
+        num_layers=p.teacher_layers if num_layers is None else num_layers,
         hidden_size=p.hidden_size,
         num_heads=p.num_heads,
         intermediate_size=p.intermediate_size,

@@ -1,8 +1,9 @@
 """The memory plan (minprot_ds/bench/memory.py, `minprot bench memory`): parameter counts, the plan's
-structure and CLI, the throughput benchmark's skipping, and the predicted peak against the measured peak
-on CPU at ProtBert's full size (30-layer teacher, 15-layer student, ZeRO-3), two ProtBert-width shapes
-(hidden 1024, FFN 4096, 40,000 positions, fewer layers) and two small ones, within 20%. On CPU the measured
-peak is peak RSS above the bare process with glibc unmapping freed blocks at once (`live_allocations`)."""
+structure and CLI, the throughput benchmark's skipping, each family's per-layer activations against what
+autograd keeps, and the predicted peak against the measured peak on CPU at ProtBert's full size (30-layer
+teacher, 15-layer student, ZeRO-3), two ProtBert-width shapes (hidden 1024, FFN 4096, 40,000 positions, fewer
+layers), two small ones and three ESM-2 ones (ESM-2 8M's and 35M's real shapes), within 20%. On CPU the
+measured peak is peak RSS above the bare process with glibc unmapping freed blocks at once (`live_allocations`)."""
 
 from __future__ import annotations
 
@@ -149,10 +150,77 @@ def test_throughput_skips_a_setting_the_plan_says_cannot_fit(tmp_path):
     assert mem.skip_reason(small, inputs, world=1) is None
 
 
+# --- what autograd keeps, per layer --------------------------------------------------------------------
+
+
+def _saved_bytes(config, layers: int, dtype) -> int:
+    """Bytes of the distinct non-parameter tensors autograd keeps for backward in one training forward of the
+    encoder (SDPA attention, weights in `dtype`) of `config` with `layers` layers, on 4 full rows of 64 tokens (no
+    padding: with padding SDPA also keeps, per layer, the mask as a float rows x T x T bias, T values per token)."""
+    import torch
+
+    from minprot_ds.models.family import family_of_config
+
+    family = family_of_config(config)
+    config = family.config_class.from_dict({**config.to_dict(), "num_hidden_layers": layers})
+    torch.manual_seed(0)
+    model = family.masked_lm_class._from_config(config, attn_implementation="sdpa", dtype=dtype).train()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    ids = torch.randint(5, 24, (4, 64))
+    mask = torch.ones_like(ids)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = family.encoder(model)(input_ids=ids, attention_mask=mask).last_hidden_state  # noqa: F841 (graph alive)
+        return sum(kept.values())
+
+
+@pytest.mark.parametrize("family", ["bert", "esm"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_layer_keeps_what_the_plan_counts(family, precision):
+    """Per token, one more encoder layer makes autograd keep `layer_widths(config).saved` more values at the run's
+    precision: BERT's 8·H + 2·I, ESM-2's 8·H + 4·I (its erf GELU keeps four I-wide values; rotary's rotated Q and K
+    replace the projections, and in bf16 its fp32 copies are not kept). I = 3·H here, so the two counts differ by a
+    third; small per-token values (LayerNorm statistics, attention's log-sum-exp) stay within 3%."""
+    import torch
+    from transformers import BertConfig, EsmConfig
+
+    from minprot_ds.vocab import ESM2
+
+    shape = dict(hidden_size=64, num_attention_heads=4, intermediate_size=192, num_hidden_layers=1)
+    if family == "esm":
+        config = EsmConfig(
+            vocab_size=ESM2.size,
+            mask_token_id=ESM2.mask_id,
+            pad_token_id=ESM2.pad_id,
+            position_embedding_type="rotary",
+            emb_layer_norm_before=False,
+            token_dropout=True,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            **shape,
+        )
+    else:
+        config = BertConfig(vocab_size=30, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **shape)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    per_token = (_saved_bytes(config, 2, dtype) - _saved_bytes(config, 1, dtype)) / (4 * 64) / mem.BYTES[precision]
+    expected = mem.layer_widths(config).saved
+    assert expected == (8 * 64 + (4 if family == "esm" else 2) * 192)
+    assert expected <= per_token <= 1.03 * expected, (per_token, expected)
+
+
 # --- predicted against measured (CPU: peak RSS above the bare process) ----------------------------------
 
 PROTBERT = dict(num_layers=30, hidden_size=1024, num_heads=16, intermediate_size=4096)
-SHAPES = {  # name: (teacher shape, student layers, ZeRO stage, checkpointing, max tokens, rows)
+ESM2_8M = dict(num_layers=6, hidden_size=320, num_heads=20, intermediate_size=1280)  # facebook/esm2_t6_8M_UR50D
+ESM2_35M = dict(num_layers=12, hidden_size=480, num_heads=20, intermediate_size=1920)  # facebook/esm2_t12_35M_UR50D
+SHAPES = {  # name: (teacher shape, student layers, ZeRO stage, checkpointing, max tokens, rows); esm2-*: ESM-2's format
     "protbert-full-z3": (PROTBERT, 15, 3, False, 1040, 2),  # ProtBert's size: 420M teacher, 231M student
     "protbert-width-2l-z2": (
         dict(num_layers=2, hidden_size=1024, num_heads=16, intermediate_size=4096),
@@ -179,6 +247,9 @@ SHAPES = {  # name: (teacher shape, student layers, ZeRO stage, checkpointing, m
         4160,
         8,
     ),
+    "esm2-8m-z2": (ESM2_8M, 3, 2, False, 2080, 4),
+    "esm2-35m-z3": (ESM2_35M, 6, 3, False, 2080, 4),
+    "esm2-35m-z1-ckpt": (ESM2_35M, 6, 1, True, 2080, 4),
 }
 
 
@@ -203,10 +274,15 @@ def long_corpus(tmp_path_factory) -> Path:
     "name", [pytest.param(n, marks=[pytest.mark.rehearsal] if n.startswith("protbert-full") else []) for n in SHAPES]
 )
 def test_predicted_peak_is_within_20_percent_of_the_measured_one(name, long_corpus, tmp_path):
-    from minprot_ds.models.masked_lm import save_random_protbert
+    from transformers import AutoConfig
+
+    from minprot_ds.models.masked_lm import save_random_esm2, save_random_protbert
 
     shape, student_layers, stage, ckpt, tokens, rows = SHAPES[name]
-    teacher = save_random_protbert(tmp_path / "teacher", **shape, max_position_embeddings=40_000)
+    if name.startswith("esm2"):
+        teacher = save_random_esm2(tmp_path / "teacher", **shape)
+    else:
+        teacher = save_random_protbert(tmp_path / "teacher", **shape, max_position_embeddings=40_000)
     plan = mem.Plan(stage, "fp32", ckpt, 1)
     code = (
         "import json, sys; from minprot_ds.bench.memory import Plan; from minprot_ds.bench.memory_measure import "
@@ -219,7 +295,7 @@ def test_predicted_peak_is_within_20_percent_of_the_measured_one(name, long_corp
     assert proc.returncode == 0, proc.stderr[-3000:]
     measured = json.loads(proc.stdout.split("RESULT", 1)[1])
     est = mem.estimate(
-        BertConfig.from_pretrained(teacher),
+        AutoConfig.from_pretrained(teacher),
         student_layers,
         plan,
         max_tokens=measured["padded_tokens"],

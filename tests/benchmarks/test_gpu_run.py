@@ -78,12 +78,14 @@ def test_dry_run_reports_every_step(dry_run, runpy):
         "throughput-fp16",
         "step-profile",
         "throughput-compile",
+        "throughput-esm2-bf16",
     ]
     for name in must_run:
         assert steps[name]["status"] == "ok", (name, steps[name]["error"])
         assert steps[name]["commands"] and steps[name]["seconds"] > 0
-    assert steps["memory-plan"]["status"] == "ok", steps["memory-plan"]["error"]
-    assert steps["memory-plan"]["data"]["ratios"]
+    for name in ("memory-plan", "memory-plan-esm2"):
+        assert steps[name]["status"] == "ok", steps[name]["error"]
+        assert steps[name]["data"]["ratios"]
 
     tests = steps["loss-tests"]["data"]
     assert tests["failed"] is None and tests["passed"] >= 2  # eager at real shapes, fp16 and bf16, runs on CPU
@@ -108,6 +110,13 @@ def test_dry_run_reports_every_step(dry_run, runpy):
         "(student 2 layers)" in steps["throughput-fp16"]["data"]["preset"]
     )  # tiny's student, not the default preset's
     assert [r["setting"]["precision"] for r in steps["throughput-fp16"]["data"]["results"]] == ["fp32"]
+    # ESM-2: its own random teacher (esm2-tiny's, made by the step), the corpus the ProtBert steps made, bf16
+    esm = steps["throughput-esm2-bf16"]
+    assert esm["data"]["preset"] == "esm2-tiny" and "--corpus" in esm["commands"][0]
+    assert [(r["setting"]["precision"], r["fits"]) for r in esm["data"]["results"]] == [("bf16", True)]
+    assert esm["data"]["ratios"]["bf16"]["residues_per_s_ratio"] > 0  # the naive loop ran on ESM-2 too
+    assert "--preset esm2-tiny" in steps["memory-plan-esm2"]["commands"][0]
+    assert len(steps["memory-plan-esm2"]["data"]["ratios"]) == 1
     profile = steps["step-profile"]["data"]
     assert profile["precision"] == "bf16" and len(profile["loops"]) == 2
     assert set(report["goals"]) >= {"distillation step ≥ 50% MFU in bf16", "3 epochs of UniRef50 on 8×V100, fp16"}
