@@ -52,10 +52,6 @@ DEEPLOC = REPO.parent / "shared" / "data" / "deeploc" / "deeploc_test_set.fasta"
 GB = 2**30
 
 
-def title(teacher: str) -> str:
-    return f"rehearsal at {teacher}'s size (CPU, 2 ranks, fp32)"
-
-
 # --- watching a launch: per-rank peak RSS, checkpoint and conversion events --------------------------------
 
 
@@ -197,7 +193,7 @@ def make_assets(work: Path, name: str, teacher_layers: int | None, sequences: in
     layers) and a small synthetic corpus."""
     from data_prep.corpus import prepare_corpus
     from minprot_ds.distill.demo import synthetic_fasta
-    from minprot_ds.models.masked_lm import MODEL_PRESETS, save_random_esm2, save_random_protbert
+    from minprot_ds.models.masked_lm import MODEL_PRESETS, save_random_preset, save_random_protbert
 
     preset = MODEL_PRESETS[name]
     layers = teacher_layers or preset.teacher_layers
@@ -205,14 +201,8 @@ def make_assets(work: Path, name: str, teacher_layers: int | None, sequences: in
     t0 = time.monotonic()
     if not (teacher / "model.safetensors").is_file():
         if preset.family == "esm":
-            save_random_esm2(
-                teacher,
-                num_layers=layers,
-                hidden_size=preset.hidden_size,
-                num_heads=preset.num_heads,
-                intermediate_size=preset.intermediate_size,
-            )
-        else:
+            save_random_preset(teacher, name, num_layers=layers)
+        else:  # ProtBert's own config.json: its 40,000-position table, which the protbert preset leaves out
             cfg = json.loads(PROTBERT_CONFIG.read_text())
             save_random_protbert(
                 teacher,
@@ -553,6 +543,9 @@ def main(argv: list[str] | None = None) -> int:
         help="only print the table of an earlier run's JSON (its memory-plan figures recomputed)",
     )
     args = p.parse_args(argv)
+    from minprot_ds.progress import quiet_libraries
+
+    quiet_libraries()
     if args.report is not None:
         results = json.loads(args.report.read_text())
         results.setdefault("bare_process_gb", bare_process_gb())
@@ -565,12 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(
             args.report, "rehearsal", {k: v for k, v in results.items() if k not in ("benchmark", "created", "machine")}
         )
-        print_table(
-            title(results["config"].get("teacher", "protbert")),
-            ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])],
-            table_rows(results),
-            make_console(),
-        )
+        show(results, make_console())
         return 0
     from minprot_ds.models.family import FAMILIES
     from minprot_ds.models.masked_lm import MODEL_PRESETS
@@ -660,12 +648,7 @@ def main(argv: list[str] | None = None) -> int:
                 console,
             )
     path = write_json(args.out, "rehearsal", results)
-    print_table(
-        title(args.teacher),
-        ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])],
-        table_rows(results),
-        console,
-    )
+    show(results, console)
     console.print(f"wrote {path}")
     return 0
 
@@ -676,6 +659,17 @@ def _gb(x: float | None) -> str | None:
 
 def _s(x: float | None) -> str | None:
     return None if x is None else f"{x:.1f}"
+
+
+def show(results: dict[str, Any], console) -> None:
+    """The figure x stage table of a rehearsal's results (a JSON written before --teacher existed is ProtBert's)."""
+    teacher = results["config"].get("teacher", "protbert")
+    print_table(
+        f"rehearsal at {teacher}'s size (CPU, 2 ranks, fp32)",
+        ["figure", *(f"ZeRO-{s['stage']}" for s in results["stages"])],
+        table_rows(results),
+        console,
+    )
 
 
 def table_rows(results: dict[str, Any]) -> list[list[Any]]:
