@@ -107,6 +107,43 @@ def _check_start(path: Path, head: bytes) -> int:
     return skip
 
 
+def _corrupt_gzip(path: Path, err: Exception) -> UserError:
+    return UserError(f"{path} is a truncated or corrupt gzip file ({err}); download or compress it again.")
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise UserError(f"input file {path} does not exist; check the path.")
+    if not path.is_file():
+        raise UserError(f"input {path} is not a file; pass FASTA files (plain or .gz).")
+    if path.stat().st_size == 0:
+        raise UserError(f"input file {path} is empty; expected FASTA records starting with '>'.")
+
+
+def check_fasta_start(path: Path, option: str) -> None:
+    """The checks `read_blocks` makes before its first record (a file, not empty, text that starts with a '>'
+    header, gzip or not), on the first 64 KiB only: cheap enough for a command to run before it imports torch
+    or loads a model, so a wrong file is reported at once. `option` names the file in the messages."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path} is a folder; pass a FASTA file (plain or .gz)")
+    if not path.is_file():
+        raise UserError(f"{option} {path} does not exist; pass a FASTA file (plain or .gz)")
+    _check_file(path)
+    stream, raw = open_input(path)
+    try:
+        try:
+            head = stream.read(1 << 16)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+            raise _corrupt_gzip(path, err) from None
+    finally:
+        stream.close()
+        raw.close()
+    if not head:
+        raise UserError(f"input file {path} is empty; expected FASTA records starting with '>'.")
+    _check_start(path, head)
+
+
 def read_blocks(
     path: Path,
     block_bytes: int = DEFAULT_BLOCK_BYTES,
@@ -117,12 +154,7 @@ def read_blocks(
     `on_progress` gets the position in the file as stored (compressed for .gz), for progress bars.
     """
     source = str(path)
-    if not path.exists():
-        raise UserError(f"input file {path} does not exist; check the path.")
-    if not path.is_file():
-        raise UserError(f"input {path} is not a file; pass FASTA files (plain or .gz).")
-    if path.stat().st_size == 0:
-        raise UserError(f"input file {path} is empty; expected FASTA records starting with '>'.")
+    _check_file(path)
     stream, raw = open_input(path)
     line = 1
     pending = b""
@@ -132,9 +164,7 @@ def read_blocks(
             try:
                 data = stream.read(block_bytes)
             except (EOFError, gzip.BadGzipFile, zlib.error) as err:
-                raise UserError(
-                    f"{path} is a truncated or corrupt gzip file ({err}); download or compress it again."
-                ) from None
+                raise _corrupt_gzip(path, err) from None
             if on_progress is not None:
                 on_progress(raw.tell())
             if first:

@@ -15,6 +15,9 @@ from minprot_ds.options import typer_command
 
 
 def _start(opts: InferenceOptions) -> int:
+    from data_prep.fasta import check_fasta_start
+
+    check_fasta_start(opts.fasta, "--fasta")  # a wrong file is told at once, before torch is imported (~8 s)
     from minprot_ds.inference.job import start
 
     return start(opts, echo=console.print)

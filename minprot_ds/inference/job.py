@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_prep.fasta import check_fasta_start
 from minprot_ds import __version__
 from minprot_ds.distributed import init_distributed
 from minprot_ds.errors import UserError
@@ -145,10 +146,7 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
     shard_i, shards = parse_shard(cfg.shard)
     out = Path(cfg.out)
     fasta = Path(cfg.fasta)
-    if fasta.is_dir():
-        raise UserError(f"--fasta {fasta} is a folder; pass a FASTA file (plain or .gz)")
-    if not fasta.is_file():
-        raise UserError(f"--fasta {fasta} does not exist; pass a FASTA file (plain or .gz)")
+    check_fasta_start(fasta, "--fasta")
     if cfg.command == "embed":
         check_suffix(out, EMBED, "embed")
     check_out(out, overwrite=cfg.overwrite, ours=made_by(cfg.command))

@@ -60,6 +60,26 @@ def test_version_and_help_import_no_torch():
     assert version.returncode == 0 and version.stdout.startswith("minprot ")
 
 
+def test_a_wrong_fasta_is_told_before_torch_is_imported(tmp_path):
+    """predict/embed check the input's first bytes before importing the job (torch, transformers: seconds)."""
+    (tmp_path / "empty.fasta").write_bytes(b"")
+    (tmp_path / "binary.fasta").write_bytes(b"\x7fELF\x00" * 10)
+    code = (
+        "import sys\nfrom minprot_ds.cli import app\nfrom minprot_ds.cli.common import run_cli\n"
+        "try:\n    run_cli(app, sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print('heavy:', sorted(m for m in ('torch', 'transformers') if m in sys.modules), file=sys.stderr)"
+    )
+    for name, words in (
+        ("empty.fasta", "is empty"),
+        ("binary.fasta", "looks binary"),
+        ("none.fasta", "does not exist"),
+    ):
+        for command, out in (("predict", "p.tsv"), ("embed", "e.h5")):
+            args = [command, "--model", str(tmp_path), "--fasta", str(tmp_path / name), "--out", str(tmp_path / out)]
+            done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+            assert words in done.stderr and "heavy: []" in done.stderr, done.stderr
+
+
 def command_paths(command, prefix=()):
     """Every command of the app as the words that name it (groups included)."""
     yield list(prefix)
