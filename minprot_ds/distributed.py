@@ -6,8 +6,13 @@ Every job (distillation, fine-tuning, benchmarks) joins through `init_distribute
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
 import socket
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch.distributed as dist
@@ -67,12 +72,29 @@ def init_distributed() -> tuple[int, int]:
         )
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         _join_torchrun_attempt(get_accelerator().communication_backend_name())
-    deepspeed.init_distributed()
+    with _without_build_notice():
+        deepspeed.init_distributed()
     if get_accelerator().device_name() == "cpu":
         _unlink_shm_buffer()
     else:  # this rank's GPU before any collective (NCCL works on the current device; DeepSpeed sets it later)
         get_accelerator().set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return rank(), world_size()
+
+
+_BUILT = re.compile(r"DeepSpeed \S+ built successfully\n?")
+
+
+@contextlib.contextmanager
+def _without_build_notice() -> Iterator[None]:
+    """Drop the one line DeepSpeed prints on every rank as it loads its CPU shared-memory op ("DeepSpeed
+    deepspeed.ops.comm.deepspeed_shm_comm_op built successfully": a bare print(), no logger to filter);
+    anything else printed meanwhile is passed on unchanged."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        sys.stdout.write("".join(s for s in printed.getvalue().splitlines(keepends=True) if not _BUILT.fullmatch(s)))
 
 
 def restart_count() -> int | None:
