@@ -8,6 +8,7 @@ once, at the end, cut to 80 columns; there the same progress is whole plain line
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import warnings
@@ -99,7 +100,8 @@ def quiet_libraries() -> None:
     - DeepSpeed's "Setting accelerator to CPU" at import (logged to stdout, ahead of a command's table or JSON):
       where no GPU is usable the jobs pick the CPU themselves and say so;
     - where stderr is not a terminal (a log file), the per-load "Loading weights" / "Writing model shards" bars
-      of transformers and the Hugging Face hub's download bars: in a file they are junk lines, printed at the end.
+      of transformers, the Hugging Face hub's download bars and the `datasets` library's ("Flattening the
+      indices", "Map", "Saving the dataset"): in a file they are junk lines, printed at the end.
     """
     warnings.filterwarnings(
         "ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated", category=FutureWarning
@@ -114,6 +116,11 @@ def quiet_libraries() -> None:
         hf_logging = sys.modules.get("transformers.utils.logging")
         if hf_logging is not None:  # transformers read the hub's setting when it was imported: tell it too
             hf_logging.disable_progress_bar()
+        # datasets (1.4 s to import) reads its switch from the environment when imported; a user's value stays
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        datasets_tqdm = sys.modules.get("datasets.utils.tqdm")
+        if datasets_tqdm is not None and os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1":
+            datasets_tqdm.disable_progress_bars()
 
 
 def _deepspeed_cpu_fallback(record: logging.LogRecord) -> bool:
