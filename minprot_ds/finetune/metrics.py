@@ -180,10 +180,11 @@ def _compute(pred: Predictions, spec: TaskSpec) -> dict:
         out |= {
             "positives": int((y == 1).sum()),
             "accuracy": skm.accuracy_score(y, yhat),
-            # no positive predicted (a length baseline that never crosses the threshold): precision is undefined
+            # no positive predicted (a length baseline that never crosses the threshold): precision is undefined;
+            # no positive in the set: recall is; neither predicted nor present: F1 is
             "precision": skm.precision_score(y, yhat, zero_division=np.nan),
-            "recall": skm.recall_score(y, yhat, zero_division=0),
-            "f1": skm.f1_score(y, yhat, zero_division=0),
+            "recall": skm.recall_score(y, yhat, zero_division=np.nan),
+            "f1": skm.f1_score(y, yhat, zero_division=np.nan),
             "roc_auc": skm.roc_auc_score(y, probs[:, 1]) if len(present) == 2 else math.nan,
             "pr_auc": skm.average_precision_score(y, probs[:, 1]) if len(present) == 2 else math.nan,
             "positive_rate": float((y == 1).mean()),

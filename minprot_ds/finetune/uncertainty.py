@@ -101,9 +101,13 @@ def _from_confusion(cm: np.ndarray, binary: bool) -> dict[str, np.ndarray]:
             "accuracy": correct / total,
             "mcc": np.where(denominator > 0, cov / denominator, 0.0),
         }
-    if binary:  # as compute_metrics: precision undefined where a resample predicts no positive
-        binary_precision = np.where(predicted[:, 1] > 0, precision[:, 1], np.nan)
-        return out | {"precision": binary_precision, "recall": recall[:, 1], "f1": f1[:, 1]}
+    if binary:  # as compute_metrics: undefined where a resample predicts no positive (precision), holds none
+        # (recall), or neither (F1)
+        return out | {
+            "precision": np.where(predicted[:, 1] > 0, precision[:, 1], np.nan),
+            "recall": np.where(true[:, 1] > 0, recall[:, 1], np.nan),
+            "f1": np.where(true[:, 1] + predicted[:, 1] > 0, f1[:, 1], np.nan),
+        }
     return out | {"precision": precision.mean(axis=1), "recall": recall.mean(axis=1), "f1": f1.mean(axis=1)}
 
 

@@ -102,6 +102,18 @@ def test_precision_is_undefined_where_nothing_is_predicted_positive() -> None:
     assert point["recall"] == point["f1"] == 0.0 and found["ci95"]["recall"] == [0.0, 0.0]
 
 
+def test_recall_is_undefined_where_the_set_holds_no_positive() -> None:
+    """A test set (or a resample) with no positive has no recall; F1 is undefined only when nothing is predicted
+    positive either, else 0 (every positive prediction is wrong)."""
+    pred = binary(40, 0.8, seed=9)
+    pred.labels = np.zeros_like(pred.labels)
+    point = compute_metrics(pred, DNA)
+    assert np.isnan(point["recall"]) and point["f1"] == 0.0 and point["precision"] == 0.0
+    pred.predicted = np.zeros_like(pred.predicted)
+    point, found = compute_metrics(pred, DNA), confidence_intervals(pred, DNA, resamples=50)
+    assert np.isnan(point["recall"]) and np.isnan(point["f1"]) and np.isnan(found["ci95"]["recall"]).all()
+
+
 def test_q3_resamples_proteins_not_residues() -> None:
     pred = q3(25, seed=4)
     method = confidence_intervals(pred, Q3, resamples=50)["ci_method"]
