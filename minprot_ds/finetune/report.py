@@ -289,14 +289,31 @@ def _saving(teacher: float, student: float) -> float:
     return 100.0 * (1.0 - student / teacher)
 
 
-def leakage_cell(runs: list[RunRow]) -> str:
+def leakage_cell(runs: list[RunRow], filtered: bool = False) -> str:
     """exact / near-identical / homologs of N test proteins; each distinct value when the runs disagree (a seeded
-    --max-train-samples draws other training rows per seed)."""
+    --max-train-samples draws other training rows per seed). `filtered`: of the rows --test-filter kept."""
     measured = [r for r in runs if r.leakage]
     if not measured:
         return "not measured"
-    cells = {"/".join(str(int(r.leakage.get(k, 0))) for k in LEAKAGE) + f" of {r.test_rows}" for r in measured}
+    cells = set()
+    for r in measured:
+        leak, n = (_kept_leakage(r.leakage, r.test_filter), r.filtered.get("n")) if filtered else (r.leakage, None)
+        cells.add("/".join(str(int(leak.get(k, 0))) for k in LEAKAGE) + f" of {int(n or r.test_rows)}")
     return "; ".join(sorted(cells))
+
+
+def _kept_leakage(leakage: dict[str, float], test_filter: str) -> dict[str, float]:
+    """The leakage of the test rows a filter keeps: the classes nest (exact ⊆ near-identical ⊆ homologs), so
+    `near-identical` removes the first two and keeps the homologs that are not near-identical, `homologs` all."""
+    if test_filter == "homologs":
+        return dict.fromkeys(LEAKAGE, 0)
+    if test_filter == "near-identical":
+        return {
+            "exact": 0,
+            "near_identical": 0,
+            "homologs": leakage.get("homologs", 0) - leakage.get("near_identical", 0),
+        }
+    return leakage
 
 
 def _count(values: list[float]) -> str:
@@ -321,15 +338,19 @@ def table_a(rows: list[RunRow]) -> Table:
     units = sorted({r.settings.get(CI_UNIT, "") for r in rows})
     named = (CI_UNIT,) if len(units) > 1 else ()  # every row says what its CIs resample when the table mixes them
     for (task, data, test, _), runs in _settings(rows, lambda r: (r.task, r.dataset_label, r.test_dataset), named):
-        setting, leak = runs[0].setting, leakage_cell(runs)
+        setting = runs[0].setting
         head = [task, data, test, setting]
         models = _group(runs, _row_key)
-        sets = [("full", lambda r: {**r.metrics, **r.counts, **_flat_ci(r.ci)}, lambda r, b: r.baselines.get(b))]
+        full = ("full", lambda r: {**r.metrics, **r.counts, **_flat_ci(r.ci)}, lambda r, b: r.baselines.get(b))
+        sets = [(*full, leakage_cell(runs))]
         if any(r.filtered for r in runs):
-            sets.append(
-                (f"leak-free ({runs[0].test_filter})", lambda r: r.filtered, lambda r, b: r.baselines_filtered.get(b))
+            leak_free = (
+                f"leak-free ({runs[0].test_filter})",
+                lambda r: r.filtered,
+                lambda r, b: r.baselines_filtered.get(b),
             )
-        for scored_on, of_model, of_baseline in sets:
+            sets.append((*leak_free, leakage_cell(runs, filtered=True)))
+        for scored_on, of_model, of_baseline, leak in sets:
             for (_, role, provenance), mine in models.items():
                 check_mergeable(mine)
                 found = [of_model(r) for r in mine if of_model(r)]

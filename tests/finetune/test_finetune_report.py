@@ -39,8 +39,11 @@ def test_report_from_two_stores(runs, tmp_path: Path) -> None:
     seeds = "| dna-binding | PDB1075 | PDB186 | --valid dna_valid, --test-filter near-identical"
     assert f"{seeds} | full | student | 2 | 12 | 6 | {leak} |" in text  # two seeds: mean ± std
     kept = json.loads((runs.outs["seeds"] / "seed-0" / "metrics.json").read_text())["test_filtered"]
-    for model in ("student", "baseline: length", "baseline: homology"):  # the leak-free rows, baselines too
-        assert f"{seeds} | leak-free (near-identical) | {model} | 2 | {kept['n']} | {kept['positives']} |" in text
+    # The leak-free rows, baselines too, with the leakage of the rows kept: homologs that are not near-identical.
+    kept_leak = f"0/0/{leakage['homologs'] - leakage['near_identical']} of {kept['n']}"
+    for model in ("student", "baseline: length", "baseline: homology"):
+        row = f"{seeds} | leak-free (near-identical) | {model} | 2 | {kept['n']} | {kept['positives']} | {kept_leak} |"
+        assert row in text, text
     assert "| membrane | DeepLoc | DeepLoc | – | full | student | 1 |" in text
     assert "| q3 | CASP12 | CASP12 | – | full | teacher | 1 |" in text
     # Table C names the test set (6 + 6 training rows of the SUB).
@@ -297,3 +300,23 @@ def test_an_undefined_precision_shows_as_undefined(tmp_path: Path) -> None:
     shown = dict(zip(METRICS, cells[first:]))
     assert shown["accuracy"].startswith("0.500 [") and shown["precision"] == "–", shown
     assert shown["recall"] == "0.000 [0.00, 0.00]" and shown["f1"] == "0.000 [0.00, 0.00]", shown
+
+
+def test_the_leak_free_rows_show_the_leakage_of_the_rows_kept() -> None:
+    """PDB186 against PDB1075: 75 exact, 83 near-identical, 92 homologous of 186; --test-filter near-identical keeps
+    103 rows, of which 9 are homologs (not near-identical), and homologs keeps none of them."""
+    from minprot_ds.finetune.report import RunRow, leakage_cell
+
+    def row(test_filter: str, kept: int) -> RunRow:
+        leakage = {"exact": 75, "near_identical": 83, "homologs": 92}
+        return RunRow(
+            *("r", "dna-binding", "PDB1075", "full", "PDB1075", "PDB186", "", "student", "m", 1075, {}, 1.0, 1.0),
+            test_rows=186,
+            leakage=leakage,
+            filtered={"n": kept},
+            test_filter=test_filter,
+        )
+
+    assert leakage_cell([row("near-identical", 103)]) == "75/83/92 of 186"
+    assert leakage_cell([row("near-identical", 103)], filtered=True) == "0/0/9 of 103"
+    assert leakage_cell([row("homologs", 94)], filtered=True) == "0/0/0 of 94"
