@@ -36,15 +36,7 @@ from minprot_ds.inference.options import (
 )
 from minprot_ds.inference.parts import FORMAT, Chunk, Parts, check_same, parts_dir
 from minprot_ds.inference.progress import InferenceProgress
-from minprot_ds.inference.writers import (
-    EMBED,
-    PREDICT_PROTEIN,
-    PREDICT_RESIDUE,
-    Row,
-    check_suffix,
-    open_writer,
-    tsv_field,
-)
+from minprot_ds.inference.writers import Row, open_writer, output_suffix, tsv_field
 from minprot_ds.models import provenance as links
 from minprot_ds.models.family import family_of_config
 from minprot_ds.options import check_bounds, launch, mlflow_params
@@ -148,7 +140,7 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
     fasta = Path(cfg.fasta)
     check_fasta_start(fasta, "--fasta")
     if cfg.command == "embed":
-        check_suffix(out, EMBED, "embed")
+        output_suffix("embed", out, {})
     check_out(out, overwrite=cfg.overwrite, ours=made_by(cfg.command))
     # The input's content (empty, binary, no records, repeated ids) is checked before any model loads.
     index = records.index_input(fasta, cfg.dedupe_ids)
@@ -176,9 +168,7 @@ def run(cfg: PredictOptions | EmbedOptions, *, echo: Callable[[str], None] | Non
     else:
         task_model, task_info = models.load_task(model_dir, dtype, device)
         scorer = models.TaskScorer(task_model, task_info.per_residue)
-        check_suffix(
-            out, PREDICT_RESIDUE if task_info.per_residue else PREDICT_PROTEIN, f"predict for {task_info.task}"
-        )
+        output_suffix("predict", out, {"per_residue": task_info.per_residue, "task": task_info.task})
         threshold = cfg.threshold if cfg.threshold is not None else task_info.threshold
         info = {
             "task": task_info.task,
@@ -486,6 +476,7 @@ def finalize(
         ch = where[k].read(k)
         needed.update(ch.canonical[ch.status == records.DUPLICATE].tolist())
     out = Path(out)
+    output_suffix(manifest["command"], out, info)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
     meta = {

@@ -318,19 +318,26 @@ class EmbedParquet(ArrowWriter):
         )
 
 
-def open_writer(command: str, path: Path, meta: dict[str, Any], info: dict[str, Any]) -> Writer:
-    """The writer for OUT's suffix; `info` holds classes/threshold/per_residue."""
+def output_suffix(command: str, out: Path, info: dict[str, Any]) -> str:
+    """OUT's suffix, refused in one line when the command's output cannot take it (checked on the name the user
+    gave, before any temporary file is named after it)."""
     if command == "embed":
-        suffix = check_suffix(path, EMBED, "embed")
-        if suffix == ".h5":
-            return EmbedH5(path, meta)
-        if suffix == ".npz":
-            return EmbedNpz(path, meta)
-        return EmbedParquet(path, meta, info["per_residue"])
+        return check_suffix(out, EMBED, "embed")
     if info["per_residue"]:
-        suffix = check_suffix(path, PREDICT_RESIDUE, f"predict for {info['task']} (per residue)")
+        return check_suffix(out, PREDICT_RESIDUE, f"predict for {info['task']} (per residue)")
+    return check_suffix(out, PREDICT_PROTEIN, f"predict for {info['task']}")
+
+
+def open_writer(command: str, path: Path, meta: dict[str, Any], info: dict[str, Any]) -> Writer:
+    """The writer for the suffix of `path` (checked already by `output_suffix`); `info` holds
+    classes/threshold/per_residue."""
+    suffix = output_suffix(command, path, info)
+    if command == "embed":
+        if suffix == ".parquet":
+            return EmbedParquet(path, meta, info["per_residue"])
+        return {".h5": EmbedH5, ".npz": EmbedNpz}[suffix](path, meta)
+    if info["per_residue"]:
         cls = {".parquet": ResidueParquet, ".ss3": ResidueSs3, ".tsv": ResidueTsv}[suffix]
         return cls(path, meta, info["classes"])
-    suffix = check_suffix(path, PREDICT_PROTEIN, f"predict for {info['task']}")
     cls = ProteinParquet if suffix == ".parquet" else ProteinTsv
     return cls(path, meta, info["classes"], info["threshold"])

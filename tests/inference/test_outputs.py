@@ -140,6 +140,9 @@ def test_merge_words_and_out(dna_model, small_fasta, tmp_path, cli_error):
     with pytest.raises(UserError, match="--overwrite"):
         merge([tmp_path / "s.tsv.parts"], tmp_path / "taken.tsv")
     assert (tmp_path / "taken.tsv").read_text() == "keep me\n"
+    # A suffix the output cannot take is told with the name the user gave, not the hidden temporary file's.
+    msg = cli_error("merge", str(tmp_path / "s.tsv.parts"), "--out", str(tmp_path / "x.h5"))
+    assert f"--out {tmp_path / 'x.h5'}: predict for dna-binding writes .tsv, .parquet" in msg and ".partial" not in msg
 
 
 def test_a_fasta_folder_is_named_a_folder(dna_model, tmp_path, cli_error):
