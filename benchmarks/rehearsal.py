@@ -547,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     if args.report is not None:
+        if not args.report.is_file():
+            p.error(f"--report {args.report}: no such file (the JSON an earlier run wrote with --out)")
         results = json.loads(args.report.read_text())
         results.setdefault("bare_process_gb", bare_process_gb())
         for s in results["stages"]:
