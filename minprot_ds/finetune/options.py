@@ -103,8 +103,14 @@ class FinetuneConfig:
         "(metrics.json `ci95`, `ci_method`)",
         min=1,
     )
-    max_train_samples: Optional[int] = option(None, "cap the training rows: a seeded sample, stratified by label")
-    max_eval_samples: Optional[int] = option(None, "cap the valid and test rows: a seeded sample, stratified by label")
+    max_train_samples: Optional[int] = option(
+        None, "cap the training rows: a sample stratified by label, drawn with --seed"
+    )
+    max_eval_samples: Optional[int] = option(
+        None,
+        "cap the valid and test rows: a sample stratified by label, the same whatever --seed "
+        "(so seeds and models compare on one set)",
+    )
     deepspeed: Optional[Path] = option(
         None,
         "train inside a DeepSpeed engine with this JSON (ds_configs/...); without it the job trains in plain PyTorch",
