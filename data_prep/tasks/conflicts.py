@@ -10,6 +10,7 @@ import datasets
 
 from data_prep.tasks.mmseqs import _check_fraction, easy_search, flatten
 from minprot_ds.errors import UserError
+from minprot_ds.fileio import atomic_write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +104,4 @@ def write_report(conflicts: list[Conflict], out: str | Path, title: str, identit
     """Markdown for `.md`, tab-separated values for anything else (`.tsv`)."""
     out = Path(out)
     text = to_markdown(conflicts, title, identity) if out.suffix.lower() == ".md" else to_tsv(conflicts)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    return out
+    return atomic_write(out, text)

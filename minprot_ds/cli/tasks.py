@@ -314,16 +314,21 @@ def random_subset_cmd(
 
 def conflicts_cmd(
     folder: Path = typer.Argument(..., help="task folder (dna-binding or membrane)"),
-    identity: float = typer.Option(0.9, help="minimum sequence identity of a pair (mmseqs --min-seq-id)"),
-    coverage: float = typer.Option(0.8, help="minimum alignment coverage (mmseqs -c)"),
+    identity: float = typer.Option(
+        0.9, min=0.0, max=1.0, help="minimum sequence identity of a pair (mmseqs --min-seq-id)"
+    ),
+    coverage: float = typer.Option(0.8, min=0.0, max=1.0, help="minimum alignment coverage (mmseqs -c)"),
     out: Optional[Path] = typer.Option(None, help="write the full table: .md for markdown, otherwise TSV"),
-    threads: Optional[int] = typer.Option(None, help="mmseqs threads (default: all cores)"),
-    show: int = typer.Option(20, help="rows to print"),
+    threads: Optional[int] = typer.Option(None, min=1, help="mmseqs threads (default: all cores)"),
+    show: int = typer.Option(20, min=0, help="rows to print"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
 ) -> None:
     """Pairs of near-identical sequences with different labels (MMseqs2 all-vs-all search)."""
     from data_prep.tasks.conflicts import find_conflicts, write_report
     from minprot_ds.data.task_store import load_task_folder
 
+    if out is not None:  # before the search: a report that cannot be written, or would replace a file, is told now
+        check_out(out, overwrite=overwrite)
     data, _ = load_task_folder(folder)
     found = find_conflicts(data, identity, coverage=coverage, threads=threads)
     table = Table(title=f"{len(found)} label conflicts at >= {identity:.0%} identity in {folder}")

@@ -97,6 +97,10 @@ def test_cli_reduce_random_subset_conflicts(tmp_path: Path) -> None:
         assert result.exit_code == 0, (args, result.output, result.exception)
     assert '"variant": "cut"' in (tmp_path / "cut/minprot_task.json").read_text()
     assert (tmp_path / "c.tsv").read_text().count("\n") == 3  # header + 2 pairs
+    # An existing report is replaced only with --overwrite, and that is said before the search runs.
+    again = runner.invoke(app, ["data", "conflicts", str(full), "--out", str(tmp_path / "c.tsv")])
+    assert isinstance(again.exception, UserError) and "pass --overwrite to replace it" in str(again.exception)
+    assert (tmp_path / "c.tsv").read_text().count("\n") == 3
 
 
 def test_missing_binary_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
