@@ -15,8 +15,9 @@ from minprot_ds.options import option
 
 # Padded tokens per batch when --max-tokens is not given, by the device the job runs on: GPUs take the jobs'
 # DEFAULT_MAX_TOKENS; a CPU is faster with smaller batches (measured with benchmarks/inference.py: figures,
-# command, machine and date in docs/predict-embed.md, "Throughput"). The one place this default is decided.
-MAX_TOKENS_BY_DEVICE = {"cpu": 2048, "cuda": DEFAULT_MAX_TOKENS}
+# command, machine and date in docs/predict-embed.md, "The default --max-tokens follows the device"). The one
+# place this default is decided.
+MAX_TOKENS_BY_DEVICE = {"cpu": 1024, "cuda": DEFAULT_MAX_TOKENS}
 DEFAULT_CHUNK = 1000
 DEFAULT_CHUNK_PER_RESIDUE = 100  # L x H matrices: a chunk of 1000 ProtBert proteins would hold ~1.6 GB
 
